@@ -1,0 +1,38 @@
+"""The CLI: one line and a non-zero exit for user errors, files written only on success."""
+
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from runtime.cli import main
+
+
+def test_eager_sample_png(tmp_path, capsys):
+    out = tmp_path / "s.png"
+    assert main(["eager-sample", "--hidden", "8", "--size", "8", "--n", "3", "--steps", "2", "--out", str(out)]) == 0
+    assert Image.open(out).size == (2 + 2 * 10, 2 + 2 * 10)
+    assert str(out) in capsys.readouterr().out
+
+
+def test_eager_sample_npy_is_deterministic(tmp_path):
+    args = ["eager-sample", "--hidden", "8", "--size", "8", "--n", "2", "--steps", "3", "--eta", "1"]
+    main(args + ["--out", str(tmp_path / "a.npy")])
+    main(args + ["--out", str(tmp_path / "b.npy")])
+    a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
+    assert a.shape == (2, 3, 8, 8)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_user_error_is_one_line_no_traceback(tmp_path):
+    out = tmp_path / "s.png"
+    r = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "eager-sample", "--model", "unet", "--out", str(out)],
+        capture_output=True, text=True,
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "diffzoo eager-sample: error: unknown model 'unet': available models are ['conv', 'residual']"
+    ]
+    assert not out.exists()

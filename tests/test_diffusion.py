@@ -1,0 +1,215 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import zoo
+from zoo.diffusion import ddim_sample, ddim_step, ddim_timesteps, make_training_sample
+
+
+# --- schedules ------------------------------------------------------------------------------
+
+def test_linear_schedule_golden():
+    s = zoo.linear_schedule()
+    assert s.betas.dtype == np.float64 and s.alphas_cumprod.shape == (1000,)
+    ab = s.alphas_cumprod
+    assert ab[0] == pytest.approx(0.9999, abs=1e-15)
+    assert ab[1] == pytest.approx(0.9999 * (1 - (1e-4 + (0.02 - 1e-4) / 999)), rel=1e-14)
+    assert ab[499] == pytest.approx(0.07858724288177824, rel=1e-12)
+    assert ab[999] == pytest.approx(4.035829765375676e-05, rel=1e-12)  # DDPM's well-known ~4.04e-5
+
+
+def test_cosine_schedule_golden():
+    s = zoo.cosine_schedule()
+    ab = s.alphas_cumprod
+    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    for t in (0, 1, 499, 900):  # no beta clipping yet: ab_t = f(t+1) / f(0)
+        assert ab[t] == pytest.approx(f(t + 1) / f(0), rel=1e-10)
+    assert ab[0] == pytest.approx(0.999958715775178, rel=1e-12)
+    assert ab[499] == pytest.approx(0.4938435904406382, rel=1e-12)
+    assert s.betas[-1] == 0.999  # max_beta clips the last beta
+    assert ab[999] == pytest.approx(2.4287669070348567e-09, rel=1e-9)
+
+
+@pytest.mark.parametrize("sched", [zoo.linear_schedule(50, 1e-3, 0.05), zoo.cosine_schedule(20, s=0.01)])
+def test_schedule_json_roundtrip(sched):
+    d = json.loads(json.dumps(sched.to_dict()))
+    again = zoo.Schedule.from_dict(d)
+    assert again.name == sched.name and again.params == sched.params
+    np.testing.assert_array_equal(again.alphas_cumprod, sched.alphas_cumprod)
+
+
+def test_schedule_errors():
+    with pytest.raises(ValueError, match=r"unknown schedule 'sigmoid'.*\['cosine', 'linear'\]"):
+        zoo.make_schedule("sigmoid")
+    with pytest.raises(TypeError, match=r"'beta'.*accepted"):
+        zoo.make_schedule("linear", beta=1)
+    with pytest.raises(ValueError, match="num_train_timesteps=0"):
+        zoo.linear_schedule(0)
+    with pytest.raises(ValueError, match="beta_start"):
+        zoo.linear_schedule(10, beta_start=0.5, beta_end=0.1)
+    with pytest.raises(ValueError, match="max_beta"):
+        zoo.cosine_schedule(10, max_beta=1.0)
+
+
+def test_schedule_is_immutable():
+    s = zoo.linear_schedule()
+    with pytest.raises(ValueError):
+        s.alphas_cumprod[0] = 0.5
+
+
+# --- timesteps ------------------------------------------------------------------------------
+
+def test_ddim_timesteps_golden():
+    assert ddim_timesteps(1000, 10, "leading").tolist() == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+    assert ddim_timesteps(1000, 10, "trailing").tolist() == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    assert ddim_timesteps(1000, 10, "linspace").tolist() == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    assert ddim_timesteps(10, 3, "leading").tolist() == [6, 3, 0]
+    assert ddim_timesteps(10, 3, "trailing").tolist() == [9, 6, 2]
+    assert ddim_timesteps(10, 3, "linspace").tolist() == [9, 4, 0]
+    assert ddim_timesteps(1000, 1000, "leading").tolist() == list(range(999, -1, -1))
+    for sp in ("leading", "trailing", "linspace"):
+        ts = ddim_timesteps(1000, 50, sp)
+        assert ts.dtype == np.int64 and len(ts) == 50 and np.all(np.diff(ts) < 0)
+
+
+@pytest.mark.parametrize("steps", [0, 1001, -3, 2.5])
+def test_ddim_timesteps_bad_steps(steps):
+    with pytest.raises(ValueError, match=r"num_steps=.*1\.\.1000"):
+        ddim_timesteps(1000, steps)
+
+
+def test_ddim_timesteps_bad_spacing():
+    with pytest.raises(ValueError, match=r"'uniform'.*\['leading', 'linspace', 'trailing'\]"):
+        ddim_timesteps(1000, 10, "uniform")
+
+
+# --- training sample ------------------------------------------------------------------------
+
+def test_make_training_sample_algebra():
+    x0 = torch.full((2, 1, 2, 2), 0.5)
+    eps = torch.full((2, 1, 2, 2), -1.0)
+    x_t, target = make_training_sample(x0, eps, torch.tensor([0.36, 0.64], dtype=torch.float64))
+    assert target is eps
+    torch.testing.assert_close(x_t[0], torch.full((1, 2, 2), 0.6 * 0.5 - 0.8))
+    torch.testing.assert_close(x_t[1], torch.full((1, 2, 2), 0.8 * 0.5 - 0.6))
+    assert x_t.dtype == torch.float32
+    xn, _ = make_training_sample(x0.numpy(), eps.numpy(), 0.36)
+    np.testing.assert_allclose(xn, 0.6 * 0.5 - 0.8, rtol=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        make_training_sample(x0, eps[:1], 0.5)
+
+
+# --- ddim_step ------------------------------------------------------------------------------
+
+def test_ddim_step_hand_computed():
+    x_t, eps = torch.tensor([[[[0.2]]]]), torch.tensor([[[[0.1]]]])
+    out = ddim_step(x_t, eps, 0.25, 0.64)
+    # x0 = (0.2 - sqrt(0.75)*0.1)/0.5 = 0.22679...; x_prev = 0.8*x0 + sqrt(0.36)*0.1
+    assert out.item() == pytest.approx(0.24143593539448985, abs=1e-7)
+
+
+def test_ddim_step_eta_with_noise():
+    x_t, eps, z = torch.tensor([[[[0.2]]]]), torch.tensor([[[[0.1]]]]), torch.tensor([[[[-0.5]]]])
+    out = ddim_step(x_t, eps, 0.25, 0.64, eta=1.0, noise=z)
+    # sigma = sqrt(0.36/0.75 * (1 - 0.25/0.64)) = 0.54083...
+    assert out.item() == pytest.approx(-0.06299964815177614, abs=1e-7)
+    with pytest.raises(ValueError, match="needs `noise`"):
+        ddim_step(x_t, eps, 0.25, 0.64, eta=0.5)
+    with pytest.raises(ValueError, match="eta=-0.1"):
+        ddim_step(x_t, eps, 0.25, 0.64, eta=-0.1)
+
+
+def test_ddim_step_clamp_engages():
+    x_t, eps = torch.tensor([[[[1.0]]]]), torch.tensor([[[[0.5]]]])
+    # unclipped x0 = (1 - sqrt(0.75)*0.5)/0.5 = 1.134 > 1
+    assert ddim_step(x_t, eps, 0.25, 0.64).item() == pytest.approx(0.8 * 1.0 + 0.6 * 0.5, abs=1e-7)
+    assert ddim_step(x_t, eps, 0.25, 0.64, clip_range=None).item() == pytest.approx(
+        0.8 * 1.1339745962155614 + 0.3, abs=1e-6
+    )
+
+
+def test_ddim_step_last_step_returns_x0():
+    torch.manual_seed(0)
+    x_t, eps = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    a_t = 0.9
+    x0 = ((x_t - (1 - a_t) ** 0.5 * eps) / a_t**0.5).clamp(-1, 1)
+    torch.testing.assert_close(ddim_step(x_t, eps, a_t, 1.0), x0)
+    torch.testing.assert_close(ddim_step(x_t, eps, a_t, 1.0, eta=1.0, noise=torch.randn(2, 3, 4, 4)), x0)
+
+
+def test_ddim_step_per_sample_alphas():
+    torch.manual_seed(0)
+    x_t, eps = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    both = ddim_step(x_t, eps, torch.tensor([0.3, 0.5]), torch.tensor([0.6, 0.7]))
+    torch.testing.assert_close(both[:1], ddim_step(x_t[:1], eps[:1], 0.3, 0.6))
+    torch.testing.assert_close(both[1:], ddim_step(x_t[1:], eps[1:], 0.5, 0.7))
+
+
+def test_ddim_step_numpy_and_torch_agree():
+    rng = np.random.default_rng(0)
+    x_t, eps, z = (rng.standard_normal((3, 3, 5, 5)).astype(np.float32) for _ in range(3))
+    a_t, a_prev = np.array([0.1, 0.5, 0.9]), np.array([0.3, 0.7, 1.0])
+    for eta, noise in [(0.0, None), (0.7, z)]:
+        out_np = ddim_step(x_t, eps, a_t, a_prev, eta=eta, noise=noise)
+        out_t = ddim_step(
+            torch.from_numpy(x_t), torch.from_numpy(eps), torch.from_numpy(a_t), torch.from_numpy(a_prev),
+            eta=eta, noise=None if noise is None else torch.from_numpy(noise),
+        )
+        assert out_np.dtype == np.float32 and isinstance(out_np, np.ndarray)
+        np.testing.assert_allclose(out_np, out_t.numpy(), rtol=0, atol=1e-6)
+
+
+# --- ddim_sample ----------------------------------------------------------------------------
+
+def test_ddim_sample_deterministic_and_in_range(small_model):
+    sched = zoo.linear_schedule()
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    a = ddim_sample(small_model, sched, x_T, num_steps=5)
+    b = ddim_sample(small_model, sched, x_T.clone(), num_steps=5)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert a.shape == x_T.shape and a.abs().max() <= 1.0
+
+
+def test_ddim_sample_eta_noise_tensor_vs_generator(small_model):
+    sched = zoo.cosine_schedule()
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(4, 2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    a = ddim_sample(small_model, sched, x_T, num_steps=4, eta=1.0, noise=noise)
+    b = ddim_sample(small_model, sched, x_T, num_steps=4, eta=1.0, noise=noise)
+    c = ddim_sample(small_model, sched, x_T, num_steps=4, eta=0.0)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (a - c).abs().max() > 1e-3  # the noise is really used
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    torch.testing.assert_close(
+        ddim_sample(small_model, sched, x_T, num_steps=4, eta=0.5, noise=g1),
+        ddim_sample(small_model, sched, x_T, num_steps=4, eta=0.5, noise=g2),
+    )
+
+
+def test_ddim_sample_matches_manual_loop(small_model):
+    sched = zoo.linear_schedule()
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    ts = ddim_timesteps(1000, 3, "trailing")
+    ab = torch.from_numpy(sched.alphas_cumprod.copy()).float()
+    ref = x
+    with torch.no_grad():
+        for i, t in enumerate(ts):
+            eps = small_model(ref, torch.tensor([int(t)]))
+            ref = ddim_step(ref, eps, ab[t], ab[ts[i + 1]] if i + 1 < len(ts) else 1.0)
+    out = ddim_sample(small_model, sched, x, num_steps=3, spacing="trailing")
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_ddim_sample_errors(small_model):
+    x_T = torch.randn(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="needs `noise`"):
+        ddim_sample(small_model, zoo.linear_schedule(), x_T, num_steps=2, eta=1.0)
+    with pytest.raises(ValueError, match=r"noise must have shape \(S, B, C, H, W\) = \(2, 1, 3, 8, 8\)"):
+        ddim_sample(small_model, zoo.linear_schedule(), x_T, num_steps=2, eta=1.0, noise=torch.randn(3, 1, 3, 8, 8))
+    with pytest.raises(ValueError, match="T=100"):
+        ddim_sample(small_model, zoo.linear_schedule(100), x_T, num_steps=2)
+    with pytest.raises(ValueError, match="num_steps=0"):
+        ddim_sample(small_model, zoo.linear_schedule(), x_T, num_steps=0)

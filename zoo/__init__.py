@@ -1,0 +1,56 @@
+"""diffzoo's model zoo: a registry of small epsilon-predicting denoisers, DDPM/DDIM math and image output.
+
+``zoo.diffusion``, ``zoo.schedules`` and ``zoo.images`` import no torch, so the deployment runtime can
+use them; the torch-backed names (``build``, the models, ``append_time_channel``) load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from zoo import diffusion, images, schedules
+from zoo.diffusion import ddim_sample, ddim_step, ddim_timesteps, make_training_sample
+from zoo.images import save_grid, write_ppm
+from zoo.schedules import Schedule, cosine_schedule, linear_schedule, make_schedule
+
+__all__ = [
+    "build",
+    "available",
+    "register",
+    "append_time_channel",
+    "ConvConfig",
+    "ResidualConfig",
+    "DenoiserConfig",
+    "diffusion",
+    "images",
+    "schedules",
+    "Schedule",
+    "linear_schedule",
+    "cosine_schedule",
+    "make_schedule",
+    "ddim_timesteps",
+    "make_training_sample",
+    "ddim_step",
+    "ddim_sample",
+    "write_ppm",
+    "save_grid",
+]
+
+# Loaded on first attribute access (PEP 562), so that `import zoo.diffusion` stays torch-free.
+_LAZY = {
+    "build": "zoo.registry",
+    "available": "zoo.registry",
+    "register": "zoo.registry",
+    "append_time_channel": "zoo.models",
+    "ConvConfig": "zoo.models",
+    "ResidualConfig": "zoo.models",
+    "DenoiserConfig": "zoo.models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        importlib.import_module("zoo.models")  # registers the models before any build()
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")

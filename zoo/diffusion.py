@@ -1,0 +1,224 @@
+"""DDPM/DDIM math as pure functions, plus the eager reference sampler.
+
+Forward process from Ho et al. 2020 (DDPM, eq. 4); reverse update from Song et al. 2021
+(DDIM, eq. 12 and 16). No hidden state and no hidden randomness: every noise tensor is an
+argument, so a sampling run is reproducible and exportable to a graph.
+
+Notation (one table for the whole module):
+    code              paper
+    alpha_bar_t       alpha-bar_t  (``Schedule.alphas_cumprod[t]``)
+    alpha_bar_prev    alpha-bar_{t-1}, the next timestep in the sampling list (1.0 after the last)
+    eps               epsilon_theta(x_t, t), the model's noise prediction
+    x0                predicted x_0, "clipped denoised" to [-clip_range, clip_range]
+    sigma             sigma_t(eta), DDIM eq. 16
+    noise             z ~ N(0, I), always supplied by the caller
+
+``ddim_step`` and ``make_training_sample`` are written once with arithmetic operators and
+``.clip`` only, so the same definition serves torch tensors (eager, traced for export) and
+numpy arrays (the torch-free runtime). This module imports torch only inside ``ddim_sample``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from zoo.schedules import SCHEDULES, Schedule, cosine_schedule, linear_schedule, make_schedule
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "Schedule",
+    "linear_schedule",
+    "cosine_schedule",
+    "make_schedule",
+    "SCHEDULES",
+    "SPACINGS",
+    "Spacing",
+    "ddim_timesteps",
+    "make_training_sample",
+    "ddim_step",
+    "ddim_sample",
+]
+
+log = logging.getLogger(__name__)
+
+Spacing = Literal["leading", "trailing", "linspace"]
+
+
+def _leading(T: int, S: int) -> np.ndarray:
+    return (np.arange(S, dtype=np.int64) * (T // S))[::-1]
+
+
+def _trailing(T: int, S: int) -> np.ndarray:
+    return np.round(np.arange(T, 0, -T / S)).astype(np.int64) - 1
+
+
+def _linspace(T: int, S: int) -> np.ndarray:
+    return np.round(np.linspace(0, T - 1, S)).astype(np.int64)[::-1]
+
+
+# Conventions of the widely used DDIM implementations (diffusers' ``timestep_spacing``).
+SPACINGS = {"leading": _leading, "trailing": _trailing, "linspace": _linspace}
+
+
+def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: Spacing = "leading") -> np.ndarray:
+    """The descending int64 timesteps a DDIM sampler visits, shape (num_steps,)."""
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}: expected one of {sorted(SPACINGS)}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= num_train_timesteps:
+        raise ValueError(f"num_steps={num_steps!r} is invalid: expected an integer in 1..{num_train_timesteps}")
+    return np.ascontiguousarray(SPACINGS[spacing](int(num_train_timesteps), int(num_steps)))
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def _coef(a: Any, x: Any) -> Any:
+    """A scalar or per-sample (B,) coefficient as x's array type and dtype, broadcastable over x."""
+    if _is_torch(x):
+        import torch
+
+        a = torch.as_tensor(a, dtype=x.dtype, device=x.device)
+    else:
+        a = np.asarray(a, dtype=x.dtype)
+    if a.ndim == 1:
+        a = a.reshape((-1,) + (1,) * (x.ndim - 1))  # (B, 1, 1, 1)
+    return a
+
+
+def make_training_sample(x0: Any, eps: Any, alpha_bar_t: Any) -> tuple[Any, Any]:
+    """Noise clean data to timestep t (DDPM eq. 4): ``x_t = sqrt(a)*x0 + sqrt(1-a)*eps``.
+
+    Args:
+        x0: clean data (B, C, H, W), torch or numpy.
+        eps: the noise to add, same shape; drawn by the caller.
+        alpha_bar_t: alpha-bar_t, a scalar or per-sample (B,).
+
+    Returns:
+        ``(x_t, target)`` where the epsilon-prediction target is ``eps`` itself.
+    """
+    if tuple(x0.shape) != tuple(eps.shape):
+        raise ValueError(f"x0 has shape {tuple(x0.shape)} but eps has shape {tuple(eps.shape)}: they must match")
+    a = _coef(alpha_bar_t, x0)
+    return a**0.5 * x0 + (1 - a) ** 0.5 * eps, eps
+
+
+def ddim_step(
+    x_t: Any,
+    eps: Any,
+    alpha_bar_t: Any,
+    alpha_bar_prev: Any,
+    eta: Any = 0.0,
+    noise: Any = None,
+    clip_range: float | None = 1.0,
+) -> Any:
+    """One reverse DDIM update x_t -> x_{t_prev} (DDIM eq. 12).
+
+    Args:
+        x_t: current sample (B, C, H, W), torch or numpy.
+        eps: predicted noise, same shape.
+        alpha_bar_t, alpha_bar_prev: scalars or per-sample (B,); ``alpha_bar_prev=1`` on the last step.
+        eta: 0 for deterministic DDIM, 1 for DDPM-like ancestral noise (a number or a 0-d tensor).
+        noise: N(0, I) noise of x_t's shape; required when eta > 0.
+        clip_range: clamp of the predicted x0 ("clipped denoised"); None disables it.
+
+    Returns:
+        x_prev, same shape and type as x_t.
+    """
+    if isinstance(eta, (int, float)):
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta={eta!r} is invalid: expected 0 <= eta <= 1 (0 = DDIM, 1 = DDPM-like)")
+        if eta > 0 and noise is None:
+            raise ValueError(f"eta={eta!r} > 0 needs `noise` of shape {tuple(x_t.shape)}; none was given")
+    if clip_range is not None and not clip_range > 0:
+        raise ValueError(f"clip_range={clip_range!r} is invalid: expected a positive number or None")
+    a_t = _coef(alpha_bar_t, x_t)
+    a_prev = _coef(alpha_bar_prev, x_t)
+    eta = _coef(eta, x_t)
+
+    x0 = (x_t - (1 - a_t) ** 0.5 * eps) / a_t**0.5  # DDIM eq. 12, "predicted x0"
+    if clip_range is not None:
+        x0 = x0.clip(-clip_range, clip_range)
+    sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5  # eq. 16
+    # 1 - a_prev - sigma^2 >= 0 for eta <= 1; the clip only absorbs float rounding.
+    direction = (1 - a_prev - sigma**2).clip(0, None) ** 0.5 * eps
+    x_prev = a_prev**0.5 * x0 + direction
+    if noise is not None:
+        x_prev = x_prev + sigma * noise
+    return x_prev
+
+
+def ddim_sample(
+    model: torch.nn.Module,
+    schedule: Schedule,
+    x_T: torch.Tensor,
+    num_steps: int = 50,
+    eta: float = 0.0,
+    spacing: Spacing = "leading",
+    noise: torch.Tensor | torch.Generator | None = None,
+    progress: bool = False,
+    clip_range: float | None = 1.0,
+    callback: Any = None,
+) -> torch.Tensor:
+    """The eager reference DDIM sampler: the ground truth every exported path is compared to.
+
+    Args:
+        model: an epsilon predictor ``model(x, t) -> eps``.
+        schedule: the schedule the model was trained with.
+        x_T: initial noise (B, C, H, W).
+        num_steps: number of denoising steps S, 1..T.
+        eta: 0 (deterministic) .. 1.
+        spacing: how the S timesteps are picked (see ``ddim_timesteps``).
+        noise: for eta > 0, per-step noise (S, B, C, H, W) or a ``torch.Generator`` to draw it.
+        progress: show a tqdm bar.
+        clip_range: see ``ddim_step``.
+        callback: optional ``callback(i, t, eps, x_prev)`` after every step (for parity reports).
+
+    Returns:
+        x_0 of shape (B, C, H, W), in [-clip_range, clip_range].
+    """
+    import torch
+
+    T = schedule.num_train_timesteps
+    model_T = getattr(getattr(model, "config", None), "num_train_timesteps", T)
+    if model_T != T:
+        raise ValueError(f"the model was built for num_train_timesteps={model_T} but the schedule has T={T}")
+    timesteps = ddim_timesteps(T, num_steps, spacing)
+    if x_T.ndim != 4:
+        raise ValueError(f"x_T must have shape (B, C, H, W); got {tuple(x_T.shape)}")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta={eta!r} is invalid: expected 0 <= eta <= 1")
+    expected = (len(timesteps), *x_T.shape)
+    if isinstance(noise, torch.Tensor) and tuple(noise.shape) != expected:
+        raise ValueError(f"noise must have shape (S, B, C, H, W) = {expected}; got {tuple(noise.shape)}")
+    if eta > 0 and noise is None:
+        raise ValueError("eta > 0 needs `noise`: a (S, B, C, H, W) tensor or a torch.Generator")
+
+    # Cast the float64 schedule once, to the dtype every exported graph uses too.
+    alphas = torch.from_numpy(schedule.alphas_cumprod.copy()).to(dtype=x_T.dtype, device=x_T.device)
+    one = torch.ones((), dtype=x_T.dtype, device=x_T.device)
+    x = x_T
+    steps = range(len(timesteps))
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="ddim", unit="step")
+    with torch.inference_mode():
+        for i in steps:
+            t = int(timesteps[i])
+            a_prev = alphas[timesteps[i + 1]] if i + 1 < len(timesteps) else one
+            eps = model(x, torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device))
+            z = None
+            if eta > 0:
+                z = noise[i] if isinstance(noise, torch.Tensor) else torch.randn(
+                    x.shape, generator=noise, dtype=x.dtype, device=x.device
+                )
+            x = ddim_step(x, eps, alphas[t], a_prev, eta=eta, noise=z, clip_range=clip_range)
+            if callback is not None:
+                callback(i, t, eps, x)
+    return x

@@ -1,0 +1,59 @@
+"""The model registry: a name -> model-class dict, ``@register``, ``build`` and ``available``.
+
+Modelled on torchvision's ``models/_api.py`` and timm's ``_registry.py``: a plain dict, loud on
+duplicates and unknown names, with every model rebuilt from its name and config dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, TypeVar
+
+import torch
+
+__all__ = ["register", "build", "available"]
+
+_MODELS: dict[str, type[torch.nn.Module]] = {}
+
+M = TypeVar("M", bound=type[torch.nn.Module])
+
+
+def register(name: str) -> Callable[[M], M]:
+    """Class decorator: register a model under ``name``.
+
+    The class must have a ``config_class`` (a frozen dataclass) and take one instance of it in
+    ``__init__``. The decorator stores ``name`` on the class as ``cls.name``.
+    """
+
+    def wrap(cls: M) -> M:
+        if name in _MODELS:
+            raise ValueError(f"model name {name!r} is already registered (by {_MODELS[name].__qualname__})")
+        if not dataclasses.is_dataclass(getattr(cls, "config_class", None)):
+            raise TypeError(f"{cls.__qualname__} needs a dataclass `config_class` to be registered")
+        cls.name = name
+        _MODELS[name] = cls
+        return cls
+
+    return wrap
+
+
+def available() -> list[str]:
+    """The registered model names, sorted."""
+    return sorted(_MODELS)
+
+
+def build(name: str, **config: Any) -> torch.nn.Module:
+    """Build a registered model: ``build("residual", hidden=64)``.
+
+    Raises:
+        ValueError: unknown ``name`` (the message lists ``available()``), or an invalid value.
+        TypeError: an unknown config key (the message lists the accepted keys).
+    """
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}: available models are {available()}")
+    cls = _MODELS[name]
+    accepted = [f.name for f in dataclasses.fields(cls.config_class)]
+    unknown = sorted(set(config) - set(accepted))
+    if unknown:
+        raise TypeError(f"unknown config key(s) {unknown} for model {name!r}: accepted keys are {accepted}")
+    return cls(cls.config_class(**config))
