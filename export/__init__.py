@@ -1,0 +1,48 @@
+"""diffzoo export: any zoo model to a verified bundle of TorchScript and ONNX graphs with a manifest.
+
+``export.manifest`` (hash verification) is torch-free for the runtime; the exporters load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from export.manifest import (
+    FORMAT_VERSION,
+    BundleError,
+    BundleFileMissingError,
+    BundleHashMismatchError,
+    BundleVersionError,
+    load_manifest,
+)
+
+__all__ = [
+    "export_bundle",
+    "Bundle",
+    "load_manifest",
+    "load_model",
+    "ExportVerificationError",
+    "BundleError",
+    "BundleFileMissingError",
+    "BundleHashMismatchError",
+    "BundleVersionError",
+    "FORMAT_VERSION",
+    "STEP_ATOL",
+    "LOOP_ATOL",
+]
+
+_LAZY = {
+    "export_bundle": "export.bundle",
+    "Bundle": "export.bundle",
+    "load_model": "export.bundle",
+    "ExportVerificationError": "export.verify",
+    "STEP_ATOL": "export.verify",
+    "LOOP_ATOL": "export.verify",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'export' has no attribute {name!r}")

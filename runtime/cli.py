@@ -39,7 +39,8 @@ def _write_images(path: Path, x) -> None:
     """Write a batch by suffix: .ppm/.pgm the first image, .npy the raw array, else a PNG-style grid."""
     import numpy as np
 
-    from zoo.images import atomic_write, save_grid, write_ppm
+    from zoo.files import atomic_write
+    from zoo.images import save_grid, write_ppm
 
     suffix = path.suffix.lower()
     if suffix in (".ppm", ".pgm"):
@@ -59,7 +60,7 @@ def cmd_eager_sample(args: argparse.Namespace) -> int:
 
     import zoo
 
-    model = zoo.build(args.model, hidden=args.hidden, channels=args.channels).eval()
+    model = zoo.build(args.model or "residual", hidden=args.hidden, channels=args.channels).eval()
     schedule = zoo.make_schedule(args.schedule, num_train_timesteps=model.config.num_train_timesteps)
     g = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)  # random init, reproducible by seed
@@ -70,6 +71,53 @@ def cmd_eager_sample(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _write_images(out, x0)
     print(f"{args.n} images from an untrained {args.model} (hidden={args.hidden}) in {dt:.2f} s -> {out}")
+    return 0
+
+
+def _load_or_build(args: argparse.Namespace):
+    """(model, schedule, example_shape) from --checkpoint, or a seeded random init from --model."""
+    import torch
+
+    import zoo
+
+    if args.checkpoint:
+        from zoo.checkpoint import load_weights
+
+        if args.model is not None:
+            raise ValueError(f"--checkpoint {args.checkpoint} already names its model: drop --model {args.model}")
+        model, schedule, meta = load_weights(args.checkpoint)
+        shape = tuple(meta.get("data", {}).get("shape") or (model.config.channels, args.size, args.size))
+        return model, schedule, shape
+    torch.manual_seed(args.seed)
+    model = zoo.build(args.model or "residual", hidden=args.hidden, channels=args.channels, kernel_size=args.kernel_size)
+    schedule = zoo.make_schedule(args.schedule, num_train_timesteps=model.config.num_train_timesteps)
+    return model, schedule, (args.channels, args.size, args.size)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import export
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    model, schedule, shape = _load_or_build(args)
+    t0 = time.perf_counter()
+    try:
+        bundle = export.export_bundle(
+            model, args.out, schedule=schedule, example_shape=shape, opset=args.opset, formats=formats,
+            force=args.force, seed=args.seed, progress=True,
+        )
+    except export.ExportVerificationError as e:
+        print(f"diffzoo export: error: {e} (nothing was written)", file=sys.stderr)
+        return 1
+    total = time.perf_counter() - t0
+    m = bundle.manifest
+    print(f"exported {m['model']['name']} {m['model']['config']} ({m['schedule']['name']} schedule, data {shape})")
+    print(f"{'artifact':<16}{'format':<13}{'seconds':>8}  {'max |diff|':>11}  {'atol':>7}  verified at")
+    for c in bundle.checks:
+        sizes = "x".join(str(c["shape"][k]) for k in ("batch", "height", "width"))
+        steps = f", {c['shape']['steps']} steps" if "steps" in c["shape"] else ""
+        print(f"{c['artifact']:<16}{c['format']:<13}{bundle.seconds[c['artifact']]:>8.2f}  "
+              f"{c['max_abs_diff']:>11.2e}  {c['atol']:>7.0e}  B x H x W = {sizes}{steps}")
+    print(f"bundle written to {bundle.path} in {total:.1f} s")
     return 0
 
 
@@ -86,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.png", help="output: .png grid, .ppm first image, .npy array")
     p.set_defaults(func=cmd_eager_sample)
+
+    from export.specs import FORMATS
+
+    p = sub.add_parser("export", help="export a model to a verified TorchScript/ONNX bundle")
+    _model_args(p)
+    p.add_argument("--kernel-size", type=_positive_int, default=3, help="odd conv kernel size (default 3)")
+    p.add_argument("--checkpoint", default=None, help="a weights .safetensors from `diffzoo train` (instead of --model)")
+    p.add_argument("--out", required=True, help="bundle directory (absent or empty, unless --force)")
+    p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
+    p.add_argument("--opset", type=int, default=20, help="ONNX opset (default 20)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out after the new bundle is verified")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random init and of the verification inputs")
+    p.set_defaults(func=cmd_export, model=None)
     return parser
 
 

@@ -19,3 +19,24 @@ def model_name(request) -> str:
 def small_model(model_name):
     torch.manual_seed(0)
     return zoo.build(model_name, **SMALL).eval()
+
+
+EXAMPLE_SHAPE = (3, 12, 12)
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory) -> dict:
+    """One full bundle per zoo model (hidden=8), exported once per test session."""
+    import export
+
+    out = {}
+    for name in zoo.available():
+        torch.manual_seed(0)
+        model = zoo.build(name, **SMALL)
+        out[name] = export.export_bundle(model, tmp_path_factory.mktemp("bundles") / name, example_shape=EXAMPLE_SHAPE)
+    return out
+
+
+@pytest.fixture
+def bundle(bundles, model_name):
+    return bundles[model_name]

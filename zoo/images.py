@@ -9,13 +9,14 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["to_uint8", "write_ppm", "save_grid", "atomic_write"]
+from zoo.files import atomic_write
+
+__all__ = ["to_uint8", "write_ppm", "save_grid"]
 
 
 def _as_batch(batch: Any) -> np.ndarray:
@@ -39,22 +40,6 @@ def to_uint8(batch: Any) -> np.ndarray:
     """(B, C, H, W) floats in [-1, 1] -> (B, H, W, C) uint8; values outside are clipped."""
     arr = _as_batch(batch)
     return np.round((np.clip(arr, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8).transpose(0, 2, 3, 1)
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temp file beside ``path``, fsync, then rename: no partial file, ever."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_ppm(path: str | os.PathLike, batch: Any) -> Path:

@@ -37,8 +37,13 @@ def register(name: str) -> Callable[[M], M]:
     return wrap
 
 
+def _load_builtin() -> None:
+    import zoo.models  # noqa: F401  (registers the built-in models; imported here to avoid a cycle)
+
+
 def available() -> list[str]:
     """The registered model names, sorted."""
+    _load_builtin()
     return sorted(_MODELS)
 
 
@@ -49,6 +54,7 @@ def build(name: str, **config: Any) -> torch.nn.Module:
         ValueError: unknown ``name`` (the message lists ``available()``), or an invalid value.
         TypeError: an unknown config key (the message lists the accepted keys).
     """
+    _load_builtin()
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}: available models are {available()}")
     cls = _MODELS[name]

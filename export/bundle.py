@@ -1,0 +1,305 @@
+"""``export_bundle``: a zoo model to a verified, deployable directory of TorchScript and ONNX files.
+
+Validation first (optimum's order: arguments, then export, then verification), then every
+artifact is written into a temporary directory beside the target, verified against eager torch at
+a shape other than the example, hashed into ``manifest.json`` and only then renamed into place.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import onnx
+import torch
+
+import zoo
+from export.loop import build_sampler_graph
+from export.manifest import FORMAT_VERSION, MANIFEST_NAME, sha256_file
+from export.onnx_export import DEFAULT_OPSET, EXPORTER, SUPPORTED_OPSETS, check_onnx, export_onnx
+from export.specs import FORMATS, ArtifactSpec, artifact_specs, make_inputs
+from export.torchscript import load_traced, save_traced
+from export.verify import LOOP_ATOL, STEP_ATOL, Check, compare_outputs, raise_on_failures
+from export.wrappers import DDIMStep, FusedStep
+from zoo.checkpoint import save_weights
+from zoo.files import default_mode
+from zoo.schedules import Schedule
+
+__all__ = ["Bundle", "export_bundle", "load_model", "WEIGHTS_NAME", "VERIFY_STEPS"]
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "weights.safetensors"
+VERIFY_STEPS = 50  # the whole-loop graphs are verified over this many DDIM steps
+_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """What ``export_bundle`` wrote: the directory, its manifest and the time each artifact took."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def checks(self) -> list[dict[str, Any]]:
+        return self.manifest["verification"]
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        return self.manifest["export"]["seconds"]
+
+
+def _verify_sizes(example_shape: tuple[int, int, int]) -> dict[str, int]:
+    """Axis sizes for verification: another batch and another, odd, H x W than the example."""
+    _, h, w = example_shape
+    return {"batch": 3, "height": h // 2 + 3, "width": w // 2 + 1 if w // 2 + 1 != h // 2 + 3 else w // 2 + 2}
+
+
+def _check_args(model, out_dir, schedule, example_shape, opset, formats, force) -> tuple[Path, tuple[str, ...]]:
+    if not (isinstance(getattr(model, "name", None), str) and dataclasses.is_dataclass(getattr(model, "config", None))):
+        raise TypeError(f"export_bundle needs a zoo model (built by zoo.build); got {type(model).__name__}")
+    formats = tuple(formats)
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ValueError(f"unknown format(s) {bad or formats!r}: accepted are {list(FORMATS)}")
+    if opset not in SUPPORTED_OPSETS:
+        raise ValueError(f"opset {opset!r} is not supported: accepted are {SUPPORTED_OPSETS[0]}..{SUPPORTED_OPSETS[-1]}")
+    if len(example_shape) != 3 or not all(isinstance(v, int) and v >= 1 for v in example_shape):
+        raise ValueError(f"example_shape={example_shape!r} is invalid: expected (C, H, W) positive integers")
+    if example_shape[0] != model.config.channels:
+        raise ValueError(f"example_shape has C={example_shape[0]} but the model has channels={model.config.channels}")
+    if schedule.num_train_timesteps != model.config.num_train_timesteps:
+        raise ValueError(
+            f"the schedule has T={schedule.num_train_timesteps} but the model was built for "
+            f"num_train_timesteps={model.config.num_train_timesteps}"
+        )
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{str(out)!r} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"{str(out)!r} is not empty: choose another directory or pass force=True (--force)")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"the parent directory of {str(out)!r} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise PermissionError(f"cannot write into {str(out.parent)!r}")
+    return out, formats
+
+
+def _reference(spec: ArtifactSpec, model: torch.nn.Module, schedule: Schedule, clip_range: float | None):
+    """The eager torch callable an artifact must reproduce."""
+    if spec.name == "denoiser":
+        return model
+    if spec.name.startswith("ddim_step"):
+        return DDIMStep(spec.stochastic, clip_range)
+    if spec.name.startswith("fused_step"):
+        return FusedStep(model, schedule.alphas_cumprod, spec.stochastic, clip_range).eval()
+
+    def sampler(x_T, timesteps, noise=None, eta=None):
+        return zoo.ddim_sample(model, schedule, x_T, num_steps=len(timesteps), spacing="leading",
+                               eta=0.0 if eta is None else float(eta), noise=noise, clip_range=clip_range)
+
+    return sampler
+
+
+def _outputs(spec: ArtifactSpec, fn, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    with torch.inference_mode():
+        out = fn(*inputs.values())
+    return {spec.outputs[0].name: out.detach().cpu().numpy().astype(np.float64)}
+
+
+def _run_onnx(session, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    feed = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feed)))
+
+
+def export_bundle(
+    model: torch.nn.Module,
+    out_dir: str | os.PathLike,
+    schedule: Schedule | None = None,
+    example_shape: tuple[int, int, int] | None = None,
+    opset: int = DEFAULT_OPSET,
+    formats: Iterable[str] = FORMATS,
+    force: bool = False,
+    clip_range: float | None = 1.0,
+    seed: int = 0,
+    progress: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> Bundle:
+    """Export ``model`` and its DDIM sampler to a verified bundle directory.
+
+    Args:
+        model: a zoo model (``zoo.build``), any device; exported in fp32 on the CPU.
+        out_dir: the bundle directory; must be absent or empty unless ``force``.
+        schedule: the model's noise schedule; default ``linear_schedule(T)``.
+        example_shape: (C, H, W) of the data, default (channels, 32, 32). Graphs stay dynamic in
+            batch, height and width; verification runs at another batch and H x W.
+        opset: ONNX opset, one of ``SUPPORTED_OPSETS``.
+        formats: subset of ``("onnx", "torchscript")``; the fused step and the sampler are ONNX only.
+        force: replace a non-empty ``out_dir`` (atomically, after the new bundle is verified).
+        clip_range: the x0 clamp of the DDIM step, baked into the step graphs.
+        seed: seeds the verification inputs.
+        progress: show a tqdm bar over the artifacts.
+        extra: JSON-serialisable facts stored in the manifest under ``"extra"`` (e.g. training run).
+
+    Raises:
+        ValueError, TypeError, FileExistsError: bad arguments, before any work is done.
+        ExportVerificationError: an artifact disagrees with eager torch; nothing is left on disk.
+    """
+    schedule = schedule or zoo.linear_schedule(model.config.num_train_timesteps)
+    example_shape = tuple(example_shape or (model.config.channels, 32, 32))
+    out, formats = _check_args(model, out_dir, schedule, example_shape, opset, formats, force)
+
+    model = copy.deepcopy(model).float().cpu().eval()
+    specs = [s for s in artifact_specs(model.config.channels).values() if set(s.formats) & set(formats)]
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        tmp.chmod(default_mode(directory=True))
+        manifest = _export_into(tmp, model, schedule, example_shape, opset, formats, specs, clip_range, seed, progress)
+        manifest["extra"] = extra or {}
+        _finish(tmp, manifest)
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Bundle(path=out, manifest=manifest)
+
+
+def _export_into(tmp, model, schedule, example_shape, opset, formats, specs, clip_range, seed, progress) -> dict:
+    import onnxruntime as ort
+
+    g = torch.Generator().manual_seed(seed)
+    c, h, w = example_shape
+    example_sizes = {"batch": 2, "height": h, "width": w, "steps": 2}
+    verify_sizes = _verify_sizes(example_shape)
+    seconds: dict[str, float] = {}
+    files: dict[str, dict[str, str]] = {}
+    checks: list[Check] = []
+    fused: dict[bool, onnx.ModelProto] = {}
+
+    t0 = time.perf_counter()
+    save_weights(tmp / WEIGHTS_NAME, model, schedule, data={"shape": list(example_shape), "range": [-1.0, 1.0]})
+    seconds["weights"] = time.perf_counter() - t0
+
+    it = specs
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(specs, desc="export", unit="artifact")
+    for spec in it:
+        ref = _reference(spec, model, schedule, clip_range)
+        is_loop = spec.name.startswith("sampler")
+        sizes = {**verify_sizes, "steps": VERIFY_STEPS} if is_loop else verify_sizes
+        atol = LOOP_ATOL if is_loop else STEP_ATOL
+        inputs = make_inputs(spec, sizes, schedule.alphas_cumprod, g)
+        expected = _outputs(spec, ref, inputs)
+        files[spec.name] = {}
+        t0 = time.perf_counter()
+        for fmt in (f for f in spec.formats if f in formats):
+            path = tmp / f"{spec.name}{_SUFFIX[fmt]}"
+            if fmt == "torchscript":
+                example = make_inputs(spec, example_sizes, schedule.alphas_cumprod, g)
+                save_traced(ref, tuple(example.values()), path)
+                got = _outputs(spec, load_traced(path), inputs)
+            else:
+                if is_loop:
+                    proto = build_sampler_graph(fused[spec.stochastic], spec.stochastic)
+                else:
+                    example = make_inputs(spec, example_sizes, schedule.alphas_cumprod, g)
+                    proto = export_onnx(ref, spec, example, opset)
+                    if spec.name.startswith("fused_step"):
+                        fused[spec.stochastic] = proto
+                check_onnx(proto)
+                onnx.save(proto, str(path))
+                session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                got = _run_onnx(session, inputs)
+            files[spec.name][fmt] = path.name
+            checks.append(compare_outputs(spec.name, fmt, sizes, got, expected, atol))
+            log.info("%s/%s: max |diff| %.3g (atol %g)", spec.name, fmt, checks[-1].max_abs_diff or float("nan"), atol)
+        seconds[spec.name] = time.perf_counter() - t0
+    raise_on_failures(checks)
+
+    import onnxruntime
+
+    return {
+        "format": "diffzoo-bundle",
+        "format_version": FORMAT_VERSION,
+        "model": {"name": model.name, "config": dataclasses.asdict(model.config)},
+        "schedule": schedule.to_dict(),
+        "data": {"shape": list(example_shape), "range": [-1.0, 1.0], "dtype": "float32"},
+        "clip_range": clip_range,
+        "weights": WEIGHTS_NAME,
+        "artifacts": {
+            s.name: {
+                "description": s.description,
+                "stochastic": s.stochastic,
+                "files": files[s.name],
+                "inputs": [i.to_dict() for i in s.inputs],
+                "outputs": [o.to_dict() for o in s.outputs],
+                "dynamic_axes": sorted({d for io in s.inputs + s.outputs for d in io.dims if isinstance(d, str)}),
+            }
+            for s in specs
+        },
+        "export": {
+            "exporter": EXPORTER,
+            "opset": opset,
+            "ir_version": int(fused[False].ir_version) if fused else None,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": {k: round(v, 3) for k, v in seconds.items()},
+            "verify_steps": VERIFY_STEPS,
+        },
+        "verification": [c.to_dict() for c in checks],
+    }
+
+
+def _finish(tmp: Path, manifest: dict) -> None:
+    """Hash every file, then write the manifest last (fsynced)."""
+    manifest["files"] = {
+        p.name: {"sha256": sha256_file(p), "size": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()
+    }
+    with open(tmp / MANIFEST_NAME, "w") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished bundle onto ``out``; an old bundle there is removed only after that."""
+    old = None
+    if out.exists():
+        if any(out.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+        else:
+            out.rmdir()
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_model(bundle_dir: str | os.PathLike) -> tuple[torch.nn.Module, Schedule, dict[str, Any]]:
+    """Rebuild the eager model of a bundle from its (hash-verified) safetensors weights.
+
+    Returns ``(model in eval mode, schedule, manifest)``.
+    """
+    from export.manifest import load_manifest
+    from zoo.checkpoint import load_weights
+
+    manifest = load_manifest(bundle_dir)
+    model, schedule, _ = load_weights(Path(bundle_dir) / manifest["weights"])
+    return model, schedule, manifest

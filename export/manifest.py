@@ -1,0 +1,91 @@
+"""The bundle manifest: reading it and verifying every file's size and sha256 before anything loads.
+
+Torch-free, so the deployment runtime checks a bundle with the standard library alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "BundleError",
+    "BundleFileMissingError",
+    "BundleHashMismatchError",
+    "BundleVersionError",
+    "sha256_file",
+    "load_manifest",
+]
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be trusted or read; the message names the file."""
+
+
+class BundleFileMissingError(BundleError):
+    """A file listed in the manifest (or the manifest itself) is missing."""
+
+
+class BundleHashMismatchError(BundleError):
+    """A file's size or sha256 differs from the manifest: truncated, tampered with or replaced."""
+
+
+class BundleVersionError(BundleError):
+    """The manifest's format version is not one this diffzoo reads."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
+    """Read ``manifest.json`` and (by default) check every listed file's size and sha256.
+
+    Raises:
+        BundleFileMissingError, BundleHashMismatchError, BundleVersionError, BundleError.
+    """
+    root = Path(bundle_dir)
+    if not root.is_dir():
+        raise BundleFileMissingError(f"bundle directory {str(root)!r} does not exist")
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleFileMissingError(f"{str(path)!r} is missing: {str(root)!r} is not a diffzoo bundle")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{str(path)!r} is not valid JSON: {e}") from None
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        raise BundleVersionError(
+            f"{str(path)!r} has format_version={version!r}; this diffzoo reads format_version={FORMAT_VERSION}"
+        )
+    if verify:
+        for name, info in manifest["files"].items():
+            f = root / name
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise BundleError(f"{str(path)!r} lists {name!r}, which is outside the bundle")
+            if not f.is_file():
+                raise BundleFileMissingError(f"bundle file {str(f)!r} listed in the manifest is missing")
+            size = f.stat().st_size
+            if size != info["size"]:
+                raise BundleHashMismatchError(
+                    f"bundle file {str(f)!r} has {size} bytes, the manifest says {info['size']} (truncated or replaced)"
+                )
+            digest = sha256_file(f)
+            if digest != info["sha256"]:
+                raise BundleHashMismatchError(
+                    f"bundle file {str(f)!r} has sha256 {digest[:12]}..., the manifest says {info['sha256'][:12]}... (modified)"
+                )
+    return manifest

@@ -1,0 +1,100 @@
+"""What a bundle holds: every artifact's named inputs and outputs, and inputs to verify it with.
+
+One table drives the exporters (names, dynamic axes), the manifest and the runtime's feeds, so a
+name used in a graph cannot drift from the name the runtime feeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from zoo.diffusion import ddim_timesteps
+
+__all__ = ["IOSpec", "ArtifactSpec", "artifact_specs", "make_inputs", "FORMATS", "ARTIFACT_NAMES"]
+
+FORMATS = ("onnx", "torchscript")
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    name: str
+    dtype: str  # numpy dtype name
+    dims: tuple[str | int, ...]  # str = dynamic axis (batch, height, width, steps)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.dims)}
+
+
+@dataclass(frozen=True)
+class ArtifactSpec:
+    name: str
+    inputs: tuple[IOSpec, ...]
+    outputs: tuple[IOSpec, ...]
+    formats: tuple[str, ...]  # the formats this artifact is exported to
+    stochastic: bool
+    description: str
+
+
+def artifact_specs(channels: int) -> dict[str, ArtifactSpec]:
+    img = ("batch", channels, "height", "width")
+    f32, i64 = "float32", "int64"
+    batch = ("batch",)
+    noise = (IOSpec("noise", f32, img), IOSpec("eta", f32, ()))
+    step_in = (IOSpec("x_t", f32, img), IOSpec("eps", f32, img), IOSpec("alpha_bar_t", f32, batch), IOSpec("alpha_bar_prev", f32, batch))
+    fused_in = (IOSpec("x_t", f32, img), IOSpec("t", i64, batch), IOSpec("t_prev", i64, batch))
+    loop_in = (IOSpec("x_T", f32, img), IOSpec("timesteps", i64, ("steps",)))
+    loop_noise = (IOSpec("noise", f32, ("steps", *img)), IOSpec("eta", f32, ()))
+    x_prev = (IOSpec("x_prev", f32, img),)
+    both, onnx_only = ("onnx", "torchscript"), ("onnx",)
+    specs = [
+        ArtifactSpec("denoiser", (IOSpec("x", f32, img), IOSpec("t", i64, batch)), (IOSpec("eps", f32, img),), both, False,
+                     "the epsilon predictor, time channel inside"),
+        ArtifactSpec("ddim_step", step_in, x_prev, both, False, "one deterministic DDIM update (eta = 0)"),
+        ArtifactSpec("ddim_step_eta", step_in + noise, x_prev, both, True, "one DDIM update with eta and noise inputs"),
+        ArtifactSpec("fused_step", fused_in, x_prev, onnx_only, False, "denoiser + DDIM update, alpha-bar table inside"),
+        ArtifactSpec("fused_step_eta", fused_in + noise, x_prev, onnx_only, True, "fused step with eta and noise inputs"),
+        ArtifactSpec("sampler", loop_in, (IOSpec("x_0", f32, img),), onnx_only, False, "the whole DDIM loop (ONNX Loop)"),
+        ArtifactSpec("sampler_eta", loop_in + loop_noise, (IOSpec("x_0", f32, img),), onnx_only, True,
+                     "the whole DDIM loop with eta and per-step noise"),
+    ]
+    return {s.name: s for s in specs}
+
+
+ARTIFACT_NAMES = tuple(artifact_specs(3))
+
+
+def make_inputs(
+    spec: ArtifactSpec, sizes: dict[str, int], alphas_cumprod: np.ndarray, generator: torch.Generator, eta: float = 0.7
+) -> dict[str, torch.Tensor]:
+    """Random but valid inputs for ``spec`` at the given axis sizes (batch, height, width, steps).
+
+    Timesteps are spread over [0, T) with at least one ``t_prev = -1`` (the last step), and the
+    alpha-bar inputs are the schedule's values at those timesteps.
+    """
+    T = len(alphas_cumprod)
+    ab = torch.from_numpy(np.array(alphas_cumprod, dtype=np.float64)).float()
+    b = sizes["batch"]
+    t = torch.randint(0, T, (b,), generator=generator)
+    t_prev = t - torch.randint(1, max(2, T // 2), (b,), generator=generator)
+    t_prev[-1] = -1
+    t_prev = t_prev.clamp(min=-1)
+    values = {
+        "t": t,
+        "t_prev": t_prev,
+        "alpha_bar_t": ab[t],
+        "alpha_bar_prev": torch.where(t_prev < 0, 1.0, ab[t_prev.clamp(min=0)]),
+        "eta": torch.tensor(eta, dtype=torch.float32),
+    }
+    if "steps" in sizes:
+        values["timesteps"] = torch.from_numpy(ddim_timesteps(T, sizes["steps"], "leading"))
+    out = {}
+    for io in spec.inputs:
+        if io.name in values:
+            out[io.name] = values[io.name]
+        else:
+            shape = tuple(sizes[d] if isinstance(d, str) else d for d in io.dims)
+            out[io.name] = torch.randn(shape, generator=generator)
+    return out
