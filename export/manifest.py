@@ -13,6 +13,7 @@ from typing import Any
 
 __all__ = [
     "FORMAT_VERSION",
+    "FORMATS",
     "MANIFEST_NAME",
     "BundleError",
     "BundleFileMissingError",
@@ -24,6 +25,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+FORMATS = ("onnx", "torchscript")  # the file formats a bundle can hold
 
 
 class BundleError(ValueError):

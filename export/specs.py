@@ -11,12 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from export.manifest import FORMATS
 from zoo.diffusion import ddim_timesteps
 
 __all__ = ["IOSpec", "ArtifactSpec", "artifact_specs", "make_inputs", "FORMATS", "ARTIFACT_NAMES"]
-
-FORMATS = ("onnx", "torchscript")
-
 
 @dataclass(frozen=True)
 class IOSpec:

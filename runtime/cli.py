@@ -27,6 +27,23 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _eta(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{s!r} is invalid: expected 0 <= eta <= 1 (0 = DDIM, 1 = DDPM-like)")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n")
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="residual", help="registry name (see `zoo.available()`); default: residual")
     p.add_argument("--hidden", type=_positive_int, default=64, help="hidden channels (default 64)")
@@ -121,21 +138,86 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(s: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in s.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a shard spec: expected i/N, e.g. 0/4") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"{s!r} is invalid: expected i/N with N >= 1 and 0 <= i < N")
+    return i, n
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".npy")
+
+
+def _check_out(path: Path) -> None:
+    """Refuse a bad output path before any work is done."""
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"cannot write {str(path)!r}: the suffix must be one of {', '.join(IMAGE_SUFFIXES)}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the directory of {str(path)!r} does not exist")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import runtime
+
+    out = Path(args.out)
+    _check_out(out)
+    i, n_shards = args.shard
+    start, stop = i * args.n // n_shards, (i + 1) * args.n // n_shards
+    if stop == start:
+        raise ValueError(f"shard {i}/{n_shards} of --n {args.n} images is empty: use fewer shards than images")
+    sampler = runtime.load(args.bundle, provider=args.provider, strict=args.provider == "cuda", threads=args.threads,
+                           cuda=runtime.CudaOptions(cuda_graph=args.cuda_graph))
+    t0 = time.perf_counter()
+    x = sampler.sample(stop - start, num_steps=args.steps, seed=args.seed, eta=args.eta, spacing=args.spacing,
+                       mode=args.mode, batch_size=args.batch_size, start=start, progress=True)
+    dt = time.perf_counter() - t0
+    _write_images(out, x)
+    shard = f" (shard {i}/{n_shards}: images {start}..{stop - 1})" if n_shards > 1 else ""
+    print(f"{len(x)} images{shard}, {args.steps} steps, mode {args.mode}, {sampler.providers[0]}: "
+          f"{dt:.2f} s ({len(x) / dt:.1f} img/s) -> {out}")
+    return 0
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    import json
+
+    import runtime
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    report = runtime.parity(args.bundle, provider=args.provider, num_steps=args.steps, batch=args.batch, seed=args.seed,
+                            modes=modes, eta=args.eta, strict=args.provider == "cuda")
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_table())
+    return 0 if report.passed else 1
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from runtime.doctor import diagnose
+
+    rows = diagnose()
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffzoo", description="Build, train, export and deploy small diffusion denoisers.")
+    parser = _Parser(prog="diffzoo", description="Build, train, export and deploy small diffusion denoisers.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("eager-sample", help="build a model and sample a few images with the eager torch sampler")
     _model_args(p)
     p.add_argument("--n", type=_positive_int, default=8, help="number of images (default 8)")
     p.add_argument("--steps", type=_positive_int, default=20, help="DDIM steps (default 20)")
-    p.add_argument("--eta", type=float, default=0.0, help="0 = deterministic DDIM (default), 1 = DDPM-like")
+    p.add_argument("--eta", type=_eta, default=0.0, help="0 = deterministic DDIM (default), 1 = DDPM-like")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.png", help="output: .png grid, .ppm first image, .npy array")
     p.set_defaults(func=cmd_eager_sample)
 
-    from export.specs import FORMATS
+    from export.manifest import FORMATS
 
     p = sub.add_parser("export", help="export a model to a verified TorchScript/ONNX bundle")
     _model_args(p)
@@ -147,6 +229,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace a non-empty --out after the new bundle is verified")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init and of the verification inputs")
     p.set_defaults(func=cmd_export, model=None)
+
+    from runtime.providers import PROVIDERS
+    from runtime.sampler import MODES
+
+    p = sub.add_parser("sample", help="sample images from a bundle with onnxruntime (no torch needed)")
+    p.add_argument("bundle", help="bundle directory from `diffzoo export`")
+    p.add_argument("--n", type=_positive_int, default=16, help="number of images (default 16)")
+    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--eta", type=_eta, default=0.0, help="0 = deterministic DDIM (default), 1 = DDPM-like")
+    p.add_argument("--seed", type=int, default=0, help="image k depends only on (seed, k)")
+    p.add_argument("--mode", choices=MODES, default="loop", help="loop (default): one run per batch; fused; step")
+    p.add_argument("--spacing", default="leading", help="timestep spacing: leading (default), trailing, linspace")
+    p.add_argument("--provider", choices=PROVIDERS, default="auto", help="auto (default): CUDA if it loads, else CPU")
+    p.add_argument("--shard", type=_shard, default=(0, 1), help="i/N: sample only the i-th of N equal parts of the n images")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="images per session run (default 16)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--cuda-graph", action="store_true", help="fused mode on CUDA: replay the step as a CUDA graph")
+    p.add_argument("--out", default="samples.png", help="output: .png grid, .ppm first image, .npy array")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("parity", help="compare the onnxruntime sampler with eager torch, step by step")
+    p.add_argument("bundle")
+    p.add_argument("--provider", choices=PROVIDERS, default="auto")
+    p.add_argument("--steps", type=_positive_int, default=50)
+    p.add_argument("--batch", type=_positive_int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eta", type=_eta, default=0.0)
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.set_defaults(func=cmd_parity)
+
+    p = sub.add_parser("doctor", help="versions, execution providers and why CUDA does or does not load")
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 

@@ -1,0 +1,279 @@
+"""The onnxruntime DDIM sampler of a bundle: numpy + onnxruntime only, no torch.
+
+Three ways to run the same sampler: ``loop`` (the whole-loop graph, one session run per batch),
+``fused`` (the fused step graph once per timestep) and ``step`` (the denoiser graph, then the DDIM
+step graph, per timestep). ``fused`` and ``step`` keep x_t on the device between steps with IO
+binding. Timesteps, schedule and noise are those of the eager sampler, so any difference between
+modes, or against eager torch, comes from the graphs alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from export.manifest import load_manifest
+from runtime.noise import image_noise
+from runtime.providers import CudaOptions, ProviderUnavailableError, resolve_provider, session_providers
+from zoo.diffusion import SPACINGS, ddim_timesteps
+from zoo.schedules import make_schedule
+
+__all__ = ["MODES", "Mode", "Sampler", "load", "DEFAULT_BATCH_SIZE"]
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["loop", "fused", "step"]
+MODES = ("loop", "fused", "step")
+DEFAULT_BATCH_SIZE = 16
+
+# callback(i, t, eps or None, x_prev) after each step, for parity reports; eps is None where the
+# mode does not expose it (fused), and the loop mode reports only its final x_0.
+StepCallback = Callable[[int, int, "np.ndarray | None", np.ndarray], None]
+
+
+def load(
+    bundle_dir: str | os.PathLike,
+    provider: str = "auto",
+    strict: bool = False,
+    cuda: CudaOptions | None = None,
+    threads: int | None = None,
+) -> Sampler:
+    """Verify a bundle's hashes, pick the execution provider and return its sampler.
+
+    Args:
+        provider: "auto" (CUDA if it really loads here, else CPU with one warning saying why),
+            "cuda" (an error if CUDA cannot load) or "cpu".
+        strict: with "auto", make a CUDA fallback an error too.
+        cuda: CUDA provider options (device, cuDNN algo search, TF32, memory limit, CUDA graph).
+        threads: intra-op threads of every session (default: onnxruntime's choice).
+    """
+    manifest = load_manifest(bundle_dir)  # hashes first: no session ever sees an unverified file
+    device = resolve_provider(provider, strict)
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads={threads!r} is invalid: expected an integer >= 1 or None")
+    return Sampler(Path(bundle_dir), manifest, device, cuda or CudaOptions(), threads, strict or provider == "cuda")
+
+
+class Sampler:
+    """Samples images from a verified bundle; build it with ``runtime.load``."""
+
+    def __init__(self, path: Path, manifest: dict, device: str, cuda: CudaOptions, threads: int | None, strict: bool):
+        self.path = path
+        self.manifest = manifest
+        self.device = device  # "cuda" or "cpu"
+        self.cuda = cuda
+        self.threads = threads
+        self.strict = strict
+        self.schedule = make_schedule(**manifest["schedule"])
+        self.alphas_cumprod = self.schedule.alphas_cumprod.astype(np.float32)  # cast once, as eager does
+        self.shape: tuple[int, int, int] = tuple(manifest["data"]["shape"])
+        self._sessions: dict[tuple[str, bool], ort.InferenceSession] = {}
+
+    # --- sessions ---------------------------------------------------------------------------
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the sessions really use (checked after creation)."""
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device == "cuda" else ["CPUExecutionProvider"]
+
+    @property
+    def _ort_device(self) -> tuple[str, int]:
+        return ("cuda", self.cuda.device_id) if self.device == "cuda" else ("cpu", 0)
+
+    def session(self, artifact: str, cuda_graph: bool = False) -> ort.InferenceSession:
+        key = (artifact, cuda_graph)
+        if key not in self._sessions:
+            files = self.manifest["artifacts"].get(artifact, {}).get("files", {})
+            if "onnx" not in files:
+                raise ValueError(f"bundle {str(self.path)!r} has no ONNX file for {artifact!r}: re-export it with formats including 'onnx'")
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if self.threads:
+                so.intra_op_num_threads = self.threads
+            sess = ort.InferenceSession(
+                str(self.path / files["onnx"]), sess_options=so,
+                providers=session_providers(self.device, self.cuda, cuda_graph),
+            )
+            if self.device == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
+                msg = f"onnxruntime created the {artifact!r} session without CUDA (providers {sess.get_providers()}); see its log above"
+                if self.strict:
+                    raise ProviderUnavailableError(msg)
+                log.warning("%s: falling back to the CPU provider", msg)
+                self.device = "cpu"
+                self._sessions.clear()
+                return self.session(artifact)
+            self._sessions[key] = sess
+        return self._sessions[key]
+
+    # --- sampling ---------------------------------------------------------------------------
+    def timesteps(self, num_steps: int, spacing: str = "leading") -> np.ndarray:
+        return ddim_timesteps(self.schedule.num_train_timesteps, num_steps, spacing)
+
+    def sample(
+        self,
+        n: int,
+        num_steps: int = 50,
+        seed: int = 0,
+        eta: float = 0.0,
+        spacing: str = "leading",
+        mode: Mode = "loop",
+        batch_size: int | None = None,
+        start: int = 0,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Sample images ``start .. start+n-1`` of the stream ``seed``.
+
+        Returns:
+            float32 array (n, C, H, W) in [-1, 1]. Image k depends only on (seed, k, num_steps,
+            eta, spacing), never on the batch size, the mode or which shard computed it.
+        """
+        _check_int("n", n, 1)
+        _check_int("seed", seed, 0)
+        _check_int("start", start, 0)
+        if batch_size is not None:
+            _check_int("batch_size", batch_size, 1)
+        _check_run(self, num_steps, eta, spacing, mode)
+        ts = self.timesteps(num_steps, spacing)
+        bs = min(n, batch_size or DEFAULT_BATCH_SIZE)
+        starts = range(start, start + n, bs)
+        if progress and len(starts) > 1:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=f"sample ({mode}, {self.device})", unit="batch")
+        out = []
+        for b0 in starts:
+            idx = range(b0, min(b0 + bs, start + n))
+            x_T, noise = image_noise(seed, idx, self.shape, len(ts), stochastic=eta > 0)
+            out.append(self.run_batch(x_T, ts, noise, eta, mode))
+        return np.concatenate(out)
+
+    def run_batch(
+        self, x_T: np.ndarray, timesteps: np.ndarray, noise: np.ndarray | None, eta: float, mode: Mode,
+        callback: StepCallback | None = None,
+    ) -> np.ndarray:
+        """One batch through ``mode``: x_T (B, C, H, W), noise (S, B, C, H, W) when eta > 0."""
+        stochastic = eta > 0
+        if mode == "loop":
+            sess = self.session("sampler_eta" if stochastic else "sampler")
+            feed = {"x_T": x_T, "timesteps": timesteps}
+            if stochastic:
+                feed.update(noise=noise, eta=np.array(eta, np.float32))
+            (x0,) = sess.run(["x_0"], _by_name(sess, feed))
+            if callback is not None:
+                callback(len(timesteps) - 1, int(timesteps[-1]), None, x0)
+            return x0
+        if mode == "fused" and self.device == "cuda" and self.cuda.cuda_graph:
+            return self._run_fused_cuda_graph(x_T, timesteps, noise, eta, callback)
+        return self._run_per_step(x_T, timesteps, noise, eta, mode, callback)
+
+    def _run_per_step(self, x_T, timesteps, noise, eta, mode, callback) -> np.ndarray:
+        stochastic = eta > 0
+        dev, dev_id = self._ort_device
+        b = x_T.shape[0]
+        x = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x_T), dev, dev_id)
+        extra = {"eta": np.array(eta, np.float32)} if stochastic else {}
+        if mode == "fused":
+            fused = self.session("fused_step_eta" if stochastic else "fused_step")
+            io = fused.io_binding()
+        else:
+            den, step = self.session("denoiser"), self.session("ddim_step_eta" if stochastic else "ddim_step")
+            io_den, io = den.io_binding(), step.io_binding()
+        for i, t in enumerate(timesteps):
+            t_prev = int(timesteps[i + 1]) if i + 1 < len(timesteps) else -1
+            feed_noise = {"noise": noise[i]} if stochastic else {}
+            eps_host = None
+            if mode == "fused":
+                _bind(io, {"x_t": x}, {"t": np.full(b, t, np.int64), "t_prev": np.full(b, t_prev, np.int64), **feed_noise, **extra})
+                io.bind_output("x_prev", dev, dev_id)
+                fused.run_with_iobinding(io)
+            else:
+                _bind(io_den, {"x": x}, {"t": np.full(b, t, np.int64)})
+                io_den.bind_output("eps", dev, dev_id)
+                den.run_with_iobinding(io_den)
+                eps = io_den.get_outputs()[0]
+                a_t = np.full(b, self.alphas_cumprod[t], np.float32)
+                a_prev = np.full(b, self.alphas_cumprod[t_prev] if t_prev >= 0 else 1.0, np.float32)
+                _bind(io, {"x_t": x, "eps": eps}, {"alpha_bar_t": a_t, "alpha_bar_prev": a_prev, **feed_noise, **extra})
+                io.bind_output("x_prev", dev, dev_id)
+                step.run_with_iobinding(io)
+                if callback is not None:
+                    eps_host = eps.numpy()
+            x = io.get_outputs()[0]
+            if callback is not None:
+                callback(i, int(t), eps_host, x.numpy())
+        return x.numpy()
+
+    def _run_fused_cuda_graph(self, x_T, timesteps, noise, eta, callback) -> np.ndarray:
+        """The fused step replayed as CUDA graphs: fixed device buffers, two graphs ping-ponging x.
+
+        onnxruntime captures a graph on its first run per ``gpu_graph_id`` and replays it after;
+        inputs are updated in place (same device address), outputs land in pre-bound buffers.
+        """
+        stochastic = eta > 0
+        sess = self.session("fused_step_eta" if stochastic else "fused_step", cuda_graph=True)
+        dev_id = self.cuda.device_id
+        b = x_T.shape[0]
+
+        def dev_array(a: np.ndarray) -> ort.OrtValue:
+            return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), "cuda", dev_id)
+
+        bufs = [dev_array(x_T), dev_array(np.empty_like(x_T))]
+        t_v, tp_v = dev_array(np.zeros(b, np.int64)), dev_array(np.zeros(b, np.int64))
+        shared = {"t": t_v, "t_prev": tp_v}
+        if stochastic:
+            shared.update(noise=dev_array(noise[0]), eta=dev_array(np.array(eta, np.float32)))
+        runs = []
+        for g in range(2):  # graph g reads bufs[g] and writes bufs[1 - g]
+            io = sess.io_binding()
+            for name, v in {"x_t": bufs[g], **shared}.items():
+                io.bind_ortvalue_input(name, v)
+            io.bind_ortvalue_output("x_prev", bufs[1 - g])
+            ro = ort.RunOptions()
+            ro.add_run_config_entry("gpu_graph_id", str(g + 1))
+            runs.append((io, ro))
+        for i, t in enumerate(timesteps):
+            t_prev = int(timesteps[i + 1]) if i + 1 < len(timesteps) else -1
+            t_v.update_inplace(np.full(b, t, np.int64))
+            tp_v.update_inplace(np.full(b, t_prev, np.int64))
+            if stochastic:
+                shared["noise"].update_inplace(np.ascontiguousarray(noise[i]))
+            io, ro = runs[i % 2]
+            sess.run_with_iobinding(io, ro)
+            if callback is not None:
+                callback(i, int(t), None, bufs[(i + 1) % 2].numpy())
+        return bufs[len(timesteps) % 2].numpy()
+
+
+def _by_name(sess: ort.InferenceSession, feed: dict[str, Any]) -> dict[str, Any]:
+    """Feed inputs by the names the session declares (never by position); a missing one is a bug."""
+    names = [i.name for i in sess.get_inputs()]
+    assert set(names) == set(feed), (names, sorted(feed))
+    return {n: feed[n] for n in names}
+
+
+def _bind(io: ort.IOBinding, device_values: dict[str, ort.OrtValue], host_values: dict[str, np.ndarray]) -> None:
+    for name, v in device_values.items():
+        io.bind_ortvalue_input(name, v)
+    for name, a in host_values.items():
+        io.bind_cpu_input(name, np.ascontiguousarray(a))
+
+
+def _check_int(name: str, v: Any, low: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+        raise ValueError(f"{name}={v!r} is invalid: expected an integer >= {low}")
+
+
+def _check_run(sampler: Sampler, num_steps: int, eta: float, spacing: str, mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: expected one of {list(MODES)}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}: expected one of {sorted(SPACINGS)}")
+    T = sampler.schedule.num_train_timesteps
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= T:
+        raise ValueError(f"num_steps={num_steps!r} is invalid: expected an integer in 1..{T}")
+    if not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta={eta!r} is invalid: expected 0 <= eta <= 1 (0 = DDIM, 1 = DDPM-like)")

@@ -1,0 +1,249 @@
+"""runtime: the onnxruntime sampler in all three modes against eager torch, invariance, bundle checks."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import export
+import runtime
+from runtime.cli import main
+from runtime.eager_parity import PARITY_ATOL
+from runtime.providers import ProviderUnavailableError, cuda_unavailable_reason
+
+CUDA_REASON = cuda_unavailable_reason()
+needs_cuda = pytest.mark.skipif(CUDA_REASON is not None, reason=f"CUDA provider unavailable: {CUDA_REASON}")
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.6])
+def test_all_modes_match_eager(bundle, eta):
+    report = runtime.parity(bundle.path, provider="cpu", num_steps=12, batch=3, seed=1, eta=eta)
+    assert [m.mode for m in report.modes] == ["loop", "fused", "step"]
+    assert report.passed, report.format_table()
+    for m in report.modes:
+        assert m.final_max <= PARITY_ATOL
+    step = report.modes[2]
+    assert len(step.steps) == 12 and all(s.eps_max is not None for s in step.steps)
+    assert [s.t for s in step.steps] == runtime.load(bundle.path, "cpu").timesteps(12).tolist()
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.6])
+def test_modes_match_each_other(bundle, eta):
+    s = runtime.load(bundle.path, provider="cpu")
+    out = {mode: s.sample(3, num_steps=8, seed=2, eta=eta, mode=mode) for mode in runtime.MODES}
+    for mode in ("fused", "step"):
+        np.testing.assert_allclose(out[mode], out["loop"], rtol=0, atol=PARITY_ATOL)
+    assert out["loop"].shape == (3, 3, 12, 12) and out["loop"].dtype == np.float32
+    assert np.abs(out["loop"]).max() <= 1.0
+
+
+def test_parity_detects_a_broken_graph(bundle, tmp_path, monkeypatch):
+    monkeypatch.setattr("runtime.eager_parity.PARITY_ATOL", 0.0)
+    report = runtime.parity(bundle.path, provider="cpu", num_steps=3, batch=1, modes=["loop"])
+    assert not report.passed and "FAIL" in report.format_table()
+
+
+def test_batch_and_shard_invariance(bundles, tmp_path):
+    path = bundles["residual"].path
+    s = runtime.load(path, provider="cpu")
+    for eta in (0.0, 0.5):
+        one = s.sample(8, num_steps=6, seed=7, eta=eta, batch_size=8)
+        two = s.sample(8, num_steps=6, seed=7, eta=eta, batch_size=4)
+        shards = np.concatenate([s.sample(4, num_steps=6, seed=7, eta=eta, start=0), s.sample(4, num_steps=6, seed=7, eta=eta, start=4)])
+        np.testing.assert_array_equal(one, two)
+        np.testing.assert_array_equal(one, shards)
+    # The CLI's --shard i/N splits the same stream.
+    outs = []
+    for i in range(2):
+        f = tmp_path / f"shard{i}.npy"
+        assert main(["sample", str(path), "--n", "8", "--steps", "6", "--seed", "7", "--provider", "cpu", "--shard", f"{i}/2", "--out", str(f)]) == 0
+        outs.append(np.load(f))
+    np.testing.assert_array_equal(np.concatenate(outs), s.sample(8, num_steps=6, seed=7))
+
+
+def test_different_seeds_and_indices_differ(bundle):
+    s = runtime.load(bundle.path, provider="cpu")
+    a = s.sample(2, num_steps=4, seed=0)
+    b = s.sample(2, num_steps=4, seed=1)
+    assert np.abs(a - b).max() > 1e-2 and np.abs(a[0] - a[1]).max() > 1e-2
+
+
+# --- bundle integrity: refused before any session is created ----------------------------------
+
+@pytest.fixture
+def copied_bundle(bundles, tmp_path, monkeypatch):
+    import shutil
+
+    dst = tmp_path / "bundle"
+    shutil.copytree(bundles["conv"].path, dst)
+
+    def no_session(*a, **k):
+        raise AssertionError("an onnxruntime session was created for an unverified bundle")
+
+    monkeypatch.setattr(ort, "InferenceSession", no_session)
+    return dst
+
+
+def test_tampered_byte_refused(copied_bundle):
+    f = copied_bundle / "sampler.onnx"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(export.BundleHashMismatchError, match=r"sampler\.onnx.*sha256.*modified"):
+        runtime.load(copied_bundle, provider="cpu")
+
+
+def test_truncated_file_refused(copied_bundle):
+    f = copied_bundle / "weights.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(export.BundleHashMismatchError, match=r"weights\.safetensors.*100 bytes.*truncated"):
+        runtime.load(copied_bundle, provider="cpu")
+
+
+def test_missing_file_refused(copied_bundle):
+    (copied_bundle / "fused_step.onnx").unlink()
+    with pytest.raises(export.BundleFileMissingError, match=r"fused_step\.onnx.*missing"):
+        runtime.load(copied_bundle, provider="cpu")
+
+
+def test_wrong_manifest_version_refused(copied_bundle):
+    m = json.loads((copied_bundle / "manifest.json").read_text())
+    m["format_version"] = 99
+    (copied_bundle / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(export.BundleVersionError, match="format_version=99.*format_version=1"):
+        runtime.load(copied_bundle, provider="cpu")
+
+
+def test_not_a_bundle_refused(tmp_path):
+    with pytest.raises(export.BundleFileMissingError, match="manifest.json.*not a diffzoo bundle"):
+        runtime.load(tmp_path, provider="cpu")
+
+
+# --- the deployment path imports no torch -----------------------------------------------------
+
+def test_sampling_path_imports_no_torch(bundles, tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is not installed in this deployment image")
+
+        sys.meta_path.insert(0, NoTorch())
+        import runtime
+        from runtime.cli import main
+        s = runtime.load({str(bundles['residual'].path)!r}, provider="auto")
+        for mode in runtime.MODES:
+            x = s.sample(2, num_steps=3, eta=0.5, mode=mode)
+            assert x.shape == (2, 3, 12, 12), x.shape
+        assert main(["sample", {str(bundles['residual'].path)!r}, "--n", "2", "--steps", "3",
+                     "--out", {str(tmp_path / 'grid.png')!r}]) == 0
+        assert main(["doctor"]) == 0
+        assert "torch" not in sys.modules
+        print("TORCH-FREE OK")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "TORCH-FREE OK" in r.stdout
+    assert (tmp_path / "grid.png").exists()
+
+
+# --- providers ----------------------------------------------------------------------------------
+
+@pytest.mark.skipif(CUDA_REASON is None, reason="CUDA loads here: the fallback path cannot be exercised")
+def test_cuda_unavailable_is_explained(bundle, caplog):
+    with pytest.raises(ProviderUnavailableError, match="CUDA execution provider unavailable: .+"):
+        runtime.load(bundle.path, provider="cuda")
+    with pytest.raises(ProviderUnavailableError):
+        runtime.load(bundle.path, provider="auto", strict=True)
+    with caplog.at_level("WARNING"):
+        s = runtime.load(bundle.path, provider="auto")
+    assert s.providers == ["CPUExecutionProvider"]
+    assert any(CUDA_REASON in r.getMessage() for r in caplog.records)
+
+
+def test_unknown_provider(bundle):
+    with pytest.raises(ValueError, match=r"'tpu'.*\['auto', 'cuda', 'cpu'\]"):
+        runtime.load(bundle.path, provider="tpu")
+
+
+@needs_cuda
+@pytest.mark.parametrize("eta", [0.0, 0.6])
+def test_cuda_modes_match_eager(bundle, eta):
+    report = runtime.parity(bundle.path, provider="cuda", num_steps=20, batch=4, eta=eta)
+    assert report.providers[0] == "CUDAExecutionProvider"
+    assert report.passed, report.format_table()
+
+
+@needs_cuda
+def test_cuda_graph_fused_matches_plain_fused(bundle):
+    plain = runtime.load(bundle.path, provider="cuda")
+    graph = runtime.load(bundle.path, provider="cuda", cuda=runtime.CudaOptions(cuda_graph=True))
+    for eta in (0.0, 0.6):
+        a = plain.sample(4, num_steps=10, eta=eta, mode="fused")
+        b = graph.sample(4, num_steps=10, eta=eta, mode="fused")
+        np.testing.assert_allclose(a, b, rtol=0, atol=PARITY_ATOL)
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+def _cli(*args):
+    r = subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True, text=True)
+    return r.returncode, r.stdout, r.stderr
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--n", "0"], "--n: '0' is invalid"),
+        (["--steps", "1001"], "num_steps=1001 is invalid: expected an integer in 1..1000"),
+        (["--eta", "-0.5"], "--eta: '-0.5' is invalid"),
+        (["--shard", "2/2"], "--shard: '2/2' is invalid"),
+        (["--shard", "x"], "not a shard spec"),
+        (["--mode", "unrolled"], "invalid choice: 'unrolled'"),
+        (["--provider", "tpu"], "invalid choice: 'tpu'"),
+    ],
+)
+def test_cli_sample_user_errors(bundle, tmp_path, args, match):
+    out = tmp_path / "s.png"
+    rc, _, err = _cli("sample", str(bundle.path), "--provider", "cpu", *args, "--out", str(out))
+    assert rc == 2 and match in err
+    assert "Traceback" not in err and len([l for l in err.splitlines() if "error" in l]) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_sample_bad_bundles(copied_bundle, tmp_path):
+    out = tmp_path / "s.png"
+    rc, _, err = _cli("sample", str(tmp_path / "missing"), "--out", str(out))
+    assert rc == 2 and "does not exist" in err and not out.exists()
+    (copied_bundle / "denoiser.onnx").write_bytes(b"garbage")
+    rc, _, err = _cli("sample", str(copied_bundle), "--out", str(out))
+    assert rc == 2 and "denoiser.onnx" in err and "Traceback" not in err and not out.exists()
+
+
+def test_cli_sample_outputs(bundle, tmp_path):
+    for name in ("grid.png", "first.ppm", "raw.npy"):
+        rc, out, err = _cli("sample", str(bundle.path), "--n", "3", "--steps", "4", "--provider", "cpu", "--out", str(tmp_path / name))
+        assert rc == 0, err
+        assert "img/s" in out
+    assert (tmp_path / "first.ppm").read_text().startswith("P3\n12 12\n255\n")
+    assert np.load(tmp_path / "raw.npy").shape == (3, 3, 12, 12)
+
+
+def test_cli_parity_and_doctor(bundle, capsys):
+    assert main(["parity", str(bundle.path), "--provider", "cpu", "--steps", "5", "--batch", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "PASS" in text and "loop" in text and "max|d eps|" in text
+    assert main(["parity", str(bundle.path), "--provider", "cpu", "--steps", "3", "--json", "--modes", "step"]) == 0
+    assert json.loads(capsys.readouterr().out)["passed"] is True
+    assert main(["doctor"]) == 0
+    text = capsys.readouterr().out
+    assert "onnxruntime" in text and "CUDA" in text
+    if CUDA_REASON:
+        assert CUDA_REASON in text
