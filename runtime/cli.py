@@ -91,6 +91,17 @@ def cmd_eager_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weights_path(checkpoint: str) -> Path:
+    """A weights file, or a training run directory (its last checkpoint's EMA weights)."""
+    p = Path(checkpoint)
+    if p.is_dir():
+        for candidate in (p / "last" / "ema.safetensors", p / "ema.safetensors"):
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(f"{checkpoint!r} is a directory without a checkpoint (no last/ema.safetensors)")
+    return p
+
+
 def _load_or_build(args: argparse.Namespace):
     """(model, schedule, example_shape) from --checkpoint, or a seeded random init from --model."""
     import torch
@@ -102,7 +113,7 @@ def _load_or_build(args: argparse.Namespace):
 
         if args.model is not None:
             raise ValueError(f"--checkpoint {args.checkpoint} already names its model: drop --model {args.model}")
-        model, schedule, meta = load_weights(args.checkpoint)
+        model, schedule, meta = load_weights(_weights_path(args.checkpoint))
         shape = tuple(meta.get("data", {}).get("shape") or (model.config.channels, args.size, args.size))
         return model, schedule, shape
     torch.manual_seed(args.seed)
@@ -203,6 +214,70 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from zoo.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        model=args.model, model_config={"hidden": args.hidden, "kernel_size": args.kernel_size}, data=args.data,
+        size=args.size, steps=args.steps, batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip, ema_decay=args.ema_decay, schedule=args.schedule, seed=args.seed,
+        checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, device=args.device,
+    )
+    r = train(cfg, args.out, resume=args.resume, progress=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        loss = f"{r.losses[-1][1]:.4f}" if r.losses else "-"
+        print(f"trained {cfg.model} to step {r.step} on {cfg.data} ({r.world_size} process(es)): final loss {loss}, "
+              f"{r.images_per_second:.0f} img/s, {r.seconds:.1f} s")
+        print(f"checkpoint: {r.checkpoint}")
+        print(f"export it:  diffzoo export --checkpoint {args.out} --out bundles/{Path(args.out).name}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from runtime.demo import FAST, DemoConfig, format_summary, run_demo
+
+    cfg = FAST if args.fast else DemoConfig()
+    summary = run_demo(args.out, cfg, provider=args.provider, progress=True, say=print)
+    print()
+    print(format_summary(summary))
+    return 0 if summary["parity_passed"] else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from runtime.bench import (CPU_BACKENDS, CUDA_BACKENDS, BenchConfig, check_targets, format_results, format_sweeps,
+                               run_bench, run_sweeps)
+
+    backends = tuple(b.strip() for b in args.backends.split(",")) if args.backends else CPU_BACKENDS + CUDA_BACKENDS
+    bad = [b for b in backends if b not in CPU_BACKENDS + CUDA_BACKENDS]
+    if bad:
+        raise ValueError(f"unknown backend(s) {bad}: expected a subset of {list(CPU_BACKENDS + CUDA_BACKENDS)}")
+    if "eager" not in backends:
+        backends = ("eager",) + backends  # every ratio is to eager torch
+    cfg = BenchConfig(model=args.model, hidden=args.hidden, size=args.size, batch=args.batch, steps=args.steps,
+                      threads=args.threads, repeats=args.repeats, backends=backends)
+    say = lambda s: print(f"  .. {s}", file=sys.stderr, flush=True)  # noqa: E731
+    print("command: diffzoo " + " ".join(sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "bench" else ["bench"]))
+    res = run_bench(cfg, progress=say)
+    print(format_results(res))
+    if args.sweep:
+        res["sweeps"] = run_sweeps(cfg, progress=say)
+        print()
+        print(format_sweeps(res["sweeps"]))
+    res["targets"] = [{"target": t, "met": ok, "figures": f} for t, ok, f in check_targets(res, res.get("sweeps"))]
+    print()
+    for t in res["targets"]:
+        verdict = {True: "met", False: "NOT MET", None: "not measurable here"}[t["met"]]
+        print(f"[{verdict}] {t['target']}: {t['figures']}")
+    if args.json:
+        from zoo.files import atomic_write
+
+        atomic_write(args.json, (json.dumps(res, indent=2) + "\n").encode())
+        print(f"results written to {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="diffzoo", description="Build, train, export and deploy small diffusion denoisers.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -259,6 +334,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(func=cmd_parity)
+
+    p = sub.add_parser("train", help="train a model (data-parallel under torchrun)")
+    _model_args(p)
+    p.add_argument("--kernel-size", type=_positive_int, default=3)
+    p.add_argument("--data", default="synthetic", help="synthetic (default) | cifar10:PATH | folder:PATH")
+    p.add_argument("--steps", type=_positive_int, default=2000, help="total optimizer steps (default 2000)")
+    p.add_argument("--batch", type=_positive_int, default=64, help="global batch size (default 64)")
+    p.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (default 2e-4)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (default 1)")
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=_positive_int, default=500)
+    p.add_argument("--sample-every", type=int, default=0, help="steps between EMA sample grids (0: at the end only)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, samples, log)")
+    p.add_argument("--resume", action="store_true", help="continue exactly from the run's last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="train, export, sample, check parity and quality: the whole product in minutes")
+    p.add_argument("--out", default="diffzoo-demo", help="output directory (default ./diffzoo-demo; an earlier demo there is replaced)")
+    p.add_argument("--provider", choices=PROVIDERS, default="auto")
+    p.add_argument("--fast", action="store_true", help="tiny sizes: every stage runs in seconds, nothing is trained to quality")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="benchmark every backend side by side (eager, compile, TorchScript, onnxruntime modes)")
+    p.add_argument("--model", default="residual")
+    p.add_argument("--hidden", type=_positive_int, default=64)
+    p.add_argument("--size", type=_positive_int, default=32)
+    p.add_argument("--batch", type=_positive_int, default=16)
+    p.add_argument("--steps", type=_positive_int, default=50)
+    p.add_argument("--threads", type=_positive_int, default=2, help="threads for torch and onnxruntime alike (default 2)")
+    p.add_argument("--repeats", type=_positive_int, default=3, help="timed runs per backend after one warm-up")
+    p.add_argument("--backends", default=None, help="comma-separated subset (default: all that can run here)")
+    p.add_argument("--sweep", action="store_true", help="also sweep batch, steps, size and hidden (slow)")
+    p.add_argument("--json", default=None, help="write every figure to this JSON file")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("doctor", help="versions, execution providers and why CUDA does or does not load")
     p.set_defaults(func=cmd_doctor)

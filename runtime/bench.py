@@ -1,0 +1,319 @@
+"""``diffzoo bench``: every backend on the same model, inputs and thread count, side by side in one run.
+
+Backends: eager torch (``ddim_sample``), ``torch.compile``, TorchScript, eager bf16 autocast, a plain
+per-step onnxruntime loop with the DDIM update in numpy, and the runtime's ``step``, ``fused`` and
+``loop`` modes (plus CUDA variants when a GPU is present). Reported per backend: images/s, ms per
+denoising step, ratio to eager, achieved GFLOP/s from the model's direct-convolution FLOP count and
+its fraction of the fp32 matrix-multiply rate measured in the same run, drift from eager fp32, and
+the process's peak RSS. Benchmarks measure; nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["BenchConfig", "run_bench", "conv_flops", "matmul_gflops", "format_results"]
+
+CPU_BACKENDS = ("eager", "compile", "torchscript", "eager-bf16", "ort-numpy-step", "ort-step", "ort-fused", "ort-loop")
+CUDA_BACKENDS = ("eager-cuda", "ort-cuda-fused-host", "ort-cuda-fused", "ort-cuda-fused-graph", "ort-cuda-loop")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str = "residual"
+    hidden: int = 64
+    size: int = 32
+    batch: int = 16
+    steps: int = 50
+    threads: int = 2
+    repeats: int = 3
+    backends: tuple[str, ...] = CPU_BACKENDS + CUDA_BACKENDS
+    seed: int = 0
+
+
+def conv_flops(model, height: int, width: int) -> int:
+    """Direct-convolution FLOPs of one forward pass on one image: 2 * Cin * Cout * k*k * H * W per conv."""
+    import torch
+
+    total = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            kh, kw = m.kernel_size
+            total += 2 * m.in_channels * m.out_channels * kh * kw * height * width // m.groups
+    return total
+
+
+def matmul_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
+    """The machine's fp32 matrix-multiply rate (GFLOP/s, best of ``repeats``) at ``threads`` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime
+    import torch
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray):
+    """name -> zero-argument callable that samples the whole batch and returns x_0 (numpy)."""
+    import onnxruntime as ort
+    import torch
+
+    import runtime
+    import zoo
+    from export.torchscript import load_traced
+
+    ts = zoo.ddim_timesteps(schedule.num_train_timesteps, cfg.steps)
+    alphas = schedule.alphas_cumprod.astype(np.float32)
+    xt = torch.from_numpy(x_T)
+    out: dict[str, Callable[[], np.ndarray]] = {}
+
+    def eager(m, x=xt):
+        return lambda: zoo.ddim_sample(m, schedule, x, num_steps=cfg.steps).cpu().numpy()
+
+    out["eager"] = eager(model)
+    if "compile" in cfg.backends:
+        out["compile"] = eager(torch.compile(model))
+    if "torchscript" in cfg.backends:
+        den, step = load_traced(bundle / "denoiser.pt"), load_traced(bundle / "ddim_step.pt")
+
+        def torchscript():
+            x = xt
+            with torch.inference_mode():
+                for i, t in enumerate(ts):
+                    a_prev = alphas[ts[i + 1]] if i + 1 < len(ts) else 1.0
+                    b = x.shape[0]
+                    eps = den(x, torch.full((b,), int(t)))
+                    x = step(x, eps, torch.full((b,), float(alphas[t])), torch.full((b,), float(a_prev)))
+            return x.numpy()
+
+        out["torchscript"] = torchscript
+
+    def bf16():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return zoo.ddim_sample(model, schedule, xt, num_steps=cfg.steps).float().numpy()
+
+    out["eager-bf16"] = bf16
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = cfg.threads
+    plain = ort.InferenceSession(str(bundle / "denoiser.onnx"), so, providers=["CPUExecutionProvider"])
+
+    def ort_numpy_step():
+        x = x_T
+        for i, t in enumerate(ts):
+            a_prev = alphas[ts[i + 1]] if i + 1 < len(ts) else 1.0
+            (eps,) = plain.run(None, {"x": x, "t": np.full(len(x), t, np.int64)})
+            x = zoo.ddim_step(x, eps, alphas[t], a_prev)
+        return x
+
+    out["ort-numpy-step"] = ort_numpy_step
+    cpu = runtime.load(bundle, provider="cpu", threads=cfg.threads)
+    for mode in ("step", "fused", "loop"):
+        out[f"ort-{mode}"] = (lambda m: lambda: cpu.run_batch(x_T, ts, None, 0.0, m))(mode)
+
+    if torch.cuda.is_available() and runtime.cuda_unavailable_reason() is None:
+        dev_model = model.to("cuda")
+        out["eager-cuda"] = eager(dev_model, xt.to("cuda"))
+        gpu = runtime.load(bundle, provider="cuda")
+        graph = runtime.load(bundle, provider="cuda", cuda=runtime.CudaOptions(cuda_graph=True))
+        fused = gpu.session("fused_step")
+
+        def host_fused():  # no IO binding: x goes to the GPU and back every step
+            x = x_T
+            for i, t in enumerate(ts):
+                tp = ts[i + 1] if i + 1 < len(ts) else -1
+                (x,) = fused.run(None, {"x_t": x, "t": np.full(len(x), t, np.int64), "t_prev": np.full(len(x), tp, np.int64)})
+            return x
+
+        out["ort-cuda-fused-host"] = host_fused
+        out["ort-cuda-fused"] = lambda: gpu.run_batch(x_T, ts, None, 0.0, "fused")
+        out["ort-cuda-fused-graph"] = lambda: graph.run_batch(x_T, ts, None, 0.0, "fused")
+        out["ort-cuda-loop"] = lambda: gpu.run_batch(x_T, ts, None, 0.0, "loop")
+    return {k: v for k, v in out.items() if k in cfg.backends}
+
+
+def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Export the model, run every backend ``cfg.repeats`` times after a warm-up, and collect figures."""
+    import torch
+
+    import export
+    import zoo
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model = zoo.build(cfg.model, hidden=cfg.hidden).eval()
+    schedule = zoo.linear_schedule(model.config.num_train_timesteps)
+    gflops_mm = matmul_gflops(cfg.threads)
+    flops_step = conv_flops(model, cfg.size, cfg.size)
+    x_T = np.random.default_rng(cfg.seed).standard_normal((cfg.batch, 3, cfg.size, cfg.size), dtype=np.float32)
+    results: dict[str, Any] = {"config": asdict(cfg), "machine": machine(), "matmul_gflops": gflops_mm,
+                               "flops_per_image_step": flops_step, "backends": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        progress("exporting the bundle")
+        bundle = export.export_bundle(model, Path(tmp) / "bundle", schedule=schedule, example_shape=(3, cfg.size, cfg.size))
+        results["export_seconds"] = bundle.seconds
+        backends = _backends(cfg, bundle.path, model, schedule, x_T)
+        reference = None
+        for name, fn in backends.items():
+            progress(f"{name}: warm-up")
+            warm = _timed(fn)  # includes compilation / session creation / autotuning
+            times, x = [], None
+            for _ in range(cfg.repeats):
+                t0 = time.perf_counter()
+                x = fn()
+                times.append(time.perf_counter() - t0)
+            med = statistics.median(times)
+            if name == "eager":
+                reference = x
+            results["backends"][name] = {
+                "median_s": med, "min_s": min(times), "max_s": max(times), "warmup_s": warm,
+                "images_per_s": cfg.batch / med, "ms_per_step": med / cfg.steps * 1e3,
+                "gflops": flops_step * cfg.batch * cfg.steps / med / 1e9,
+                "drift_vs_eager": float(np.abs(np.asarray(x, np.float64) - reference).max()) if reference is not None else None,
+                "peak_rss_mb": _peak_rss_mb(),
+            }
+            progress(f"{name}: {cfg.batch / med:.1f} img/s")
+    eager = results["backends"]["eager"]["median_s"]
+    for r in results["backends"].values():
+        r["vs_eager"] = eager / r["median_s"]
+        r["fraction_of_matmul"] = r["gflops"] / gflops_mm
+    return results
+
+
+def format_results(res: dict[str, Any]) -> str:
+    c, m = res["config"], res["machine"]
+    lines = [
+        f"{c['model']} hidden={c['hidden']}, {c['size']}x{c['size']}, batch {c['batch']}, {c['steps']} steps, fp32, "
+        f"{c['threads']} threads, median of {c['repeats']} after a warm-up",
+        f"machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']}, onnxruntime {m['onnxruntime']}"
+        + (f", GPU {m['gpu']}" if m["gpu"] else ""),
+        f"fp32 matmul rate (1024^3, same run): {res['matmul_gflops']:.1f} GFLOP/s; model: "
+        f"{res['flops_per_image_step'] / 1e6:.1f} MFLOP per image per step (direct convolution)",
+        "",
+        f"{'backend':<22}{'img/s':>8}{'spread':>15}{'ms/step':>9}{'vs eager':>9}{'GFLOP/s':>9}{'of mm':>7}{'drift':>9}{'RSS MB':>8}",
+    ]
+    for name, r in res["backends"].items():
+        spread = f"{c['batch'] / r['max_s']:.1f}-{c['batch'] / r['min_s']:.1f}"
+        drift = f"{r['drift_vs_eager']:.1e}" if r["drift_vs_eager"] is not None else "-"
+        lines.append(f"{name:<22}{r['images_per_s']:>8.1f}{spread:>15}{r['ms_per_step']:>9.1f}{r['vs_eager']:>8.2f}x"
+                     f"{r['gflops']:>9.1f}{r['fraction_of_matmul']:>6.0%}{drift:>9}{r['peak_rss_mb']:>8.0f}")
+    secs = res.get("export_seconds", {})
+    if secs:
+        lines += ["", "export seconds per artifact: " + ", ".join(f"{k} {v:.2f}" for k, v in secs.items())]
+    return "\n".join(lines)
+
+
+SWEEPS = {"batch": (1, 16, 64), "steps": (10, 50), "size": (32, 64), "hidden": (32, 64, 128)}
+SWEEP_BACKENDS = {"batch": ("eager", "compile", "ort-step", "ort-fused", "ort-loop")}
+DEFAULT_SWEEP_BACKENDS = ("eager", "ort-fused", "ort-loop")
+
+
+def run_sweeps(base: BenchConfig, axes: tuple[str, ...] = tuple(SWEEPS), progress: Callable[[str], None] = lambda s: None):
+    """One-dimensional sweeps around ``base``: how cost grows with batch, steps, image size and width."""
+    rows = []
+    for axis in axes:
+        for value in SWEEPS[axis]:
+            cfg = replace(base, **{axis: value}, backends=SWEEP_BACKENDS.get(axis, DEFAULT_SWEEP_BACKENDS))
+            progress(f"sweep {axis}={value}")
+            res = run_bench(cfg)
+            for name, r in res["backends"].items():
+                work = cfg.batch * cfg.steps * cfg.size * cfg.size  # image-steps x pixels
+                rows.append({"axis": axis, "value": value, "backend": name, "images_per_s": r["images_per_s"],
+                             "vs_eager": r["vs_eager"], "fraction_of_matmul": r["fraction_of_matmul"],
+                             "ns_per_pixel_step": r["median_s"] / work * 1e9, "median_s": r["median_s"]})
+    return rows
+
+
+def format_sweeps(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'axis':<8}{'value':>6}  {'backend':<12}{'img/s':>9}{'vs eager':>9}{'of mm':>7}{'ns/(pixel*step)':>17}"]
+    for r in rows:
+        lines.append(f"{r['axis']:<8}{r['value']:>6}  {r['backend']:<12}{r['images_per_s']:>9.1f}{r['vs_eager']:>8.2f}x"
+                     f"{r['fraction_of_matmul']:>6.0%}{r['ns_per_pixel_step']:>17.2f}")
+    return "\n".join(lines)
+
+
+def check_targets(res: dict[str, Any], sweeps: list[dict[str, Any]] | None = None) -> list[tuple[str, bool | None, str]]:
+    """The performance targets of the project, each as (target, met or None if not measurable here, figures)."""
+    b = res["backends"]
+    ort_modes = [k for k in ("ort-step", "ort-fused", "ort-loop") if k in b]
+    out = []
+    if ort_modes:
+        fastest = max(ort_modes, key=lambda k: b[k]["images_per_s"])
+        worst = min(ort_modes, key=lambda k: b[k]["vs_eager"])
+        out.append(("every onnxruntime mode >= 1.2x eager", b[worst]["vs_eager"] >= 1.2,
+                    ", ".join(f"{k} {b[k]['vs_eager']:.2f}x" for k in ort_modes)))
+        if "compile" in b:
+            ok = b[fastest]["images_per_s"] > max(b["eager"]["images_per_s"], b["compile"]["images_per_s"])
+            out.append((f"fastest mode ahead of eager and torch.compile (batch {res['config']['batch']})", ok,
+                        f"{fastest} {b[fastest]['images_per_s']:.1f} vs eager {b['eager']['images_per_s']:.1f}, "
+                        f"compile {b['compile']['images_per_s']:.1f} img/s"))
+        per_step = [k for k in ("ort-step", "ort-fused") if k in b]
+        if "ort-loop" in b and per_step:
+            best = max(b[k]["images_per_s"] for k in per_step)
+            ratio = b["ort-loop"]["images_per_s"] / best
+            out.append(("loop within 5% of the fastest per-step mode", ratio >= 0.95, f"loop at {ratio:.0%} of the best per-step mode"))
+        out.append(("fastest fp32 mode >= 90% of the fp32 matmul rate", b[fastest]["fraction_of_matmul"] >= 0.9,
+                    f"{fastest}: {b[fastest]['gflops']:.0f} GFLOP/s = {b[fastest]['fraction_of_matmul']:.0%} of {res['matmul_gflops']:.0f}"))
+    if "eager-bf16" in b:
+        out.append(("reduced precision >= 2x the fp32 onnxruntime mode", None if not _has_bf16() else False,
+                    f"eager bf16 autocast {b['eager-bf16']['vs_eager']:.2f}x eager, drift {b['eager-bf16']['drift_vs_eager']:.2f}; "
+                    + ("this CPU has no bf16/fp16 arithmetic (no AVX512-BF16/AMX/AVX512-FP16)" if not _has_bf16() else "")))
+    if "ort-cuda-fused-graph" in b and "eager-cuda" in b:
+        r = b["ort-cuda-fused-graph"]["images_per_s"] / b["eager-cuda"]["images_per_s"]
+        out.append(("CUDA fused + IO binding + CUDA graph >= 2x eager CUDA", r >= 2, f"{r:.2f}x"))
+    if sweeps:
+        for batch in SWEEPS["batch"]:
+            rows = {r["backend"]: r for r in sweeps if r["axis"] == "batch" and r["value"] == batch}
+            modes = [rows[k] for k in ("ort-step", "ort-fused", "ort-loop") if k in rows]
+            if modes and "eager" in rows and "compile" in rows:
+                best = max(m["images_per_s"] for m in modes)
+                ok = best > max(rows["eager"]["images_per_s"], rows["compile"]["images_per_s"])
+                out.append((f"fastest mode ahead of eager and torch.compile at batch {batch}", ok,
+                            f"{best:.1f} vs {rows['eager']['images_per_s']:.1f} / {rows['compile']['images_per_s']:.1f} img/s"))
+    return out
+
+
+def _has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16", "avx512_fp16"))

@@ -1,0 +1,136 @@
+"""Data sources on small data the tests make themselves, and the safe CIFAR unpickler."""
+
+import io
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from zoo.data import Cifar10, ImageFolder, SyntheticImages, UnsafePickleError, open_dataset, restricted_load
+
+
+def test_synthetic_is_deterministic_and_in_range():
+    a, b = SyntheticImages(12, seed=3), SyntheticImages(12, seed=3)
+    x = a.batch(range(8))
+    assert x.shape == (8, 3, 12, 12) and x.dtype == torch.float32
+    assert x.min() >= -1 and x.max() <= 1
+    torch.testing.assert_close(x, b.batch(range(8)), rtol=0, atol=0)
+    assert (x[0] - x[1]).abs().max() > 0.1
+    assert (SyntheticImages(12, seed=4)[0] - x[0]).abs().max() > 0.1
+    assert SyntheticImages(33)[5].shape == (3, 33, 33)
+    held = open_dataset("synthetic", 12, train=False, seed=3)
+    assert (held[0] - x[0]).abs().max() > 0.1  # held-out data is not the training data
+
+
+def _cifar_batch(n, offset):
+    data = (np.arange(n * 3072, dtype=np.int64).reshape(n, 3072) + offset) % 256
+    return {b"batch_label": b"test", b"labels": [i % 10 for i in range(n)], b"data": data.astype(np.uint8)}
+
+
+@pytest.fixture
+def cifar_dir(tmp_path):
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    for i in range(1, 6):
+        (root / f"data_batch_{i}").write_bytes(pickle.dumps(_cifar_batch(4, i), protocol=2))
+    (root / "test_batch").write_bytes(pickle.dumps(_cifar_batch(3, 100), protocol=2))
+    (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"airplane"] * 10}, protocol=2))
+    return root
+
+
+def test_cifar_directory(cifar_dir):
+    ds = Cifar10(cifar_dir.parent)
+    assert len(ds) == 20 and ds.labels[:4].tolist() == [0, 1, 2, 3]
+    x = ds.batch([0])
+    assert x.shape == (1, 3, 32, 32)
+    raw = _cifar_batch(4, 1)[b"data"][0].reshape(3, 32, 32)  # CIFAR rows are R plane, G plane, B plane
+    np.testing.assert_allclose(x[0].numpy(), raw / 127.5 - 1, atol=1e-6)
+    assert len(Cifar10(cifar_dir, train=False)) == 3
+    assert len(open_dataset(f"cifar10:{cifar_dir}", 32)) == 20
+
+
+def test_cifar_archive(cifar_dir, tmp_path):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(cifar_dir, arcname="cifar-10-batches-py")
+    ds = Cifar10(archive)
+    torch.testing.assert_close(ds.batch([5, 7]), Cifar10(cifar_dir).batch([5, 7]))
+
+
+def test_cifar_md5_and_format_errors(cifar_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"data_batch_1 has MD5 .* published CIFAR-10 file has c99cafc1"):
+        Cifar10(cifar_dir, verify_md5=True)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Cifar10(tmp_path / "nope")
+    (cifar_dir / "data_batch_3").unlink()
+    with pytest.raises(FileNotFoundError, match="data_batch_3"):
+        Cifar10(cifar_dir)
+    with pytest.raises(ValueError, match="size=16"):
+        open_dataset(f"cifar10:{cifar_dir}", 16)
+
+
+class _Evil:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))  # would create a file if it were ever called
+
+
+def test_malicious_pickle_is_refused_and_never_runs(cifar_dir, tmp_path):
+    target = tmp_path / "pwned"
+    payload = pickle.dumps({b"data": _Evil(str(target)), b"labels": []}, protocol=2)
+    with pytest.raises(UnsafePickleError, match=r"refusing to unpickle (builtins|io)\.open"):
+        restricted_load(payload)
+    (cifar_dir / "data_batch_2").write_bytes(payload)
+    with pytest.raises(UnsafePickleError, match="data_batch_2"):
+        Cifar10(cifar_dir)
+    assert not target.exists()
+    import os
+
+    with pytest.raises(UnsafePickleError, match="posix.system|os.system"):
+        restricted_load(pickle.dumps(os.system))
+
+
+def _png(path, w, h, color):
+    Image.new("RGB", (w, h), color).save(path)
+
+
+def test_image_folder(tmp_path, caplog):
+    root = tmp_path / "imgs"
+    (root / "cats").mkdir(parents=True)
+    (root / "dogs").mkdir()
+    _png(root / "cats" / "a.png", 20, 10, (255, 0, 0))
+    im = Image.new("RGB", (30, 10), (0, 0, 255))
+    im.paste((0, 255, 0), (10, 0, 20, 10))  # a green middle third: the centre crop keeps it
+    im.save(root / "dogs" / "b.png")
+    (root / "dogs" / "broken.jpg").write_bytes(b"not an image")
+    _png(root / "dogs" / "huge.png", 200, 200, (0, 0, 0))
+    with caplog.at_level("WARNING"):
+        ds = ImageFolder(root, 8, max_pixels=10_000)
+    assert len(ds) == 2 and ds.skipped == {"unreadable": 1, "empty": 0, "too large": 1}
+    assert "1 unreadable" in caplog.text and "1 too large" in caplog.text
+    x = ds.batch([0, 1])
+    assert x.shape == (2, 3, 8, 8)
+    np.testing.assert_allclose(x[0, :, 4, 4].numpy(), [1, -1, -1], atol=1e-2)
+    np.testing.assert_allclose(x[1, :, 4, 4].numpy(), [-1, 1, -1], atol=1e-2)  # centre of the green stripe
+
+
+def test_image_folder_flat_and_empty(tmp_path):
+    _png(tmp_path / "x.png", 8, 8, (0, 0, 0))
+    assert len(open_dataset(f"folder:{tmp_path}", 4)) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"image folder '.*empty' has no usable image"):
+        ImageFolder(empty, 8)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        open_dataset(f"folder:{tmp_path / 'missing'}", 8)
+
+
+@pytest.mark.parametrize("spec", ["imagenet", "cifar10", "folder:", "cifar10:"])
+def test_bad_data_spec(spec):
+    with pytest.raises(ValueError, match=r"unknown data source .*synthetic, cifar10:PATH, folder:PATH"):
+        open_dataset(spec, 32)

@@ -1,0 +1,70 @@
+"""The demo end to end at a tiny size, and the benchmark's bookkeeping (never its timings)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import zoo
+from runtime.bench import BenchConfig, check_targets, conv_flops, format_results, run_bench
+from runtime.cli import main
+from runtime.demo import FAST, MARKER, format_summary, run_demo
+
+
+def test_demo_fast_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--fast", "--provider", "cpu", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    for row in ("training loss", "parity vs eager", "quality (SW2", "noise baseline", "sampling", "grid"):
+        assert row in text
+    summary = json.loads((out / MARKER).read_text())
+    assert summary["parity_passed"] and summary["sample"]["provider"] == "CPUExecutionProvider"
+    assert Image.open(out / "samples.png").size[0] > 0
+    assert (out / "sample.ppm").read_text().startswith("P3\n8 8\n")
+    assert (out / "bundle" / "manifest.json").exists() and (out / "run" / "last" / "ema.safetensors").exists()
+    q = summary["quality"]
+    assert q["data_vs_data"] < q["noise_vs_data"]  # the baselines bracket the statistic
+    # A second demo replaces the first; a foreign directory is refused.
+    run_demo(out, FAST, provider="cpu", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not a diffzoo demo directory"):
+        run_demo(foreign, FAST, provider="cpu", progress=False)
+    assert (foreign / "keep.txt").read_text() == "x"
+    assert "better than noise" in format_summary(summary)
+
+
+def test_conv_flops_counts_direct_convolution():
+    m = zoo.build("residual", hidden=64)
+    per_pixel = 2 * 9 * (4 * 64 + 4 * 64 * 64 + 64 * 3)
+    assert conv_flops(m, 32, 32) == per_pixel * 32 * 32
+    assert conv_flops(zoo.build("conv", hidden=8, kernel_size=5), 4, 4) == 2 * 25 * (4 * 8 + 8 * 8 * 2 + 8 * 3) * 16
+
+
+def test_bench_reports_every_backend(tmp_path):
+    cfg = BenchConfig(hidden=8, size=8, batch=2, steps=3, repeats=1, threads=1,
+                      backends=("eager", "ort-numpy-step", "ort-step", "ort-fused", "ort-loop"))
+    res = run_bench(cfg)
+    assert list(res["backends"]) == list(cfg.backends)
+    for name, r in res["backends"].items():
+        assert r["images_per_s"] > 0 and r["min_s"] <= r["median_s"] <= r["max_s"]
+        assert r["drift_vs_eager"] < 1e-3, name  # every backend computes the same images
+    assert res["backends"]["eager"]["vs_eager"] == 1.0
+    text = format_results(res)
+    assert "ort-loop" in text and "GFLOP/s" in text
+    names = [t for t, _, _ in check_targets(res)]
+    assert "loop within 5% of the fastest per-step mode" in names
+
+
+def test_cli_bench_json(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    args = ["bench", "--hidden", "8", "--size", "8", "--batch", "2", "--steps", "2", "--repeats", "1", "--threads", "1",
+            "--backends", "ort-fused,ort-loop", "--json", str(out)]
+    assert main(args) == 0
+    res = json.loads(out.read_text())
+    assert set(res["backends"]) == {"eager", "ort-fused", "ort-loop"}
+    assert main(["bench", "--backends", "tensorrt"]) == 2
+    assert "unknown backend" in capsys.readouterr().err

@@ -1,0 +1,121 @@
+"""The trainer: learning, exact resume, crash-safe checkpoints, torchrun, CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import export
+from runtime.cli import main
+from zoo.checkpoint import load_weights
+from zoo.train import CHECKPOINT_STATE, TrainConfig, load_state, train
+
+TINY = dict(model_config={"hidden": 8}, size=8, batch=16, lr=2e-3, log_every=5)
+
+
+def _weights(run):
+    _, state = load_state(run)
+    return state["model"], state["ema"]
+
+
+def test_loss_goes_down_on_synthetic(tmp_path):
+    cfg = TrainConfig(model_config={"hidden": 16}, size=8, batch=32, lr=2e-3, steps=300, log_every=20, checkpoint_every=300)
+    r = train(cfg, tmp_path / "run", progress=False)
+    first, last = r.losses[0][1], sum(l for _, l in r.losses[-3:]) / 3
+    assert last < 0.6 * first, r.losses
+    assert (tmp_path / "run" / "samples" / "step_0000300.png").exists()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["step"] == 300
+
+
+def test_exact_resume(tmp_path):
+    straight = TrainConfig(steps=20, checkpoint_every=10, **TINY)
+    train(straight, tmp_path / "a", progress=False)
+    train(TrainConfig(steps=10, checkpoint_every=10, **TINY), tmp_path / "b", progress=False)
+    train(straight, tmp_path / "b", resume=True, progress=False)
+    (ma, ea), (mb, eb) = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for k in ma:
+        torch.testing.assert_close(ma[k], mb[k], rtol=0, atol=0)
+    for k in ea:
+        torch.testing.assert_close(ea[k], eb[k], rtol=0, atol=0)
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    import zoo.train as zt
+
+    real, calls = zt._save_state, []
+
+    def crashing(state, path):
+        calls.append(state["step"])
+        if state["step"] == 20:
+            path.write_bytes(b"partial")  # half a file on disk, then the process "dies"
+            raise KeyboardInterrupt("simulated crash")
+        real(state, path)
+
+    monkeypatch.setattr(zt, "_save_state", crashing)
+    cfg = TrainConfig(steps=30, checkpoint_every=10, **TINY)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", progress=False)
+    ckpt, state = load_state(tmp_path / "run")
+    assert state["step"] == 10 and ckpt.name == "step_0000010"
+    model, _, meta = load_weights(ckpt / "ema.safetensors")
+    assert meta["train"]["step"] == 10
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_0000010"]
+    monkeypatch.setattr(zt, "_save_state", real)
+    train(cfg, tmp_path / "run", resume=True, progress=False)  # and the run goes on from there
+    train(cfg, tmp_path / "ref", progress=False)
+    for k, v in _weights(tmp_path / "ref")[0].items():
+        torch.testing.assert_close(_weights(tmp_path / "run")[0][k], v, rtol=0, atol=0)
+
+
+def test_state_file_loads_with_weights_only(tmp_path):
+    train(TrainConfig(steps=5, checkpoint_every=5, **TINY), tmp_path / "run", progress=False)
+    ckpt = (tmp_path / "run" / "last").resolve()
+    state = torch.load(ckpt / CHECKPOINT_STATE, weights_only=True)
+    assert state["step"] == 5 and "optimizer" in state and "ema" in state
+
+
+def test_training_errors(tmp_path):
+    cfg = TrainConfig(steps=5, checkpoint_every=5, **TINY)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(cfg, tmp_path / "run", resume=True, progress=False)
+    train(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="size=8 but this run asks for size=12"):
+        train(TrainConfig(steps=9, checkpoint_every=5, **{**TINY, "size": 12}), tmp_path / "run", resume=True, progress=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train(TrainConfig(steps=5, data=f"folder:{tmp_path / 'nope'}", **TINY), tmp_path / "x", progress=False)
+    with pytest.raises(ValueError, match="steps=0"):
+        TrainConfig(steps=0)
+
+
+def test_cli_train_then_export(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--hidden", "8", "--size", "8", "--steps", "6", "--batch", "8", "--checkpoint-every", "3", "--out", str(run)]
+    assert main(args) == 0
+    assert "checkpoint:" in capsys.readouterr().out
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "--data", "cifar10:/nonexistent", "--out", str(tmp_path / "c")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(run), "--formats", "torchscript", "--out", str(tmp_path / "b")]) == 0
+    m = export.load_manifest(tmp_path / "b")
+    assert m["model"]["config"]["hidden"] == 8 and m["data"]["shape"] == [3, 8, 8]
+
+
+def test_torchrun_two_processes_stay_in_sync(tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "runtime.cli",
+           "train", "--hidden", "8", "--size", "8", "--steps", "6", "--batch", "8", "--checkpoint-every", "3",
+           "--device", "cpu", "--out", str(run)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["replicas_in_sync"] is True
+    assert r.stdout.count("checkpoint:") == 1  # rank 0 alone reports and writes
+    log = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [6]  # log_every=10: only the last step, written once

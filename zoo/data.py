@@ -1,0 +1,306 @@
+"""Training data: built-in synthetic images, CIFAR-10 (python format, safely unpickled) and image folders.
+
+The caller picks the source (``open_dataset("synthetic" | "cifar10:PATH" | "folder:PATH")``); models
+never know. Every dataset yields float32 (C, H, W) tensors in [-1, 1] and serves whole batches by
+index, so the trainer's data order is a pure function of (seed, step).
+CIFAR-10 format and MD5 sums: https://www.cs.toronto.edu/~kriz/cifar.html (as also used by torchvision).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import pickle
+import tarfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "ImageDataset",
+    "SyntheticImages",
+    "Cifar10",
+    "ImageFolder",
+    "open_dataset",
+    "restricted_load",
+    "UnsafePickleError",
+    "DATA_SOURCES",
+]
+
+log = logging.getLogger(__name__)
+
+DATA_SOURCES = ("synthetic", "cifar10:PATH", "folder:PATH")
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """A map-style dataset of (C, H, W) float32 images in [-1, 1] that can also build whole batches."""
+
+    channels = 3
+    size: int
+
+    def batch(self, indices: Sequence[int]) -> torch.Tensor:
+        """(B, C, H, W) for the given indices."""
+        return torch.stack([self[int(i)] for i in indices])
+
+
+# --- synthetic ---------------------------------------------------------------------------------
+
+_PALETTE = np.array(
+    [[1, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1], [1, 1, 1], [1, 0, -1]], np.float32
+)
+
+
+class SyntheticImages(ImageDataset):
+    """Deterministic procedural RGB images: a muted gradient background with one or two flat shapes.
+
+    Image i is drawn from ``numpy.random.default_rng([seed, i])`` alone, at any ``size``; nothing is
+    stored. Shapes are discs, squares and striped squares in eight saturated colours: structure a
+    small same-resolution denoiser learns within minutes on a CPU.
+    """
+
+    def __init__(self, size: int, n: int = 50_000, seed: int = 0):
+        if size < 4 or n < 1:
+            raise ValueError(f"size={size!r} and n={n!r} are invalid: expected size >= 4 and n >= 1")
+        self.size, self.n, self.seed = size, n, seed
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1)
+        self._yy, self._xx = yy, xx
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if not 0 <= i < self.n:
+            raise IndexError(f"index {i} out of range for {self.n} synthetic images")
+        return torch.from_numpy(self.image(i))
+
+    def image(self, i: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, i])
+        yy, xx = self._yy, self._xx
+        base = _PALETTE[rng.integers(len(_PALETTE))] * 0.4  # muted background colour
+        angle = rng.uniform(0, 2 * np.pi)
+        ramp = np.cos(angle) * (xx - 0.5) + np.sin(angle) * (yy - 0.5)  # a gentle gradient, -0.7..0.7
+        img = base[:, None, None] + 0.3 * ramp[None]
+        for _ in range(rng.integers(1, 3)):
+            color = _PALETTE[rng.integers(len(_PALETTE))]
+            cy, cx = rng.uniform(0.25, 0.75, 2)
+            r = rng.uniform(0.18, 0.32)
+            kind = rng.integers(6)  # 3/6 discs, 2/6 squares, 1/6 striped squares
+            if kind < 3:
+                mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+            else:
+                mask = (np.abs(yy - cy) <= r) & (np.abs(xx - cx) <= r)
+                if kind == 5:
+                    mask &= np.floor((yy - cy + r) * self.size / 2) % 2 == 0
+            img = np.where(mask[None], color[:, None, None], img)
+        return np.ascontiguousarray(np.clip(img, -1, 1), dtype=np.float32)
+
+
+# --- CIFAR-10 ------------------------------------------------------------------------------------
+
+CIFAR10_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
+CIFAR10_ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_DIR = "cifar-10-batches-py"
+
+
+class UnsafePickleError(ValueError):
+    """A pickle asked for something outside the CIFAR-10 format (a function, a class): refused."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Allows exactly what a CIFAR-10 batch needs: containers, bytes/str and numpy arrays."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise UnsafePickleError(f"refusing to unpickle {module}.{name}: only numpy arrays, containers and strings are allowed")
+        if module == "numpy.core.multiarray":
+            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
+        return super().find_class(module, name)
+
+
+def restricted_load(data: bytes, what: str = "pickle") -> object:
+    """Unpickle CIFAR-format data with the allow-list above; anything else raises UnsafePickleError."""
+    try:
+        return _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{what}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+        raise ValueError(f"{what} is not a valid CIFAR-10 pickle: {e}") from None
+
+
+def _key(d: dict, name: str):
+    for k in (name.encode(), name):
+        if k in d:
+            return d[k]
+    raise ValueError(f"CIFAR-10 batch has no {name!r} entry (keys: {sorted(map(str, d))})")
+
+
+class Cifar10(ImageDataset):
+    """CIFAR-10 from a directory of python-format batches or the distributed ``.tar.gz``.
+
+    Args:
+        path: the ``cifar-10-batches-py`` directory (or its parent), or ``cifar-10-python.tar.gz``.
+        train: the five training batches (50,000 images) or ``test_batch`` (10,000).
+        verify_md5: check each file against the published MD5 sums.
+    """
+
+    size = 32
+
+    def __init__(self, path: str | os.PathLike, train: bool = True, verify_md5: bool = False):
+        path = Path(path)
+        names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+        blobs = self._read(path, names, verify_md5)
+        data, labels = [], []
+        for name, blob in zip(names, blobs):
+            d = restricted_load(blob, f"{path}/{name}")
+            if not isinstance(d, dict):
+                raise ValueError(f"{path}/{name} is not a CIFAR-10 batch (a dict was expected)")
+            arr = np.asarray(_key(d, "data"))
+            if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != 3 * 32 * 32:
+                raise ValueError(f"{path}/{name}: 'data' must be uint8 (N, 3072); got {arr.dtype} {arr.shape}")
+            data.append(arr.reshape(-1, 3, 32, 32))
+            labels.extend(int(v) for v in _key(d, "labels"))
+        self.data = np.concatenate(data)  # (N, 3, 32, 32) uint8
+        self.labels = np.asarray(labels, np.int64)
+
+    @staticmethod
+    def _read(path: Path, names: list[str], verify_md5: bool) -> list[bytes]:
+        if not path.exists():
+            raise FileNotFoundError(f"CIFAR-10 path {str(path)!r} does not exist")
+        if path.is_file():
+            if not path.name.endswith((".tar.gz", ".tgz")):
+                raise ValueError(f"{str(path)!r} is neither a CIFAR-10 directory nor the cifar-10-python.tar.gz archive")
+            if verify_md5:
+                _check_md5(path.read_bytes(), CIFAR10_ARCHIVE_MD5, str(path))
+            with tarfile.open(path, "r:gz") as tar:
+                members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+                missing = [n for n in names if n not in members]
+                if missing:
+                    raise FileNotFoundError(f"archive {str(path)!r} lacks {missing}")
+                return [tar.extractfile(members[n]).read() for n in names]
+        root = path / CIFAR10_DIR if (path / CIFAR10_DIR).is_dir() else path
+        blobs = []
+        for n in names:
+            f = root / n
+            if not f.is_file():
+                raise FileNotFoundError(f"CIFAR-10 file {str(f)!r} is missing (expected {names} in {str(root)!r})")
+            blob = f.read_bytes()
+            if verify_md5:
+                _check_md5(blob, CIFAR10_MD5[n], str(f))
+            blobs.append(blob)
+        return blobs
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.batch([i])[0]
+
+    def batch(self, indices: Sequence[int]) -> torch.Tensor:
+        return torch.from_numpy(self.data[np.asarray(indices)].astype(np.float32) / 127.5 - 1.0)
+
+
+def _check_md5(blob: bytes, expected: str, what: str) -> None:
+    got = hashlib.md5(blob).hexdigest()
+    if got != expected:
+        raise ValueError(f"{what} has MD5 {got}, the published CIFAR-10 file has {expected}")
+
+
+# --- image folders -------------------------------------------------------------------------------
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff")
+MAX_PIXELS = 64_000_000  # larger images (or decompression bombs) are skipped before decoding
+
+
+class ImageFolder(ImageDataset):
+    """Images under ``root`` (flat, or ``root/<class>/*``), RGB, resized and centre-cropped to ``size``.
+
+    Unreadable, empty or enormous files are skipped at scan time with a count in the log; a folder
+    with no usable image is an error naming it.
+    """
+
+    def __init__(self, root: str | os.PathLike, size: int, max_pixels: int = MAX_PIXELS):
+        from PIL import Image, UnidentifiedImageError
+
+        self.root, self.size = Path(root), size
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist")
+        candidates = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        self.files: list[Path] = []
+        skipped = {"unreadable": 0, "empty": 0, "too large": 0}
+        for p in candidates:
+            try:
+                with Image.open(p) as im:  # reads the header only
+                    w, h = im.size
+            except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+                skipped["unreadable"] += 1
+                continue
+            if w == 0 or h == 0:
+                skipped["empty"] += 1
+            elif w * h > max_pixels:
+                skipped["too large"] += 1
+            else:
+                self.files.append(p)
+        if any(skipped.values()):
+            log.warning("%s: skipped %s", self.root, ", ".join(f"{v} {k}" for k, v in skipped.items() if v))
+        self.skipped = skipped
+        if not self.files:
+            raise ValueError(f"image folder {str(self.root)!r} has no usable image ({', '.join(IMAGE_EXTENSIONS)})")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from PIL import Image
+
+        p = self.files[i]
+        try:
+            with Image.open(p) as im:
+                im = im.convert("RGB")
+                w, h = im.size
+                s = self.size / min(w, h)  # resize the short side to `size`, then centre-crop
+                im = im.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.Resampling.BICUBIC)
+                w, h = im.size
+                left, top = (w - self.size) // 2, (h - self.size) // 2
+                im = im.crop((left, top, left + self.size, top + self.size))
+                arr = np.asarray(im, dtype=np.float32)
+        except OSError as e:
+            raise ValueError(f"cannot decode image {str(p)!r}: {e}") from None
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)) / 127.5 - 1.0)
+
+
+def open_dataset(spec: str, size: int, train: bool = True, seed: int = 0) -> ImageDataset:
+    """``"synthetic"``, ``"cifar10:PATH"`` or ``"folder:PATH"`` -> a dataset of ``size`` x ``size`` images.
+
+    ``train=False`` gives held-out data: CIFAR-10's test batch, another synthetic seed, or (for a
+    folder, which has no split) the same images.
+    """
+    kind, _, arg = spec.partition(":")
+    if kind == "synthetic" and not arg:
+        return SyntheticImages(size, seed=seed if train else seed + 1_000_003)
+    if kind == "cifar10" and arg:
+        if size != 32:
+            raise ValueError(f"CIFAR-10 images are 32x32; got size={size} (use --size 32)")
+        return Cifar10(arg, train=train)
+    if kind == "folder" and arg:
+        return ImageFolder(arg, size)
+    raise ValueError(f"unknown data source {spec!r}: expected one of {', '.join(DATA_SOURCES)}")

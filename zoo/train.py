@@ -1,0 +1,317 @@
+"""The trainer: epsilon-prediction MSE (DDPM eq. 14, "L_simple"), AdamW, gradient clipping and EMA.
+
+Every random draw of step k (batch indices, timesteps, noise) comes from a generator seeded by
+(seed, k), so a run stopped at step k and resumed from its checkpoint reproduces the uninterrupted
+run exactly, and under ``torchrun`` every rank draws the same global batch and trains on its slice.
+Checkpoints are directories written atomically; ``last`` is a symlink swapped atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from zoo.checkpoint import save_weights
+from zoo.data import open_dataset
+from zoo.diffusion import ddim_sample, make_training_sample
+from zoo.files import atomic_write, default_mode
+from zoo.images import save_grid
+from zoo.registry import build
+from zoo.schedules import make_schedule
+
+__all__ = ["TrainConfig", "TrainResult", "train", "lr_at", "load_state", "CHECKPOINT_WEIGHTS", "CHECKPOINT_STATE"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_WEIGHTS = "ema.safetensors"  # the EMA weights: what you sample from and export
+CHECKPOINT_STATE = "state.pt"  # everything needed to resume; read with torch.load(weights_only=True)
+KEEP_CHECKPOINTS = 2
+SAMPLE_IMAGES = 16
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "residual"  # registry name
+    model_config: dict = field(default_factory=dict)  # e.g. {"hidden": 64}; channels is set from the data
+    data: str = "synthetic"  # synthetic | cifar10:PATH | folder:PATH
+    size: int = 32  # image height and width
+    steps: int = 2000  # optimizer steps in total (a resumed run continues up to here)
+    batch: int = 64  # global batch (split across torchrun ranks)
+    lr: float = 2e-4  # peak learning rate
+    lr_schedule: str = "cosine"  # constant | cosine (linear warm-up over 2% of steps, cosine decay to 10%)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global gradient norm
+    ema_decay: float = 0.999  # reached after a warm-up of min(decay, (1+n)/(10+n))
+    schedule: str = "linear"
+    seed: int = 0
+    checkpoint_every: int = 500
+    sample_every: int = 0  # steps between EMA sample grids; 0 = only at the end
+    sample_steps: int = 20  # DDIM steps for those grids
+    log_every: int = 10
+    device: str = "auto"  # auto | cpu | cuda
+
+    def __post_init__(self) -> None:
+        for name in ("size", "steps", "batch", "checkpoint_every", "sample_steps", "log_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r} is invalid: expected an integer >= 1")
+        if not self.lr > 0 or self.weight_decay < 0 or not self.grad_clip > 0 or not 0 <= self.ema_decay < 1:
+            raise ValueError(
+                f"lr={self.lr}, weight_decay={self.weight_decay}, grad_clip={self.grad_clip}, ema_decay={self.ema_decay}: "
+                "expected lr > 0, weight_decay >= 0, grad_clip > 0, 0 <= ema_decay < 1"
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={self.lr_schedule!r} is invalid: expected one of {list(LR_SCHEDULES)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device={self.device!r} is invalid: expected one of ['auto', 'cpu', 'cuda']")
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int
+    checkpoint: Path  # the EMA weights of the last checkpoint
+    losses: list[tuple[int, float]]  # (step, mean loss over the last log interval), this session
+    seconds: float
+    images_per_second: float
+    world_size: int
+    replicas_in_sync: bool
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA GPU")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return torch.device(name)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of optimizer step ``step``: a pure function, so resuming needs no scheduler state."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    warmup = max(1, cfg.steps // 50)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, cfg.steps - warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def _ema_avg(decay: float):
+    def avg(ema_p: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))  # warm-up: early EMA follows the weights
+        return d * ema_p + (1.0 - d) * p
+
+    return avg
+
+
+def _dist() -> tuple[int, int]:
+    """(rank, world size) under torchrun; (0, 1) otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def load_state(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """The last checkpoint directory of a run and its state, loaded with ``weights_only=True``."""
+    last = Path(run_dir) / "last"
+    if not last.exists():
+        raise FileNotFoundError(f"no checkpoint in {str(run_dir)!r} (expected {str(last)!r}): nothing to resume")
+    ckpt = last.resolve()
+    state = torch.load(ckpt / CHECKPOINT_STATE, map_location="cpu", weights_only=True)
+    return ckpt, state
+
+
+def _compatible(saved: dict, cfg: TrainConfig) -> None:
+    for key in ("model", "model_config", "size", "data", "schedule", "batch", "seed", "lr", "lr_schedule"):
+        if saved[key] != getattr(cfg, key):
+            raise ValueError(
+                f"--resume: the checkpoint has {key}={saved[key]!r} but this run asks for {key}={getattr(cfg, key)!r}"
+            )
+
+
+def _write_checkpoint(out: Path, step: int, model: nn.Module, ema: AveragedModel, opt, cfg: TrainConfig, schedule, losses) -> Path:
+    ckpts = out / "checkpoints"
+    ckpts.mkdir(exist_ok=True)
+    final = ckpts / f"step_{step:07d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=ckpts))
+    try:
+        tmp.chmod(default_mode(directory=True))
+        save_weights(tmp / CHECKPOINT_WEIGHTS, ema.module, schedule, data={"shape": [model.config.channels, cfg.size, cfg.size],
+                     "range": [-1.0, 1.0], "source": cfg.data}, train={"step": step})
+        state = {"step": step, "config": dataclasses.asdict(cfg), "model": model.state_dict(), "ema": ema.state_dict(),
+                 "optimizer": opt.state_dict(), "rng": {"scheme": "per-step generator seeded by (seed, step)", "seed": cfg.seed},
+                 "losses": [list(x) for x in losses]}
+        _save_state(state, tmp / CHECKPOINT_STATE)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    link = out / f".last.{os.getpid()}"
+    link.unlink(missing_ok=True)
+    link.symlink_to(final.relative_to(out))
+    os.replace(link, out / "last")  # atomic: `last` always names a complete checkpoint
+    for old in sorted(ckpts.glob("step_*"))[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _save_state(state: dict, path: Path) -> None:
+    with open(path, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.data``; checkpoints, logs and sample grids go under ``out_dir``.
+
+    Under ``torchrun`` (WORLD_SIZE > 1) this is data-parallel (DDP; gloo on CPU, nccl on GPU):
+    only rank 0 writes files. Raises ValueError/FileNotFoundError/FileExistsError on bad input.
+    """
+    out = Path(out_dir)
+    rank, world = _dist()
+    if cfg.batch % world:
+        raise ValueError(f"batch={cfg.batch} must be divisible by the number of processes ({world})")
+    device = _device(cfg.device)
+    data = open_dataset(cfg.data, cfg.size, train=True, seed=cfg.seed)
+    model = build(cfg.model, **{**cfg.model_config, "channels": data.channels})
+    schedule = make_schedule(cfg.schedule, num_train_timesteps=model.config.num_train_timesteps)
+    start, saved = 0, None
+    if resume:
+        _, saved = load_state(out)
+        _compatible(saved["config"], cfg)
+        start = saved["step"]
+        if start >= cfg.steps:
+            raise ValueError(f"--resume: the checkpoint is at step {start}, already >= --steps {cfg.steps}")
+    elif (out / "last").exists():
+        raise FileExistsError(f"{str(out)!r} already holds a training run: pass --resume, or choose another --out")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "samples").mkdir(exist_ok=True)
+        atomic_write(out / "config.json", (json.dumps(dataclasses.asdict(cfg), indent=2) + "\n").encode())
+
+    torch.manual_seed(cfg.seed)  # the initial weights
+    model.to(device)
+    ema = AveragedModel(model, avg_fn=_ema_avg(cfg.ema_decay))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    losses: list[tuple[int, float]] = []
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        ema.load_state_dict(saved["ema"])
+        opt.load_state_dict(saved["optimizer"])
+        losses = [tuple(x) for x in saved.get("losses", [])]
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    alphas = torch.from_numpy(schedule.alphas_cumprod.copy()).float()
+    local = cfg.batch // world
+    T = schedule.num_train_timesteps
+
+    steps = range(start, cfg.steps)
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step")
+    t_start, window, last_ckpt = time.perf_counter(), [], None
+    x_fixed = torch.randn((SAMPLE_IMAGES, data.channels, cfg.size, cfg.size), generator=torch.Generator().manual_seed(cfg.seed))
+    model.train()
+    for step in steps:
+        g = _step_generator(cfg.seed, step)
+        idx = torch.randint(0, len(data), (cfg.batch,), generator=g)
+        t = torch.randint(0, T, (cfg.batch,), generator=g)
+        eps = torch.randn((cfg.batch, data.channels, cfg.size, cfg.size), generator=g)
+        mine = slice(rank * local, (rank + 1) * local)
+        x0 = data.batch(idx[mine].tolist()).to(device)
+        x_t, target = make_training_sample(x0, eps[mine].to(device), alphas[t[mine]].to(device))
+        loss = F.mse_loss(net(x_t, t[mine].to(device)), target)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        ema.update_parameters(model)
+        window.append(loss.detach())
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            mean = torch.stack(window).mean()
+            if world > 1:
+                import torch.distributed as dist
+
+                dist.all_reduce(mean)
+                mean /= world
+            window = []
+            losses.append((done, float(mean)))
+            ips = (done - start) * cfg.batch / (time.perf_counter() - t_start)
+            if rank == 0:
+                with open(out / "log.jsonl", "a") as f:
+                    f.write(json.dumps({"step": done, "loss": round(float(mean), 6), "images_per_s": round(ips, 1)}) + "\n")
+                if bar is not None:
+                    bar.set_postfix(loss=f"{float(mean):.4f}", img_s=f"{ips:.0f}")
+        if bar is not None:
+            bar.update(1)
+        if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            last_ckpt = _write_checkpoint(out, done, model, ema, opt, cfg, schedule, losses)
+        if rank == 0 and ((cfg.sample_every and done % cfg.sample_every == 0) or done == cfg.steps):
+            ema.module.eval()
+            x = ddim_sample(ema.module, schedule, x_fixed.to(device), num_steps=cfg.sample_steps)
+            save_grid(out / "samples" / f"step_{done:07d}.png", x)
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t_start
+    in_sync = _replicas_in_sync(model, world)
+    if rank == 0:
+        summary = {"step": cfg.steps, "world_size": world, "replicas_in_sync": in_sync, "seconds": round(seconds, 2),
+                   "final_loss": losses[-1][1] if losses else None}
+        atomic_write(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    ckpt = (last_ckpt or (out / "last").resolve()) / CHECKPOINT_WEIGHTS
+    return TrainResult(out, cfg.steps, ckpt, losses, seconds, (cfg.steps - start) * cfg.batch / max(seconds, 1e-9), world, in_sync)
+
+
+def _replicas_in_sync(model: nn.Module, world: int) -> bool:
+    """True when every rank holds bit-identical weights (always, on one process)."""
+    if world == 1:
+        return True
+    import hashlib
+
+    import torch.distributed as dist
+
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().numpy().tobytes())
+    digests: list[str | None] = [None] * world
+    dist.all_gather_object(digests, h.hexdigest())
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"data-parallel replicas diverged: weight digests {digests}")
+    return True
