@@ -249,7 +249,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from runtime.bench import (CPU_BACKENDS, CUDA_BACKENDS, BenchConfig, check_targets, format_results, format_sweeps,
                                run_bench, run_sweeps)
 
-    backends = tuple(b.strip() for b in args.backends.split(",")) if args.backends else CPU_BACKENDS + CUDA_BACKENDS
+    from runtime.bench import _has_bf16
+
+    default = tuple(b for b in CPU_BACKENDS + CUDA_BACKENDS if b != "eager-bf16" or _has_bf16())
+    backends = tuple(b.strip() for b in args.backends.split(",")) if args.backends else default
     bad = [b for b in backends if b not in CPU_BACKENDS + CUDA_BACKENDS]
     if bad:
         raise ValueError(f"unknown backend(s) {bad}: expected a subset of {list(CPU_BACKENDS + CUDA_BACKENDS)}")
@@ -258,7 +261,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = BenchConfig(model=args.model, hidden=args.hidden, size=args.size, batch=args.batch, steps=args.steps,
                       threads=args.threads, repeats=args.repeats, backends=backends)
     say = lambda s: print(f"  .. {s}", file=sys.stderr, flush=True)  # noqa: E731
-    print("command: diffzoo " + " ".join(sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "bench" else ["bench"]))
+    print("command: diffzoo " + " ".join(sys.argv[1:]))
     res = run_bench(cfg, progress=say)
     print(format_results(res))
     if args.sweep:
@@ -367,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=50)
     p.add_argument("--threads", type=_positive_int, default=2, help="threads for torch and onnxruntime alike (default 2)")
     p.add_argument("--repeats", type=_positive_int, default=3, help="timed runs per backend after one warm-up")
-    p.add_argument("--backends", default=None, help="comma-separated subset (default: all that can run here)")
+    p.add_argument("--backends", default=None,
+                   help="comma-separated subset (default: all that can run here; eager-bf16 only where the CPU has bf16)")
     p.add_argument("--sweep", action="store_true", help="also sweep batch, steps, size and hidden (slow)")
     p.add_argument("--json", default=None, help="write every figure to this JSON file")
     p.set_defaults(func=cmd_bench)

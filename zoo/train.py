@@ -56,7 +56,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global gradient norm
     ema_decay: float = 0.999  # reached after a warm-up of min(decay, (1+n)/(10+n))
-    schedule: str = "linear"
+    schedule: str = "linear"  # linear | cosine
+    schedule_params: dict = field(default_factory=dict)  # e.g. {"beta_end": 0.01}; T comes from the model
     seed: int = 0
     checkpoint_every: int = 500
     sample_every: int = 0  # steps between EMA sample grids; 0 = only at the end
@@ -150,7 +151,7 @@ def load_state(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
 
 
 def _compatible(saved: dict, cfg: TrainConfig) -> None:
-    for key in ("model", "model_config", "size", "data", "schedule", "batch", "seed", "lr", "lr_schedule"):
+    for key in ("model", "model_config", "size", "data", "schedule", "schedule_params", "batch", "seed", "lr", "lr_schedule"):
         if saved[key] != getattr(cfg, key):
             raise ValueError(
                 f"--resume: the checkpoint has {key}={saved[key]!r} but this run asks for {key}={getattr(cfg, key)!r}"
@@ -205,7 +206,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, pr
     device = _device(cfg.device)
     data = open_dataset(cfg.data, cfg.size, train=True, seed=cfg.seed)
     model = build(cfg.model, **{**cfg.model_config, "channels": data.channels})
-    schedule = make_schedule(cfg.schedule, num_train_timesteps=model.config.num_train_timesteps)
+    schedule = make_schedule(cfg.schedule, num_train_timesteps=model.config.num_train_timesteps, **cfg.schedule_params)
     start, saved = 0, None
     if resume:
         _, saved = load_state(out)
