@@ -33,7 +33,8 @@ def test_loss_goes_down_on_synthetic(tmp_path):
 def test_exact_resume(tmp_path):
     straight = TrainConfig(steps=20, checkpoint_every=10, **TINY)
     train(straight, tmp_path / "a", progress=False)
-    train(TrainConfig(steps=10, checkpoint_every=10, **TINY), tmp_path / "b", progress=False)
+    train(straight, tmp_path / "b", progress=False, until=10)  # "interrupted" at step 10
+    assert load_state(tmp_path / "b")[1]["step"] == 10
     train(straight, tmp_path / "b", resume=True, progress=False)
     (ma, ea), (mb, eb) = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     for k in ma:

@@ -193,8 +193,13 @@ def _save_state(state: dict, path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True) -> TrainResult:
+def train(
+    cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True, until: int | None = None
+) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data``; checkpoints, logs and sample grids go under ``out_dir``.
+
+    ``until`` stops this session after that step (with a checkpoint there), as an interruption
+    would; ``resume=True`` later continues the same run to ``cfg.steps`` exactly.
 
     Under ``torchrun`` (WORLD_SIZE > 1) this is data-parallel (DDP; gloo on CPU, nccl on GPU):
     only rank 0 writes files. Raises ValueError/FileNotFoundError/FileExistsError on bad input.
@@ -238,7 +243,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, pr
     local = cfg.batch // world
     T = schedule.num_train_timesteps
 
-    steps = range(start, cfg.steps)
+    stop = cfg.steps if until is None else min(until, cfg.steps)
+    steps = range(start, stop)
     bar = None
     if progress and rank == 0:
         from tqdm.auto import tqdm
@@ -265,7 +271,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, pr
         ema.update_parameters(model)
         window.append(loss.detach())
         done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        if done % cfg.log_every == 0 or done in (cfg.steps, stop):
             mean = torch.stack(window).mean()
             if world > 1:
                 import torch.distributed as dist
@@ -282,7 +288,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, pr
                     bar.set_postfix(loss=f"{float(mean):.4f}", img_s=f"{ips:.0f}")
         if bar is not None:
             bar.update(1)
-        if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+        if rank == 0 and (done % cfg.checkpoint_every == 0 or done in (cfg.steps, stop)):
             last_ckpt = _write_checkpoint(out, done, model, ema, opt, cfg, schedule, losses)
         if rank == 0 and ((cfg.sample_every and done % cfg.sample_every == 0) or done == cfg.steps):
             ema.module.eval()
@@ -293,11 +299,11 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, resume: bool = False, pr
     seconds = time.perf_counter() - t_start
     in_sync = _replicas_in_sync(model, world)
     if rank == 0:
-        summary = {"step": cfg.steps, "world_size": world, "replicas_in_sync": in_sync, "seconds": round(seconds, 2),
+        summary = {"step": stop, "world_size": world, "replicas_in_sync": in_sync, "seconds": round(seconds, 2),
                    "final_loss": losses[-1][1] if losses else None}
         atomic_write(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     ckpt = (last_ckpt or (out / "last").resolve()) / CHECKPOINT_WEIGHTS
-    return TrainResult(out, cfg.steps, ckpt, losses, seconds, (cfg.steps - start) * cfg.batch / max(seconds, 1e-9), world, in_sync)
+    return TrainResult(out, stop, ckpt, losses, seconds, (stop - start) * cfg.batch / max(seconds, 1e-9), world, in_sync)
 
 
 def _replicas_in_sync(model: nn.Module, world: int) -> bool:
