@@ -25,7 +25,9 @@ import numpy as np
 
 __all__ = ["BenchConfig", "run_bench", "conv_flops", "matmul_gflops", "format_results"]
 
-CPU_BACKENDS = ("eager", "compile", "torchscript", "eager-bf16", "ort-numpy-step", "ort-step", "ort-fused", "ort-loop")
+CPU_BACKENDS = (
+    "eager", "compile", "torchscript", "eager-bf16", "ort-numpy-step", "ort-step", "ort-fused", "ort-loop", "ort-loop-shipped",
+)
 CUDA_BACKENDS = ("eager-cuda", "ort-cuda-fused-host", "ort-cuda-fused", "ort-cuda-fused-graph", "ort-cuda-loop")
 
 
@@ -155,6 +157,9 @@ def _backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray):
     cpu = runtime.load(bundle, provider="cpu", threads=cfg.threads)
     for mode in ("step", "fused", "loop"):
         out[f"ort-{mode}"] = (lambda m: lambda: cpu.run_batch(x_T, ts, None, 0.0, m))(mode)
+    shipped = runtime.load(bundle, provider="cpu", threads=cfg.threads)
+    shipped.optimize_cpu_loop = False  # the bundle's sampler.onnx as exported: no NCHWc inside the Loop body
+    out["ort-loop-shipped"] = lambda: shipped.run_batch(x_T, ts, None, 0.0, "loop")
 
     if torch.cuda.is_available() and runtime.cuda_unavailable_reason() is None:
         dev_model = model.to("cuda")

@@ -36,7 +36,9 @@ class DemoConfig:
     ema_decay: float = 0.995
     schedule: str = "cosine"  # keeps more signal at high t than linear, which matters at 16 px
     sample_n: int = 64  # images in the PNG grid
-    sample_steps: int = 50
+    # This small model's eps errors at high noise add up step by step: measured on the default
+    # run, 20 DDIM steps give SW2 0.20 against 0.31 for 50 (noise baseline 0.24).
+    sample_steps: int = 20
     eval_n: int = 256  # images for the quality statistic
     parity_batch: int = 4
     seed: int = 0
