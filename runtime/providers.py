@@ -69,6 +69,7 @@ class CudaOptions:
 
 
 _preloaded = False
+_warned: set[str] = set()
 
 
 def _preload() -> None:
@@ -114,7 +115,9 @@ def resolve_provider(provider: str, strict: bool = False) -> str:
         return "cuda"
     if provider == "cuda" or strict:
         raise ProviderUnavailableError(f"CUDA execution provider unavailable: {reason}")
-    log.warning("CUDA execution provider unavailable, using the CPU provider: %s", reason)
+    if reason not in _warned:  # one warning per process and reason, however many bundles are loaded
+        _warned.add(reason)
+        log.warning("CUDA execution provider unavailable, using the CPU provider: %s", reason)
     return "cpu"
 
 

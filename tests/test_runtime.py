@@ -157,7 +157,8 @@ def test_sampling_path_imports_no_torch(bundles, tmp_path):
 # --- providers ----------------------------------------------------------------------------------
 
 @pytest.mark.skipif(CUDA_REASON is None, reason="CUDA loads here: the fallback path cannot be exercised")
-def test_cuda_unavailable_is_explained(bundle, caplog):
+def test_cuda_unavailable_is_explained(bundle, caplog, monkeypatch):
+    monkeypatch.setattr("runtime.providers._warned", set())  # earlier tests may have warned already
     with pytest.raises(ProviderUnavailableError, match="CUDA execution provider unavailable: .+"):
         runtime.load(bundle.path, provider="cuda")
     with pytest.raises(ProviderUnavailableError):
