@@ -248,3 +248,18 @@ def test_cli_parity_and_doctor(bundle, capsys):
     assert "onnxruntime" in text and "CUDA" in text
     if CUDA_REASON:
         assert CUDA_REASON in text
+
+
+@pytest.mark.slow
+def test_full_size_bundle_parity(tmp_path):
+    """The full-size path (residual hidden=64, 32x32, 50 steps) within the named tolerances."""
+    import torch
+
+    import zoo
+
+    torch.manual_seed(0)
+    bundle = export.export_bundle(zoo.build("residual", hidden=64), tmp_path / "b", example_shape=(3, 32, 32))
+    assert all(c["passed"] for c in bundle.checks)
+    for eta in (0.0, 1.0):
+        report = runtime.parity(bundle.path, provider="cpu", num_steps=50, batch=2, eta=eta)
+        assert report.passed, report.format_table()
