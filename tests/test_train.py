@@ -1,5 +1,6 @@
 """The trainer: learning, exact resume, crash-safe checkpoints, torchrun, CLI."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -32,7 +33,10 @@ def test_loss_goes_down_on_synthetic(tmp_path):
 
 def test_exact_resume(tmp_path):
     straight = TrainConfig(steps=20, checkpoint_every=10, **TINY)
-    train(straight, tmp_path / "a", progress=False)
+    # The uninterrupted run in another process: nothing may depend on process state (seeds, threads).
+    code = (f"from zoo.train import TrainConfig, train; "
+            f"train(TrainConfig(**{dataclasses.asdict(straight)!r}), {str(tmp_path / 'a')!r}, progress=False)")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     train(straight, tmp_path / "b", progress=False, until=10)  # "interrupted" at step 10
     assert load_state(tmp_path / "b")[1]["step"] == 10
     train(straight, tmp_path / "b", resume=True, progress=False)

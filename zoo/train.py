@@ -210,6 +210,7 @@ def train(
         raise ValueError(f"batch={cfg.batch} must be divisible by the number of processes ({world})")
     device = _device(cfg.device)
     data = open_dataset(cfg.data, cfg.size, train=True, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)  # the initial weights (replaced by the checkpoint's on --resume)
     model = build(cfg.model, **{**cfg.model_config, "channels": data.channels})
     schedule = make_schedule(cfg.schedule, num_train_timesteps=model.config.num_train_timesteps, **cfg.schedule_params)
     start, saved = 0, None
@@ -226,7 +227,6 @@ def train(
         (out / "samples").mkdir(exist_ok=True)
         atomic_write(out / "config.json", (json.dumps(dataclasses.asdict(cfg), indent=2) + "\n").encode())
 
-    torch.manual_seed(cfg.seed)  # the initial weights
     model.to(device)
     ema = AveragedModel(model, avg_fn=_ema_avg(cfg.ema_decay))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
