@@ -162,7 +162,9 @@ def _backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray):
     out["ort-loop-shipped"] = lambda: shipped.run_batch(x_T, ts, None, 0.0, "loop")
 
     if torch.cuda.is_available() and runtime.cuda_unavailable_reason() is None:
-        dev_model = model.to("cuda")
+        import copy
+
+        dev_model = copy.deepcopy(model).to("cuda")  # .to() is in place: keep the CPU backends' model on the CPU
         out["eager-cuda"] = eager(dev_model, xt.to("cuda"))
         gpu = runtime.load(bundle, provider="cuda")
         graph = runtime.load(bundle, provider="cuda", cuda=runtime.CudaOptions(cuda_graph=True))
