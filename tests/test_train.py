@@ -33,8 +33,9 @@ def test_loss_goes_down_on_synthetic(tmp_path):
 
 def test_exact_resume(tmp_path):
     straight = TrainConfig(steps=20, checkpoint_every=10, **TINY)
-    # The uninterrupted run in another process: nothing may depend on process state (seeds, threads).
-    code = (f"from zoo.train import TrainConfig, train; "
+    # The uninterrupted run in another process: nothing may depend on process state (seeds). Bit-equality
+    # needs the same thread count on both sides (it sets the float reduction order of the conv kernels).
+    code = (f"import torch; torch.set_num_threads({torch.get_num_threads()}); from zoo.train import TrainConfig, train; "
             f"train(TrainConfig(**{dataclasses.asdict(straight)!r}), {str(tmp_path / 'a')!r}, progress=False)")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     train(straight, tmp_path / "b", progress=False, until=10)  # "interrupted" at step 10
