@@ -216,26 +216,32 @@ def _run_bench(cfg: BenchConfig, progress: Callable[[str], None]) -> dict[str, A
         bundle = export.export_bundle(model, Path(tmp) / "bundle", schedule=schedule, example_shape=(3, cfg.size, cfg.size))
         results["export_seconds"] = bundle.seconds
         backends = _backends(cfg, bundle.path, model, schedule, x_T)
-        reference = None
+        warm, outputs, rss = {}, {}, {}
         for name, fn in backends.items():
             progress(f"{name}: warm-up")
-            warm = _timed(fn)  # includes compilation / session creation / autotuning
-            times, x = [], None
-            for _ in range(cfg.repeats):
-                t0 = time.perf_counter()
-                x = fn()
-                times.append(time.perf_counter() - t0)
-            med = statistics.median(times)
-            if name == "eager":
-                reference = x
+            t0 = time.perf_counter()
+            outputs[name] = fn()  # compilation, session creation, autotuning: not counted
+            warm[name] = time.perf_counter() - t0
+            rss[name] = _peak_rss_mb()
+        # Round-robin repeats: a change of load on this shared machine hits every backend alike,
+        # instead of whichever backend happened to be running at the time.
+        times: dict[str, list[float]] = {name: [] for name in backends}
+        for r in range(cfg.repeats):
+            progress(f"repeat {r + 1}/{cfg.repeats}")
+            for name, fn in backends.items():
+                times[name].append(_timed(fn))
+        matmul_after = matmul_gflops(cfg.threads)
+        results["matmul_gflops_after"] = matmul_after
+        reference = np.asarray(outputs["eager"], np.float64)
+        for name in backends:
+            med = statistics.median(times[name])
             results["backends"][name] = {
-                "median_s": med, "min_s": min(times), "max_s": max(times), "warmup_s": warm,
+                "median_s": med, "min_s": min(times[name]), "max_s": max(times[name]), "warmup_s": warm[name],
                 "images_per_s": cfg.batch / med, "ms_per_step": med / cfg.steps * 1e3,
                 "gflops": flops_step * cfg.batch * cfg.steps / med / 1e9,
-                "drift_vs_eager": float(np.abs(np.asarray(x, np.float64) - reference).max()) if reference is not None else None,
-                "peak_rss_mb": _peak_rss_mb(),
+                "drift_vs_eager": float(np.abs(np.asarray(outputs[name], np.float64) - reference).max()),
+                "peak_rss_mb": rss[name],
             }
-            progress(f"{name}: {cfg.batch / med:.1f} img/s")
     eager = results["backends"]["eager"]["median_s"]
     for r in results["backends"].values():
         r["vs_eager"] = eager / r["median_s"]
@@ -250,9 +256,12 @@ def format_results(res: dict[str, Any]) -> str:
         f"{c['threads']} threads, median of {c['repeats']} after a warm-up",
         f"machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']}, onnxruntime {m['onnxruntime']}"
         + (f", GPU {m['gpu']}" if m["gpu"] else ""),
-        f"fp32 matmul rate (best of torch/numpy 2048^3, same run): {res['matmul_gflops']:.1f} GFLOP/s; model: "
+        f"fp32 matmul rate (best of torch/numpy 2048^3, same run): {res['matmul_gflops']:.1f} GFLOP/s before, "
+        f"{res.get('matmul_gflops_after', float('nan')):.1f} after the timings; model: "
         f"{res['flops_per_image_step'] / 1e6:.1f} MFLOP per image per step (direct convolution)",
         "",
+        f"timings: {c['repeats']} round-robin repeats over all backends after one warm-up each; "
+        "a large before/after gap in the matmul rate means the machine's load changed during the run",
         f"{'backend':<22}{'img/s':>8}{'spread':>15}{'ms/step':>9}{'vs eager':>9}{'GFLOP/s':>9}{'of mm':>7}{'drift':>9}{'RSS MB':>8}",
     ]
     for name, r in res["backends"].items():
