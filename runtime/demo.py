@@ -13,11 +13,10 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 __all__ = ["DemoConfig", "FAST", "run_demo", "format_summary"]
 

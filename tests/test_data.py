@@ -1,6 +1,5 @@
 """Data sources on small data the tests make themselves, and the safe CIFAR unpickler."""
 
-import io
 import pickle
 import tarfile
 

@@ -1,7 +1,6 @@
 """runtime: the onnxruntime sampler in all three modes against eager torch, invariance, bundle checks."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
