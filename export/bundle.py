@@ -27,9 +27,10 @@ import zoo
 from export.loop import build_sampler_graph
 from export.manifest import FORMAT_VERSION, MANIFEST_NAME, sha256_file
 from export.onnx_export import DEFAULT_OPSET, EXPORTER, SUPPORTED_OPSETS, check_onnx, export_onnx
+from export.quantize import calibration_states, quantize_int8
 from export.specs import FORMATS, ArtifactSpec, artifact_specs, make_inputs
 from export.torchscript import load_traced, save_traced
-from export.verify import LOOP_ATOL, STEP_ATOL, Check, compare_outputs, raise_on_failures
+from export.verify import INT8_LOOP_RTOL, INT8_STEP_RTOL, LOOP_ATOL, STEP_ATOL, Check, compare_outputs, raise_on_failures
 from export.wrappers import DDIMStep, FusedStep
 from zoo.checkpoint import save_weights
 from zoo.files import default_mode
@@ -66,13 +67,15 @@ def _verify_sizes(example_shape: tuple[int, int, int]) -> dict[str, int]:
     return {"batch": 3, "height": h // 2 + 3, "width": w // 2 + 1 if w // 2 + 1 != h // 2 + 3 else w // 2 + 2}
 
 
-def _check_args(model, out_dir, schedule, example_shape, opset, formats, force) -> tuple[Path, tuple[str, ...]]:
+def _check_args(model, out_dir, schedule, example_shape, opset, formats, force, int8) -> tuple[Path, tuple[str, ...]]:
     if not (isinstance(getattr(model, "name", None), str) and dataclasses.is_dataclass(getattr(model, "config", None))):
         raise TypeError(f"export_bundle needs a zoo model (built by zoo.build); got {type(model).__name__}")
     formats = tuple(formats)
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ValueError(f"unknown format(s) {bad or formats!r}: accepted are {list(FORMATS)}")
+    if int8 and "onnx" not in formats:
+        raise ValueError(f"int8=True needs the 'onnx' format (int8 variants are ONNX graphs); formats={list(formats)}")
     if opset not in SUPPORTED_OPSETS:
         raise ValueError(f"opset {opset!r} is not supported: accepted are {SUPPORTED_OPSETS[0]}..{SUPPORTED_OPSETS[-1]}")
     if len(example_shape) != 3 or not all(isinstance(v, int) and v >= 1 for v in example_shape):
@@ -98,11 +101,11 @@ def _check_args(model, out_dir, schedule, example_shape, opset, formats, force) 
 
 def _reference(spec: ArtifactSpec, model: torch.nn.Module, schedule: Schedule, clip_range: float | None):
     """The eager torch callable an artifact must reproduce."""
-    if spec.name == "denoiser":
+    if spec.base == "denoiser":
         return model
-    if spec.name.startswith("ddim_step"):
+    if spec.base.startswith("ddim_step"):
         return DDIMStep(spec.stochastic, clip_range)
-    if spec.name.startswith("fused_step"):
+    if spec.base.startswith("fused_step"):
         return FusedStep(model, schedule.alphas_cumprod, spec.stochastic, clip_range).eval()
 
     def sampler(x_T, timesteps, noise=None, eta=None):
@@ -110,6 +113,22 @@ def _reference(spec: ArtifactSpec, model: torch.nn.Module, schedule: Schedule, c
                                eta=0.0 if eta is None else float(eta), noise=noise, clip_range=clip_range)
 
     return sampler
+
+
+def _calibration_feeds(spec: ArtifactSpec, states) -> list[dict[str, np.ndarray]]:
+    """Feeds of ``spec``'s graph for each calibration state; noise (eta variants) does not reach the network."""
+    rng = np.random.default_rng(0)
+    feeds = []
+    for x, t, t_prev in states:
+        b = len(x)
+        if spec.base == "denoiser":
+            feeds.append({"x": x, "t": np.full(b, t, np.int64)})
+            continue
+        feed = {"x_t": x, "t": np.full(b, t, np.int64), "t_prev": np.full(b, t_prev, np.int64)}
+        if spec.stochastic:
+            feed.update(noise=rng.standard_normal(x.shape, dtype=np.float32), eta=np.array(0.5, np.float32))
+        feeds.append(feed)
+    return feeds
 
 
 def _outputs(spec: ArtifactSpec, fn, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -136,6 +155,7 @@ def export_bundle(
     seed: int = 0,
     progress: bool = False,
     extra: dict[str, Any] | None = None,
+    int8: bool = False,
 ) -> Bundle:
     """Export ``model`` and its DDIM sampler to a verified bundle directory.
 
@@ -152,6 +172,10 @@ def export_bundle(
         seed: seeds the verification inputs.
         progress: show a tqdm bar over the artifacts.
         extra: JSON-serialisable facts stored in the manifest under ``"extra"`` (e.g. training run).
+        int8: also write int8 variants of the denoiser, fused steps and samplers (``<name>_int8``,
+            ONNX, for the CPU provider): inner convolutions quantized with ranges calibrated on the
+            model's own DDIM trajectories (``export.quantize``), verified against eager fp32 within
+            ``INT8_STEP_RTOL`` / ``INT8_LOOP_RTOL`` relative RMS, and the measured error recorded.
 
     Raises:
         ValueError, TypeError, FileExistsError: bad arguments, before any work is done.
@@ -159,10 +183,10 @@ def export_bundle(
     """
     schedule = schedule or zoo.linear_schedule(model.config.num_train_timesteps)
     example_shape = tuple(example_shape or (model.config.channels, 32, 32))
-    out, formats = _check_args(model, out_dir, schedule, example_shape, opset, formats, force)
+    out, formats = _check_args(model, out_dir, schedule, example_shape, opset, formats, force, int8)
 
     model = copy.deepcopy(model).float().cpu().eval()
-    specs = [s for s in artifact_specs(model.config.channels).values() if set(s.formats) & set(formats)]
+    specs = [s for s in artifact_specs(model.config.channels, int8).values() if set(s.formats) & set(formats)]
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         tmp.chmod(default_mode(directory=True))
@@ -186,7 +210,8 @@ def _export_into(tmp, model, schedule, example_shape, opset, formats, specs, cli
     seconds: dict[str, float] = {}
     files: dict[str, dict[str, str]] = {}
     checks: list[Check] = []
-    fused: dict[bool, onnx.ModelProto] = {}
+    fused: dict[tuple[str, bool], onnx.ModelProto] = {}  # (precision, stochastic) -> fused step graph
+    calibration = None
 
     t0 = time.perf_counter()
     save_weights(tmp / WEIGHTS_NAME, model, schedule, data={"shape": list(example_shape), "range": [-1.0, 1.0]})
@@ -201,7 +226,9 @@ def _export_into(tmp, model, schedule, example_shape, opset, formats, specs, cli
         ref = _reference(spec, model, schedule, clip_range)
         is_loop = spec.name.startswith("sampler")
         sizes = {**verify_sizes, "steps": VERIFY_STEPS} if is_loop else verify_sizes
-        atol = LOOP_ATOL if is_loop else STEP_ATOL
+        atol, rtol = (LOOP_ATOL, None) if is_loop else (STEP_ATOL, None)
+        if spec.precision == "int8":
+            atol, rtol = None, INT8_LOOP_RTOL if is_loop else INT8_STEP_RTOL
         inputs = make_inputs(spec, sizes, schedule.alphas_cumprod, g)
         expected = _outputs(spec, ref, inputs)
         files[spec.name] = {}
@@ -214,19 +241,25 @@ def _export_into(tmp, model, schedule, example_shape, opset, formats, specs, cli
                 got = _outputs(spec, load_traced(path), inputs)
             else:
                 if is_loop:
-                    proto = build_sampler_graph(fused[spec.stochastic], spec.stochastic)
+                    proto = build_sampler_graph(fused[spec.precision, spec.stochastic], spec.stochastic)
+                elif spec.precision == "int8":
+                    if calibration is None:
+                        calibration = calibration_states(model, schedule, example_shape, seed)
+                    proto = quantize_int8(onnx.load(str(tmp / f"{spec.base}.onnx")), _calibration_feeds(spec, calibration))
                 else:
                     example = make_inputs(spec, example_sizes, schedule.alphas_cumprod, g)
                     proto = export_onnx(ref, spec, example, opset)
-                    if spec.name.startswith("fused_step"):
-                        fused[spec.stochastic] = proto
+                if spec.base.startswith("fused_step"):
+                    fused[spec.precision, spec.stochastic] = proto
                 check_onnx(proto)
                 onnx.save(proto, str(path))
                 session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
                 got = _run_onnx(session, inputs)
             files[spec.name][fmt] = path.name
-            checks.append(compare_outputs(spec.name, fmt, sizes, got, expected, atol))
-            log.info("%s/%s: max |diff| %.3g (atol %g)", spec.name, fmt, checks[-1].max_abs_diff or float("nan"), atol)
+            checks.append(compare_outputs(spec.name, fmt, sizes, got, expected, atol, rtol))
+            c = checks[-1]
+            log.info("%s/%s: max |diff| %.3g, relative RMS %.3g (%s)", spec.name, fmt, c.max_abs_diff or float("nan"),
+                     c.rel_rms_diff or float("nan"), f"rtol {rtol:g}" if rtol is not None else f"atol {atol:g}")
         seconds[spec.name] = time.perf_counter() - t0
     raise_on_failures(checks)
 
@@ -243,6 +276,7 @@ def _export_into(tmp, model, schedule, example_shape, opset, formats, specs, cli
         "artifacts": {
             s.name: {
                 "description": s.description,
+                "precision": s.precision,
                 "stochastic": s.stochastic,
                 "files": files[s.name],
                 "inputs": [i.to_dict() for i in s.inputs],
@@ -254,7 +288,7 @@ def _export_into(tmp, model, schedule, example_shape, opset, formats, specs, cli
         "export": {
             "exporter": EXPORTER,
             "opset": opset,
-            "ir_version": int(fused[False].ir_version) if fused else None,
+            "ir_version": int(fused["fp32", False].ir_version) if fused else None,
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,

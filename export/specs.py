@@ -6,6 +6,7 @@ name used in a graph cannot drift from the name the runtime feeds.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +15,11 @@ import torch
 from export.manifest import FORMATS
 from zoo.diffusion import ddim_timesteps
 
-__all__ = ["IOSpec", "ArtifactSpec", "artifact_specs", "make_inputs", "FORMATS", "ARTIFACT_NAMES"]
+__all__ = ["IOSpec", "ArtifactSpec", "artifact_specs", "make_inputs", "FORMATS", "ARTIFACT_NAMES", "INT8_ARTIFACTS"]
+
+# The artifacts that get an int8 variant, named ``<name>_int8``: the ones that hold the network.
+# (The DDIM step alone has no convolution; the int8 samplers are Loops around the int8 fused steps.)
+INT8_ARTIFACTS = ("denoiser", "fused_step", "fused_step_eta", "sampler", "sampler_eta")
 
 @dataclass(frozen=True)
 class IOSpec:
@@ -34,9 +39,16 @@ class ArtifactSpec:
     formats: tuple[str, ...]  # the formats this artifact is exported to
     stochastic: bool
     description: str
+    precision: str = "fp32"  # of the network's convolutions; the DDIM arithmetic is always fp32
+
+    @property
+    def base(self) -> str:
+        """The fp32 artifact this one is derived from (itself for fp32)."""
+        return self.name.removesuffix("_int8")
 
 
-def artifact_specs(channels: int) -> dict[str, ArtifactSpec]:
+def artifact_specs(channels: int, int8: bool = False) -> dict[str, ArtifactSpec]:
+    """The bundle's artifacts by name; with ``int8``, also the int8 variants (ONNX only)."""
     img = ("batch", channels, "height", "width")
     f32, i64 = "float32", "int64"
     batch = ("batch",)
@@ -58,6 +70,12 @@ def artifact_specs(channels: int) -> dict[str, ArtifactSpec]:
         ArtifactSpec("sampler_eta", loop_in + loop_noise, (IOSpec("x_0", f32, img),), onnx_only, True,
                      "the whole DDIM loop with eta and per-step noise"),
     ]
+    if int8:
+        specs += [
+            dataclasses.replace(s, name=f"{s.name}_int8", formats=onnx_only, precision="int8",
+                                description=f"{s.description}; inner convolutions in int8")
+            for s in specs if s.name in INT8_ARTIFACTS
+        ]
     return {s.name: s for s in specs}
 
 

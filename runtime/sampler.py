@@ -23,12 +23,15 @@ from runtime.providers import CudaOptions, ProviderUnavailableError, resolve_pro
 from zoo.diffusion import SPACINGS, ddim_timesteps
 from zoo.schedules import make_schedule
 
-__all__ = ["MODES", "Mode", "Sampler", "load", "DEFAULT_BATCH_SIZE"]
+__all__ = ["MODES", "Mode", "PRECISIONS", "Sampler", "load", "DEFAULT_BATCH_SIZE"]
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["loop", "fused", "step"]
 MODES = ("loop", "fused", "step")
+# fp32: the exported graphs. int8: the bundle's ``<name>_int8`` variants (``export_bundle(int8=True)``),
+# whose inner convolutions are quantized; the DDIM update stays fp32. CPU provider only.
+PRECISIONS = ("fp32", "int8")
 DEFAULT_BATCH_SIZE = 16
 
 # callback(i, t, eps or None, x_prev) after each step, for parity reports; eps is None where the
@@ -42,6 +45,7 @@ def load(
     strict: bool = False,
     cuda: CudaOptions | None = None,
     threads: int | None = None,
+    precision: str = "fp32",
 ) -> Sampler:
     """Verify a bundle's hashes, pick the execution provider and return its sampler.
 
@@ -51,18 +55,31 @@ def load(
         strict: with "auto", make a CUDA fallback an error too.
         cuda: CUDA provider options (device, cuDNN algo search, TF32, memory limit, CUDA graph).
         threads: intra-op threads of every session (default: onnxruntime's choice).
+        precision: "fp32", or "int8" for the bundle's int8 variants (exported with ``int8=True``);
+            int8 runs on the CPU provider (onnxruntime's CUDA provider has no int8 convolution).
     """
-    manifest = load_manifest(bundle_dir)  # hashes first: no session ever sees an unverified file
-    device = resolve_provider(provider, strict)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: expected one of {list(PRECISIONS)}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads={threads!r} is invalid: expected an integer >= 1 or None")
-    return Sampler(Path(bundle_dir), manifest, device, cuda or CudaOptions(), threads, strict or provider == "cuda")
+    manifest = load_manifest(bundle_dir)  # hashes first: no session ever sees an unverified file
+    if precision == "int8":
+        if "fused_step_int8" not in manifest["artifacts"]:
+            raise ValueError(f"bundle {str(bundle_dir)!r} has no int8 artifacts: re-export it with int8=True (diffzoo export --int8)")
+        if provider == "cuda":
+            raise ValueError("precision='int8' runs on the CPU provider only (onnxruntime's CUDA provider has no int8 "
+                             "convolution); use provider='cpu' or 'auto'")
+        provider = "cpu"
+    device = resolve_provider(provider, strict)
+    return Sampler(Path(bundle_dir), manifest, device, cuda or CudaOptions(), threads, strict or provider == "cuda", precision)
 
 
 class Sampler:
     """Samples images from a verified bundle; build it with ``runtime.load``."""
 
-    def __init__(self, path: Path, manifest: dict, device: str, cuda: CudaOptions, threads: int | None, strict: bool):
+    def __init__(
+        self, path: Path, manifest: dict, device: str, cuda: CudaOptions, threads: int | None, strict: bool, precision: str = "fp32"
+    ):
         self.path = path
         self.manifest = manifest
         self.device = device  # "cuda" or "cpu"
@@ -74,6 +91,7 @@ class Sampler:
         self.shape: tuple[int, int, int] = tuple(manifest["data"]["shape"])
         self._sessions: dict[tuple[str, bool], ort.InferenceSession] = {}
         self.optimize_cpu_loop = True  # see _cpu_loop_model; False runs the bundle's sampler.onnx as shipped
+        self.precision = precision  # "int8" selects the <name>_int8 artifacts where the bundle has them
 
     # --- sessions ---------------------------------------------------------------------------
     @property
@@ -115,16 +133,19 @@ class Sampler:
 
         from export.loop import build_sampler_graph
 
-        fused = self._onnx_path(artifact.replace("sampler", "fused_step"))
+        fused = self._onnx_path(artifact.replace("sampler", "fused_step", 1))
         with tempfile.TemporaryDirectory() as tmp:
             so = self._options()
             so.optimized_model_filepath = str(Path(tmp) / "fused.onnx")
             so.log_severity_level = 3  # its "hardware specific" warning is the point: built here, used here
             ort.InferenceSession(str(fused), sess_options=so, providers=["CPUExecutionProvider"])
             body = onnx.load(so.optimized_model_filepath)
-        return build_sampler_graph(body, stochastic=artifact.endswith("_eta")).SerializeToString()
+        return build_sampler_graph(body, stochastic=self.manifest["artifacts"][artifact]["stochastic"]).SerializeToString()
 
     def session(self, artifact: str, cuda_graph: bool = False) -> ort.InferenceSession:
+        """The session of ``artifact`` (its int8 variant when precision is int8 and the bundle has one)."""
+        if self.precision != "fp32" and f"{artifact}_{self.precision}" in self.manifest["artifacts"]:
+            artifact = f"{artifact}_{self.precision}"
         key = (artifact, cuda_graph)
         if key not in self._sessions:
             if self.device == "cpu" and artifact.startswith("sampler") and self.optimize_cpu_loop:
@@ -179,7 +200,7 @@ class Sampler:
         if progress and len(starts) > 1:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc=f"sample ({mode}, {self.device})", unit="batch")
+            starts = tqdm(starts, desc=f"sample ({mode}, {self.device}, {self.precision})", unit="batch")
         out = []
         for b0 in starts:
             idx = range(b0, min(b0 + bs, start + n))

@@ -26,14 +26,14 @@ EXAMPLE_SHAPE = (3, 12, 12)
 
 @pytest.fixture(scope="session")
 def bundles(tmp_path_factory) -> dict:
-    """One full bundle per zoo model (hidden=8), exported once per test session."""
+    """One full bundle per zoo model (hidden=8), int8 variants included, exported once per test session."""
     import export
 
     out = {}
     for name in zoo.available():
         torch.manual_seed(0)
         model = zoo.build(name, **SMALL)
-        out[name] = export.export_bundle(model, tmp_path_factory.mktemp("bundles") / name, example_shape=EXAMPLE_SHAPE)
+        out[name] = export.export_bundle(model, tmp_path_factory.mktemp("bundles") / name, example_shape=EXAMPLE_SHAPE, int8=True)
     return out
 
 

@@ -67,3 +67,18 @@ def test_cli_bench_json(tmp_path, capsys):
     assert set(res["backends"]) == {"eager", "ort-fused", "ort-loop"}
     assert main(["bench", "--backends", "tensorrt"]) == 2
     assert "unknown backend" in capsys.readouterr().err
+
+
+def test_bench_int8_reports_its_error_and_verdict():
+    cfg = BenchConfig(hidden=8, size=8, batch=2, steps=4, repeats=1, threads=1,
+                      backends=("eager", "ort-fused", "ort-int8-fused", "ort-int8-loop"))
+    res = run_bench(cfg)
+    b = res["backends"]
+    assert "step_error_rel_rms" not in b["ort-fused"]
+    for name in ("ort-int8-fused", "ort-int8-loop"):
+        assert 0 < b[name]["step_error_rel_rms"] < 0.1 and b[name]["step_error_max"] > 0
+        assert b[name]["drift_rel_rms"] > 1e-5  # int8 really ran: not the fp32 graph
+    assert b["ort-fused"]["drift_rel_rms"] < 1e-4
+    assert "reduced precision against fp32" in format_results(res)
+    verdict = {t: (ok, f) for t, ok, f in check_targets(res)}["reduced precision >= 2x the fp32 onnxruntime mode"]
+    assert verdict[0] in (True, False) and "per-step error" in verdict[1]

@@ -11,7 +11,7 @@ import export
 import zoo
 from export.bundle import _outputs, _reference, _run_onnx
 from export.manifest import sha256_file
-from export.specs import ARTIFACT_NAMES, artifact_specs, make_inputs
+from export.specs import ARTIFACT_NAMES, INT8_ARTIFACTS, artifact_specs, make_inputs
 from export.torchscript import load_traced
 from export.verify import LOOP_ATOL, STEP_ATOL
 from runtime.cli import main
@@ -33,11 +33,12 @@ def test_bundle_is_complete_and_hashed(bundle):
     for name, info in m["files"].items():
         assert sha256_file(bundle.path / name) == info["sha256"]
         assert (bundle.path / name).stat().st_size == info["size"]
-    assert all(c["passed"] for c in m["verification"]) and len(m["verification"]) == 10
+    assert all(c["passed"] for c in m["verification"]) and len(m["verification"]) == 10 + len(INT8_ARTIFACTS)
     assert m["model"] == {"name": bundle.manifest["model"]["name"], "config": m["model"]["config"]}
     assert m["data"]["shape"] == [3, 12, 12] and m["export"]["opset"] == 20
     assert m["artifacts"]["sampler"]["dynamic_axes"] == ["batch", "height", "steps", "width"]
-    assert set(m["export"]["seconds"]) == {"weights", *ARTIFACT_NAMES}
+    assert set(m["export"]["seconds"]) == {"weights", *ARTIFACT_NAMES, *(f"{a}_int8" for a in INT8_ARTIFACTS)}
+    assert {a["precision"] for a in m["artifacts"].values()} == {"fp32", "int8"}
 
 
 @pytest.mark.parametrize("artifact", [a for a in ARTIFACT_NAMES if not a.startswith("sampler")])
@@ -169,7 +170,7 @@ def test_cli_export_reports_times_and_errors(tmp_path, capsys):
     out = tmp_path / "b"
     assert main(["export", "--model", "conv", "--hidden", "8", "--size", "8", "--formats", "torchscript", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "denoiser        torchscript" in text and "bundle written to" in text
+    assert "denoiser            torchscript" in text and "bundle written to" in text
     assert json.loads((out / "manifest.json").read_text())["model"]["config"]["hidden"] == 8
     assert main(["export", "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
