@@ -46,6 +46,7 @@ class BenchConfig:
     repeats: int = 3
     backends: tuple[str, ...] = CPU_BACKENDS + CUDA_BACKENDS
     seed: int = 0
+    checkpoint: str | None = None  # a weights .safetensors: a trained model instead of a random init (model/hidden ignored)
 
 
 def conv_flops(model, height: int, width: int) -> int:
@@ -255,16 +256,23 @@ def _run_bench(cfg: BenchConfig, progress: Callable[[str], None]) -> dict[str, A
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = zoo.build(cfg.model, hidden=cfg.hidden).eval()
-    schedule = zoo.linear_schedule(model.config.num_train_timesteps)
+    if cfg.checkpoint:
+        from zoo.checkpoint import load_weights
+
+        model, schedule, _ = load_weights(cfg.checkpoint)
+        cfg = replace(cfg, model=model.name, hidden=model.config.hidden)  # the header names what ran
+    else:
+        model = zoo.build(cfg.model, hidden=cfg.hidden).eval()
+        schedule = zoo.linear_schedule(model.config.num_train_timesteps)
+    c = model.config.channels
     gflops_mm = matmul_gflops(cfg.threads)
     flops_step = conv_flops(model, cfg.size, cfg.size)
-    x_T = np.random.default_rng(cfg.seed).standard_normal((cfg.batch, 3, cfg.size, cfg.size), dtype=np.float32)
+    x_T = np.random.default_rng(cfg.seed).standard_normal((cfg.batch, c, cfg.size, cfg.size), dtype=np.float32)
     results: dict[str, Any] = {"config": asdict(cfg), "machine": machine(), "matmul_gflops": gflops_mm,
                                "flops_per_image_step": flops_step, "backends": {}}
     with tempfile.TemporaryDirectory() as tmp:
         progress("exporting the bundle")
-        bundle = export.export_bundle(model, Path(tmp) / "bundle", schedule=schedule, example_shape=(3, cfg.size, cfg.size),
+        bundle = export.export_bundle(model, Path(tmp) / "bundle", schedule=schedule, example_shape=(c, cfg.size, cfg.size),
                                       int8=any(b in cfg.backends for b in INT8_BACKENDS))
         results["export_seconds"] = bundle.seconds
         backends = _backends(cfg, bundle.path, model, schedule, x_T)
@@ -432,7 +440,7 @@ def _int8_ceiling() -> str:
     """What bounds int8 over fp32 on this CPU, from its instruction set."""
     flags = _cpu_flags()
     if flags & {"amx_int8", "avx512_vnni", "avx_vnni"}:
-        return "this CPU has VNNI/AMX int8 dot products (4x the fp32 FMA rate or more)"
+        return "this CPU has VNNI/AMX int8 dot products (4x the fp32 FMA rate at the same vector width)"
     if "avx2" in flags:
         return ("this CPU has AVX2 without VNNI: a u8 x s8 product takes two multiply instructions "
                 "(vpmaddubsw + vpmaddwd) per 32 MACs against one FMA per 8, so int8 convolution peaks at 2x fp32")

@@ -259,8 +259,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown backend(s) {bad}: expected a subset of {list(CPU_BACKENDS + CUDA_BACKENDS)}")
     if "eager" not in backends:
         backends = ("eager",) + backends  # every ratio is to eager torch
-    cfg = BenchConfig(model=args.model, hidden=args.hidden, size=args.size, batch=args.batch, steps=args.steps,
-                      threads=args.threads, repeats=args.repeats, backends=backends)
+    size, checkpoint = args.size, None
+    if args.checkpoint:
+        if args.sweep:
+            raise ValueError("--sweep varies the model's width, which a --checkpoint fixes: run the sweep without --checkpoint")
+        from zoo.checkpoint import read_weights_metadata
+
+        checkpoint = str(_weights_path(args.checkpoint))
+        size = size or (read_weights_metadata(checkpoint).get("data", {}).get("shape") or [0, 32])[-1]
+    cfg = BenchConfig(model=args.model, hidden=args.hidden, size=size or 32, batch=args.batch, steps=args.steps,
+                      threads=args.threads, repeats=args.repeats, backends=backends, checkpoint=checkpoint)
     say = lambda s: print(f"  .. {s}", file=sys.stderr, flush=True)  # noqa: E731
     print("command: diffzoo " + " ".join(sys.argv[1:]))
     res = run_bench(cfg, progress=say)
@@ -370,13 +378,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmark every backend side by side (eager, compile, TorchScript, onnxruntime modes)")
     p.add_argument("--model", default="residual")
     p.add_argument("--hidden", type=_positive_int, default=64)
-    p.add_argument("--size", type=_positive_int, default=32)
+    p.add_argument("--size", type=_positive_int, default=None, help="image size (default 32, or the checkpoint's)")
     p.add_argument("--batch", type=_positive_int, default=16)
     p.add_argument("--steps", type=_positive_int, default=50)
     p.add_argument("--threads", type=_positive_int, default=2, help="threads for torch and onnxruntime alike (default 2)")
     p.add_argument("--repeats", type=_positive_int, default=3, help="timed runs per backend after one warm-up")
     p.add_argument("--backends", default=None,
                    help="comma-separated subset (default: all that can run here; eager-bf16 only where the CPU has bf16)")
+    p.add_argument("--checkpoint", default=None,
+                   help="bench a trained model (weights .safetensors or a training run directory) instead of a random "
+                        "init of --model/--hidden: its reduced-precision drift is then meaningful")
     p.add_argument("--sweep", action="store_true", help="also sweep batch, steps, size and hidden (slow)")
     p.add_argument("--json", default=None, help="write every figure to this JSON file")
     p.set_defaults(func=cmd_bench)
