@@ -82,3 +82,22 @@ def test_bench_int8_reports_its_error_and_verdict():
     assert "reduced precision against fp32" in format_results(res)
     verdict = {t: (ok, f) for t, ok, f in check_targets(res)}["reduced precision >= 2x the fp32 onnxruntime mode"]
     assert verdict[0] in (True, False) and "per-step error" in verdict[1]
+
+
+def test_cli_bench_checkpoint_runs_the_trained_model(tmp_path, capsys):
+    import torch
+
+    from zoo.checkpoint import save_weights
+
+    torch.manual_seed(0)
+    model = zoo.build("conv", hidden=12)
+    weights = save_weights(tmp_path / "w.safetensors", model, zoo.cosine_schedule(1000), data={"shape": [3, 6, 6]})
+    out = tmp_path / "b.json"
+    args = ["bench", "--checkpoint", str(weights), "--batch", "2", "--steps", "2", "--repeats", "1", "--threads", "1",
+            "--backends", "ort-fused", "--json", str(out)]
+    assert main(args) == 0
+    res = json.loads(out.read_text())
+    assert (res["config"]["model"], res["config"]["hidden"], res["config"]["size"]) == ("conv", 12, 6)  # not the defaults
+    assert res["backends"]["ort-fused"]["drift_vs_eager"] < 1e-4  # the same images as eager
+    assert main(["bench", "--checkpoint", str(weights), "--sweep"]) == 2
+    assert "--sweep varies the model's width" in capsys.readouterr().err
