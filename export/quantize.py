@@ -6,7 +6,7 @@ The network's hidden x hidden convolutions (about 90% of its FLOPs at hidden 64)
 - the first convolution, because its input holds the time channel: sharing one uint8 scale with
   image values in [-4, 4] rounds t/T to about 1/30, i.e. the model sees t only to ~30 timesteps;
 - the last convolution, because its output is epsilon itself, which the DDIM update divides by
-  sqrt(alpha-bar) (measured on the demo model: quantizing both costs 5x more final-image drift);
+  sqrt(alpha-bar) (measured on the demo model: quantizing both costs 4-5x more final-image drift);
 - the DDIM update, the alpha-bar lookups and the noise: they are exact fp32 arithmetic.
 
 Activation ranges are calibrated on the model's own sampling trajectories (``calibration_states``):

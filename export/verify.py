@@ -10,7 +10,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["STEP_ATOL", "LOOP_ATOL", "INT8_STEP_RTOL", "INT8_LOOP_RTOL", "Check", "ExportVerificationError", "compare_outputs", "relative_rms", "raise_on_failures"]
+__all__ = [
+    "STEP_ATOL", "LOOP_ATOL", "INT8_STEP_RTOL", "INT8_LOOP_RTOL",
+    "Check", "ExportVerificationError", "compare_outputs", "relative_rms", "raise_on_failures",
+]
 
 # fp32, one network evaluation or one DDIM update: the exported graph and eager torch run the same
 # ops with different kernels and summation orders, which moves O(1) outputs by about 1e-6.

@@ -216,7 +216,12 @@ def _step_errors(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarra
     steps: dict[str, Callable[[np.ndarray, int, int], np.ndarray]] = {}
     if any(n in INT8_BACKENDS for n in names):
         fused = runtime.load(bundle, provider="cpu", threads=cfg.threads, precision="int8").session("fused_step")
-        steps["int8"] = lambda x, t, tp: fused.run(None, {"x_t": x, "t": np.full(len(x), t, np.int64), "t_prev": np.full(len(x), tp, np.int64)})[0]
+
+        def int8(x, t, tp):
+            b = len(x)
+            return fused.run(None, {"x_t": x, "t": np.full(b, t, np.int64), "t_prev": np.full(b, tp, np.int64)})[0]
+
+        steps["int8"] = int8
 
     def bf16(x, t, tp):
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
