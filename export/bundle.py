@@ -33,7 +33,7 @@ from export.torchscript import load_traced, save_traced
 from export.verify import INT8_LOOP_RTOL, INT8_STEP_RTOL, LOOP_ATOL, STEP_ATOL, Check, compare_outputs, raise_on_failures
 from export.wrappers import DDIMStep, FusedStep
 from zoo.checkpoint import save_weights
-from zoo.files import default_mode
+from zoo.files import default_mode, replace_dir
 from zoo.schedules import Schedule
 
 __all__ = ["Bundle", "export_bundle", "load_model", "WEIGHTS_NAME", "VERIFY_STEPS"]
@@ -193,7 +193,7 @@ def export_bundle(
         manifest = _export_into(tmp, model, schedule, example_shape, opset, formats, specs, clip_range, seed, progress)
         manifest["extra"] = extra or {}
         _finish(tmp, manifest)
-        _move_into_place(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -210,7 +210,7 @@ def _export_into(tmp, model, schedule, example_shape, opset, formats, specs, cli
     seconds: dict[str, float] = {}
     files: dict[str, dict[str, str]] = {}
     checks: list[Check] = []
-    fused: dict[tuple[str, bool], onnx.ModelProto] = {}  # (precision, stochastic) -> fused step graph
+    protos: dict[str, onnx.ModelProto] = {}  # artifact -> its verified ONNX graph (loops and int8 build on them)
     calibration = None
 
     t0 = time.perf_counter()
@@ -241,16 +241,15 @@ def _export_into(tmp, model, schedule, example_shape, opset, formats, specs, cli
                 got = _outputs(spec, load_traced(path), inputs)
             else:
                 if is_loop:
-                    proto = build_sampler_graph(fused[spec.precision, spec.stochastic], spec.stochastic)
+                    proto = build_sampler_graph(protos[spec.name.replace("sampler", "fused_step", 1)], spec.stochastic)
                 elif spec.precision == "int8":
                     if calibration is None:
-                        calibration = calibration_states(model, schedule, example_shape, seed)
-                    proto = quantize_int8(onnx.load(str(tmp / f"{spec.base}.onnx")), _calibration_feeds(spec, calibration))
+                        calibration = calibration_states(model, schedule, example_shape, seed, clip_range)
+                    proto = quantize_int8(protos[spec.base], _calibration_feeds(spec, calibration))
                 else:
                     example = make_inputs(spec, example_sizes, schedule.alphas_cumprod, g)
                     proto = export_onnx(ref, spec, example, opset)
-                if spec.base.startswith("fused_step"):
-                    fused[spec.precision, spec.stochastic] = proto
+                protos[spec.name] = proto
                 check_onnx(proto)
                 onnx.save(proto, str(path))
                 session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -288,7 +287,7 @@ def _export_into(tmp, model, schedule, example_shape, opset, formats, specs, cli
         "export": {
             "exporter": EXPORTER,
             "opset": opset,
-            "ir_version": int(fused["fp32", False].ir_version) if fused else None,
+            "ir_version": int(protos["fused_step"].ir_version) if "fused_step" in protos else None,
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
@@ -310,20 +309,6 @@ def _finish(tmp: Path, manifest: dict) -> None:
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished bundle onto ``out``; an old bundle there is removed only after that."""
-    old = None
-    if out.exists():
-        if any(out.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-        else:
-            out.rmdir()
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_model(bundle_dir: str | os.PathLike) -> tuple[torch.nn.Module, Schedule, dict[str, Any]]:

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import torch
 
-from zoo.diffusion import ddim_step, ddim_timesteps
+from zoo.diffusion import ddim_sample, ddim_timesteps
 from zoo.schedules import Schedule
 
 __all__ = ["quantize_int8", "calibration_states", "inner_nodes", "CALIBRATION_IMAGES", "CALIBRATION_STEPS"]
@@ -36,22 +36,16 @@ CALIBRATION_STEPS = 50  # DDIM steps per trajectory: every 20th timestep of T=10
 
 
 def calibration_states(
-    model: torch.nn.Module, schedule: Schedule, shape: tuple[int, int, int], seed: int,
+    model: torch.nn.Module, schedule: Schedule, shape: tuple[int, int, int], seed: int, clip_range: float | None = 1.0,
     images: int = CALIBRATION_IMAGES, steps: int = CALIBRATION_STEPS,
 ) -> list[tuple[np.ndarray, int, int]]:
-    """``(x_t, t, t_prev)`` at every step of an eager fp32 DDIM run of ``images`` trajectories."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn((images, *shape), generator=g)
-    ts = ddim_timesteps(schedule.num_train_timesteps, steps)
-    alphas = schedule.alphas_cumprod
-    states = []
-    with torch.inference_mode():
-        for i, t in enumerate(ts):
-            t_prev = int(ts[i + 1]) if i + 1 < len(ts) else -1
-            states.append((x.numpy().copy(), int(t), t_prev))
-            eps = model(x, torch.full((images,), int(t)))
-            x = ddim_step(x, eps, float(alphas[t]), float(alphas[t_prev]) if t_prev >= 0 else 1.0)
-    return states
+    """``(x_t, t, t_prev)`` at every step of an eager fp32 DDIM run (``ddim_sample``) of ``images`` trajectories."""
+    x_T = torch.randn((images, *shape), generator=torch.Generator().manual_seed(seed))
+    states = [x_T.numpy().copy()]
+    ddim_sample(model, schedule, x_T, num_steps=steps, clip_range=clip_range,
+                callback=lambda i, t, eps, x_prev: states.append(x_prev.numpy().copy()))
+    ts = [int(t) for t in ddim_timesteps(schedule.num_train_timesteps, steps)]
+    return list(zip(states, ts, ts[1:] + [-1]))  # the final x_0 is no network input
 
 
 def inner_nodes(graph: onnx.GraphProto) -> list[str]:

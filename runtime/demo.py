@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from zoo.files import replace_dir
 
 __all__ = ["DemoConfig", "FAST", "run_demo", "format_summary"]
 
@@ -114,9 +115,7 @@ def run_demo(
                             {"grid": "samples.png", "ppm": "sample.ppm", "bundle": "bundle", "checkpoint": "run/last/ema.safetensors",
                              "run": "run"}.items()}
         (tmp / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)
         # the run's `last` symlink is relative, so it survives the rename
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,10 +6,11 @@ Torch-free; used for images, weights, checkpoints and bundles alike.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "default_mode"]
+__all__ = ["atomic_write", "default_mode", "replace_dir"]
 
 
 def default_mode(directory: bool = False) -> int:
@@ -34,3 +35,22 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Rename the finished directory ``tmp`` onto ``out``; an old ``out`` is removed only after that.
+
+    The old directory is first renamed aside (same parent, so same filesystem), so at every moment
+    ``out`` is either the complete old directory or the complete new one.
+    """
+    tmp, out = Path(tmp), Path(out)
+    old = None
+    if out.exists():
+        if any(out.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+        else:
+            out.rmdir()
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

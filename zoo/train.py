@@ -28,7 +28,7 @@ from torch.optim.swa_utils import AveragedModel
 from zoo.checkpoint import save_weights
 from zoo.data import open_dataset
 from zoo.diffusion import ddim_sample, make_training_sample
-from zoo.files import atomic_write, default_mode
+from zoo.files import atomic_write, default_mode, replace_dir
 from zoo.images import save_grid
 from zoo.registry import build
 from zoo.schedules import make_schedule
@@ -171,9 +171,7 @@ def _write_checkpoint(out: Path, step: int, model: nn.Module, ema: AveragedModel
                  "optimizer": opt.state_dict(), "rng": {"scheme": "per-step generator seeded by (seed, step)", "seed": cfg.seed},
                  "losses": [list(x) for x in losses]}
         _save_state(state, tmp / CHECKPOINT_STATE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
