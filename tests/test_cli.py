@@ -28,11 +28,19 @@ def test_eager_sample_npy_is_deterministic(tmp_path):
 def test_user_error_is_one_line_no_traceback(tmp_path):
     out = tmp_path / "s.png"
     r = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "eager-sample", "--model", "unet", "--out", str(out)],
+        [sys.executable, "-m", "runtime.cli", "eager-sample", "--model", "unet3", "--out", str(out)],
         capture_output=True, text=True,
     )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        "diffzoo eager-sample: error: unknown model 'unet': available models are ['conv', 'residual']"
+        "diffzoo eager-sample: error: unknown model 'unet3': available models are ['conv', 'residual', 'unet']"
     ]
     assert not out.exists()
+
+
+def test_readme_python_snippets_run_after_a_plain_import_zoo(tmp_path, monkeypatch):
+    """The README writes zoo.train, zoo.data and zoo.metrics after `import zoo`: they must resolve."""
+    import zoo
+
+    assert callable(zoo.train.train) and callable(zoo.data.open_dataset) and callable(zoo.metrics.quality_report)
+    assert zoo.build("unet", hidden=8, channels=1).config == zoo.UNetConfig(hidden=8, channels=1)

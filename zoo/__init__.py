@@ -21,6 +21,7 @@ __all__ = [
     "append_time_channel",
     "ConvConfig",
     "ResidualConfig",
+    "UNetConfig",
     "DenoiserConfig",
     "diffusion",
     "images",
@@ -45,12 +46,17 @@ _LAZY = {
     "append_time_channel": "zoo.models",
     "ConvConfig": "zoo.models",
     "ResidualConfig": "zoo.models",
+    "UNetConfig": "zoo.models",
     "DenoiserConfig": "zoo.models",
 }
+# Submodules that import torch: ``zoo.train``, ``zoo.data``... work after a plain ``import zoo``.
+_LAZY_MODULES = ("train", "data", "metrics", "checkpoint", "models", "registry", "allocator")
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         importlib.import_module("zoo.models")  # registers the models before any build()
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"zoo.{name}")
     raise AttributeError(f"module 'zoo' has no attribute {name!r}")
