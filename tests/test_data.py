@@ -131,5 +131,91 @@ def test_image_folder_flat_and_empty(tmp_path):
 
 @pytest.mark.parametrize("spec", ["imagenet", "cifar10", "folder:", "cifar10:"])
 def test_bad_data_spec(spec):
-    with pytest.raises(ValueError, match=r"unknown data source .*synthetic, cifar10:PATH, folder:PATH"):
+    with pytest.raises(ValueError, match=r"unknown data source .*synthetic, digits, idx:PATH, cifar10:PATH, folder:PATH"):
         open_dataset(spec, 32)
+
+
+# --- labelled sources: synthetic classes, scikit-learn's digits, IDX files -----------------------
+
+def test_synthetic_labels_are_what_the_generator_drew():
+    d = SyntheticImages(16, seed=0)
+    labels = d.batch_labels(range(300))
+    assert labels.dtype == np.int64 and set(labels) == set(range(d.num_classes))
+    for i in range(40):
+        img, label = d.draw(i)
+        assert label == labels[i]
+        np.testing.assert_array_equal(img, d.image(i))
+    # a one-shape disc image: the flat colour of the shape covers its centre area, and no second shape exists
+    i = int(np.flatnonzero(labels == 0)[0])
+    assert d.draw(i)[1] == 0
+
+
+def test_digits_split_labels_and_range():
+    train, held = open_dataset("digits", 8), open_dataset("digits", 8, train=False)
+    assert (len(train), len(held)) == (1437, 360) and train.channels == 1 and train.num_classes == 10
+    x = held.batch([0, 1])
+    assert x.shape == (2, 1, 8, 8) and x.min() == -1.0 and x.max() == 1.0
+    assert np.bincount(held.labels, minlength=10).min() >= 20  # every digit is held out
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    np.testing.assert_allclose(held[1].numpy()[0], d.images[5] / 8.0 - 1.0, atol=1e-6)  # every 5th image is held out
+    assert held.batch_labels([1]).tolist() == [d.target[5]]
+    assert open_dataset("digits", 16).batch([0]).shape == (1, 1, 16, 16)
+    with pytest.raises(ValueError, match="size=2 is invalid for digits"):
+        open_dataset("digits", 2)
+
+
+def _write_idx(path, arr, gz=False):
+    import gzip
+
+    codes = {np.uint8: 0x08, np.int32: 0x0C}
+    head = bytes([0, 0, codes[arr.dtype.type], arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
+    blob = head + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+    path.write_bytes(gzip.compress(blob) if gz else blob)
+    return path
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_reader_and_dataset(tmp_path, gz):
+    from zoo.data import read_idx
+
+    suffix = ".gz" if gz else ""
+    imgs = np.arange(5 * 6 * 6, dtype=np.uint8).reshape(5, 6, 6)
+    _write_idx(tmp_path / f"train-images-idx3-ubyte{suffix}", imgs, gz)
+    _write_idx(tmp_path / f"train-labels-idx1-ubyte{suffix}", np.array([3, 1, 4, 1, 5], np.uint8), gz)
+    _write_idx(tmp_path / f"t10k-images-idx3-ubyte{suffix}", imgs[:2], gz)
+    np.testing.assert_array_equal(read_idx(tmp_path / f"train-images-idx3-ubyte{suffix}"), imgs)
+    d = open_dataset(f"idx:{tmp_path}", 6)
+    assert len(d) == 5 and d.num_classes == 6 and d.batch_labels([0, 4]).tolist() == [3, 5]
+    np.testing.assert_allclose(d[1].numpy()[0], imgs[1] / 127.5 - 1.0, atol=1e-6)
+    held = open_dataset(f"idx:{tmp_path}", 6, train=False)
+    assert len(held) == 2 and held.labels is None  # no t10k labels file: images only
+    with pytest.raises(ValueError, match="no class labels"):
+        held.batch_labels([0])
+    assert open_dataset(f"idx:{tmp_path / f'train-images-idx3-ubyte{suffix}'}", 12, train=False).batch([0]).shape == (1, 1, 12, 12)
+
+
+def test_idx_reader_refuses_bad_files(tmp_path):
+    from zoo.data import read_idx
+
+    good = _write_idx(tmp_path / "a", np.zeros((4, 3, 3), np.uint8)).read_bytes()
+    (tmp_path / "magic").write_bytes(b"\x08\x03" + good[2:])
+    with pytest.raises(ValueError, match="is not an IDX file: its magic is 0803"):
+        read_idx(tmp_path / "magic")
+    (tmp_path / "short").write_bytes(good[:-1])
+    with pytest.raises(ValueError, match=r"is truncated: the header declares \(4, 3, 3\)"):
+        read_idx(tmp_path / "short")
+    (tmp_path / "long").write_bytes(good + b"\0")
+    with pytest.raises(ValueError, match="longer than its header says"):
+        read_idx(tmp_path / "long")
+    (tmp_path / "huge").write_bytes(bytes([0, 0, 8, 3]) + np.array([60000, 60000, 60000], ">u4").tobytes())
+    with pytest.raises(ValueError, match="over the .*-byte limit"):
+        read_idx(tmp_path / "huge")
+    import gzip
+
+    (tmp_path / "bad.gz").write_bytes(gzip.compress(good)[:-12])
+    with pytest.raises(ValueError, match="bad.gz"):
+        read_idx(tmp_path / "bad.gz")
+    with pytest.raises(FileNotFoundError, match="has no train-images-idx3-ubyte"):
+        open_dataset(f"idx:{tmp_path}", 3)

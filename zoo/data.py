@@ -1,13 +1,16 @@
-"""Training data: built-in synthetic images, CIFAR-10 (python format, safely unpickled) and image folders.
+"""Training data: synthetic shapes, scikit-learn's digits, IDX files (MNIST format), CIFAR-10 and image folders.
 
-The caller picks the source (``open_dataset("synthetic" | "cifar10:PATH" | "folder:PATH")``); models
-never know. Every dataset yields float32 (C, H, W) tensors in [-1, 1] and serves whole batches by
-index, so the trainer's data order is a pure function of (seed, step).
-CIFAR-10 format and MD5 sums: https://www.cs.toronto.edu/~kriz/cifar.html (as also used by torchvision).
+The caller picks the source (``open_dataset("synthetic" | "digits" | "idx:PATH" | "cifar10:PATH" |
+"folder:PATH")``); models never know. Every dataset yields float32 (C, H, W) tensors in [-1, 1] and
+serves whole batches by index, so the trainer's data order is a pure function of (seed, step).
+Sources with classes also serve labels (``batch_labels``), which the quality metric's classifier
+learns (``zoo.metrics``). CIFAR-10 format and MD5 sums: https://www.cs.toronto.edu/~kriz/cifar.html;
+IDX format: http://yann.lecun.com/exdb/mnist/ (the "FILE FORMATS" section).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import logging
@@ -25,6 +28,9 @@ __all__ = [
     "SyntheticImages",
     "Cifar10",
     "ImageFolder",
+    "Digits",
+    "IdxImages",
+    "read_idx",
     "open_dataset",
     "restricted_load",
     "UnsafePickleError",
@@ -33,7 +39,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DATA_SOURCES = ("synthetic", "cifar10:PATH", "folder:PATH")
+DATA_SOURCES = ("synthetic", "digits", "idx:PATH", "cifar10:PATH", "folder:PATH")
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -41,10 +47,27 @@ class ImageDataset(torch.utils.data.Dataset):
 
     channels = 3
     size: int
+    num_classes = 0  # > 0 where the source knows a class per image (then ``batch_labels`` works)
+    labels: np.ndarray | None = None  # (N,) int64 class per image, where stored
 
     def batch(self, indices: Sequence[int]) -> torch.Tensor:
         """(B, C, H, W) for the given indices."""
         return torch.stack([self[int(i)] for i in indices])
+
+    def batch_labels(self, indices: Sequence[int]) -> np.ndarray:
+        """(B,) int64 classes for the given indices; ValueError for a source without classes."""
+        if self.labels is None:
+            raise ValueError(f"{type(self).__name__} has no class labels: the classifier metric needs a labelled source "
+                             "(synthetic, digits, idx:PATH with its labels file, cifar10:PATH)")
+        return self.labels[np.asarray(indices, dtype=np.int64)]
+
+
+def _grey_images(pixels: np.ndarray, size: int) -> torch.Tensor:
+    """(N, H, W) floats in [0, 1] -> (N, 1, size, size) float32 in [-1, 1], resized (antialiased) if needed."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[:, None]  # (N, 1, H, W)
+    if x.shape[-2:] != (size, size):
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (x * 2 - 1).clamp(-1, 1).contiguous()
 
 
 # --- synthetic ---------------------------------------------------------------------------------
@@ -58,9 +81,13 @@ class SyntheticImages(ImageDataset):
     """Deterministic procedural RGB images: a muted gradient background with one or two flat shapes.
 
     Image i is drawn from ``numpy.random.default_rng([seed, i])`` alone, at any ``size``; nothing is
-    stored. Shapes are discs, squares and striped squares in eight saturated colours: structure a
-    small same-resolution denoiser learns within minutes on a CPU.
+    stored. Shapes are discs, squares and striped squares in eight saturated colours. The class of
+    an image is what the generator drew: ``3 * (shapes - 1) + kind of the top shape`` (kinds: disc,
+    square, striped square), six classes in all.
     """
+
+    num_classes = 6
+    class_names = ("1 disc", "1 square", "1 striped", "2, disc on top", "2, square on top", "2, striped on top")
 
     def __init__(self, size: int, n: int = 50_000, seed: int = 0):
         if size < 4 or n < 1:
@@ -78,13 +105,21 @@ class SyntheticImages(ImageDataset):
         return torch.from_numpy(self.image(i))
 
     def image(self, i: int) -> np.ndarray:
+        return self.draw(i)[0]
+
+    def batch_labels(self, indices: Sequence[int]) -> np.ndarray:
+        return np.array([self.draw(int(i))[1] for i in indices], dtype=np.int64)
+
+    def draw(self, i: int) -> tuple[np.ndarray, int]:
+        """Image i (3, size, size) float32 in [-1, 1] and its class."""
         rng = np.random.default_rng([self.seed, i])
         yy, xx = self._yy, self._xx
         base = _PALETTE[rng.integers(len(_PALETTE))] * 0.4  # muted background colour
         angle = rng.uniform(0, 2 * np.pi)
         ramp = np.cos(angle) * (xx - 0.5) + np.sin(angle) * (yy - 0.5)  # a gentle gradient, -0.7..0.7
         img = base[:, None, None] + 0.3 * ramp[None]
-        for _ in range(rng.integers(1, 3)):
+        count = int(rng.integers(1, 3))
+        for _ in range(count):
             color = _PALETTE[rng.integers(len(_PALETTE))]
             cy, cx = rng.uniform(0.25, 0.75, 2)
             r = rng.uniform(0.18, 0.32)
@@ -96,7 +131,8 @@ class SyntheticImages(ImageDataset):
                 if kind == 5:
                     mask &= np.floor((yy - cy + r) * self.size / 2) % 2 == 0
             img = np.where(mask[None], color[:, None, None], img)
-        return np.ascontiguousarray(np.clip(img, -1, 1), dtype=np.float32)
+        top = 0 if kind < 3 else 2 if kind == 5 else 1
+        return np.ascontiguousarray(np.clip(img, -1, 1), dtype=np.float32), 3 * (count - 1) + top
 
 
 # --- CIFAR-10 ------------------------------------------------------------------------------------
@@ -225,6 +261,134 @@ def _check_md5(blob: bytes, expected: str, what: str) -> None:
         raise ValueError(f"{what} has MD5 {got}, the published CIFAR-10 file has {expected}")
 
 
+# --- scikit-learn's digits -------------------------------------------------------------------------
+
+DIGITS_HELDOUT_EVERY = 5  # image i is held out when i % 5 == 0: 360 held out, 1,437 to train on
+
+
+class Digits(ImageDataset):
+    """The 1,797 8x8 handwritten digits (10 classes) that ship inside scikit-learn's wheel (UCI optdigits).
+
+    Pixel values 0..16 map to [-1, 1]. A fixed split: every 5th image is held out (``train=False``).
+    Other ``size`` values resize the 8x8 images (bilinear, antialiased).
+    """
+
+    channels = 1
+    num_classes = 10
+    class_names = tuple(str(d) for d in range(10))
+
+    def __init__(self, size: int = 8, train: bool = True):
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise ImportError("the digits data source needs scikit-learn: pip install scikit-learn") from None
+        if isinstance(size, bool) or not isinstance(size, int) or size < 4:
+            raise ValueError(f"size={size!r} is invalid for digits: expected an integer >= 4 (native 8)")
+        d = load_digits()
+        keep = (np.arange(len(d.target)) % DIGITS_HELDOUT_EVERY == 0) != train
+        self.size = size
+        self.data = _grey_images(d.images[keep] / 16.0, size)  # (N, 1, size, size)
+        self.labels = np.asarray(d.target[keep], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.data[i]
+
+    def batch(self, indices: Sequence[int]) -> torch.Tensor:
+        return self.data[torch.as_tensor(np.asarray(indices, dtype=np.int64))]
+
+
+# --- IDX (MNIST, Fashion-MNIST) ---------------------------------------------------------------------
+
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+MAX_IDX_BYTES = 2 << 30  # 2 GiB of payload: far above MNIST's 47 MB, far below this machine's memory
+
+
+def read_idx(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """Read an IDX file (gzip or not): magic ``0 0 dtype ndim``, big-endian int32 dims, then the data.
+
+    The header is validated and the payload must have exactly the size it declares; a gzip stream
+    is never decompressed past that size. Raises ValueError naming the file and what is wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"IDX file {str(path)!r} does not exist")
+    with open(path, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gz else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in _IDX_DTYPES or not 1 <= head[3] <= 4:
+                raise ValueError(f"{str(path)!r} is not an IDX file: its magic is {head.hex() or 'empty'}, expected "
+                                 f"00 00 <dtype in {sorted(hex(k) for k in _IDX_DTYPES)}> <ndim 1..4>")
+            dtype = np.dtype(_IDX_DTYPES[head[2]])
+            dims_raw = f.read(4 * head[3])
+            if len(dims_raw) < 4 * head[3]:
+                raise ValueError(f"{str(path)!r}: the IDX header is truncated")
+            dims = tuple(int(v) for v in np.frombuffer(dims_raw, ">u4"))
+            size = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+            if size > max_bytes:
+                raise ValueError(f"{str(path)!r} declares {dims} = {size} bytes, over the {max_bytes}-byte limit")
+            payload = f.read(size + 1)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise ValueError(f"{str(path)!r}: cannot read the IDX data: {e}") from None
+    if len(payload) != size:
+        what = "truncated" if len(payload) < size else "longer than its header says"
+        raise ValueError(f"{str(path)!r} is {what}: the header declares {dims} ({size} bytes of data)")
+    return np.frombuffer(payload, dtype).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+class IdxImages(ImageDataset):
+    """Greyscale images from IDX files: MNIST, Fashion-MNIST and their kin.
+
+    ``path`` is a directory holding ``train-images-idx3-ubyte[.gz]`` and ``t10k-images-idx3-ubyte[.gz]``
+    (the split is ``train``), or one images file. Labels come from the matching ``*-labels-idx1-ubyte``
+    file when it is there. Pixel values 0..255 map to [-1, 1]; other sizes are resized.
+    """
+
+    channels = 1
+
+    def __init__(self, path: str | os.PathLike, size: int, train: bool = True):
+        images = self._find(Path(path), train)
+        arr = read_idx(images)
+        if arr.ndim != 3 or arr.dtype != np.uint8:
+            raise ValueError(f"{str(images)!r} holds {arr.dtype} of shape {arr.shape}: expected uint8 images (N, H, W)")
+        self.size, self.path = size, images
+        self.data = _grey_images(arr / 255.0, size)
+        labels_path = images.with_name(images.name.replace("images-idx3", "labels-idx1"))
+        if labels_path != images and labels_path.is_file():
+            labels = read_idx(labels_path)
+            if labels.shape != (len(arr),):
+                raise ValueError(f"{str(labels_path)!r} has shape {labels.shape}: expected one label per image ({len(arr)})")
+            self.labels = labels.astype(np.int64)
+            self.num_classes = int(self.labels.max()) + 1
+
+    @staticmethod
+    def _find(path: Path, train: bool) -> Path:
+        if path.is_file():
+            sibling = path.with_name(path.name.replace("train-", "t10k-", 1))
+            return sibling if not train and path.name.startswith("train-") and sibling.is_file() else path
+        if not path.is_dir():
+            raise FileNotFoundError(f"IDX path {str(path)!r} does not exist")
+        stem = "train" if train else "t10k"
+        for name in (f"{stem}-images-idx3-ubyte", f"{stem}-images-idx3-ubyte.gz", f"{stem}-images.idx3-ubyte"):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{str(path)!r} has no {stem}-images-idx3-ubyte[.gz] (the MNIST file names)")
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.data[i]
+
+    def batch(self, indices: Sequence[int]) -> torch.Tensor:
+        return self.data[torch.as_tensor(np.asarray(indices, dtype=np.int64))]
+
+
 # --- image folders -------------------------------------------------------------------------------
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff")
@@ -289,14 +453,18 @@ class ImageFolder(ImageDataset):
 
 
 def open_dataset(spec: str, size: int, train: bool = True, seed: int = 0) -> ImageDataset:
-    """``"synthetic"``, ``"cifar10:PATH"`` or ``"folder:PATH"`` -> a dataset of ``size`` x ``size`` images.
+    """A data spec (``DATA_SOURCES``) -> a dataset of ``size`` x ``size`` images.
 
-    ``train=False`` gives held-out data: CIFAR-10's test batch, another synthetic seed, or (for a
-    folder, which has no split) the same images.
+    ``train=False`` gives held-out data: CIFAR-10's test batch, IDX's t10k files, the digits'
+    held-out fifth, another synthetic seed, or (for a folder, which has no split) the same images.
     """
     kind, _, arg = spec.partition(":")
     if kind == "synthetic" and not arg:
         return SyntheticImages(size, seed=seed if train else seed + 1_000_003)
+    if kind == "digits" and not arg:
+        return Digits(size, train=train)
+    if kind == "idx" and arg:
+        return IdxImages(arg, size, train=train)
     if kind == "cifar10" and arg:
         if size != 32:
             raise ValueError(f"CIFAR-10 images are 32x32; got size={size} (use --size 32)")
