@@ -30,13 +30,13 @@ from export.onnx_export import DEFAULT_OPSET, EXPORTER, SUPPORTED_OPSETS, check_
 from export.quantize import calibration_states, quantize_int8
 from export.specs import FORMATS, ArtifactSpec, artifact_specs, make_inputs
 from export.torchscript import load_traced, save_traced
-from export.verify import INT8_LOOP_RTOL, INT8_STEP_RTOL, LOOP_ATOL, STEP_ATOL, Check, compare_outputs, raise_on_failures
+from export.verify import INT8_LOOP_RTOL, INT8_STEP_RTOL, Check, compare_outputs, derived_atol, raise_on_failures
 from export.wrappers import DDIMStep, FusedStep
 from zoo.checkpoint import save_weights
 from zoo.files import default_mode, replace_dir
 from zoo.schedules import Schedule
 
-__all__ = ["Bundle", "export_bundle", "load_model", "WEIGHTS_NAME", "VERIFY_STEPS"]
+__all__ = ["Bundle", "export_bundle", "load_model", "reference_outputs", "WEIGHTS_NAME", "VERIFY_STEPS"]
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,17 @@ def _verify_sizes(example_shape: tuple[int, int, int]) -> dict[str, int]:
     return {"batch": 3, "height": h // 2 + 3, "width": w // 2 + 1 if w // 2 + 1 != h // 2 + 3 else w // 2 + 2}
 
 
-def _check_args(model, out_dir, schedule, example_shape, opset, formats, force, int8) -> tuple[Path, tuple[str, ...]]:
+def _check_args(model, out_dir, schedule, example_shape, opset, formats, force, int8, atol) -> tuple[Path, tuple[str, ...]]:
     if not (isinstance(getattr(model, "name", None), str) and dataclasses.is_dataclass(getattr(model, "config", None))):
         raise TypeError(f"export_bundle needs a zoo model (built by zoo.build); got {type(model).__name__}")
     formats = tuple(formats)
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ValueError(f"unknown format(s) {bad or formats!r}: accepted are {list(FORMATS)}")
+    if atol is not None and (isinstance(atol, bool) or not isinstance(atol, (int, float)) or not 0 < atol < float("inf")):
+        raise ValueError(f"atol={atol!r} is invalid: expected a positive finite number, or None to derive each bound")
+    if int8 and not getattr(model, "supports_int8", False):
+        raise ValueError(f"int8=True is not available for the {model.name!r} model: {getattr(model, 'int8_note', 'no int8 path')}")
     if int8 and "onnx" not in formats:
         raise ValueError(f"int8=True needs the 'onnx' format (int8 variants are ONNX graphs); formats={list(formats)}")
     if opset not in SUPPORTED_OPSETS:
@@ -92,10 +96,11 @@ def _check_args(model, out_dir, schedule, example_shape, opset, formats, force, 
         raise FileExistsError(f"{str(out)!r} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{str(out)!r} is not empty: choose another directory or pass force=True (--force)")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"the parent directory of {str(out)!r} does not exist")
-    if not os.access(out.parent, os.W_OK):
-        raise PermissionError(f"cannot write into {str(out.parent)!r}")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise FileNotFoundError(f"cannot create {str(out)!r}: {str(parent)!r} is not a directory")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"cannot write into {str(parent)!r}")
     return out, formats
 
 
@@ -137,6 +142,24 @@ def _outputs(spec: ArtifactSpec, fn, inputs: dict[str, torch.Tensor]) -> dict[st
     return {spec.outputs[0].name: out.detach().cpu().numpy().astype(np.float64)}
 
 
+def reference_outputs(
+    spec: ArtifactSpec, model: torch.nn.Module, schedule: Schedule, inputs: dict[str, torch.Tensor],
+    clip_range: float | None = 1.0, dtype: torch.dtype = torch.float32,
+) -> dict[str, np.ndarray]:
+    """What eager torch computes for ``spec`` on ``inputs``, in ``dtype`` (float64: the bound's yardstick).
+
+    The float64 run casts the model, the float inputs and the graph's float32 alpha-bar table
+    (so both runs see the same alpha-bar values); integer inputs are unchanged.
+    """
+    if dtype != torch.float32:
+        model = copy.deepcopy(model).to(dtype)
+        inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+    ref = _reference(spec, model, schedule, clip_range)
+    if isinstance(ref, torch.nn.Module):
+        ref = ref.to(dtype)
+    return _outputs(spec, ref, inputs)
+
+
 def _run_onnx(session, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     feed = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
     names = [o.name for o in session.get_outputs()]
@@ -156,12 +179,14 @@ def export_bundle(
     progress: bool = False,
     extra: dict[str, Any] | None = None,
     int8: bool = False,
+    atol: float | None = None,
+    data_source: str | None = None,
 ) -> Bundle:
     """Export ``model`` and its DDIM sampler to a verified bundle directory.
 
     Args:
         model: a zoo model (``zoo.build``), any device; exported in fp32 on the CPU.
-        out_dir: the bundle directory; must be absent or empty unless ``force``.
+        out_dir: the bundle directory; must be absent or empty unless ``force``; missing parents are created.
         schedule: the model's noise schedule; default ``linear_schedule(T)``.
         example_shape: (C, H, W) of the data, default (channels, 32, 32). Graphs stay dynamic in
             batch, height and width; verification runs at another batch and H x W.
@@ -176,6 +201,11 @@ def export_bundle(
             ONNX, for the CPU provider): inner convolutions quantized with ranges calibrated on the
             model's own DDIM trajectories (``export.quantize``), verified against eager fp32 within
             ``INT8_STEP_RTOL`` / ``INT8_LOOP_RTOL`` relative RMS, and the measured error recorded.
+        data_source: the data spec the model was trained on (``"digits"``...), recorded in the
+            manifest so that ``diffzoo eval`` knows what to measure against.
+        atol: override the fp32 bound on max |diff| for every fp32 artifact (as optimum-cli's
+            ``--atol``). By default each bound is derived from eager float32's own error against
+            float64 on the same inputs (``export.verify.derived_atol``); both are recorded.
 
     Raises:
         ValueError, TypeError, FileExistsError: bad arguments, before any work is done.
@@ -183,15 +213,18 @@ def export_bundle(
     """
     schedule = schedule or zoo.linear_schedule(model.config.num_train_timesteps)
     example_shape = tuple(example_shape or (model.config.channels, 32, 32))
-    out, formats = _check_args(model, out_dir, schedule, example_shape, opset, formats, force, int8)
+    out, formats = _check_args(model, out_dir, schedule, example_shape, opset, formats, force, int8, atol)
+    out.parent.mkdir(parents=True, exist_ok=True)
 
     model = copy.deepcopy(model).float().cpu().eval()
     specs = [s for s in artifact_specs(model.config.channels, int8).values() if set(s.formats) & set(formats)]
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         tmp.chmod(default_mode(directory=True))
-        manifest = _export_into(tmp, model, schedule, example_shape, opset, formats, specs, clip_range, seed, progress)
+        manifest = _export_into(tmp, model, schedule, example_shape, opset, formats, specs, clip_range, seed, progress, atol)
         manifest["extra"] = extra or {}
+        if data_source is not None:
+            manifest["data"]["source"] = data_source
         _finish(tmp, manifest)
         replace_dir(tmp, out)
     except BaseException:
@@ -200,7 +233,7 @@ def export_bundle(
     return Bundle(path=out, manifest=manifest)
 
 
-def _export_into(tmp, model, schedule, example_shape, opset, formats, specs, clip_range, seed, progress) -> dict:
+def _export_into(tmp, model, schedule, example_shape, opset, formats, specs, clip_range, seed, progress, user_atol) -> dict:
     import onnxruntime as ort
 
     g = torch.Generator().manual_seed(seed)
@@ -226,11 +259,15 @@ def _export_into(tmp, model, schedule, example_shape, opset, formats, specs, cli
         ref = _reference(spec, model, schedule, clip_range)
         is_loop = spec.name.startswith("sampler")
         sizes = {**verify_sizes, "steps": VERIFY_STEPS} if is_loop else verify_sizes
-        atol, rtol = (LOOP_ATOL, None) if is_loop else (STEP_ATOL, None)
-        if spec.precision == "int8":
-            atol, rtol = None, INT8_LOOP_RTOL if is_loop else INT8_STEP_RTOL
         inputs = make_inputs(spec, sizes, schedule.alphas_cumprod, g)
         expected = _outputs(spec, ref, inputs)
+        ref_err, source = None, None
+        if spec.precision == "int8":
+            atol, rtol = None, INT8_LOOP_RTOL if is_loop else INT8_STEP_RTOL
+        else:
+            rtol = None
+            atol, ref_err = derived_atol(expected, reference_outputs(spec, model, schedule, inputs, clip_range, torch.float64))
+            atol, source = (atol, "derived") if user_atol is None else (float(user_atol), "user")
         files[spec.name] = {}
         t0 = time.perf_counter()
         for fmt in (f for f in spec.formats if f in formats):
@@ -257,8 +294,9 @@ def _export_into(tmp, model, schedule, example_shape, opset, formats, specs, cli
             files[spec.name][fmt] = path.name
             checks.append(compare_outputs(spec.name, fmt, sizes, got, expected, atol, rtol))
             c = checks[-1]
-            log.info("%s/%s: max |diff| %.3g, relative RMS %.3g (%s)", spec.name, fmt, c.max_abs_diff or float("nan"),
-                     c.rel_rms_diff or float("nan"), f"rtol {rtol:g}" if rtol is not None else f"atol {atol:g}")
+            c.reference_error, c.atol_source = ref_err, source
+            log.info("%s/%s: max |diff| %s, relative RMS %s (%s)", spec.name, fmt, _g(c.max_abs_diff), _g(c.rel_rms_diff),
+                     f"rtol {rtol:g}" if rtol is not None else f"atol {atol:.3g}, {source}")
         seconds[spec.name] = time.perf_counter() - t0
     raise_on_failures(checks)
 
@@ -297,6 +335,10 @@ def _export_into(tmp, model, schedule, example_shape, opset, formats, specs, cli
         },
         "verification": [c.to_dict() for c in checks],
     }
+
+
+def _g(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
 
 
 def _finish(tmp: Path, manifest: dict) -> None:

@@ -24,17 +24,38 @@ def small_model(model_name):
 EXAMPLE_SHAPE = (3, 12, 12)
 
 
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory) -> dict:
-    """One full bundle per zoo model (hidden=8), int8 variants included, exported once per test session."""
+INT8_MODELS = [name for name in zoo.available() if zoo.build(name, **SMALL).supports_int8]
+
+
+def _export_all(tmp_path_factory, names, int8: bool) -> dict:
     import export
 
     out = {}
-    for name in zoo.available():
+    for name in names:
         torch.manual_seed(0)
         model = zoo.build(name, **SMALL)
-        out[name] = export.export_bundle(model, tmp_path_factory.mktemp("bundles") / name, example_shape=EXAMPLE_SHAPE, int8=True)
+        out[name] = export.export_bundle(model, tmp_path_factory.mktemp("bundles") / name, example_shape=EXAMPLE_SHAPE, int8=int8)
     return out
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory) -> dict:
+    """One fp32 bundle per zoo model (hidden=8), exported once per test session."""
+    return _export_all(tmp_path_factory, zoo.available(), int8=False)
+
+
+@pytest.fixture(scope="session")
+def int8_bundles(tmp_path_factory) -> dict:
+    """One bundle with int8 variants per model that supports them (hidden=8)."""
+    return _export_all(tmp_path_factory, INT8_MODELS, int8=True)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _classifier_cache(tmp_path_factory):
+    """Quality classifiers are trained into a per-session cache, never the user's ~/.cache."""
+    import os
+
+    os.environ["DIFFZOO_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture

@@ -15,8 +15,27 @@ from export.quantize import calibration_states, inner_nodes
 from export.verify import INT8_LOOP_RTOL, INT8_STEP_RTOL, compare_outputs, relative_rms
 from runtime.cli import main
 
+from conftest import INT8_MODELS
+
 # (quantized hidden x hidden convolutions, fp32 convolutions) per zoo model
 CONVS = {"residual": (4, 2), "conv": (2, 2)}
+
+
+@pytest.fixture(params=INT8_MODELS)
+def model_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def bundle(int8_bundles, model_name):
+    return int8_bundles[model_name]
+
+
+def test_int8_is_refused_where_it_does_not_apply(tmp_path):
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="int8=True is not available for the 'unet' model: its GroupNorm"):
+        export.export_bundle(zoo.build("unet", hidden=8), tmp_path / "b", example_shape=(3, 8, 8), int8=True)
+    assert list(tmp_path.iterdir()) == []
 
 
 def _ops(bundle, artifact):

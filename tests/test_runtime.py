@@ -12,7 +12,6 @@ import pytest
 import export
 import runtime
 from runtime.cli import main
-from runtime.eager_parity import PARITY_ATOL
 from runtime.providers import ProviderUnavailableError, cuda_unavailable_reason
 
 CUDA_REASON = cuda_unavailable_reason()
@@ -24,8 +23,8 @@ def test_all_modes_match_eager(bundle, eta):
     report = runtime.parity(bundle.path, provider="cpu", num_steps=12, batch=3, seed=1, eta=eta)
     assert [m.mode for m in report.modes] == ["loop", "fused", "step"]
     assert report.passed, report.format_table()
-    for m in report.modes:
-        assert m.final_max <= PARITY_ATOL
+    for m in report.modes:  # the bound is derived from eager float32's own error against float64
+        assert m.final_max <= m.atol and m.atol >= 10 * report.reference_error
     step = report.modes[2]
     assert len(step.steps) == 12 and all(s.eps_max is not None for s in step.steps)
     assert [s.t for s in step.steps] == runtime.load(bundle.path, "cpu").timesteps(12).tolist()
@@ -35,15 +34,15 @@ def test_all_modes_match_eager(bundle, eta):
 def test_modes_match_each_other(bundle, eta):
     s = runtime.load(bundle.path, provider="cpu")
     out = {mode: s.sample(3, num_steps=8, seed=2, eta=eta, mode=mode) for mode in runtime.MODES}
+    bound = runtime.parity(bundle.path, provider="cpu", num_steps=8, batch=3, seed=2, eta=eta, modes=["loop"]).modes[0].atol
     for mode in ("fused", "step"):
-        np.testing.assert_allclose(out[mode], out["loop"], rtol=0, atol=PARITY_ATOL)
+        np.testing.assert_allclose(out[mode], out["loop"], rtol=0, atol=bound)
     assert out["loop"].shape == (3, 3, 12, 12) and out["loop"].dtype == np.float32
     assert np.abs(out["loop"]).max() <= 1.0
 
 
 def test_parity_detects_a_broken_graph(bundle, tmp_path, monkeypatch):
-    monkeypatch.setattr("runtime.eager_parity.PARITY_ATOL", 0.0)
-    report = runtime.parity(bundle.path, provider="cpu", num_steps=3, batch=1, modes=["loop"])
+    report = runtime.parity(bundle.path, provider="cpu", num_steps=3, batch=1, modes=["loop"], atol=1e-30)
     assert not report.passed and "FAIL" in report.format_table()
 
 
@@ -188,7 +187,7 @@ def test_cuda_graph_fused_matches_plain_fused(bundle):
     for eta in (0.0, 0.6):
         a = plain.sample(4, num_steps=10, eta=eta, mode="fused")
         b = graph.sample(4, num_steps=10, eta=eta, mode="fused")
-        np.testing.assert_allclose(a, b, rtol=0, atol=PARITY_ATOL)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)  # the same graph, replayed: float32 noise only
 
 
 # --- CLI ----------------------------------------------------------------------------------------
