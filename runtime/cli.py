@@ -1,7 +1,8 @@
 """The ``diffzoo`` command line: one subcommand per job, each importing only what it needs.
 
 The only place in diffzoo that prints. User errors (ValueError, TypeError, OSError raised for bad
-input) become one line on stderr and exit status 2; set DIFFZOO_DEBUG=1 to see the traceback.
+input, and a provider that cannot run here) become one line on stderr and exit status 2; a sampler
+that diverged (NonFiniteSampleError) is one line and exit 1; DIFFZOO_DEBUG=1 shows the traceback.
 """
 
 from __future__ import annotations
@@ -91,47 +92,37 @@ def cmd_eager_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _weights_path(checkpoint: str) -> Path:
-    """A weights file, or a training run directory (its last checkpoint's EMA weights)."""
-    p = Path(checkpoint)
-    if p.is_dir():
-        for candidate in (p / "last" / "ema.safetensors", p / "ema.safetensors"):
-            if candidate.is_file():
-                return candidate
-        raise FileNotFoundError(f"{checkpoint!r} is a directory without a checkpoint (no last/ema.safetensors)")
-    return p
-
-
 def _load_or_build(args: argparse.Namespace):
-    """(model, schedule, example_shape) from --checkpoint, or a seeded random init from --model."""
+    """(model, schedule, example_shape, data source) from --checkpoint, or a seeded random init from --model."""
     import torch
 
     import zoo
 
     if args.checkpoint:
         from zoo.checkpoint import load_weights
+        from zoo.train import run_weights
 
         if args.model is not None:
             raise ValueError(f"--checkpoint {args.checkpoint} already names its model: drop --model {args.model}")
-        model, schedule, meta = load_weights(_weights_path(args.checkpoint))
+        model, schedule, meta = load_weights(run_weights(args.checkpoint))
         shape = tuple(meta.get("data", {}).get("shape") or (model.config.channels, args.size, args.size))
-        return model, schedule, shape
+        return model, schedule, shape, meta.get("data", {}).get("source")
     torch.manual_seed(args.seed)
     model = zoo.build(args.model or "residual", hidden=args.hidden, channels=args.channels, kernel_size=args.kernel_size)
     schedule = zoo.make_schedule(args.schedule, num_train_timesteps=model.config.num_train_timesteps)
-    return model, schedule, (args.channels, args.size, args.size)
+    return model, schedule, (args.channels, args.size, args.size), None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     import export
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    model, schedule, shape = _load_or_build(args)
+    model, schedule, shape, source = _load_or_build(args)
     t0 = time.perf_counter()
     try:
         bundle = export.export_bundle(
             model, args.out, schedule=schedule, example_shape=shape, opset=args.opset, formats=formats,
-            force=args.force, seed=args.seed, progress=True, int8=args.int8,
+            force=args.force, seed=args.seed, progress=True, int8=args.int8, atol=args.atol, data_source=source,
         )
     except export.ExportVerificationError as e:
         print(f"diffzoo export: error: {e} (nothing was written)", file=sys.stderr)
@@ -139,13 +130,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     total = time.perf_counter() - t0
     m = bundle.manifest
     print(f"exported {m['model']['name']} {m['model']['config']} ({m['schedule']['name']} schedule, data {shape})")
-    print(f"{'artifact':<20}{'format':<13}{'seconds':>8}  {'max |diff|':>11}  {'bound':>17}  verified at")
+    print(f"{'artifact':<20}{'format':<13}{'seconds':>8}  {'max |diff|':>11}  {'bound':>22}  {'fp32 ref err':>12}  verified at")
     for c in bundle.checks:
         sizes = "x".join(str(c["shape"][k]) for k in ("batch", "height", "width"))
         steps = f", {c['shape']['steps']} steps" if "steps" in c["shape"] else ""
-        bound = f"atol {c['atol']:.0e}" if c["rtol"] is None else f"rel {c['rel_rms_diff']:.1%} <= {c['rtol']:.0%}"
+        if c["rtol"] is None:
+            bound = f"atol {c['atol']:.1e} ({c['atol_source']})"
+        else:
+            bound = f"rel {c['rel_rms_diff']:.1%} <= {c['rtol']:.0%}"
+        ref = f"{c['reference_error']:.1e}" if c.get("reference_error") is not None else "-"
         print(f"{c['artifact']:<20}{c['format']:<13}{bundle.seconds[c['artifact']]:>8.2f}  "
-              f"{c['max_abs_diff']:>11.2e}  {bound:>17}  B x H x W = {sizes}{steps}")
+              f"{c['max_abs_diff']:>11.2e}  {bound:>22}  {ref:>12}  B x H x W = {sizes}{steps}")
     print(f"bundle written to {bundle.path} in {total:.1f} s")
     return 0
 
@@ -205,6 +200,50 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from runtime.evaluate import evaluate
+    from zoo.files import atomic_write
+
+    for path in (args.json, args.grid):
+        if path and not Path(path).absolute().parent.is_dir():
+            raise FileNotFoundError(f"the directory of {path!r} does not exist")
+    if args.grid:
+        _check_out(Path(args.grid))
+    res, x = evaluate(args.target, data=args.data, n=args.samples, num_steps=args.steps, spacing=args.spacing, eta=args.eta,
+                      seed=args.seed, mode=args.mode, provider=args.provider, progress=True)
+    if res is None:  # not rank 0 under torchrun
+        return 0
+    print(f"quality of {res['target']}: {res['samples']} samples, {res['steps']} steps ({res['spacing']}), eta {res['eta']}, "
+          f"{res['mode']} mode on {res['provider']}, {res['processes']} process(es); against {res['data']}")
+    print(res.pop("text"))
+    print("targets met" if res["quality"]["met"] else "targets NOT met")
+    if args.json:
+        atomic_write(args.json, (json.dumps(res, indent=2) + "\n").encode())
+        print(f"report written to {args.json}")
+    if args.grid:
+        from zoo.images import save_grid
+
+        save_grid(args.grid, x[:64], scale=max(1, 64 // x.shape[-1]))
+        print(f"samples written to {args.grid}")
+    return 0
+
+
+def _model_config(s: str) -> dict:
+    """``levels=2,blocks=1`` -> {"levels": 2, "blocks": 1} (integer config fields)."""
+    out = {}
+    for item in filter(None, (i.strip() for i in s.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"{item!r} is not KEY=VALUE (e.g. levels=2,blocks=1)")
+        try:
+            out[key.strip()] = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: {value!r} is not an integer") from None
+    return out
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from runtime.doctor import diagnose
 
@@ -219,7 +258,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from zoo.train import TrainConfig, train
 
     cfg = TrainConfig(
-        model=args.model, model_config={"hidden": args.hidden, "kernel_size": args.kernel_size}, data=args.data,
+        model=args.model, model_config={"hidden": args.hidden, "kernel_size": args.kernel_size, **args.model_config},
+        data=args.data,
         size=args.size, steps=args.steps, batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, ema_decay=args.ema_decay, schedule=args.schedule, seed=args.seed,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, device=args.device,
@@ -264,8 +304,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.sweep:
             raise ValueError("--sweep varies the model's width, which a --checkpoint fixes: run the sweep without --checkpoint")
         from zoo.checkpoint import read_weights_metadata
+        from zoo.train import run_weights
 
-        checkpoint = str(_weights_path(args.checkpoint))
+        checkpoint = str(run_weights(args.checkpoint))
         size = size or (read_weights_metadata(checkpoint).get("data", {}).get("shape") or [0, 32])[-1]
     cfg = BenchConfig(model=args.model, hidden=args.hidden, size=size or 32, batch=args.batch, steps=args.steps,
                       threads=args.threads, repeats=args.repeats, backends=backends, checkpoint=checkpoint)
@@ -317,10 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random init and of the verification inputs")
     p.add_argument("--int8", action="store_true",
                    help="also write int8 variants (inner convolutions quantized, for the CPU provider; see `sample --precision`)")
+    p.add_argument("--atol", type=float, default=None,
+                   help="override every fp32 artifact's bound on max |diff| (default: derived per artifact from eager "
+                        "float32's own error against float64, recorded in the manifest)")
     p.set_defaults(func=cmd_export, model=None)
 
     from runtime.providers import PROVIDERS
     from runtime.sampler import MODES, PRECISIONS
+    from zoo.diffusion import SPACINGS
 
     p = sub.add_parser("sample", help="sample images from a bundle with onnxruntime (no torch needed)")
     p.add_argument("bundle", help="bundle directory from `diffzoo export`")
@@ -351,10 +396,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(func=cmd_parity)
 
+    p = sub.add_parser("eval", help="sample a bundle or training run and measure quality against real data")
+    p.add_argument("target", help="bundle directory, or training run directory (exported to a temporary bundle first)")
+    p.add_argument("--data", default=None, help="data spec to measure against (default: the one the bundle records)")
+    # not --n: under torchrun, argparse would take "--n" for an abbreviation of torchrun's own --nnodes
+    p.add_argument("--samples", type=_positive_int, default=360, help="number of samples (default 360, the digits' held-out size)")
+    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--spacing", choices=sorted(SPACINGS), default="leading", help="timestep spacing (default leading)")
+    p.add_argument("--eta", type=_eta, default=0.0, help="0 = deterministic DDIM (default), 1 = DDPM-like")
+    p.add_argument("--seed", type=int, default=0, help="image k depends only on (seed, k)")
+    p.add_argument("--mode", choices=MODES, default="loop", help="runtime mode (default loop)")
+    p.add_argument("--provider", choices=PROVIDERS, default="auto", help="auto (default): CUDA if it loads, else CPU")
+    p.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    p.add_argument("--grid", default=None, help="also write up to 64 samples as a PNG grid (scaled up)")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("train", help="train a model (data-parallel under torchrun)")
     _model_args(p)
-    p.add_argument("--kernel-size", type=_positive_int, default=3)
-    p.add_argument("--data", default="synthetic", help="synthetic (default) | cifar10:PATH | folder:PATH")
+    p.add_argument("--kernel-size", type=_positive_int, default=3, help="odd conv kernel size (default 3)")
+    p.add_argument("--model-config", type=_model_config, default={},
+                   help="other integer config fields of the model, e.g. levels=2,blocks=1 for unet")
+    p.add_argument("--data", default="synthetic", help="synthetic (default) | digits | idx:PATH | cifar10:PATH | folder:PATH")
     p.add_argument("--steps", type=_positive_int, default=2000, help="total optimizer steps (default 2000)")
     p.add_argument("--batch", type=_positive_int, default=64, help="global batch size (default 64)")
     p.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (default 2e-4)")
@@ -402,9 +464,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     func: Callable[[argparse.Namespace], int] = args.func
+    from runtime.providers import ProviderUnavailableError
+    from zoo.diffusion import NonFiniteSampleError
+
     try:
         return func(args)
-    except (ValueError, TypeError, OSError) as e:
+    except NonFiniteSampleError as e:  # the model diverged: not the user's typing, but one line all the same
+        if os.environ.get("DIFFZOO_DEBUG"):
+            raise
+        print(f"diffzoo {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, OSError, ProviderUnavailableError) as e:
         if os.environ.get("DIFFZOO_DEBUG"):
             raise
         print(f"diffzoo {args.command}: error: {e}", file=sys.stderr)

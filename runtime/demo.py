@@ -1,8 +1,9 @@
-"""``diffzoo demo``: the whole product on an embedded default, in a few minutes on a CPU.
+"""``diffzoo demo``: the whole product on real data that ships offline, in about five minutes on a CPU.
 
-Train a small residual denoiser on synthetic images, export a verified bundle, sample with
-onnxruntime (CUDA when present), check parity against eager torch, measure quality against
-held-out data and two baselines, and write a PNG grid, a PPM and a summary.
+Train a small U-Net on scikit-learn's 8x8 handwritten digits, export a verified bundle, sample
+with onnxruntime (CUDA when present), check parity against eager torch, measure quality with the
+project's digit classifier against the real held-out digits and Gaussian noise, and write the
+samples beside real digits (scaled up so a person can see them), a PPM and a summary.
 """
 
 from __future__ import annotations
@@ -28,24 +29,26 @@ MARKER = "demo.json"
 
 @dataclass(frozen=True)
 class DemoConfig:
-    size: int = 16  # image size: small enough to train in minutes on 2 CPU cores
+    data: str = "digits"  # real handwritten digits, shipped inside scikit-learn
+    size: int = 8
+    model: str = "unet"
     hidden: int = 32
-    train_steps: int = 1500
-    batch: int = 64
+    train_steps: int = 1200  # measured in docs/QUALITY.md: the budget that meets the targets in ~4 minutes
+    batch: int = 128
     lr: float = 2e-3
     ema_decay: float = 0.995
-    schedule: str = "cosine"  # keeps more signal at high t than linear, which matters at 16 px
-    sample_n: int = 64  # images in the PNG grid
-    # This small model's eps errors at high noise add up step by step: measured on the default
-    # run, 20 DDIM steps give SW2 0.20 against 0.31 for 50 (noise baseline 0.24).
-    sample_steps: int = 20
-    eval_n: int = 256  # images for the quality statistic
+    schedule: str = "cosine"
+    sample_steps: int = 50
+    eval_n: int = 360  # as many samples as there are held-out digits (the Frechet distance is biased by set size)
+    grid_n: int = 64  # samples in the picture, beside as many real held-out digits
     parity_batch: int = 4
+    classifier_steps: int = 1500
     seed: int = 0
 
 
 # For tests and a quick look: every stage runs, nothing is trained to quality.
-FAST = DemoConfig(size=8, hidden=8, train_steps=40, batch=16, sample_n=8, sample_steps=5, eval_n=16, parity_batch=2)
+FAST = DemoConfig(hidden=8, train_steps=30, batch=16, sample_steps=5, eval_n=32, grid_n=16, parity_batch=2,
+                  classifier_steps=50)
 
 
 def run_demo(
@@ -55,36 +58,43 @@ def run_demo(
     progress: bool = True,
     say: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
-    """Run every stage into ``out_dir`` (replacing an earlier demo there) and return the summary."""
+    """Run every stage into ``out_dir`` (replacing an earlier demo there) and return the summary.
+
+    Every option is checked before training starts: the output directory and the provider
+    (``provider="cuda"`` without a usable CUDA provider fails at once, with the reason).
+    """
     import export
     import runtime
+    from runtime.providers import resolve_provider
     from zoo.checkpoint import load_weights
     from zoo.data import open_dataset
-    from zoo.images import save_grid, write_ppm
-    from zoo.metrics import quality_report
+    from zoo.images import save_side_by_side, write_ppm
+    from zoo.metrics import quality_report, reference_classifier
     from zoo.train import TrainConfig, train
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
         raise FileExistsError(f"{str(out)!r} exists and is not a diffzoo demo directory: choose another --out")
-    if not out.parent.exists():
+    if not out.absolute().parent.is_dir():
         raise FileNotFoundError(f"the parent directory of {str(out)!r} does not exist")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    resolve_provider(provider, strict=provider == "cuda")  # before any work: a bad provider fails in seconds
+    tcfg = TrainConfig(model=cfg.model, model_config={"hidden": cfg.hidden}, data=cfg.data, size=cfg.size,
+                       steps=cfg.train_steps, batch=cfg.batch, lr=cfg.lr, ema_decay=cfg.ema_decay,
+                       schedule=cfg.schedule, seed=cfg.seed, checkpoint_every=cfg.train_steps)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.absolute().parent))
     try:
         summary: dict[str, Any] = {"config": asdict(cfg)}
-        say(f"1/5 training a residual denoiser (hidden={cfg.hidden}) on synthetic {cfg.size}x{cfg.size} images, {cfg.train_steps} steps")
-        tcfg = TrainConfig(model="residual", model_config={"hidden": cfg.hidden}, data="synthetic", size=cfg.size,
-                           steps=cfg.train_steps, batch=cfg.batch, lr=cfg.lr, ema_decay=cfg.ema_decay,
-                           schedule=cfg.schedule, seed=cfg.seed, checkpoint_every=cfg.train_steps)
+        say(f"1/5 training a {cfg.model} (hidden={cfg.hidden}) on the {cfg.data} ({cfg.size}x{cfg.size}), "
+            f"{cfg.train_steps} steps of {cfg.batch}")
         r = train(tcfg, tmp / "run", progress=progress)
         summary["train"] = {"first_loss": r.losses[0][1], "final_loss": r.losses[-1][1], "seconds": round(r.seconds, 1),
                             "images_per_s": round(r.images_per_second, 1)}
 
         say("2/5 exporting a verified bundle (TorchScript + ONNX)")
-        model, schedule, _ = load_weights(r.checkpoint)
+        model, schedule, meta = load_weights(r.checkpoint)
         t0 = time.perf_counter()
-        bundle = export.export_bundle(model, tmp / "bundle", schedule=schedule, example_shape=(3, cfg.size, cfg.size),
-                                      seed=cfg.seed, progress=progress)
+        bundle = export.export_bundle(model, tmp / "bundle", schedule=schedule, example_shape=tuple(meta["data"]["shape"]),
+                                      seed=cfg.seed, progress=progress, data_source=cfg.data)
         summary["export"] = {"seconds": round(time.perf_counter() - t0, 1),
                              "max_abs_diff": max(c["max_abs_diff"] for c in bundle.checks)}
 
@@ -94,7 +104,9 @@ def run_demo(
         t0 = time.perf_counter()
         images = sampler.sample(cfg.eval_n, num_steps=cfg.sample_steps, seed=cfg.seed, mode="loop", progress=progress)
         dt = time.perf_counter() - t0
-        save_grid(tmp / "samples.png", images[: cfg.sample_n])
+        held = open_dataset(cfg.data, cfg.size, train=False, seed=cfg.seed)
+        real = held.batch(range(min(cfg.grid_n, len(held)))).numpy()
+        save_side_by_side(tmp / "samples.png", [images[: cfg.grid_n], real], scale=max(1, 64 // cfg.size))
         write_ppm(tmp / "sample.ppm", images[:1])
         summary["sample"] = {"provider": sampler.providers[0], "images": cfg.eval_n, "steps": cfg.sample_steps,
                              "seconds": round(dt, 2), "images_per_s": round(cfg.eval_n / dt, 1), "mode": "loop"}
@@ -104,16 +116,14 @@ def run_demo(
         summary["parity"] = {m.mode: {"final_max_abs_diff": m.final_max, "atol": m.atol, "passed": m.passed} for m in rep.modes}
         summary["parity_passed"] = rep.passed
 
-        say("5/5 quality: sliced Wasserstein distance to held-out data")
-        held = open_dataset("synthetic", cfg.size, train=False, seed=cfg.seed)
-        a = held.batch(range(cfg.eval_n)).numpy()
-        b = held.batch(range(cfg.eval_n, 2 * cfg.eval_n)).numpy()
-        summary["quality"] = quality_report(images, a, b, seed=cfg.seed)
-        q = summary["quality"]
-        summary["better_than_noise"] = q["samples_vs_data"] < q["noise_vs_data"]
+        say(f"5/5 quality: the project's {cfg.data} classifier on {cfg.eval_n} samples vs real held-out images and noise")
+        clf = reference_classifier(cfg.data, cfg.size, seed=cfg.seed, steps=cfg.classifier_steps, progress=progress)
+        q = quality_report(images, cfg.data, classifier=clf, seed=cfg.seed)
+        summary["quality"] = q.to_dict()
+        summary["quality_text"] = q.format()
         summary["files"] = {k: str(out / v) for k, v in
-                            {"grid": "samples.png", "ppm": "sample.ppm", "bundle": "bundle", "checkpoint": "run/last/ema.safetensors",
-                             "run": "run"}.items()}
+                            {"picture": "samples.png", "ppm": "sample.ppm", "bundle": "bundle",
+                             "checkpoint": "run/last/ema.safetensors", "run": "run"}.items()}
         (tmp / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
         replace_dir(tmp, out)
         # the run's `last` symlink is relative, so it survives the rename
@@ -130,11 +140,14 @@ def format_summary(s: dict[str, Any]) -> str:
         ("export", f"{s['export']['seconds']} s, every artifact verified (max |diff| {s['export']['max_abs_diff']:.1e})"),
         ("sampling", f"{smp['images']} images x {smp['steps']} steps on {smp['provider']} ({smp['mode']} mode): "
                      f"{smp['images_per_s']:.1f} img/s"),
-        ("parity vs eager", ", ".join(f"{m} {p['final_max_abs_diff']:.1e} {'ok' if p['passed'] else 'FAIL'}"
-                                      for m, p in s["parity"].items()) + f" (atol {next(iter(s['parity'].values()))['atol']:.0e})"),
-        ("quality (SW2, lower is better)", f"samples {q['samples_vs_data']:.3f} | noise baseline {q['noise_vs_data']:.3f} "
-                                           f"| data-vs-data floor {q['data_vs_data']:.3f}"),
-        ("better than noise", "yes" if s["better_than_noise"] else "NO"),
-    ] + [(k, v) for k, v in s["files"].items()]
+        ("parity vs eager", ", ".join(f"{m} {p['final_max_abs_diff']:.1e} <= {p['atol']:.1e} {'ok' if p['passed'] else 'FAIL'}"
+                                      for m, p in s["parity"].items())),
+    ]
     w = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+    lines = [f"{k:<{w}}  {v}" for k, v in rows]
+    lines += ["", s["quality_text"], "",
+              f"quality target (recognised like real data, every class, Frechet distance <= 3x real): "
+              f"{'MET' if q['met'] else 'NOT MET'}",
+              f"picture: {s['files']['picture']} (left: samples, right: real held-out {s['config']['data']})",
+              f"bundle:  {s['files']['bundle']}"]
+    return "\n".join(lines)

@@ -20,7 +20,7 @@ import onnxruntime as ort
 from export.manifest import load_manifest
 from runtime.noise import image_noise
 from runtime.providers import CudaOptions, ProviderUnavailableError, resolve_provider, session_providers
-from zoo.diffusion import SPACINGS, ddim_timesteps
+from zoo.diffusion import SPACINGS, check_finite, ddim_timesteps
 from zoo.schedules import make_schedule
 
 __all__ = ["MODES", "Mode", "PRECISIONS", "Sampler", "load", "DEFAULT_BATCH_SIZE"]
@@ -187,6 +187,9 @@ class Sampler:
         Returns:
             float32 array (n, C, H, W) in [-1, 1]. Image k depends only on (seed, k, num_steps,
             eta, spacing), never on the batch size, the mode or which shard computed it.
+
+        Raises:
+            NonFiniteSampleError: a batch came out with NaN or inf (never returned silently).
         """
         _check_int("n", n, 1)
         _check_int("seed", seed, 0)
@@ -205,7 +208,9 @@ class Sampler:
         for b0 in starts:
             idx = range(b0, min(b0 + bs, start + n))
             x_T, noise = image_noise(seed, idx, self.shape, len(ts), stochastic=eta > 0)
-            out.append(self.run_batch(x_T, ts, noise, eta, mode))
+            x = self.run_batch(x_T, ts, noise, eta, mode)
+            check_finite(x, f"images {idx.start}..{idx.stop - 1} ({mode} mode, {num_steps} steps)")
+            out.append(x)
         return np.concatenate(out)
 
     def run_batch(

@@ -213,3 +213,15 @@ def test_ddim_sample_errors(small_model):
         ddim_sample(small_model, zoo.linear_schedule(100), x_T, num_steps=2)
     with pytest.raises(ValueError, match="num_steps=0"):
         ddim_sample(small_model, zoo.linear_schedule(), x_T, num_steps=0)
+
+
+def test_sampling_never_returns_non_finite_values_silently():
+    from zoo.diffusion import NonFiniteSampleError
+
+    class Diverging(torch.nn.Module):  # epsilon grows with x: the feedback a badly trained net can have
+        def forward(self, x, t):
+            return x * 1e4
+
+    x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(NonFiniteSampleError, match=r"ddim_sample step \d+ \(t=\d+\): \d+ non-finite values"):
+        zoo.ddim_sample(Diverging(), zoo.linear_schedule(1000), x_T, num_steps=100)

@@ -261,3 +261,12 @@ def test_full_size_bundle_parity(tmp_path):
     for eta in (0.0, 1.0):
         report = runtime.parity(bundle.path, provider="cpu", num_steps=50, batch=2, eta=eta)
         assert report.passed, report.format_table()
+
+
+def test_sampler_refuses_non_finite_output(bundles, monkeypatch):
+    from zoo.diffusion import NonFiniteSampleError
+
+    s = runtime.load(bundles["conv"].path, provider="cpu")
+    monkeypatch.setattr(s, "run_batch", lambda x_T, *a, **k: np.full_like(x_T, np.nan))
+    with pytest.raises(NonFiniteSampleError, match=r"images 0\.\.2 \(loop mode, 4 steps\): 1296 non-finite"):
+        s.sample(3, num_steps=4)

@@ -42,11 +42,28 @@ __all__ = [
     "make_training_sample",
     "ddim_step",
     "ddim_sample",
+    "NonFiniteSampleError",
+    "check_finite",
 ]
 
 log = logging.getLogger(__name__)
 
 Spacing = Literal["leading", "trailing", "linspace"]
+
+
+class NonFiniteSampleError(ArithmeticError):
+    """A sampler produced NaN or inf: the model diverged. Never returned silently."""
+
+
+def check_finite(x: Any, where: str) -> None:
+    """Raise ``NonFiniteSampleError`` naming ``where`` if x (torch or numpy) holds NaN or inf."""
+    finite = x.isfinite().all() if _is_torch(x) else np.isfinite(x).all()
+    if not bool(finite):
+        bad = int((~x.isfinite()).sum()) if _is_torch(x) else int((~np.isfinite(x)).sum())
+        raise NonFiniteSampleError(
+            f"{where}: {bad} non-finite values (NaN or inf): the model's predictions diverged "
+            "(see docs/QUALITY.md, 'Non-finite samples'); try fewer steps, trailing spacing or a better-trained model"
+        )
 
 
 def _leading(T: int, S: int) -> np.ndarray:
@@ -181,8 +198,15 @@ def ddim_sample(
 
     Returns:
         x_0 of shape (B, C, H, W), in [-clip_range, clip_range].
+
+    Raises:
+        NonFiniteSampleError: a step produced NaN or inf (named in the message); never returned.
     """
     import torch
+
+    from zoo.allocator import tune_allocator
+
+    tune_allocator()  # no mmap/munmap per activation in a fresh process (zoo/allocator.py)
 
     T = schedule.num_train_timesteps
     model_T = getattr(getattr(model, "config", None), "num_train_timesteps", T)
@@ -219,6 +243,7 @@ def ddim_sample(
                     x.shape, generator=noise, dtype=x.dtype, device=x.device
                 )
             x = ddim_step(x, eps, alphas[t], a_prev, eta=eta, noise=z, clip_range=clip_range)
+            check_finite(x, f"ddim_sample step {i} (t={t})")
             if callback is not None:
                 callback(i, t, eps, x)
     return x

@@ -16,7 +16,7 @@ import numpy as np
 
 from zoo.files import atomic_write
 
-__all__ = ["to_uint8", "write_ppm", "save_grid"]
+__all__ = ["to_uint8", "write_ppm", "grid_array", "save_image", "save_grid", "save_side_by_side"]
 
 
 def _as_batch(batch: Any) -> np.ndarray:
@@ -52,16 +52,12 @@ def write_ppm(path: str | os.PathLike, batch: Any) -> Path:
     return atomic_write(path, text.encode("ascii"))
 
 
-def save_grid(path: str | os.PathLike, batch: Any, nrow: int | None = None, padding: int = 2) -> Path:
-    """Tile a whole batch into one PNG (or any format Pillow infers from the suffix).
-
-    Args:
-        nrow: images per row; default ceil(sqrt(B)).
-        padding: pixels of black between images.
-    """
-    from PIL import Image
-
+def grid_array(batch: Any, nrow: int | None = None, padding: int = 2, scale: int = 1) -> np.ndarray:
+    """Tile a batch into one (H, W, C) uint8 array, ``nrow`` images per row, each scaled ``scale`` x (nearest)."""
     imgs = to_uint8(batch)  # (B, H, W, C)
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale={scale!r} is invalid: expected an integer >= 1")
+    imgs = imgs.repeat(scale, axis=1).repeat(scale, axis=2)
     b, h, w, c = imgs.shape
     nrow = nrow or math.ceil(math.sqrt(b))
     if nrow < 1 or padding < 0:
@@ -72,11 +68,42 @@ def save_grid(path: str | os.PathLike, batch: Any, nrow: int | None = None, padd
         r, col = divmod(i, nrow)
         y, x = padding + r * (h + padding), padding + col * (w + padding)
         grid[y : y + h, x : x + w] = img
-    pil = Image.fromarray(grid[..., 0] if c == 1 else grid)  # uint8 (H, W) -> "L", (H, W, 3) -> "RGB"
+    return grid
+
+
+def save_image(path: str | os.PathLike, grid: np.ndarray) -> Path:
+    """Write an (H, W, 1 or 3) uint8 array atomically, in the format Pillow infers from the suffix."""
+    from PIL import Image
+
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"cannot infer an image format from {str(path)!r}: use a suffix such as .png")
     buf = io.BytesIO()
-    pil.save(buf, format=fmt)
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(buf, format=fmt)  # "L" or "RGB"
     return atomic_write(path, buf.getvalue())
+
+
+def save_grid(path: str | os.PathLike, batch: Any, nrow: int | None = None, padding: int = 2, scale: int = 1) -> Path:
+    """Tile a whole batch into one PNG (or any format Pillow infers from the suffix).
+
+    Args:
+        nrow: images per row; default ceil(sqrt(B)).
+        padding: pixels of black between images.
+        scale: enlarge every image this many times (nearest neighbour), for small images.
+    """
+    return save_image(path, grid_array(batch, nrow, padding, scale))
+
+
+def save_side_by_side(path: str | os.PathLike, batches: list[Any], scale: int = 1, gap: int = 16) -> Path:
+    """Grids of several batches side by side (e.g. samples | real images), ``gap`` white pixels apart."""
+    grids = [grid_array(b, scale=scale) for b in batches]
+    h = max(g.shape[0] for g in grids)
+    c = max(g.shape[2] for g in grids)
+    parts = []
+    for i, g in enumerate(grids):
+        g = np.broadcast_to(g, (*g.shape[:2], c)) if g.shape[2] != c else g
+        parts.append(np.pad(g, ((0, h - g.shape[0]), (0, 0), (0, 0))))
+        if i + 1 < len(grids):
+            parts.append(np.full((h, gap, c), 255, np.uint8))
+    return save_image(path, np.concatenate(parts, axis=1))

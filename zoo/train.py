@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from zoo.allocator import tune_allocator
 from zoo.checkpoint import save_weights
 from zoo.data import open_dataset
 from zoo.diffusion import ddim_sample, make_training_sample
@@ -33,7 +34,9 @@ from zoo.images import save_grid
 from zoo.registry import build
 from zoo.schedules import make_schedule
 
-__all__ = ["TrainConfig", "TrainResult", "train", "lr_at", "load_state", "CHECKPOINT_WEIGHTS", "CHECKPOINT_STATE"]
+__all__ = [
+    "TrainConfig", "TrainResult", "train", "lr_at", "load_state", "run_weights", "CHECKPOINT_WEIGHTS", "CHECKPOINT_STATE",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ SAMPLE_IMAGES = 16
 class TrainConfig:
     model: str = "residual"  # registry name
     model_config: dict = field(default_factory=dict)  # e.g. {"hidden": 64}; channels is set from the data
-    data: str = "synthetic"  # synthetic | cifar10:PATH | folder:PATH
+    data: str = "synthetic"  # a data spec: synthetic | digits | idx:PATH | cifar10:PATH | folder:PATH
     size: int = 32  # image height and width
     steps: int = 2000  # optimizer steps in total (a resumed run continues up to here)
     batch: int = 64  # global batch (split across torchrun ranks)
@@ -150,6 +153,19 @@ def load_state(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     return ckpt, state
 
 
+def run_weights(path: str | os.PathLike) -> Path:
+    """A weights file as given, or a training run directory's last EMA weights (``last/ema.safetensors``)."""
+    p = Path(path)
+    if p.is_dir():
+        for candidate in (p / "last" / CHECKPOINT_WEIGHTS, p / CHECKPOINT_WEIGHTS):
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(f"{str(path)!r} is a directory without a checkpoint (no last/{CHECKPOINT_WEIGHTS})")
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    return p
+
+
 def _compatible(saved: dict, cfg: TrainConfig) -> None:
     for key in ("model", "model_config", "size", "data", "schedule", "schedule_params", "batch", "seed", "lr", "lr_schedule"):
         if saved[key] != getattr(cfg, key):
@@ -203,6 +219,7 @@ def train(
     only rank 0 writes files. Raises ValueError/FileNotFoundError/FileExistsError on bad input.
     """
     out = Path(out_dir)
+    tune_allocator()  # ~1.7x on a fresh process's first steps otherwise (zoo/allocator.py)
     rank, world = _dist()
     if cfg.batch % world:
         raise ValueError(f"batch={cfg.batch} must be divisible by the number of processes ({world})")

@@ -1,0 +1,71 @@
+"""diffzoo eval: a bundle or a training run -> the quality report; the same figures under torchrun."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import export
+from runtime.cli import main
+from zoo.checkpoint import load_weights
+from zoo.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("eval") / "run"
+    cfg = TrainConfig(model="conv", model_config={"hidden": 8}, data="digits", size=8, steps=20, batch=16,
+                      checkpoint_every=20, log_every=20)
+    train(cfg, run, progress=False)
+    return run
+
+
+def _quality(path):
+    return json.loads(path.read_text())["quality"]
+
+
+def test_eval_a_run_and_its_bundle_agree(digits_run, tmp_path, capsys):
+    args = ["--samples", "24", "--steps", "3", "--provider", "cpu"]
+    assert main(["eval", str(digits_run), *args, "--json", str(tmp_path / "run.json"), "--grid", str(tmp_path / "g.png")]) == 0
+    text = capsys.readouterr().out
+    assert "against digits" in text and "Frechet distance" in text and "real held-out (floor)" in text
+    run_q = _quality(tmp_path / "run.json")
+    assert run_q["n"] == 24 and len(run_q["class_share_samples"]) == 10
+    from PIL import Image
+
+    assert Image.open(tmp_path / "g.png").size[0] >= 5 * 64  # 24 images scaled 8x: visible
+
+    model, schedule, meta = load_weights(digits_run / "last" / "ema.safetensors")
+    bundle = export.export_bundle(model, tmp_path / "b", schedule=schedule, example_shape=(1, 8, 8), formats=["onnx"],
+                                  data_source=meta["data"]["source"])
+    assert bundle.manifest["data"]["source"] == "digits"
+    assert main(["eval", str(bundle.path), *args, "--json", str(tmp_path / "bundle.json")]) == 0
+    assert _quality(tmp_path / "bundle.json") == run_q  # the same weights, the same image stream
+
+
+def test_eval_under_torchrun_merges_the_shards(digits_run, tmp_path):
+    model, schedule, meta = load_weights(digits_run / "last" / "ema.safetensors")
+    bundle = export.export_bundle(model, tmp_path / "b", schedule=schedule, example_shape=(1, 8, 8), formats=["onnx"],
+                                  data_source="digits")
+    args = ["eval", str(bundle.path), "--samples", "24", "--steps", "3", "--provider", "cpu"]
+    assert main([*args, "--json", str(tmp_path / "one.json")]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "runtime.cli",
+           *args, "--json", str(tmp_path / "two.json")]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("Frechet distance") == 1  # rank 0 alone reports
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["processes"] == 2 and two["quality"] == _quality(tmp_path / "one.json")
+
+
+def test_eval_errors_are_one_line(digits_run, tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nothing")]) == 2
+    assert "neither a bundle nor a training run" in capsys.readouterr().err
+    model, schedule, _ = load_weights(digits_run / "last" / "ema.safetensors")
+    b = export.export_bundle(model, tmp_path / "b", schedule=schedule, example_shape=(1, 8, 8), formats=["onnx"])
+    assert main(["eval", str(b.path), "--samples", "4", "--steps", "2", "--provider", "cpu"]) == 2
+    assert "does not record its training data: pass --data" in capsys.readouterr().err
+    assert main(["eval", str(b.path), "--grid", str(tmp_path / "no" / "g.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
