@@ -225,7 +225,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.grid:
         from zoo.images import save_grid
 
-        save_grid(args.grid, x[:64], scale=max(1, 64 // x.shape[-1]))
+        save_grid(args.grid, x[:64], scale=max(1, 64 // x.shape[-1]), pad_value=96)
         print(f"samples written to {args.grid}")
     return 0
 

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from zoo.files import replace_dir
 
 __all__ = ["DemoConfig", "FAST", "run_demo", "format_summary"]
@@ -105,7 +107,8 @@ def run_demo(
         images = sampler.sample(cfg.eval_n, num_steps=cfg.sample_steps, seed=cfg.seed, mode="loop", progress=progress)
         dt = time.perf_counter() - t0
         held = open_dataset(cfg.data, cfg.size, train=False, seed=cfg.seed)
-        real = held.batch(range(min(cfg.grid_n, len(held)))).numpy()
+        spread = (np.arange(min(cfg.grid_n, len(held))) * 7) % len(held)  # not only the first few classes
+        real = held.batch(spread.tolist()).numpy()
         save_side_by_side(tmp / "samples.png", [images[: cfg.grid_n], real], scale=max(1, 64 // cfg.size))
         write_ppm(tmp / "sample.ppm", images[:1])
         summary["sample"] = {"provider": sampler.providers[0], "images": cfg.eval_n, "steps": cfg.sample_steps,

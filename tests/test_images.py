@@ -43,3 +43,16 @@ def test_save_grid(tmp_path):
     np.testing.assert_array_equal(img[6:10, 8:14], to_uint8(batch)[4])
     with pytest.raises(ValueError, match="suffix"):
         save_grid(tmp_path / "g.unknownext", batch)
+
+
+def test_grids_scale_up_and_sit_side_by_side(tmp_path):
+    from zoo.images import grid_array, save_side_by_side
+
+    x = np.zeros((4, 1, 3, 3), np.float32)
+    x[1] = 1.0
+    g = grid_array(x, scale=2, pad_value=96)
+    assert g.shape == (2 + 2 * (6 + 2), 2 + 2 * (6 + 2), 1)
+    assert g[0, 0, 0] == 96 and (g[2:8, 2:8] == 128).all() and (g[2:8, 10:16] == 255).all()  # 0.0 -> 128, nearest x2
+    path = save_side_by_side(tmp_path / "s.png", [x, x[:1]], scale=2, gap=5)
+    img = np.asarray(Image.open(path))
+    assert img.shape == (18, 18 + 5 + 10) and (img[:, 18:23] == 255).all()  # the white gap between the two grids

@@ -52,8 +52,11 @@ def write_ppm(path: str | os.PathLike, batch: Any) -> Path:
     return atomic_write(path, text.encode("ascii"))
 
 
-def grid_array(batch: Any, nrow: int | None = None, padding: int = 2, scale: int = 1) -> np.ndarray:
-    """Tile a batch into one (H, W, C) uint8 array, ``nrow`` images per row, each scaled ``scale`` x (nearest)."""
+def grid_array(batch: Any, nrow: int | None = None, padding: int = 2, scale: int = 1, pad_value: int = 0) -> np.ndarray:
+    """Tile a batch into one (H, W, C) uint8 array, ``nrow`` images per row, each scaled ``scale`` x (nearest).
+
+    ``pad_value`` (0..255) fills the padding: black by default, grey for images on black backgrounds.
+    """
     imgs = to_uint8(batch)  # (B, H, W, C)
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise ValueError(f"scale={scale!r} is invalid: expected an integer >= 1")
@@ -63,7 +66,7 @@ def grid_array(batch: Any, nrow: int | None = None, padding: int = 2, scale: int
     if nrow < 1 or padding < 0:
         raise ValueError(f"nrow={nrow!r} and padding={padding!r} are invalid: expected nrow >= 1 and padding >= 0")
     ncol_rows = math.ceil(b / nrow)
-    grid = np.zeros((ncol_rows * (h + padding) + padding, nrow * (w + padding) + padding, c), np.uint8)
+    grid = np.full((ncol_rows * (h + padding) + padding, nrow * (w + padding) + padding, c), pad_value, np.uint8)
     for i, img in enumerate(imgs):
         r, col = divmod(i, nrow)
         y, x = padding + r * (h + padding), padding + col * (w + padding)
@@ -84,20 +87,26 @@ def save_image(path: str | os.PathLike, grid: np.ndarray) -> Path:
     return atomic_write(path, buf.getvalue())
 
 
-def save_grid(path: str | os.PathLike, batch: Any, nrow: int | None = None, padding: int = 2, scale: int = 1) -> Path:
+def save_grid(
+    path: str | os.PathLike, batch: Any, nrow: int | None = None, padding: int = 2, scale: int = 1, pad_value: int = 0
+) -> Path:
     """Tile a whole batch into one PNG (or any format Pillow infers from the suffix).
 
     Args:
         nrow: images per row; default ceil(sqrt(B)).
         padding: pixels of black between images.
         scale: enlarge every image this many times (nearest neighbour), for small images.
+        pad_value: grey level (0..255) of the padding.
     """
-    return save_image(path, grid_array(batch, nrow, padding, scale))
+    return save_image(path, grid_array(batch, nrow, padding, scale, pad_value))
 
 
-def save_side_by_side(path: str | os.PathLike, batches: list[Any], scale: int = 1, gap: int = 16) -> Path:
-    """Grids of several batches side by side (e.g. samples | real images), ``gap`` white pixels apart."""
-    grids = [grid_array(b, scale=scale) for b in batches]
+def save_side_by_side(path: str | os.PathLike, batches: list[Any], scale: int = 1, gap: int = 16, pad_value: int = 96) -> Path:
+    """Grids of several batches side by side (e.g. samples | real images), ``gap`` white pixels apart.
+
+    Images are separated by grey (``pad_value``) lines, visible on black and white backgrounds alike.
+    """
+    grids = [grid_array(b, scale=scale, pad_value=pad_value) for b in batches]
     h = max(g.shape[0] for g in grids)
     c = max(g.shape[2] for g in grids)
     parts = []
