@@ -82,10 +82,9 @@ def evaluate(
     if n < world:
         raise ValueError(f"n={n} images cannot be split over {world} processes")
     with tempfile.TemporaryDirectory(prefix="diffzoo-eval-") as tmp:
-        if rank == 0 or world == 1:
-            bundle = _bundle_for(target, Path(tmp), progress)
+        bundle = _bundle_for(target, Path(tmp), progress) if rank == 0 else None
         if world > 1:
-            bundle = _broadcast_bundle(bundle if rank == 0 else None, target, Path(tmp), rank)
+            bundle = _broadcast_bundle(bundle, target, Path(tmp), rank)
         manifest = load_manifest(bundle)
         data = data or data_source_of(manifest)
         if data is None:

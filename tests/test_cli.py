@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from runtime.cli import main
@@ -44,3 +45,19 @@ def test_readme_python_snippets_run_after_a_plain_import_zoo(tmp_path, monkeypat
 
     assert callable(zoo.train.train) and callable(zoo.data.open_dataset) and callable(zoo.metrics.quality_report)
     assert zoo.build("unet", hidden=8, channels=1).config == zoo.UNetConfig(hidden=8, channels=1)
+
+
+def test_train_passes_model_config_and_refuses_a_malformed_one(tmp_path, capsys):
+    import json
+
+    run = tmp_path / "run"
+    args = ["train", "--model", "unet", "--hidden", "8", "--model-config", "levels=1,blocks=2", "--data", "digits",
+            "--size", "8", "--steps", "2", "--batch", "4", "--out", str(run)]
+    assert main(args) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model_config"] == {"hidden": 8, "kernel_size": 3, "levels": 1, "blocks": 2} and cfg["data"] == "digits"
+    with pytest.raises(SystemExit) as exit_:  # an argparse usage error: one line, status 2
+        main(args[:5] + ["levels"] + args[6:-1] + [str(tmp_path / "b")])
+    assert exit_.value.code == 2 and "'levels' is not KEY=VALUE" in capsys.readouterr().err
+    assert main(args[:5] + ["depth=2"] + args[6:-1] + [str(tmp_path / "c")]) == 2
+    assert "unknown config key(s) ['depth'] for model 'unet'" in capsys.readouterr().err

@@ -22,11 +22,18 @@ def digits_run(tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="module")
+def digits_bundle(digits_run, tmp_path_factory):
+    model, schedule, meta = load_weights(digits_run / "last" / "ema.safetensors")
+    return export.export_bundle(model, tmp_path_factory.mktemp("eval") / "b", schedule=schedule, example_shape=(1, 8, 8),
+                                formats=["onnx"], data_source=meta["data"]["source"])
+
+
 def _quality(path):
     return json.loads(path.read_text())["quality"]
 
 
-def test_eval_a_run_and_its_bundle_agree(digits_run, tmp_path, capsys):
+def test_eval_a_run_and_its_bundle_agree(digits_run, digits_bundle, tmp_path, capsys):
     args = ["--samples", "24", "--steps", "3", "--provider", "cpu"]
     assert main(["eval", str(digits_run), *args, "--json", str(tmp_path / "run.json"), "--grid", str(tmp_path / "g.png")]) == 0
     text = capsys.readouterr().out
@@ -37,19 +44,13 @@ def test_eval_a_run_and_its_bundle_agree(digits_run, tmp_path, capsys):
 
     assert Image.open(tmp_path / "g.png").size[0] >= 5 * 64  # 24 images scaled 8x: visible
 
-    model, schedule, meta = load_weights(digits_run / "last" / "ema.safetensors")
-    bundle = export.export_bundle(model, tmp_path / "b", schedule=schedule, example_shape=(1, 8, 8), formats=["onnx"],
-                                  data_source=meta["data"]["source"])
-    assert bundle.manifest["data"]["source"] == "digits"
-    assert main(["eval", str(bundle.path), *args, "--json", str(tmp_path / "bundle.json")]) == 0
+    assert digits_bundle.manifest["data"]["source"] == "digits"
+    assert main(["eval", str(digits_bundle.path), *args, "--json", str(tmp_path / "bundle.json")]) == 0
     assert _quality(tmp_path / "bundle.json") == run_q  # the same weights, the same image stream
 
 
-def test_eval_under_torchrun_merges_the_shards(digits_run, tmp_path):
-    model, schedule, meta = load_weights(digits_run / "last" / "ema.safetensors")
-    bundle = export.export_bundle(model, tmp_path / "b", schedule=schedule, example_shape=(1, 8, 8), formats=["onnx"],
-                                  data_source="digits")
-    args = ["eval", str(bundle.path), "--samples", "24", "--steps", "3", "--provider", "cpu"]
+def test_eval_under_torchrun_merges_the_shards(digits_bundle, tmp_path):
+    args = ["eval", str(digits_bundle.path), "--samples", "24", "--steps", "3", "--provider", "cpu"]
     assert main([*args, "--json", str(tmp_path / "one.json")]) == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "runtime.cli",
            *args, "--json", str(tmp_path / "two.json")]

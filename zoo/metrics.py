@@ -109,22 +109,29 @@ def reference_classifier(
     if train_set.num_classes < 2:
         raise ValueError(f"data source {data!r} has no class labels: the classifier metric needs a labelled source "
                          "(synthetic, digits, idx:PATH with its labels file, cifar10:PATH)")
-    model = FeatureClassifier(train_set.channels, train_set.num_classes)
     path = _cache_dir() / f"{_cache_key(data, size, seed, steps)}.safetensors"
-    if path.is_file():
-        model.load_state_dict(load_file(str(path)))
-        return model.eval()
-    log.info("training the %s classifier at %dpx (cached afterwards at %s)", data, size, path)
-    x, y = _train_images(train_set, max_images)
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = FeatureClassifier(train_set.channels, train_set.num_classes)
+    with torch.random.fork_rng(devices=[]):  # the caller's global RNG state is left as it was
+        torch.manual_seed(seed)
+        model = FeatureClassifier(train_set.channels, train_set.num_classes)
+        if path.is_file():
+            model.load_state_dict(load_file(str(path)))
+            return model.eval()
+        log.info("training the %s classifier at %dpx (cached afterwards at %s)", data, size, path)
+        _fit(model, *_train_images(train_set, max_images), steps, torch.Generator().manual_seed(seed),
+             f"classifier ({data})" if progress else None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, save({k: v.contiguous() for k, v in model.state_dict().items()}))
+    return model.eval()
+
+
+def _fit(model: FeatureClassifier, x: torch.Tensor, y: torch.Tensor, steps: int, g: torch.Generator, desc: str | None) -> None:
+    """AdamW, batch 128, cosine learning rate from 2e-3, random shifts: the classifier's whole training."""
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     it = range(steps)
-    if progress:
+    if desc:
         from tqdm.auto import tqdm
 
-        it = tqdm(it, desc=f"classifier ({data})", unit="step")
+        it = tqdm(it, desc=desc, unit="step")
     model.train()
     for step in it:
         idx = torch.randint(0, len(x), (128,), generator=g)
@@ -134,9 +141,6 @@ def reference_classifier(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, save({k: v.contiguous() for k, v in model.state_dict().items()}))
-    return model.eval()
 
 
 @dataclass
