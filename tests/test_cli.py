@@ -57,7 +57,7 @@ def test_train_passes_model_config_and_refuses_a_malformed_one(tmp_path, capsys)
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model_config"] == {"hidden": 8, "kernel_size": 3, "levels": 1, "blocks": 2} and cfg["data"] == "digits"
     with pytest.raises(SystemExit) as exit_:  # an argparse usage error: one line, status 2
-        main(args[:5] + ["levels"] + args[6:-1] + [str(tmp_path / "b")])
+        main(args[:6] + ["levels"] + args[7:-1] + [str(tmp_path / "b")])
     assert exit_.value.code == 2 and "'levels' is not KEY=VALUE" in capsys.readouterr().err
-    assert main(args[:5] + ["depth=2"] + args[6:-1] + [str(tmp_path / "c")]) == 2
+    assert main(args[:6] + ["depth=2"] + args[7:-1] + [str(tmp_path / "c")]) == 2
     assert "unknown config key(s) ['depth'] for model 'unet'" in capsys.readouterr().err
