@@ -261,12 +261,27 @@ def _check_md5(blob: bytes, expected: str, what: str) -> None:
         raise ValueError(f"{what} has MD5 {got}, the published CIFAR-10 file has {expected}")
 
 
+class _InMemoryImages(ImageDataset):
+    """A dataset held as one (N, C, size, size) float32 tensor ``self.data``."""
+
+    data: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.data[i]
+
+    def batch(self, indices: Sequence[int]) -> torch.Tensor:
+        return self.data[torch.as_tensor(np.asarray(indices, dtype=np.int64))]
+
+
 # --- scikit-learn's digits -------------------------------------------------------------------------
 
 DIGITS_HELDOUT_EVERY = 5  # image i is held out when i % 5 == 0: 360 held out, 1,437 to train on
 
 
-class Digits(ImageDataset):
+class Digits(_InMemoryImages):
     """The 1,797 8x8 handwritten digits (10 classes) that ship inside scikit-learn's wheel (UCI optdigits).
 
     Pixel values 0..16 map to [-1, 1]. A fixed split: every 5th image is held out (``train=False``).
@@ -289,15 +304,6 @@ class Digits(ImageDataset):
         self.size = size
         self.data = _grey_images(d.images[keep] / 16.0, size)  # (N, 1, size, size)
         self.labels = np.asarray(d.target[keep], dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.data[i]
-
-    def batch(self, indices: Sequence[int]) -> torch.Tensor:
-        return self.data[torch.as_tensor(np.asarray(indices, dtype=np.int64))]
 
 
 # --- IDX (MNIST, Fashion-MNIST) ---------------------------------------------------------------------
@@ -341,7 +347,7 @@ def read_idx(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) -> np.ndar
     return np.frombuffer(payload, dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
-class IdxImages(ImageDataset):
+class IdxImages(_InMemoryImages):
     """Greyscale images from IDX files: MNIST, Fashion-MNIST and their kin.
 
     ``path`` is a directory holding ``train-images-idx3-ubyte[.gz]`` and ``t10k-images-idx3-ubyte[.gz]``
@@ -378,15 +384,6 @@ class IdxImages(ImageDataset):
             if (path / name).is_file():
                 return path / name
         raise FileNotFoundError(f"{str(path)!r} has no {stem}-images-idx3-ubyte[.gz] (the MNIST file names)")
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.data[i]
-
-    def batch(self, indices: Sequence[int]) -> torch.Tensor:
-        return self.data[torch.as_tensor(np.asarray(indices, dtype=np.int64))]
 
 
 # --- image folders -------------------------------------------------------------------------------
