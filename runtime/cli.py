@@ -54,7 +54,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _write_images(path: Path, x) -> None:
-    """Write a batch by suffix: .ppm/.pgm the first image, .npy the raw array, else a PNG-style grid."""
+    """Write a batch by suffix: .ppm/.pgm the first image, .npy the raw array, else a PNG-style grid.
+
+    Grids of images under 64 px are enlarged (nearest neighbour) so that a person can see them.
+    """
     import numpy as np
 
     from zoo.files import atomic_write
@@ -70,7 +73,11 @@ def _write_images(path: Path, x) -> None:
         np.save(buf, np.asarray(x, dtype=np.float32))
         atomic_write(path, buf.getvalue())
     else:
-        save_grid(path, x)
+        save_grid(path, x, scale=_grid_scale(x), pad_value=96)
+
+
+def _grid_scale(x) -> int:
+    return max(1, 64 // x.shape[-1])
 
 
 def cmd_eager_sample(args: argparse.Namespace) -> int:
@@ -225,7 +232,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.grid:
         from zoo.images import save_grid
 
-        save_grid(args.grid, x[:64], scale=max(1, 64 // x.shape[-1]), pad_value=96)
+        save_grid(args.grid, x[:64], scale=_grid_scale(x), pad_value=96)
         print(f"samples written to {args.grid}")
     return 0
 

@@ -13,7 +13,7 @@ from runtime.cli import main
 def test_eager_sample_png(tmp_path, capsys):
     out = tmp_path / "s.png"
     assert main(["eager-sample", "--hidden", "8", "--size", "8", "--n", "3", "--steps", "2", "--out", str(out)]) == 0
-    assert Image.open(out).size == (2 + 2 * 10, 2 + 2 * 10)
+    assert Image.open(out).size == (2 + 2 * 66, 2 + 2 * 66)  # 8 px images enlarged 8x to be seen
     assert str(out) in capsys.readouterr().out
 
 
