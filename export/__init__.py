@@ -28,8 +28,8 @@ __all__ = [
     "BundleHashMismatchError",
     "BundleVersionError",
     "FORMAT_VERSION",
-    "STEP_ATOL",
-    "LOOP_ATOL",
+    "derived_atol",
+    "reference_outputs",
 ]
 
 _LAZY = {
@@ -37,8 +37,8 @@ _LAZY = {
     "Bundle": "export.bundle",
     "load_model": "export.bundle",
     "ExportVerificationError": "export.verify",
-    "STEP_ATOL": "export.verify",
-    "LOOP_ATOL": "export.verify",
+    "derived_atol": "export.verify",
+    "reference_outputs": "export.bundle",
 }
 
 
