@@ -21,17 +21,6 @@ __all__ = ["evaluate", "data_source_of"]
 log = logging.getLogger(__name__)
 
 
-def _dist() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
 def data_source_of(manifest: dict[str, Any]) -> str | None:
     """The data spec a bundle's model was trained on, where the bundle records it."""
     return manifest.get("data", {}).get("source")
@@ -74,11 +63,12 @@ def evaluate(
     import runtime
     from export.manifest import load_manifest
     from zoo.metrics import quality_report
+    from zoo.train import init_distributed
 
     target = Path(target)
     if not target.is_dir():
         raise FileNotFoundError(f"{str(target)!r} is neither a bundle nor a training run directory")
-    rank, world = _dist()
+    rank, world = init_distributed(backend="gloo")  # the shards travel as host arrays
     if n < world:
         raise ValueError(f"n={n} images cannot be split over {world} processes")
     with tempfile.TemporaryDirectory(prefix="diffzoo-eval-") as tmp:

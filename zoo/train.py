@@ -35,7 +35,8 @@ from zoo.registry import build
 from zoo.schedules import make_schedule
 
 __all__ = [
-    "TrainConfig", "TrainResult", "train", "lr_at", "load_state", "run_weights", "CHECKPOINT_WEIGHTS", "CHECKPOINT_STATE",
+    "TrainConfig", "TrainResult", "train", "lr_at", "load_state", "run_weights", "init_distributed",
+    "CHECKPOINT_WEIGHTS", "CHECKPOINT_STATE",
 ]
 
 log = logging.getLogger(__name__)
@@ -132,13 +133,16 @@ def _ema_avg(decay: float):
     return avg
 
 
-def _dist() -> tuple[int, int]:
-    """(rank, world size) under torchrun; (0, 1) otherwise."""
+def init_distributed(backend: str | None = None) -> tuple[int, int]:
+    """(rank, world size) under torchrun, joining the process group once; (0, 1) otherwise.
+
+    ``backend`` defaults to nccl where CUDA is available (DDP training), else gloo.
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+            dist.init_process_group(backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"))
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
@@ -220,7 +224,7 @@ def train(
     """
     out = Path(out_dir)
     tune_allocator()  # ~1.7x on a fresh process's first steps otherwise (zoo/allocator.py)
-    rank, world = _dist()
+    rank, world = init_distributed()
     if cfg.batch % world:
         raise ValueError(f"batch={cfg.batch} must be divisible by the number of processes ({world})")
     device = _device(cfg.device)
