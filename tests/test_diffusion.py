@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.diffusion import ddim_sample, ddim_step, ddim_timesteps, make_training_sample
+from zoo.diffusion import ddim_sample, ddim_step, ddim_timesteps, dpmpp_2m_step, make_training_sample
 
 
 # --- schedules ------------------------------------------------------------------------------
@@ -225,3 +225,110 @@ def test_sampling_never_returns_non_finite_values_silently():
     x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     with pytest.raises(NonFiniteSampleError, match=r"ddim_sample step \d+ \(t=\d+\): \d+ non-finite values"):
         zoo.ddim_sample(Diverging(), zoo.linear_schedule(1000), x_T, num_steps=100)
+
+
+# --- DPM-Solver++(2M) ---------------------------------------------------------------------------
+
+def _paper_dpmpp(x_t, eps, x0_last, a_t, a_prev, a_last):
+    """Lu et al. 2022 Algorithm 2 in float64, written with lambda and exp (not the module's ratio form)."""
+    alpha, sigma, lam = (lambda a: a**0.5), (lambda a: (1 - a) ** 0.5), (lambda a: 0.5 * np.log(a / (1 - a)))
+    x0 = (x_t - sigma(a_t) * eps) / alpha(a_t)
+    h = lam(a_prev) - lam(a_t)
+    r = (lam(a_t) - lam(a_last)) / h
+    d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_last
+    return sigma(a_prev) / sigma(a_t) * x_t - alpha(a_prev) * np.expm1(-h) * d, x0
+
+
+def test_dpmpp_step_matches_the_paper():
+    rng = np.random.default_rng(0)
+    x_t, eps, x0_last = (rng.standard_normal((2, 1, 3, 3)) for _ in range(3))
+    a_t, a_prev, a_last = 0.3, 0.6, 0.1
+    want, want_x0 = _paper_dpmpp(x_t, eps, x0_last, a_t, a_prev, a_last)
+    got, got_x0 = dpmpp_2m_step(x_t, eps, x0_last, a_t, a_prev, a_last, clip_range=None)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got_x0, want_x0, rtol=1e-12, atol=1e-12)
+    got_t, _ = dpmpp_2m_step(*(torch.from_numpy(v) for v in (x_t, eps, x0_last)), a_t, a_prev, a_last, clip_range=None)
+    np.testing.assert_allclose(got_t.numpy(), want, rtol=1e-12, atol=1e-12)
+
+
+def test_dpmpp_first_and_last_steps_are_first_order():
+    torch.manual_seed(0)
+    x_t, eps, junk = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4) * 100
+    # first step (no earlier prediction): the DDIM update, whatever x0_last holds
+    first, _ = dpmpp_2m_step(x_t, eps, junk, 0.3, 0.6, 0.0, clip_range=None)
+    torch.testing.assert_close(first, ddim_step(x_t, eps, 0.3, 0.6, clip_range=None))
+    # last step (alpha-bar_prev = 1): the clipped x0, also for a one-step run (both at once), never NaN
+    for a_last in (0.1, 0.0):
+        last, x0 = dpmpp_2m_step(x_t, eps, junk, 0.9, 1.0, a_last)
+        torch.testing.assert_close(last, x0)
+        assert torch.isfinite(last).all() and last.abs().max() <= 1.0
+    # per sample: one batch mixing a first, a middle and a last step equals the three alone
+    a = [torch.tensor(v) for v in ([0.3, 0.3, 0.9], [0.6, 0.6, 1.0], [0.0, 0.1, 0.1])]
+    both, _ = dpmpp_2m_step(x_t[:1].expand(3, -1, -1, -1), eps[:1].expand(3, -1, -1, -1), junk[:1].expand(3, -1, -1, -1), *a)
+    for i in range(3):
+        alone, _ = dpmpp_2m_step(x_t[:1], eps[:1], junk[:1], *(float(v[i]) for v in a))
+        torch.testing.assert_close(both[i : i + 1], alone)
+
+
+def test_dpmpp_numpy_and_torch_agree_in_float32():
+    rng = np.random.default_rng(1)
+    x_t, eps, x0_last = (rng.standard_normal((3, 3, 5, 5)).astype(np.float32) for _ in range(3))
+    a = [np.array(v, np.float32) for v in ([0.1, 0.5, 0.9], [0.3, 0.7, 1.0], [0.0, 0.2, 0.5])]
+    out_np, x0_np = dpmpp_2m_step(x_t, eps, x0_last, *a)
+    out_t, x0_t = dpmpp_2m_step(*(torch.from_numpy(v) for v in (x_t, eps, x0_last, *a)))
+    assert out_np.dtype == np.float32 and isinstance(out_np, np.ndarray)
+    np.testing.assert_allclose(out_np, out_t.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(x0_np, x0_t.numpy(), rtol=0, atol=1e-6)
+
+
+class _GaussianEps(torch.nn.Module):
+    """The exact epsilon of data ~ N(0, s^2 I): eps(x, t) = sqrt(1 - a) x / (a s^2 + 1 - a).
+
+    Along the probability-flow ODE x_t / sqrt(a_t s^2 + 1 - a_t) is constant, so the exact sample of
+    x_T is known in closed form: the error of any solver against it is measurable.
+    """
+
+    def __init__(self, schedule, s):
+        super().__init__()
+        self.a = torch.from_numpy(schedule.alphas_cumprod.copy())
+        self.s = s
+
+    def forward(self, x, t):
+        a = self.a[t].to(x.dtype).reshape(-1, 1, 1, 1)
+        return (1 - a) ** 0.5 * x / (a * self.s**2 + 1 - a)
+
+
+def test_dpmpp_is_second_order_and_beats_ddim():
+    sched, s = zoo.linear_schedule(1000), 0.5
+    model = _GaussianEps(sched, s)
+    x_T = torch.randn(4, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    exact = x_T * s / (sched.alphas_cumprod[-1] * s**2 + 1 - sched.alphas_cumprod[-1]) ** 0.5
+    err = {}
+    for solver in ("ddim", "dpmpp_2m"):
+        for n in (10, 20):
+            out = zoo.sample(model, sched, x_T, num_steps=n, solver=solver, spacing="trailing", clip_range=None)
+            err[solver, n] = float((out - exact).abs().max())
+    assert err["dpmpp_2m", 10] < err["ddim", 10] and err["dpmpp_2m", 20] < err["ddim", 20] / 2.5, err
+    assert err["dpmpp_2m", 10] / err["dpmpp_2m", 20] > 3, err  # ~4 for second order; DDIM halves
+    assert err["ddim", 10] / err["ddim", 20] < 2.5, err
+
+
+def test_dpmpp_sample_contract(small_model):
+    sched = zoo.linear_schedule(1000)
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    seen = []
+    a = zoo.dpmpp_2m_sample(small_model, sched, x_T, num_steps=5, callback=lambda i, t, eps, x: seen.append((i, t)))
+    b = zoo.sample(small_model, sched, x_T.clone(), num_steps=5, solver="dpmpp_2m")
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert seen == list(enumerate(ddim_timesteps(1000, 5).tolist())) and a.abs().max() <= 1.0
+    # one step is one first-order step from alpha-bar_T to the clean image: DDIM's single step
+    torch.testing.assert_close(zoo.dpmpp_2m_sample(small_model, sched, x_T, num_steps=1), zoo.ddim_sample(small_model, sched, x_T, num_steps=1))
+    with pytest.raises(ValueError, match="deterministic: eta must be 0"):
+        zoo.sample(small_model, sched, x_T, num_steps=5, solver="dpmpp_2m", eta=0.5)
+    with pytest.raises(ValueError, match="unknown solver 'euler'"):
+        zoo.sample(small_model, sched, x_T, num_steps=5, solver="euler")
+
+
+def test_step_pairs():
+    t_prev, t_last = zoo.diffusion.step_pairs(np.array([900, 600, 300, 0]))
+    assert t_prev.tolist() == [600, 300, 0, -1] and t_last.tolist() == [-1, 900, 600, 300]

@@ -1,4 +1,4 @@
-"""diffzoo's model zoo: a registry of small epsilon-predicting denoisers, DDPM/DDIM math and image output.
+"""diffzoo's model zoo: a registry of small epsilon-predicting denoisers, DDPM/DDIM/DPM-Solver++ math and image output.
 
 ``zoo.diffusion``, ``zoo.schedules`` and ``zoo.images`` import no torch, so the deployment runtime can
 use them; the torch-backed names (``build``, the models, ``append_time_channel``) load on first use.
@@ -10,7 +10,16 @@ import importlib
 from typing import Any
 
 from zoo import diffusion, images, schedules
-from zoo.diffusion import ddim_sample, ddim_step, ddim_timesteps, make_training_sample
+from zoo.diffusion import (
+    SOLVERS,
+    ddim_sample,
+    ddim_step,
+    ddim_timesteps,
+    dpmpp_2m_sample,
+    dpmpp_2m_step,
+    make_training_sample,
+    sample,
+)
 from zoo.images import save_grid, write_ppm
 from zoo.schedules import Schedule, cosine_schedule, linear_schedule, make_schedule
 
@@ -34,6 +43,10 @@ __all__ = [
     "make_training_sample",
     "ddim_step",
     "ddim_sample",
+    "dpmpp_2m_step",
+    "dpmpp_2m_sample",
+    "sample",
+    "SOLVERS",
     "write_ppm",
     "save_grid",
 ]

@@ -1,8 +1,10 @@
-"""DDPM/DDIM math as pure functions, plus the eager reference sampler.
+"""DDPM/DDIM/DPM-Solver++ math as pure functions, plus the eager reference samplers.
 
 Forward process from Ho et al. 2020 (DDPM, eq. 4); reverse update from Song et al. 2021
-(DDIM, eq. 12 and 16). No hidden state and no hidden randomness: every noise tensor is an
-argument, so a sampling run is reproducible and exportable to a graph.
+(DDIM, eq. 12 and 16); the multistep solver DPM-Solver++(2M) from Lu et al. 2022 (Algorithm 2,
+data-prediction form, as diffusers' ``DPMSolverMultistepScheduler`` with ``solver_order=2``).
+No hidden state and no hidden randomness: every noise tensor and the solver's previous x0
+prediction are arguments, so a sampling run is reproducible and exportable to a graph.
 
 Notation (one table for the whole module):
     code              paper
@@ -12,10 +14,14 @@ Notation (one table for the whole module):
     x0                predicted x_0, "clipped denoised" to [-clip_range, clip_range]
     sigma             sigma_t(eta), DDIM eq. 16
     noise             z ~ N(0, I), always supplied by the caller
+    x0_last           DPM-Solver++(2M): the x0 predicted at the previous step's timestep
+    alpha_bar_last    alpha-bar at that timestep (0 on the first step: there is none)
+    lambda            log(alpha_t / sigma_t) = 0.5 log(alpha_bar / (1 - alpha_bar)), the log-SNR
 
-``ddim_step`` and ``make_training_sample`` are written once with arithmetic operators and
-``.clip`` only, so the same definition serves torch tensors (eager, traced for export) and
-numpy arrays (the torch-free runtime). This module imports torch only inside ``ddim_sample``.
+``ddim_step``, ``dpmpp_2m_step`` and ``make_training_sample`` are written once with arithmetic
+operators, ``.clip`` and the functions numpy and torch share by name (``log``, ``where``), so the
+same definition serves torch tensors (eager, traced for export) and numpy arrays (the torch-free
+runtime). This module imports torch only inside the samplers.
 """
 
 from __future__ import annotations
@@ -42,6 +48,12 @@ __all__ = [
     "make_training_sample",
     "ddim_step",
     "ddim_sample",
+    "dpmpp_2m_step",
+    "dpmpp_2m_sample",
+    "SOLVERS",
+    "Solver",
+    "sample",
+    "step_pairs",
     "NonFiniteSampleError",
     "check_finite",
 ]
@@ -49,6 +61,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Spacing = Literal["leading", "trailing", "linspace"]
+Solver = Literal["ddim", "dpmpp_2m"]
+SOLVERS = ("ddim", "dpmpp_2m")
 
 
 class NonFiniteSampleError(ArithmeticError):
@@ -91,8 +105,28 @@ def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: Spacing = 
     return np.ascontiguousarray(SPACINGS[spacing](int(num_train_timesteps), int(num_steps)))
 
 
+def step_pairs(timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(t_prev, t_last)`` for each step of a descending timestep list, as int64 arrays.
+
+    ``t_prev[i]`` is the timestep step i goes to (-1 after the last: alpha-bar 1, the clean image);
+    ``t_last[i]`` the one step i-1 started from (-1 on the first step: no earlier prediction).
+    """
+    ts = np.asarray(timesteps, dtype=np.int64)
+    minus1 = np.array([-1], dtype=np.int64)
+    return np.concatenate([ts[1:], minus1]), np.concatenate([minus1, ts[:-1]])
+
+
 def _is_torch(x: Any) -> bool:
     return type(x).__module__.split(".")[0] == "torch"
+
+
+def _xp(x: Any) -> Any:
+    """The array namespace of x: ``torch`` or ``numpy`` (both spell log and where the same)."""
+    if _is_torch(x):
+        import torch
+
+        return torch
+    return np
 
 
 def _coef(a: Any, x: Any) -> Any:
@@ -170,6 +204,83 @@ def ddim_step(
     return x_prev
 
 
+def dpmpp_2m_step(
+    x_t: Any,
+    eps: Any,
+    x0_last: Any,
+    alpha_bar_t: Any,
+    alpha_bar_prev: Any,
+    alpha_bar_last: Any,
+    clip_range: float | None = 1.0,
+) -> tuple[Any, Any]:
+    """One DPM-Solver++(2M) update x_t -> x_{t_prev} (Lu et al. 2022, Algorithm 2, midpoint form).
+
+    With ``lambda = log(alpha / sigma)``, ``h = lambda_prev - lambda_t`` and ``h_last = lambda_t -
+    lambda_last``, the update is ``x_prev = (sigma_prev / sigma_t) x_t - alpha_prev (e^-h - 1) D``,
+    ``D = x0 + (h / h_last) (x0 - x0_last) / 2``: first order (the DDIM update with eps recomputed
+    from the clipped x0) where there is no earlier prediction (``alpha_bar_last = 0``, the first
+    step) or no noise left to remove (``alpha_bar_prev = 1``, the last step), as the reference does.
+
+    Args:
+        x_t: current sample (B, C, H, W), torch or numpy.
+        eps: predicted noise at (x_t, t), same shape.
+        x0_last: the x0 this solver predicted at the previous step (any values on the first step).
+        alpha_bar_t, alpha_bar_prev, alpha_bar_last: scalars or per-sample (B,); ``alpha_bar_prev = 1``
+            on the last step, ``alpha_bar_last = 0`` on the first.
+        clip_range: clamp of the predicted x0; None disables it.
+
+    Returns:
+        ``(x_prev, x0)``: the next sample and this step's x0 prediction (the next step's ``x0_last``).
+    """
+    if clip_range is not None and not clip_range > 0:
+        raise ValueError(f"clip_range={clip_range!r} is invalid: expected a positive number or None")
+    xp = _xp(x_t)
+    a_t, a_prev, a_last = _coef(alpha_bar_t, x_t), _coef(alpha_bar_prev, x_t), _coef(alpha_bar_last, x_t)
+    x0 = (x_t - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+    if clip_range is not None:
+        x0 = x0.clip(-clip_range, clip_range)
+    ratio = (1 - a_prev) ** 0.5 / (1 - a_t) ** 0.5  # sigma_prev / sigma_t
+    # Second order only where both neighbours exist; elsewhere the logs are taken of stand-ins
+    # (a_t itself) so that no inf or NaN is ever formed, then the correction is zeroed.
+    second = (a_last > 0) & (a_prev < 1)
+    a_p = xp.where(second, a_prev, a_t * 0.5)
+    a_l = xp.where(second, a_last, a_t * 0.5)
+    lam_t = 0.5 * (xp.log(a_t) - xp.log(1 - a_t))
+    h = 0.5 * (xp.log(a_p) - xp.log(1 - a_p)) - lam_t
+    h_last = lam_t - 0.5 * (xp.log(a_l) - xp.log(1 - a_l))
+    r = xp.where(second, h / h_last, 0 * h)
+    d = x0 + 0.5 * r * (x0 - x0_last)
+    x_prev = ratio * x_t + (a_prev**0.5 - ratio * a_t**0.5) * d  # -alpha_prev (e^-h - 1) = alpha_prev - ratio alpha_t
+    return x_prev, x0
+
+
+def _sampler_setup(model: Any, schedule: Schedule, x_T: Any, num_steps: int, spacing: str) -> tuple[np.ndarray, Any]:
+    """Shared checks of the eager samplers; returns the timesteps and the float32 alpha-bar table on x_T's device."""
+    import torch
+
+    from zoo.allocator import tune_allocator
+
+    tune_allocator()  # no mmap/munmap per activation in a fresh process (zoo/allocator.py)
+    T = schedule.num_train_timesteps
+    model_T = getattr(getattr(model, "config", None), "num_train_timesteps", T)
+    if model_T != T:
+        raise ValueError(f"the model was built for num_train_timesteps={model_T} but the schedule has T={T}")
+    timesteps = ddim_timesteps(T, num_steps, spacing)
+    if x_T.ndim != 4:
+        raise ValueError(f"x_T must have shape (B, C, H, W); got {tuple(x_T.shape)}")
+    # Cast the float64 schedule once, to the dtype every exported graph uses too.
+    alphas = torch.from_numpy(schedule.alphas_cumprod.copy()).to(dtype=x_T.dtype, device=x_T.device)
+    return timesteps, alphas
+
+
+def _progress(n: int, progress: bool, desc: str) -> Any:
+    if not progress:
+        return range(n)
+    from tqdm.auto import tqdm
+
+    return tqdm(range(n), desc=desc, unit="step")
+
+
 def ddim_sample(
     model: torch.nn.Module,
     schedule: Schedule,
@@ -204,17 +315,7 @@ def ddim_sample(
     """
     import torch
 
-    from zoo.allocator import tune_allocator
-
-    tune_allocator()  # no mmap/munmap per activation in a fresh process (zoo/allocator.py)
-
-    T = schedule.num_train_timesteps
-    model_T = getattr(getattr(model, "config", None), "num_train_timesteps", T)
-    if model_T != T:
-        raise ValueError(f"the model was built for num_train_timesteps={model_T} but the schedule has T={T}")
-    timesteps = ddim_timesteps(T, num_steps, spacing)
-    if x_T.ndim != 4:
-        raise ValueError(f"x_T must have shape (B, C, H, W); got {tuple(x_T.shape)}")
+    timesteps, alphas = _sampler_setup(model, schedule, x_T, num_steps, spacing)
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta={eta!r} is invalid: expected 0 <= eta <= 1")
     expected = (len(timesteps), *x_T.shape)
@@ -223,15 +324,9 @@ def ddim_sample(
     if eta > 0 and noise is None:
         raise ValueError("eta > 0 needs `noise`: a (S, B, C, H, W) tensor or a torch.Generator")
 
-    # Cast the float64 schedule once, to the dtype every exported graph uses too.
-    alphas = torch.from_numpy(schedule.alphas_cumprod.copy()).to(dtype=x_T.dtype, device=x_T.device)
     one = torch.ones((), dtype=x_T.dtype, device=x_T.device)
     x = x_T
-    steps = range(len(timesteps))
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="ddim", unit="step")
+    steps = _progress(len(timesteps), progress, "ddim")
     with torch.inference_mode():
         for i in steps:
             t = int(timesteps[i])
@@ -247,3 +342,61 @@ def ddim_sample(
             if callback is not None:
                 callback(i, t, eps, x)
     return x
+
+
+
+def dpmpp_2m_sample(
+    model: torch.nn.Module,
+    schedule: Schedule,
+    x_T: torch.Tensor,
+    num_steps: int = 20,
+    spacing: Spacing = "leading",
+    progress: bool = False,
+    clip_range: float | None = 1.0,
+    callback: Any = None,
+) -> torch.Tensor:
+    """The eager reference DPM-Solver++(2M) sampler; the contract of ``ddim_sample`` (deterministic: no eta).
+
+    The solver's state between steps, the previous x0 prediction and its timestep, is explicit:
+    each step passes them to ``dpmpp_2m_step`` (``alpha_bar_last = 0`` on the first step).
+
+    Raises:
+        NonFiniteSampleError: a step produced NaN or inf (named in the message); never returned.
+    """
+    import torch
+
+    timesteps, alphas = _sampler_setup(model, schedule, x_T, num_steps, spacing)
+    t_prevs, t_lasts = step_pairs(timesteps)
+    one = torch.ones((), dtype=x_T.dtype, device=x_T.device)
+    zero = torch.zeros((), dtype=x_T.dtype, device=x_T.device)
+    x, x0 = x_T, torch.zeros_like(x_T)
+    with torch.inference_mode():
+        for i in _progress(len(timesteps), progress, "dpm++2m"):
+            t, t_prev, t_last = int(timesteps[i]), int(t_prevs[i]), int(t_lasts[i])
+            eps = model(x, torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device))
+            a_prev = alphas[t_prev] if t_prev >= 0 else one
+            a_last = alphas[t_last] if t_last >= 0 else zero
+            x, x0 = dpmpp_2m_step(x, eps, x0, alphas[t], a_prev, a_last, clip_range=clip_range)
+            check_finite(x, f"dpmpp_2m_sample step {i} (t={t})")
+            if callback is not None:
+                callback(i, t, eps, x)
+    return x
+
+
+def sample(
+    model: torch.nn.Module,
+    schedule: Schedule,
+    x_T: torch.Tensor,
+    num_steps: int = 50,
+    solver: Solver = "ddim",
+    **kwargs: Any,
+) -> torch.Tensor:
+    """``ddim_sample`` or ``dpmpp_2m_sample`` by name; ``kwargs`` go to the solver's sampler."""
+    if solver == "ddim":
+        return ddim_sample(model, schedule, x_T, num_steps=num_steps, **kwargs)
+    if solver == "dpmpp_2m":
+        if kwargs.pop("eta", 0.0) != 0.0:
+            raise ValueError("solver='dpmpp_2m' is deterministic: eta must be 0 (use solver='ddim' for eta > 0)")
+        kwargs.pop("noise", None)
+        return dpmpp_2m_sample(model, schedule, x_T, num_steps=num_steps, **kwargs)
+    raise ValueError(f"unknown solver {solver!r}: expected one of {list(SOLVERS)}")
