@@ -31,7 +31,7 @@ from export.quantize import calibration_states, quantize_int8
 from export.specs import FORMATS, ArtifactSpec, artifact_specs, make_inputs
 from export.torchscript import load_traced, save_traced
 from export.verify import INT8_LOOP_RTOL, INT8_STEP_RTOL, Check, compare_outputs, derived_atol, raise_on_failures
-from export.wrappers import DDIMStep, FusedStep
+from export.wrappers import DDIMStep, DPMStep, FusedDPMStep, FusedStep
 from zoo.checkpoint import save_weights
 from zoo.files import default_mode, replace_dir
 from zoo.schedules import Schedule
@@ -106,14 +106,19 @@ def _check_args(model, out_dir, schedule, example_shape, opset, formats, force, 
 
 def _reference(spec: ArtifactSpec, model: torch.nn.Module, schedule: Schedule, clip_range: float | None):
     """The eager torch callable an artifact must reproduce."""
-    if spec.base == "denoiser":
+    dpm = spec.solver == "dpmpp_2m"
+    if spec.kind == "denoiser":
         return model
-    if spec.base.startswith("ddim_step"):
-        return DDIMStep(spec.stochastic, clip_range)
-    if spec.base.startswith("fused_step"):
+    if spec.kind == "step":
+        return DPMStep(clip_range) if dpm else DDIMStep(spec.stochastic, clip_range)
+    if spec.kind == "fused_step":
+        if dpm:
+            return FusedDPMStep(model, schedule.alphas_cumprod, clip_range).eval()
         return FusedStep(model, schedule.alphas_cumprod, spec.stochastic, clip_range).eval()
 
     def sampler(x_T, timesteps, noise=None, eta=None):
+        if dpm:
+            return zoo.dpmpp_2m_sample(model, schedule, x_T, num_steps=len(timesteps), spacing="leading", clip_range=clip_range)
         return zoo.ddim_sample(model, schedule, x_T, num_steps=len(timesteps), spacing="leading",
                                eta=0.0 if eta is None else float(eta), noise=noise, clip_range=clip_range)
 
@@ -139,7 +144,8 @@ def _calibration_feeds(spec: ArtifactSpec, states) -> list[dict[str, np.ndarray]
 def _outputs(spec: ArtifactSpec, fn, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     with torch.inference_mode():
         out = fn(*inputs.values())
-    return {spec.outputs[0].name: out.detach().cpu().numpy().astype(np.float64)}
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return {o.name: v.detach().cpu().numpy().astype(np.float64) for o, v in zip(spec.outputs, outs, strict=True)}
 
 
 def reference_outputs(
@@ -257,7 +263,7 @@ def _export_into(tmp, model, schedule, example_shape, opset, formats, specs, cli
         it = tqdm(specs, desc="export", unit="artifact")
     for spec in it:
         ref = _reference(spec, model, schedule, clip_range)
-        is_loop = spec.name.startswith("sampler")
+        is_loop = spec.kind == "sampler"
         sizes = {**verify_sizes, "steps": VERIFY_STEPS} if is_loop else verify_sizes
         inputs = make_inputs(spec, sizes, schedule.alphas_cumprod, g)
         expected = _outputs(spec, ref, inputs)
@@ -278,7 +284,7 @@ def _export_into(tmp, model, schedule, example_shape, opset, formats, specs, cli
                 got = _outputs(spec, load_traced(path), inputs)
             else:
                 if is_loop:
-                    proto = build_sampler_graph(protos[spec.name.replace("sampler", "fused_step", 1)], spec.stochastic)
+                    proto = build_sampler_graph(protos[spec.body], spec.stochastic)
                 elif spec.precision == "int8":
                     if calibration is None:
                         calibration = calibration_states(model, schedule, example_shape, seed, clip_range)
@@ -313,6 +319,9 @@ def _export_into(tmp, model, schedule, example_shape, opset, formats, specs, cli
         "artifacts": {
             s.name: {
                 "description": s.description,
+                "kind": s.kind,
+                "solver": s.solver,
+                **({"body": s.body} if s.body else {}),
                 "precision": s.precision,
                 "stochastic": s.stochastic,
                 "files": files[s.name],

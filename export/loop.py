@@ -1,8 +1,10 @@
-"""The whole DDIM sampler as one ONNX graph: an ONNX ``Loop`` whose body is the fused step graph.
+"""A whole sampler as one ONNX graph: an ONNX ``Loop`` whose body is a fused step graph.
 
 Built by graph surgery on the exported fused step (not by scripting a Python loop), so the body is
 exactly the verified fused-step graph and the number of steps is the length of the ``timesteps``
 input, chosen at run time. Noise, when used, is an input (S, B, C, H, W): nothing is drawn inside.
+Works for either solver: DDIM's step carries x alone, DPM-Solver++(2M)'s carries x and its
+previous x0 prediction (``x0_last``, zeros before the first step) and reads the previous timestep.
 """
 
 from __future__ import annotations
@@ -19,19 +21,31 @@ def _rename(name: str) -> str:
     return _PREFIX + name if name else name  # "" marks an omitted optional input
 
 
-def build_sampler_graph(fused: onnx.ModelProto, stochastic: bool) -> onnx.ModelProto:
-    """Wrap a fused step ``(x_t, t, t_prev[, noise, eta]) -> x_prev`` into a sampler.
+# The fused steps' signatures this builder knows: DDIM (x alone) and DPM-Solver++(2M) (x and x0_last).
+_SIGNATURES = {
+    False: (["x_t", "t", "t_prev"], ["x_prev"]),
+    True: (["x_t", "x0_last", "t", "t_prev", "t_last"], ["x_prev", "x0"]),
+}
 
-    The result maps ``(x_T, timesteps[, noise, eta]) -> x_0`` with ``timesteps`` the descending
-    int64 list of the run (S,), and ``noise`` of shape (S, B, C, H, W) for the stochastic variant.
+
+def build_sampler_graph(fused: onnx.ModelProto, stochastic: bool) -> onnx.ModelProto:
+    """Wrap a fused step into a sampler mapping ``(x_T, timesteps[, noise, eta]) -> x_0``.
+
+    The fused step is ``(x_t, t, t_prev[, noise, eta]) -> x_prev`` (DDIM) or ``(x_t, x0_last, t,
+    t_prev, t_last) -> (x_prev, x0)`` (DPM-Solver++(2M)); ``timesteps`` is the descending int64
+    list of the run (S,), and ``noise`` has shape (S, B, C, H, W) for the stochastic variant.
     """
     g = fused.graph
-    expected = ["x_t", "t", "t_prev"] + (["noise", "eta"] if stochastic else [])
-    got = [i.name for i in g.input]
-    assert got == expected and [o.name for o in g.output] == ["x_prev"], (got, [o.name for o in g.output])
-    assert not fused.functions, "the fused step must be inlined (no local functions)"
-    for node in g.node:
-        assert all(a.type not in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute), node
+    got, outs = [i.name for i in g.input], [o.name for o in g.output]
+    multistep = "x0_last" in got
+    expected, expected_out = _SIGNATURES[multistep]
+    expected = expected + (["noise", "eta"] if stochastic else [])
+    if got != expected or outs != expected_out:
+        raise ValueError(f"not a fused step graph: inputs {got}, outputs {outs}; expected {expected} -> {expected_out}")
+    if fused.functions:
+        raise ValueError("the fused step must be inlined (no local functions)")
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for node in g.node for a in node.attribute):
+        raise ValueError("the fused step must not hold subgraphs")
 
     # --- loop body: (iter, cond, x) -> (cond, x_prev), reading timesteps/noise from the outer scope
     body_nodes = [
@@ -45,6 +59,11 @@ def build_sampler_graph(fused: onnx.ModelProto, stochastic: bool) -> onnx.ModelP
         helper.make_node("Expand", ["body/t_prev_scalar", "body/batch"], ["step/t_prev"]),  # (B,)
         helper.make_node("Identity", ["cond_in"], ["cond_out"]),
     ]
+    if multistep:
+        body_nodes += [
+            helper.make_node("Gather", ["timesteps_last", "iter"], ["body/t_last_scalar"]),
+            helper.make_node("Expand", ["body/t_last_scalar", "body/batch"], ["step/t_last"]),  # (B,)
+        ]
     if stochastic:
         body_nodes += [
             helper.make_node("Gather", ["noise", "iter"], ["step/noise"], axis=0),  # (B, C, H, W)
@@ -57,18 +76,18 @@ def build_sampler_graph(fused: onnx.ModelProto, stochastic: bool) -> onnx.ModelP
         new.input[:] = [_rename(n) for n in node.input]
         new.output[:] = [_rename(n) for n in node.output]
         body_nodes.append(new)
+    x_in = next(i for i in g.input if i.name == "x_t")
+    dims = [d.dim_param or d.dim_value for d in x_in.type.tensor_type.shape.dim]  # [batch, C, height, width]
+    carried_in = ["step/x_t"] + (["step/x0_last"] if multistep else [])
+    carried_out = ["step/x_prev"] + (["step/x0"] if multistep else [])
     body = helper.make_graph(
         body_nodes,
-        "ddim_body",
-        inputs=[
-            helper.make_tensor_value_info("iter", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("step/x_t", TensorProto.FLOAT, None),
-        ],
-        outputs=[
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("step/x_prev", TensorProto.FLOAT, None),
-        ],
+        "sampler_body",
+        inputs=[helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+                helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])]
+        + [helper.make_tensor_value_info(n, TensorProto.FLOAT, dims) for n in carried_in],
+        outputs=[helper.make_tensor_value_info("cond_out", TensorProto.BOOL, [])]
+        + [helper.make_tensor_value_info(n, TensorProto.FLOAT, dims) for n in carried_out],
     )
 
     # --- outer graph: trip count and the shifted timestep list, then the Loop
@@ -89,10 +108,19 @@ def build_sampler_graph(fused: onnx.ModelProto, stochastic: bool) -> onnx.ModelP
         helper.make_node("Squeeze", ["num_steps_1"], ["num_steps"]),
         helper.make_node("Slice", ["timesteps", "one", "int64_max"], ["timesteps_tail"]),
         helper.make_node("Concat", ["timesteps_tail", "last_prev"], ["timesteps_prev"], axis=0),
-        helper.make_node("Loop", ["num_steps", "true", "x_T"], ["x_0"], body=body),
     ]
-    x_in = next(i for i in g.input if i.name == "x_t")
-    dims = [d.dim_param or d.dim_value for d in x_in.type.tensor_type.shape.dim]  # [batch, C, height, width]
+    if multistep:  # timesteps_last = [-1, t_0, ..., t_{S-2}]; x0_last starts at zeros (unused on step 0)
+        nodes += [
+            helper.make_node("Sub", ["num_steps_1", "one"], ["num_steps_m1"]),
+            helper.make_node("Slice", ["timesteps", "zero", "num_steps_m1"], ["timesteps_head"]),
+            helper.make_node("Concat", ["last_prev", "timesteps_head"], ["timesteps_last"], axis=0),
+            helper.make_node("Mul", ["x_T", "zero_f"], ["x0_init"]),
+            helper.make_node("Loop", ["num_steps", "true", "x_T", "x0_init"], ["x_0", "x0_final"], body=body),
+        ]
+        consts += [helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+                   helper.make_tensor("zero_f", TensorProto.FLOAT, [], [0.0])]
+    else:
+        nodes.append(helper.make_node("Loop", ["num_steps", "true", "x_T"], ["x_0"], body=body))
     inputs = [
         helper.make_tensor_value_info("x_T", TensorProto.FLOAT, dims),
         helper.make_tensor_value_info("timesteps", TensorProto.INT64, ["steps"]),
@@ -103,7 +131,7 @@ def build_sampler_graph(fused: onnx.ModelProto, stochastic: bool) -> onnx.ModelP
             helper.make_tensor_value_info("eta", TensorProto.FLOAT, []),
         ]
     graph = helper.make_graph(
-        nodes, "ddim_sampler", inputs, [helper.make_tensor_value_info("x_0", TensorProto.FLOAT, dims)],
+        nodes, "dpmpp_sampler" if multistep else "ddim_sampler", inputs, [helper.make_tensor_value_info("x_0", TensorProto.FLOAT, dims)],
         initializer=weights + consts,
     )
     model = helper.make_model(graph, opset_imports=list(fused.opset_import), ir_version=fused.ir_version)

@@ -1,7 +1,8 @@
-"""The torch modules that are exported besides the denoiser: the DDIM step and the fused step.
+"""The torch modules that are exported besides the denoiser: the solver steps and the fused steps.
 
-Both call ``zoo.diffusion.ddim_step`` itself, so every exported graph computes exactly the math of
-the eager sampler (DDIM eq. 12, 16); only the inputs differ. Noise is always an input.
+They call ``zoo.diffusion.ddim_step`` / ``dpmpp_2m_step`` themselves, so every exported graph
+computes exactly the math of the eager samplers; only the inputs differ. Noise and the solver's
+state (the previous x0 prediction) are always inputs.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoo.diffusion import ddim_step
+from zoo.diffusion import ddim_step, dpmpp_2m_step
 
-__all__ = ["DDIMStep", "FusedStep"]
+__all__ = ["DDIMStep", "FusedStep", "DPMStep", "FusedDPMStep"]
 
 
 class DDIMStep(nn.Module):
@@ -39,8 +40,7 @@ class FusedStep(nn.Module):
     def __init__(self, model: nn.Module, alphas_cumprod: np.ndarray, stochastic: bool, clip_range: float | None = 1.0):
         super().__init__()
         self.model = model
-        # Cast the float64 schedule once, exactly as ddim_sample does.
-        self.register_buffer("alphas_cumprod", torch.from_numpy(np.array(alphas_cumprod, dtype=np.float64)).float())
+        self.register_buffer("alphas_cumprod", _alpha_table(alphas_cumprod))
         self.step = DDIMStep(stochastic, clip_range)
 
     def forward(self, x_t, t, t_prev, noise=None, eta=None):
@@ -48,3 +48,40 @@ class FusedStep(nn.Module):
         a_prev = torch.where(t_prev < 0, 1.0, self.alphas_cumprod[t_prev.clamp(min=0)])  # (B,)
         eps = self.model(x_t, t)
         return self.step(x_t, eps, a_t, a_prev, noise, eta)
+
+
+def _alpha_table(alphas_cumprod: np.ndarray) -> torch.Tensor:
+    """The float64 schedule cast once to float32, exactly as the eager samplers do."""
+    return torch.from_numpy(np.array(alphas_cumprod, dtype=np.float64)).float()
+
+
+class DPMStep(nn.Module):
+    """``(x_t, eps, x0_last, alpha_bar_t, alpha_bar_prev, alpha_bar_last) -> (x_prev, x0)``: DPM-Solver++(2M)."""
+
+    def __init__(self, clip_range: float | None = 1.0) -> None:
+        super().__init__()
+        self.clip_range = clip_range
+
+    def forward(self, x_t, eps, x0_last, alpha_bar_t, alpha_bar_prev, alpha_bar_last):
+        return dpmpp_2m_step(x_t, eps, x0_last, alpha_bar_t, alpha_bar_prev, alpha_bar_last, clip_range=self.clip_range)
+
+
+class FusedDPMStep(nn.Module):
+    """``(x_t, x0_last, t, t_prev, t_last) -> (x_prev, x0)``: the denoiser and the DPM-Solver++(2M) update.
+
+    ``t_prev < 0`` means the last step (alpha-bar 1), ``t_last < 0`` the first (no earlier prediction,
+    alpha-bar_last = 0): both make the update first order, as in ``dpmpp_2m_sample``.
+    """
+
+    def __init__(self, model: nn.Module, alphas_cumprod: np.ndarray, clip_range: float | None = 1.0):
+        super().__init__()
+        self.model = model
+        self.register_buffer("alphas_cumprod", _alpha_table(alphas_cumprod))
+        self.step = DPMStep(clip_range)
+
+    def forward(self, x_t, x0_last, t, t_prev, t_last):
+        a_t = self.alphas_cumprod[t]
+        a_prev = torch.where(t_prev < 0, 1.0, self.alphas_cumprod[t_prev.clamp(min=0)])
+        a_last = torch.where(t_last < 0, 0.0, self.alphas_cumprod[t_last.clamp(min=0)])
+        eps = self.model(x_t, t)
+        return self.step(x_t, eps, x0_last, a_t, a_prev, a_last)

@@ -28,11 +28,11 @@ def test_bundle_is_complete_and_hashed(bundle, model_name):
     for name in ARTIFACT_NAMES:
         files = m["artifacts"][name]["files"]
         assert "onnx" in files
-        assert ("torchscript" in files) == (name in ("denoiser", "ddim_step", "ddim_step_eta"))
+        assert ("torchscript" in files) == (name in ("denoiser", "ddim_step", "ddim_step_eta", "dpmpp_step"))
     for name, info in m["files"].items():
         assert sha256_file(bundle.path / name) == info["sha256"]
         assert (bundle.path / name).stat().st_size == info["size"]
-    assert all(c["passed"] for c in m["verification"]) and len(m["verification"]) == 10
+    assert all(c["passed"] for c in m["verification"]) and len(m["verification"]) == 14
     for c in m["verification"]:  # every bound derived from eager float32's own error, and recorded
         assert c["atol_source"] == "derived" and c["max_abs_diff"] <= c["atol"]
         assert c["atol"] >= FP32_FACTOR * c["reference_error"]
@@ -41,6 +41,10 @@ def test_bundle_is_complete_and_hashed(bundle, model_name):
     assert m["artifacts"]["sampler"]["dynamic_axes"] == ["batch", "height", "steps", "width"]
     assert set(m["export"]["seconds"]) == {"weights", *ARTIFACT_NAMES}
     assert {a["precision"] for a in m["artifacts"].values()} == {"fp32"}
+    assert [(m["artifacts"][n]["kind"], m["artifacts"][n]["solver"]) for n in ("dpmpp_step", "fused_step_dpmpp", "sampler_dpmpp")] == [
+        ("step", "dpmpp_2m"), ("fused_step", "dpmpp_2m"), ("sampler", "dpmpp_2m")]
+    assert m["artifacts"]["sampler_dpmpp"]["body"] == "fused_step_dpmpp"
+    assert [o["name"] for o in m["artifacts"]["fused_step_dpmpp"]["outputs"]] == ["x_prev", "x0"]
 
 
 @pytest.mark.parametrize("artifact", [a for a in ARTIFACT_NAMES if not a.startswith("sampler")])
@@ -53,32 +57,38 @@ def test_artifacts_match_eager_at_other_shapes(bundle, artifact, sizes):
     atol, _ = derived_atol(expected, reference_outputs(spec, model, schedule, inputs, dtype=torch.float64))
     files = m["artifacts"][artifact]["files"]
     sess = _session(bundle.path / files["onnx"])
-    out_name = spec.outputs[0].name
-    got = {"onnx": sess.run([out_name], {i.name: inputs[i.name].numpy() for i in sess.get_inputs()})[0]}
+    names = [o.name for o in spec.outputs]
+    got = {"onnx": sess.run(names, {i.name: inputs[i.name].numpy() for i in sess.get_inputs()})}
     if "torchscript" in files:
         with torch.inference_mode():
-            got["torchscript"] = load_traced(bundle.path / files["torchscript"])(*inputs.values()).numpy()
-    for fmt, out in got.items():
-        np.testing.assert_allclose(out, expected[out_name], rtol=0, atol=atol, err_msg=fmt)
+            out = load_traced(bundle.path / files["torchscript"])(*inputs.values())
+        got["torchscript"] = [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+    for fmt, outs in got.items():
+        assert len(outs) == len(names)
+        for name, out in zip(names, outs):
+            np.testing.assert_allclose(out, expected[name], rtol=0, atol=atol, err_msg=f"{fmt} {name}")
 
 
-def _eager(bundle, x_T, steps, eta=0.0, noise=None):
+def _eager(bundle, x_T, steps, eta=0.0, noise=None, solver="ddim", spacing="leading"):
     """Eager float32 x_0 and the bound derived from its own error against float64."""
     model, schedule, _ = export.load_model(bundle.path)
-    x0 = zoo.ddim_sample(model, schedule, x_T, num_steps=steps, eta=eta, noise=noise).numpy()
-    x64 = zoo.ddim_sample(model.double(), schedule, x_T.double(), num_steps=steps, eta=eta,
-                          noise=None if noise is None else noise.double()).numpy()
+    kw = {"solver": solver, "spacing": spacing, "eta": eta}
+    x0 = zoo.sample(model, schedule, x_T, num_steps=steps, noise=noise, **kw).numpy()
+    x64 = zoo.sample(model.double(), schedule, x_T.double(), num_steps=steps, noise=None if noise is None else noise.double(),
+                     **kw).numpy()
     return x0, derived_atol({"x": x0}, {"x": x64})[0]
 
 
-@pytest.mark.parametrize("steps", [10, 50])
-def test_sampler_graph_matches_ddim_sample(bundle, steps):
+@pytest.mark.parametrize("steps,solver,spacing", [(10, "ddim", "leading"), (50, "ddim", "leading"),
+                                                  (20, "dpmpp_2m", "leading"), (7, "dpmpp_2m", "trailing"),
+                                                  (1, "dpmpp_2m", "leading")])
+def test_sampler_graph_matches_eager_sampler(bundle, steps, solver, spacing):
     g = torch.Generator().manual_seed(2)
     x_T = torch.randn(2, 3, 12, 12, generator=g)
-    sess = _session(bundle.path / "sampler.onnx")
-    ts = zoo.ddim_timesteps(1000, steps, "leading")
+    sess = _session(bundle.path / ("sampler.onnx" if solver == "ddim" else "sampler_dpmpp.onnx"))
+    ts = zoo.ddim_timesteps(1000, steps, spacing)
     (x0,) = sess.run(None, {"x_T": x_T.numpy(), "timesteps": ts})
-    ref, atol = _eager(bundle, x_T, steps)
+    ref, atol = _eager(bundle, x_T, steps, solver=solver, spacing=spacing)
     np.testing.assert_allclose(x0, ref, rtol=0, atol=atol)
     assert np.abs(x0).max() <= 1.0
 
@@ -106,6 +116,21 @@ def test_fused_step_over_a_full_loop(bundle):
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1
         (x,) = sess.run(None, {"x_t": x, "t": np.full(3, t, np.int64), "t_prev": np.full(3, t_prev, np.int64)})
     ref, atol = _eager(bundle, x_T, 25)
+    np.testing.assert_allclose(x, ref, rtol=0, atol=atol)
+
+
+def test_fused_dpmpp_step_over_a_full_loop(bundle):
+    """The solver's state is explicit: the caller carries x0 to the next step's x0_last."""
+    g = torch.Generator().manual_seed(5)
+    x_T = torch.randn(3, 3, 12, 12, generator=g)
+    sess = _session(bundle.path / "fused_step_dpmpp.onnx")
+    ts = zoo.ddim_timesteps(1000, 15, "trailing")
+    t_prev, t_last = zoo.diffusion.step_pairs(ts)
+    x, x0 = x_T.numpy(), np.zeros_like(x_T.numpy())
+    for i, t in enumerate(ts):
+        feed = {"x_t": x, "x0_last": x0, "t": np.full(3, t), "t_prev": np.full(3, t_prev[i]), "t_last": np.full(3, t_last[i])}
+        x, x0 = sess.run(None, feed)
+    ref, atol = _eager(bundle, x_T, 15, solver="dpmpp_2m", spacing="trailing")
     np.testing.assert_allclose(x, ref, rtol=0, atol=atol)
 
 
@@ -233,3 +258,16 @@ def test_user_atol_overrides_every_fp32_bound(tmp_path):
     assert {(c["atol"], c["atol_source"]) for c in b.checks} == {(0.5, "user")}
     with pytest.raises(ValueError, match=r"atol=0 is invalid"):
         export.export_bundle(_tiny(), tmp_path / "c", example_shape=(3, 8, 8), atol=0)
+
+
+def test_loop_builder_refuses_a_graph_that_is_not_a_fused_step(bundles):
+    import onnx
+
+    from export.loop import build_sampler_graph
+
+    denoiser = onnx.load(str(bundles["conv"].path / "denoiser.onnx"))
+    with pytest.raises(ValueError, match=r"not a fused step graph: inputs \['x', 't'\]"):
+        build_sampler_graph(denoiser, stochastic=False)
+    fused = onnx.load(str(bundles["conv"].path / "fused_step_dpmpp.onnx"))
+    with pytest.raises(ValueError, match="not a fused step graph"):
+        build_sampler_graph(fused, stochastic=True)  # the DPM-Solver++ step has no noise input
