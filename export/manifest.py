@@ -21,6 +21,7 @@ __all__ = [
     "BundleVersionError",
     "sha256_file",
     "load_manifest",
+    "read_verified",
 ]
 
 FORMAT_VERSION = 1
@@ -91,3 +92,27 @@ def load_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> dict[st
                     f"bundle file {str(f)!r} has sha256 {digest[:12]}..., the manifest says {info['sha256'][:12]}... (modified)"
                 )
     return manifest
+
+
+def read_verified(bundle_dir: str | os.PathLike, manifest: dict[str, Any], name: str) -> bytes:
+    """The bytes of bundle file ``name``, checked against the manifest's size and sha256 as they are read.
+
+    Build sessions from these bytes, never from the path: a file replaced after ``load_manifest``
+    checked it (another export into the same directory, a hand edit) is refused here instead of
+    being run.
+    """
+    root = Path(bundle_dir)
+    info = manifest["files"].get(name) if isinstance(manifest.get("files"), dict) else None
+    if info is None or Path(name).is_absolute() or ".." in Path(name).parts or Path(name).name != name:
+        raise BundleError(f"{name!r} is not a file of the bundle {str(root)!r} (not in its manifest's hashed files)")
+    try:
+        data = (root / name).read_bytes()
+    except FileNotFoundError:
+        raise BundleFileMissingError(f"bundle file {str(root / name)!r} listed in the manifest is missing") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != info["size"] or digest != info["sha256"]:
+        raise BundleHashMismatchError(
+            f"bundle file {str(root / name)!r} changed after the bundle was loaded (sha256 {digest[:12]}..., "
+            f"the manifest says {info['sha256'][:12]}...): reload the bundle"
+        )
+    return data

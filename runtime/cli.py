@@ -91,7 +91,7 @@ def cmd_eager_sample(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)  # random init, reproducible by seed
     x_T = torch.randn((args.n, args.channels, args.size, args.size), generator=g)
     t0 = time.perf_counter()
-    x0 = zoo.ddim_sample(model, schedule, x_T, num_steps=args.steps, eta=args.eta, noise=g, progress=True)
+    x0 = zoo.sample(model, schedule, x_T, num_steps=args.steps, solver=args.solver, eta=args.eta, noise=g, progress=True)
     dt = time.perf_counter() - t0
     out = Path(args.out)
     _write_images(out, x0)
@@ -184,13 +184,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"shard {i}/{n_shards} of --n {args.n} images is empty: use fewer shards than images")
     sampler = runtime.load(args.bundle, provider=args.provider, strict=args.provider == "cuda", threads=args.threads,
                            cuda=runtime.CudaOptions(cuda_graph=args.cuda_graph), precision=args.precision)
+    sampler.check(args.steps, args.eta, args.spacing, args.mode, args.solver)
     t0 = time.perf_counter()
     x = sampler.sample(stop - start, num_steps=args.steps, seed=args.seed, eta=args.eta, spacing=args.spacing,
-                       mode=args.mode, batch_size=args.batch_size, start=start, progress=True)
+                       mode=args.mode, batch_size=args.batch_size, start=start, progress=True, solver=args.solver)
     dt = time.perf_counter() - t0
     _write_images(out, x)
     shard = f" (shard {i}/{n_shards}: images {start}..{stop - 1})" if n_shards > 1 else ""
-    print(f"{len(x)} images{shard}, {args.steps} steps, mode {args.mode}, {args.precision}, {sampler.providers[0]}: "
+    print(f"{len(x)} images{shard}, {args.solver} {args.steps} steps, mode {args.mode}, {args.precision}, {sampler.providers[0]}: "
           f"{dt:.2f} s ({len(x) / dt:.1f} img/s) -> {out}")
     return 0
 
@@ -202,7 +203,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     report = runtime.parity(args.bundle, provider=args.provider, num_steps=args.steps, batch=args.batch, seed=args.seed,
-                            modes=modes, eta=args.eta, strict=args.provider == "cuda")
+                            modes=modes, eta=args.eta, strict=args.provider == "cuda", solver=args.solver,
+                            spacing=args.spacing)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_table())
     return 0 if report.passed else 1
 
@@ -219,10 +221,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.grid:
         _check_out(Path(args.grid))
     res, x = evaluate(args.target, data=args.data, n=args.samples, num_steps=args.steps, spacing=args.spacing, eta=args.eta,
-                      seed=args.seed, mode=args.mode, provider=args.provider, progress=True)
+                      seed=args.seed, mode=args.mode, provider=args.provider, progress=True, solver=args.solver)
     if res is None:  # not rank 0 under torchrun
         return 0
-    print(f"quality of {res['target']}: {res['samples']} samples, {res['steps']} steps ({res['spacing']}), eta {res['eta']}, "
+    print(f"quality of {res['target']}: {res['samples']} samples, {res['solver']} {res['steps']} steps ({res['spacing']}), eta {res['eta']}, "
           f"{res['mode']} mode on {res['provider']}, {res['processes']} process(es); against {res['data']}")
     print(res.pop("text"))
     print("targets met" if res["quality"]["met"] else "targets NOT met")
@@ -291,21 +293,81 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if summary["parity_passed"] else 1
 
 
+def _bench_backends(args: argparse.Namespace) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The backends to run and those skipped here, with the reason (explicitly named ones are never skipped)."""
+    from runtime.bench import CPU_BACKENDS, CUDA_BACKENDS, INT8_BACKENDS, OPENVINO_BACKENDS, _has_bf16
+    from runtime.openvino_backend import openvino_unavailable_reason
+
+    known = CPU_BACKENDS + CUDA_BACKENDS
+    named = tuple(b.strip() for b in args.backends.split(",") if b.strip()) if args.backends else None
+    bad = [b for b in named or () if b not in known]
+    if bad:
+        raise ValueError(f"unknown backend(s) {bad}: expected a subset of {list(known)}")
+    unavailable: dict[str, str] = {}
+    if (reason := openvino_unavailable_reason()) is not None:
+        unavailable.update({b: reason for b in OPENVINO_BACKENDS})
+    if args.solver != "ddim":
+        unavailable.update({b: f"no int8 graphs of {args.solver} (int8 variants exist for DDIM only)" for b in INT8_BACKENDS})
+    if named:
+        if clash := [b for b in named if b in unavailable]:
+            raise ValueError(f"backend {clash[0]!r} cannot run here: {unavailable[clash[0]]}")
+        backends = named
+    else:
+        backends = tuple(b for b in known if b not in unavailable and (b != "eager-bf16" or _has_bf16()))
+    if "eager" not in backends:
+        backends = ("eager",) + backends  # every ratio is to eager torch
+    return backends, {b: r for b, r in unavailable.items() if named is None}
+
+
+def _bench_quality(args: argparse.Namespace) -> int:
+    """``bench --quality``: quality against steps per solver, and each backend's seconds to a stated quality."""
+    import json
+    import tempfile
+
+    from export.manifest import load_manifest
+    from runtime.evaluate import bundle_for, data_source_of
+    from runtime.time_to_quality import format_time_to_quality, run_time_to_quality
+
+    if not args.checkpoint:
+        raise ValueError("--quality needs a trained model: --checkpoint RUN_DIR (or a bundle directory)")
+    backends = tuple(b.strip() for b in args.backends.split(",")) if args.backends else (
+        "eager", "ort-step", "ort-fused", "ort-loop", "openvino-fused", "openvino-loop")
+    say = lambda s: print(f"  .. {s}", file=sys.stderr, flush=True)  # noqa: E731
+    with tempfile.TemporaryDirectory(prefix="diffzoo-bench-") as tmp:
+        bundle = bundle_for(Path(args.checkpoint), Path(tmp), progress=True)
+        data = args.data or data_source_of(load_manifest(bundle))
+        if data is None:
+            raise ValueError(f"{args.checkpoint!r} does not record its training data: pass --data (e.g. digits)")
+        print("command: diffzoo " + " ".join(sys.argv[1:]))
+        res = run_time_to_quality(bundle, data, n=args.samples, batch=args.batch, threads=args.threads,
+                                  repeats=args.repeats, backends=backends, progress=say)
+    print(format_time_to_quality(res))
+    if args.json:
+        from zoo.files import atomic_write
+
+        atomic_write(args.json, (json.dumps(res, indent=2) + "\n").encode())
+        print(f"results written to {args.json}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from runtime.bench import (CPU_BACKENDS, CUDA_BACKENDS, BenchConfig, check_targets, format_results, format_sweeps,
-                               run_bench, run_sweeps)
+    from runtime.bench import BenchConfig, check_targets, format_results, format_sweeps, run_bench, run_sweeps
 
-    from runtime.bench import _has_bf16
+    if args.quality and args.allocator:
+        raise ValueError("--quality and --allocator are separate benchmarks: choose one")
+    if args.quality:
+        return _bench_quality(args)
+    if args.allocator:
+        from runtime.allocator_bench import format_allocator_bench, run_allocator_bench
 
-    default = tuple(b for b in CPU_BACKENDS + CUDA_BACKENDS if b != "eager-bf16" or _has_bf16())
-    backends = tuple(b.strip() for b in args.backends.split(",")) if args.backends else default
-    bad = [b for b in backends if b not in CPU_BACKENDS + CUDA_BACKENDS]
-    if bad:
-        raise ValueError(f"unknown backend(s) {bad}: expected a subset of {list(CPU_BACKENDS + CUDA_BACKENDS)}")
-    if "eager" not in backends:
-        backends = ("eager",) + backends  # every ratio is to eager torch
+        print("command: diffzoo " + " ".join(sys.argv[1:]))
+        res = run_allocator_bench(repeats=args.repeats, threads=args.threads,
+                                  progress=lambda s: print(f"  .. {s}", file=sys.stderr, flush=True))
+        print(format_allocator_bench(res))
+        return 0
+    backends, skipped = _bench_backends(args)
     size, checkpoint = args.size, None
     if args.checkpoint:
         if args.sweep:
@@ -316,9 +378,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         checkpoint = str(run_weights(args.checkpoint))
         size = size or (read_weights_metadata(checkpoint).get("data", {}).get("shape") or [0, 32])[-1]
     cfg = BenchConfig(model=args.model, hidden=args.hidden, size=size or 32, batch=args.batch, steps=args.steps,
-                      threads=args.threads, repeats=args.repeats, backends=backends, checkpoint=checkpoint)
+                      threads=args.threads, repeats=args.repeats, backends=backends, checkpoint=checkpoint, solver=args.solver)
     say = lambda s: print(f"  .. {s}", file=sys.stderr, flush=True)  # noqa: E731
     print("command: diffzoo " + " ".join(sys.argv[1:]))
+    for b, reason in skipped.items():
+        print(f"skipped {b}: {reason}")
     res = run_bench(cfg, progress=say)
     print(format_results(res))
     if args.sweep:
@@ -339,6 +403,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from zoo.diffusion import SOLVERS, SPACINGS
+
     parser = _Parser(prog="diffzoo", description="Build, train, export and deploy small diffusion denoisers.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -346,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eager-sample", help="build a model and sample a few images with the eager torch sampler")
     _model_args(p)
     p.add_argument("--n", type=_positive_int, default=8, help="number of images (default 8)")
-    p.add_argument("--steps", type=_positive_int, default=20, help="DDIM steps (default 20)")
+    p.add_argument("--steps", type=_positive_int, default=20, help="solver steps (default 20)")
+    p.add_argument("--solver", choices=SOLVERS, default="ddim",
+                   help="ddim (default, any eta) or dpmpp_2m (DPM-Solver++(2M): ~3x fewer steps, eta 0)")
     p.add_argument("--eta", type=_eta, default=0.0, help="0 = deterministic DDIM (default), 1 = DDPM-like")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.png", help="output: .png grid, .ppm first image, .npy array")
@@ -372,12 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from runtime.providers import PROVIDERS
     from runtime.sampler import MODES, PRECISIONS
-    from zoo.diffusion import SPACINGS
 
     p = sub.add_parser("sample", help="sample images from a bundle with onnxruntime (no torch needed)")
     p.add_argument("bundle", help="bundle directory from `diffzoo export`")
     p.add_argument("--n", type=_positive_int, default=16, help="number of images (default 16)")
-    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--steps", type=_positive_int, default=50, help="solver steps (default 50)")
+    p.add_argument("--solver", choices=SOLVERS, default="ddim",
+                   help="ddim (default, any eta) or dpmpp_2m (DPM-Solver++(2M): ~3x fewer steps, eta 0)")
     p.add_argument("--eta", type=_eta, default=0.0, help="0 = deterministic DDIM (default), 1 = DDPM-like")
     p.add_argument("--seed", type=int, default=0, help="image k depends only on (seed, k)")
     p.add_argument("--mode", choices=MODES, default="loop", help="loop (default): one run per batch; fused; step")
@@ -395,10 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("parity", help="compare the onnxruntime sampler with eager torch, step by step")
     p.add_argument("bundle")
     p.add_argument("--provider", choices=PROVIDERS, default="auto")
-    p.add_argument("--steps", type=_positive_int, default=50)
-    p.add_argument("--batch", type=_positive_int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eta", type=_eta, default=0.0)
+    p.add_argument("--steps", type=_positive_int, default=50, help="solver steps (default 50)")
+    p.add_argument("--solver", choices=SOLVERS, default="ddim",
+                   help="ddim (default, any eta) or dpmpp_2m (DPM-Solver++(2M): ~3x fewer steps, eta 0)")
+    p.add_argument("--spacing", choices=sorted(SPACINGS), default="leading", help="timestep spacing (default leading)")
+    p.add_argument("--batch", type=_positive_int, default=4, help="images compared (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of x_T and the per-step noise")
+    p.add_argument("--eta", type=_eta, default=0.0, help="0 = deterministic (default), 1 = DDPM-like (ddim only)")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(func=cmd_parity)
@@ -408,7 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="data spec to measure against (default: the one the bundle records)")
     # not --n: under torchrun, argparse would take "--n" for an abbreviation of torchrun's own --nnodes
     p.add_argument("--samples", type=_positive_int, default=360, help="number of samples (default 360, the digits' held-out size)")
-    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
+    p.add_argument("--steps", type=_positive_int, default=50, help="solver steps (default 50)")
+    p.add_argument("--solver", choices=SOLVERS, default="ddim",
+                   help="ddim (default, any eta) or dpmpp_2m (DPM-Solver++(2M): ~3x fewer steps, eta 0)")
     p.add_argument("--spacing", choices=sorted(SPACINGS), default="leading", help="timestep spacing (default leading)")
     p.add_argument("--eta", type=_eta, default=0.0, help="0 = deterministic DDIM (default), 1 = DDPM-like")
     p.add_argument("--seed", type=int, default=0, help="image k depends only on (seed, k)")
@@ -457,7 +531,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None,
                    help="bench a trained model (weights .safetensors or a training run directory) instead of a random "
                         "init of --model/--hidden: its reduced-precision drift is then meaningful")
+    p.add_argument("--solver", choices=SOLVERS, default="ddim", help="the solver every backend runs (default ddim)")
     p.add_argument("--sweep", action="store_true", help="also sweep batch, steps, size and hidden (slow)")
+    p.add_argument("--quality", action="store_true",
+                   help="time to quality instead: FD against steps per solver and spacing, then each backend's seconds "
+                        "to the quality DDIM reaches at 50 steps (needs --checkpoint of a trained run)")
+    p.add_argument("--allocator", action="store_true",
+                   help="training images/s of the demo's model: fresh process vs warmed up vs allocator tuning off")
+    p.add_argument("--data", default=None, help="with --quality: data spec to measure against (default: the run's)")
+    p.add_argument("--samples", type=_positive_int, default=360, help="with --quality: samples per figure (default 360)")
     p.add_argument("--json", default=None, help="write every figure to this JSON file")
     p.set_defaults(func=cmd_bench)
 

@@ -52,6 +52,7 @@ class ParityReport:
     batch: int
     seed: int
     eta: float
+    solver: str = "ddim"
     modes: list[ModeParity] = field(default_factory=list)
 
     @property
@@ -65,7 +66,7 @@ class ParityReport:
         """A readable table: the first steps, every ``every``-th and the last, then a summary per mode."""
         lines = [
             f"parity of {self.bundle}: onnxruntime {self.providers[0]} vs eager torch on {self.eager_device}",
-            f"{self.num_steps} steps, batch {self.batch}, eta {self.eta}, seed {self.seed}; {self.tf32}",
+            f"{self.solver}, {self.num_steps} steps, batch {self.batch}, eta {self.eta}, seed {self.seed}; {self.tf32}",
             "",
             f"{'mode':<6} {'step':>4} {'t':>5} {'max|d eps|':>11} {'mean|d eps|':>11} {'max|d x|':>10} {'mean|d x|':>10}",
         ]
@@ -98,8 +99,11 @@ def parity(
     spacing: str = "leading",
     strict: bool = False,
     atol: float | None = None,
+    solver: str = "ddim",
 ) -> ParityReport:
-    """Run eager ``ddim_sample`` and the onnxruntime sampler side by side; see ``ParityReport``.
+    """Run the eager sampler (``zoo.sample``) and the onnxruntime sampler side by side; see ``ParityReport``.
+
+    ``solver`` is "ddim" or "dpmpp_2m" (deterministic: eta must be 0).
 
     Each mode's final image must lie within ``atol`` of eager float32: by default the bound is
     derived from eager float32's own error against eager float64 on the same inputs
@@ -120,6 +124,8 @@ def parity(
         raise ValueError(f"eta={eta!r} is invalid: expected 0 <= eta <= 1")
     # TF32 alone moves fp32 results by ~1e-3: off on both sides for a parity run.
     sampler = load(bundle_dir, provider=provider, strict=strict, cuda=CudaOptions(tf32=False))
+    for mode in modes:
+        sampler.check(num_steps, eta, spacing, mode, solver)
     ts = sampler.timesteps(num_steps, spacing)
     # load() has verified every hash already; read the weights without hashing the bundle again.
     model, schedule, _ = load_weights(sampler.path / sampler.manifest["weights"])
@@ -131,21 +137,21 @@ def parity(
     prev = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        x0 = zoo.ddim_sample(
-            model.to(device), schedule, torch.from_numpy(x_T).to(device), num_steps=num_steps, eta=eta, spacing=spacing,
-            noise=None if noise is None else torch.from_numpy(noise).to(device),
+        x0 = zoo.sample(
+            model.to(device), schedule, torch.from_numpy(x_T).to(device), num_steps=num_steps, solver=solver, eta=eta,
+            spacing=spacing, noise=None if noise is None else torch.from_numpy(noise).to(device),
             callback=lambda i, t, eps, x: (eager_eps.append(eps.cpu().numpy()), eager_x.append(x.cpu().numpy())),
         ).cpu().numpy()
-        x0_64 = zoo.ddim_sample(
-            model.double(), schedule, torch.from_numpy(x_T).to(device, torch.float64), num_steps=num_steps, eta=eta,
-            spacing=spacing, noise=None if noise is None else torch.from_numpy(noise).to(device, torch.float64),
+        x0_64 = zoo.sample(
+            model.double(), schedule, torch.from_numpy(x_T).to(device, torch.float64), num_steps=num_steps, solver=solver,
+            eta=eta, spacing=spacing, noise=None if noise is None else torch.from_numpy(noise).to(device, torch.float64),
         ).cpu().numpy()
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
     bound, ref_err = derived_atol({"x_0": x0}, {"x_0": x0_64})
     bound = bound if atol is None else float(atol)
 
-    report = ParityReport(str(bundle_dir), sampler.providers, device, tf32_note, ref_err, num_steps, batch, seed, eta)
+    report = ParityReport(str(bundle_dir), sampler.providers, device, tf32_note, ref_err, num_steps, batch, seed, eta, solver)
     for mode in modes:
         steps: list[StepDiff] = []
 
@@ -153,7 +159,7 @@ def parity(
             e = _diff(eps, eager_eps[i]) if eps is not None else (None, None)
             steps.append(StepDiff(i, t, *e, *_diff(x, eager_x[i])))
 
-        out = sampler.run_batch(x_T, ts, noise, eta, mode, callback=record)
+        out = sampler.run_batch(x_T, ts, noise, eta, mode, callback=record, solver=solver)
         fmax, fmean = _diff(out, x0)
         report.modes.append(ModeParity(mode, steps, fmax, fmean, bound, bool(np.isfinite(fmax) and fmax <= bound)))
     return report

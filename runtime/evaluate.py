@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["evaluate", "data_source_of"]
+__all__ = ["evaluate", "data_source_of", "bundle_for"]
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def data_source_of(manifest: dict[str, Any]) -> str | None:
     return manifest.get("data", {}).get("source")
 
 
-def _bundle_for(target: Path, tmp: Path, progress: bool) -> Path:
+def bundle_for(target: Path, tmp: Path, progress: bool) -> Path:
     """``target`` itself if it is a bundle; a training run's last EMA weights exported (ONNX) into ``tmp``."""
     from export.manifest import MANIFEST_NAME
 
@@ -55,8 +55,9 @@ def evaluate(
     mode: str = "loop",
     provider: str = "auto",
     progress: bool = False,
+    solver: str = "ddim",
 ) -> tuple[dict[str, Any] | None, np.ndarray | None]:
-    """Sample ``n`` images from a bundle or run directory and measure them against ``data``.
+    """Sample ``n`` images from a bundle or run directory with ``solver`` and measure them against ``data``.
 
     Returns ``(report dict, samples)`` on rank 0 and ``(None, None)`` on other ranks.
     """
@@ -65,6 +66,12 @@ def evaluate(
     from zoo.metrics import quality_report
     from zoo.train import init_distributed
 
+    from zoo.diffusion import SOLVERS
+
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}: expected one of {list(SOLVERS)}")
+    if solver == "dpmpp_2m" and eta != 0:
+        raise ValueError(f"eta={eta!r} is invalid with solver 'dpmpp_2m', which is deterministic: use eta=0, or solver='ddim'")
     target = Path(target)
     if not target.is_dir():
         raise FileNotFoundError(f"{str(target)!r} is neither a bundle nor a training run directory")
@@ -72,7 +79,7 @@ def evaluate(
     if n < world:
         raise ValueError(f"n={n} images cannot be split over {world} processes")
     with tempfile.TemporaryDirectory(prefix="diffzoo-eval-") as tmp:
-        bundle = _bundle_for(target, Path(tmp), progress) if rank == 0 else None
+        bundle = bundle_for(target, Path(tmp), progress) if rank == 0 else None
         if world > 1:
             bundle = _broadcast_bundle(bundle, target, Path(tmp), rank)
         manifest = load_manifest(bundle)
@@ -83,7 +90,7 @@ def evaluate(
         sampler = runtime.load(bundle, provider=provider, threads=threads)
         start, stop = rank * n // world, (rank + 1) * n // world
         x = sampler.sample(stop - start, num_steps=num_steps, seed=seed, eta=eta, spacing=spacing, mode=mode,
-                           start=start, progress=progress and rank == 0)
+                           start=start, progress=progress and rank == 0, solver=solver)
         if world > 1:
             import torch.distributed as dist
 
@@ -93,7 +100,7 @@ def evaluate(
         if rank != 0:
             return None, None
         report = quality_report(x, data, seed=0)
-        info = {"target": str(target), "data": data, "samples": n, "steps": num_steps, "spacing": spacing, "eta": eta,
+        info = {"target": str(target), "data": data, "samples": n, "solver": solver, "steps": num_steps, "spacing": spacing, "eta": eta,
                 "seed": seed, "mode": mode, "provider": sampler.providers[0], "processes": world}
         return {**info, "quality": report.to_dict(), "text": report.format()}, x
 

@@ -1,10 +1,11 @@
-"""The onnxruntime DDIM sampler of a bundle: numpy + onnxruntime only, no torch.
+"""The onnxruntime samplers of a bundle (DDIM, DPM-Solver++(2M)): numpy + onnxruntime only, no torch.
 
 Three ways to run the same sampler: ``loop`` (the whole-loop graph, one session run per batch),
-``fused`` (the fused step graph once per timestep) and ``step`` (the denoiser graph, then the DDIM
-step graph, per timestep). ``fused`` and ``step`` keep x_t on the device between steps with IO
-binding. Timesteps, schedule and noise are those of the eager sampler, so any difference between
-modes, or against eager torch, comes from the graphs alone.
+``fused`` (the fused step graph once per timestep) and ``step`` (the denoiser graph, then the solver
+step graph, per timestep). ``fused`` and ``step`` keep x_t (and DPM-Solver++'s previous x0
+prediction) on the device between steps with IO binding. Timesteps, schedule and noise are those
+of the eager samplers, so any difference between modes, or against eager torch, comes from the
+graphs alone.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from typing import Any, Callable, Literal
 import numpy as np
 import onnxruntime as ort
 
-from export.manifest import load_manifest
+from export.manifest import load_manifest, read_verified
 from runtime.noise import image_noise
 from runtime.providers import CudaOptions, ProviderUnavailableError, resolve_provider, session_providers
-from zoo.diffusion import SPACINGS, check_finite, ddim_timesteps
+from zoo.diffusion import SOLVERS, SPACINGS, check_finite, ddim_timesteps, step_pairs
 from zoo.schedules import make_schedule
 
-__all__ = ["MODES", "Mode", "PRECISIONS", "Sampler", "load", "DEFAULT_BATCH_SIZE"]
+__all__ = ["MODES", "Mode", "PRECISIONS", "SOLVERS", "ARTIFACTS", "Sampler", "load", "DEFAULT_BATCH_SIZE"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,12 @@ MODES = ("loop", "fused", "step")
 # whose inner convolutions are quantized; the DDIM update stays fp32. CPU provider only.
 PRECISIONS = ("fp32", "int8")
 DEFAULT_BATCH_SIZE = 16
+# The artifact each (solver, stochastic) runs in each mode; "step" mode runs the denoiser before it.
+ARTIFACTS: dict[tuple[str, bool], dict[str, str]] = {
+    ("ddim", False): {"loop": "sampler", "fused": "fused_step", "step": "ddim_step"},
+    ("ddim", True): {"loop": "sampler_eta", "fused": "fused_step_eta", "step": "ddim_step_eta"},
+    ("dpmpp_2m", False): {"loop": "sampler_dpmpp", "fused": "fused_step_dpmpp", "step": "dpmpp_step"},
+}
 
 # callback(i, t, eps or None, x_prev) after each step, for parity reports; eps is None where the
 # mode does not expose it (fused), and the loop mode reports only its final x_0.
@@ -103,11 +110,12 @@ class Sampler:
     def _ort_device(self) -> tuple[str, int]:
         return ("cuda", self.cuda.device_id) if self.device == "cuda" else ("cpu", 0)
 
-    def _onnx_path(self, artifact: str) -> Path:
+    def _onnx_bytes(self, artifact: str) -> bytes:
+        """The artifact's ONNX graph as the verified bytes: what is checked is exactly what runs."""
         files = self.manifest["artifacts"].get(artifact, {}).get("files", {})
         if "onnx" not in files:
             raise ValueError(f"bundle {str(self.path)!r} has no ONNX file for {artifact!r}: re-export it with formats including 'onnx'")
-        return self.path / files["onnx"]
+        return read_verified(self.path, self.manifest, files["onnx"])
 
     def _options(self) -> ort.SessionOptions:
         so = ort.SessionOptions()
@@ -133,14 +141,15 @@ class Sampler:
 
         from export.loop import build_sampler_graph
 
-        fused = self._onnx_path(artifact.replace("sampler", "fused_step", 1))
+        entry = self.manifest["artifacts"][artifact]
+        fused = self._onnx_bytes(entry.get("body") or artifact.replace("sampler", "fused_step", 1))
         with tempfile.TemporaryDirectory() as tmp:
             so = self._options()
             so.optimized_model_filepath = str(Path(tmp) / "fused.onnx")
             so.log_severity_level = 3  # its "hardware specific" warning is the point: built here, used here
-            ort.InferenceSession(str(fused), sess_options=so, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(fused, sess_options=so, providers=["CPUExecutionProvider"])
             body = onnx.load(so.optimized_model_filepath)
-        return build_sampler_graph(body, stochastic=self.manifest["artifacts"][artifact]["stochastic"]).SerializeToString()
+        return build_sampler_graph(body, stochastic=entry["stochastic"]).SerializeToString()
 
     def session(self, artifact: str, cuda_graph: bool = False) -> ort.InferenceSession:
         """The session of ``artifact`` (its int8 variant when precision is int8 and the bundle has one)."""
@@ -151,7 +160,7 @@ class Sampler:
             if self.device == "cpu" and artifact.startswith("sampler") and self.optimize_cpu_loop:
                 model: str | bytes = self._cpu_loop_model(artifact)
             else:
-                model = str(self._onnx_path(artifact))
+                model = self._onnx_bytes(artifact)
             sess = ort.InferenceSession(
                 model, sess_options=self._options(), providers=session_providers(self.device, self.cuda, cuda_graph)
             )
@@ -167,6 +176,10 @@ class Sampler:
         return self._sessions[key]
 
     # --- sampling ---------------------------------------------------------------------------
+    def check(self, num_steps: int, eta: float = 0.0, spacing: str = "leading", mode: Mode = "loop", solver: str = "ddim") -> None:
+        """Raise ``ValueError`` naming the bad value if ``sample`` would refuse these settings."""
+        _check_run(self, num_steps, eta, spacing, mode, solver)
+
     def timesteps(self, num_steps: int, spacing: str = "leading") -> np.ndarray:
         return ddim_timesteps(self.schedule.num_train_timesteps, num_steps, spacing)
 
@@ -181,12 +194,16 @@ class Sampler:
         batch_size: int | None = None,
         start: int = 0,
         progress: bool = False,
+        solver: str = "ddim",
     ) -> np.ndarray:
         """Sample images ``start .. start+n-1`` of the stream ``seed``.
 
+        ``solver`` is "ddim" (any eta) or "dpmpp_2m" (DPM-Solver++(2M), deterministic: eta = 0;
+        about 3x fewer steps for the same quality, docs/BENCHMARKS.md).
+
         Returns:
-            float32 array (n, C, H, W) in [-1, 1]. Image k depends only on (seed, k, num_steps,
-            eta, spacing), never on the batch size, the mode or which shard computed it.
+            float32 array (n, C, H, W) in [-1, 1]. Image k depends only on (seed, k, solver,
+            num_steps, eta, spacing), never on the batch size, the mode or which shard computed it.
 
         Raises:
             NonFiniteSampleError: a batch came out with NaN or inf (never returned silently).
@@ -196,31 +213,32 @@ class Sampler:
         _check_int("start", start, 0)
         if batch_size is not None:
             _check_int("batch_size", batch_size, 1)
-        _check_run(self, num_steps, eta, spacing, mode)
+        _check_run(self, num_steps, eta, spacing, mode, solver)
         ts = self.timesteps(num_steps, spacing)
         bs = min(n, batch_size or DEFAULT_BATCH_SIZE)
         starts = range(start, start + n, bs)
         if progress and len(starts) > 1:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc=f"sample ({mode}, {self.device}, {self.precision})", unit="batch")
+            starts = tqdm(starts, desc=f"sample ({solver}, {mode}, {self.device}, {self.precision})", unit="batch")
         out = []
         for b0 in starts:
             idx = range(b0, min(b0 + bs, start + n))
             x_T, noise = image_noise(seed, idx, self.shape, len(ts), stochastic=eta > 0)
-            x = self.run_batch(x_T, ts, noise, eta, mode)
-            check_finite(x, f"images {idx.start}..{idx.stop - 1} ({mode} mode, {num_steps} steps)")
+            x = self.run_batch(x_T, ts, noise, eta, mode, solver=solver)
+            check_finite(x, f"images {idx.start}..{idx.stop - 1} ({solver}, {mode} mode, {num_steps} steps)")
             out.append(x)
         return np.concatenate(out)
 
     def run_batch(
         self, x_T: np.ndarray, timesteps: np.ndarray, noise: np.ndarray | None, eta: float, mode: Mode,
-        callback: StepCallback | None = None,
+        callback: StepCallback | None = None, solver: str = "ddim",
     ) -> np.ndarray:
         """One batch through ``mode``: x_T (B, C, H, W), noise (S, B, C, H, W) when eta > 0."""
         stochastic = eta > 0
+        names = ARTIFACTS[(solver, stochastic)]
         if mode == "loop":
-            sess = self.session("sampler_eta" if stochastic else "sampler")
+            sess = self.session(names["loop"])
             feed = {"x_T": x_T, "timesteps": timesteps}
             if stochastic:
                 feed.update(noise=noise, eta=np.array(eta, np.float32))
@@ -229,85 +247,110 @@ class Sampler:
                 callback(len(timesteps) - 1, int(timesteps[-1]), None, x0)
             return x0
         if mode == "fused" and self.device == "cuda" and self.cuda.cuda_graph:
-            return self._run_fused_cuda_graph(x_T, timesteps, noise, eta, callback)
-        return self._run_per_step(x_T, timesteps, noise, eta, mode, callback)
+            return self._run_fused_cuda_graph(names["fused"], x_T, timesteps, noise, eta, callback)
+        return self._run_per_step(names[mode], x_T, timesteps, noise, eta, mode, callback)
 
-    def _run_per_step(self, x_T, timesteps, noise, eta, mode, callback) -> np.ndarray:
-        stochastic = eta > 0
+    def _step_feeds(self, i: int, steps: list, b: int, names: list[str], noise, eta) -> dict[str, np.ndarray]:
+        """The host inputs of step i that ``names`` (an artifact's inputs) asks for; steps from ``_steps``."""
+        t, tp, tl = steps[i]
+        ab = self.alphas_cumprod
+        values = {
+            "t": lambda: np.full(b, t, np.int64),
+            "t_prev": lambda: np.full(b, tp, np.int64),
+            "t_last": lambda: np.full(b, tl, np.int64),
+            "alpha_bar_t": lambda: np.full(b, ab[t], np.float32),
+            "alpha_bar_prev": lambda: np.full(b, ab[tp] if tp >= 0 else 1.0, np.float32),
+            "alpha_bar_last": lambda: np.full(b, ab[tl] if tl >= 0 else 0.0, np.float32),
+            "noise": lambda: noise[i],
+            "eta": lambda: np.array(eta, np.float32),
+        }
+        return {n: values[n]() for n in names if n in values}
+
+    @staticmethod
+    def _steps(timesteps: np.ndarray) -> list[tuple[int, int, int]]:
+        """(t, t_prev, t_last) of every step (see ``zoo.diffusion.step_pairs``)."""
+        t_prevs, t_lasts = step_pairs(timesteps)
+        return [(int(t), int(tp), int(tl)) for t, tp, tl in zip(timesteps, t_prevs, t_lasts)]
+
+    def _run_per_step(self, artifact, x_T, timesteps, noise, eta, mode, callback) -> np.ndarray:
+        """``fused``: the fused step per timestep; ``step``: the denoiser, then the solver step.
+
+        The carried values (x, and DPM-Solver++'s x0 prediction) stay on the device between steps.
+        """
         dev, dev_id = self._ort_device
         b = x_T.shape[0]
-        x = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x_T), dev, dev_id)
-        extra = {"eta": np.array(eta, np.float32)} if stochastic else {}
-        if mode == "fused":
-            fused = self.session("fused_step_eta" if stochastic else "fused_step")
-            io = fused.io_binding()
-        else:
-            den, step = self.session("denoiser"), self.session("ddim_step_eta" if stochastic else "ddim_step")
-            io_den, io = den.io_binding(), step.io_binding()
+        sess = self.session(artifact)
+        io = sess.io_binding()
+        inputs = [i.name for i in sess.get_inputs()]
+        outputs = [o.name for o in sess.get_outputs()]  # x_prev[, x0]
+        carried = {"x_t": ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x_T), dev, dev_id)}
+        if "x0_last" in inputs:
+            carried["x0_last"] = ort.OrtValue.ortvalue_from_numpy(np.zeros_like(x_T), dev, dev_id)
+        if mode == "step":
+            den = self.session("denoiser")
+            io_den = den.io_binding()
+        steps = self._steps(timesteps)
         for i, t in enumerate(timesteps):
-            t_prev = int(timesteps[i + 1]) if i + 1 < len(timesteps) else -1
-            feed_noise = {"noise": noise[i]} if stochastic else {}
+            host = self._step_feeds(i, steps, b, inputs, noise, eta)
             eps_host = None
-            if mode == "fused":
-                _bind(io, {"x_t": x}, {"t": np.full(b, t, np.int64), "t_prev": np.full(b, t_prev, np.int64), **feed_noise, **extra})
-                io.bind_output("x_prev", dev, dev_id)
-                fused.run_with_iobinding(io)
-            else:
-                _bind(io_den, {"x": x}, {"t": np.full(b, t, np.int64)})
+            if mode == "step":
+                _bind(io_den, {"x": carried["x_t"]}, {"t": np.full(b, t, np.int64)})
                 io_den.bind_output("eps", dev, dev_id)
                 den.run_with_iobinding(io_den)
                 eps = io_den.get_outputs()[0]
-                a_t = np.full(b, self.alphas_cumprod[t], np.float32)
-                a_prev = np.full(b, self.alphas_cumprod[t_prev] if t_prev >= 0 else 1.0, np.float32)
-                _bind(io, {"x_t": x, "eps": eps}, {"alpha_bar_t": a_t, "alpha_bar_prev": a_prev, **feed_noise, **extra})
-                io.bind_output("x_prev", dev, dev_id)
-                step.run_with_iobinding(io)
+                _bind(io, {**carried, "eps": eps}, host)
                 if callback is not None:
                     eps_host = eps.numpy()
-            x = io.get_outputs()[0]
+            else:
+                _bind(io, carried, host)
+            for name in outputs:
+                io.bind_output(name, dev, dev_id)
+            sess.run_with_iobinding(io)
+            got = io.get_outputs()
+            carried = {"x_t": got[0], **({"x0_last": got[1]} if len(got) > 1 else {})}
             if callback is not None:
-                callback(i, int(t), eps_host, x.numpy())
-        return x.numpy()
+                callback(i, int(t), eps_host, carried["x_t"].numpy())
+        return carried["x_t"].numpy()
 
-    def _run_fused_cuda_graph(self, x_T, timesteps, noise, eta, callback) -> np.ndarray:
-        """The fused step replayed as CUDA graphs: fixed device buffers, two graphs ping-ponging x.
+    def _run_fused_cuda_graph(self, artifact, x_T, timesteps, noise, eta, callback) -> np.ndarray:
+        """The fused step replayed as CUDA graphs: fixed device buffers, two graphs ping-ponging the state.
 
         onnxruntime captures a graph on its first run per ``gpu_graph_id`` and replays it after;
         inputs are updated in place (same device address), outputs land in pre-bound buffers.
         """
-        stochastic = eta > 0
-        sess = self.session("fused_step_eta" if stochastic else "fused_step", cuda_graph=True)
+        sess = self.session(artifact, cuda_graph=True)
         dev_id = self.cuda.device_id
         b = x_T.shape[0]
+        inputs = [i.name for i in sess.get_inputs()]
+        pairs = [(i, o) for i, o in (("x_t", "x_prev"), ("x0_last", "x0")) if i in inputs]
 
         def dev_array(a: np.ndarray) -> ort.OrtValue:
             return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), "cuda", dev_id)
 
-        bufs = [dev_array(x_T), dev_array(np.empty_like(x_T))]
-        t_v, tp_v = dev_array(np.zeros(b, np.int64)), dev_array(np.zeros(b, np.int64))
-        shared = {"t": t_v, "t_prev": tp_v}
-        if stochastic:
-            shared.update(noise=dev_array(noise[0]), eta=dev_array(np.array(eta, np.float32)))
+        first = {"x_t": x_T, "x0_last": np.zeros_like(x_T)}
+        bufs = {i: [dev_array(first[i]), dev_array(np.empty_like(x_T))] for i, _ in pairs}
+        steps = self._steps(timesteps)
+        host0 = self._step_feeds(0, steps, b, inputs, noise, eta)
+        shared = {n: dev_array(v) for n, v in host0.items()}  # t, t_prev[, t_last, noise, eta], updated in place
         runs = []
-        for g in range(2):  # graph g reads bufs[g] and writes bufs[1 - g]
+        for g in range(2):  # graph g reads buffer g and writes buffer 1 - g
             io = sess.io_binding()
-            for name, v in {"x_t": bufs[g], **shared}.items():
+            for name, v in {**{i: bufs[i][g] for i, _ in pairs}, **shared}.items():
                 io.bind_ortvalue_input(name, v)
-            io.bind_ortvalue_output("x_prev", bufs[1 - g])
+            for i, o in pairs:
+                io.bind_ortvalue_output(o, bufs[i][1 - g])
             ro = ort.RunOptions()
             ro.add_run_config_entry("gpu_graph_id", str(g + 1))
             runs.append((io, ro))
         for i, t in enumerate(timesteps):
-            t_prev = int(timesteps[i + 1]) if i + 1 < len(timesteps) else -1
-            t_v.update_inplace(np.full(b, t, np.int64))
-            tp_v.update_inplace(np.full(b, t_prev, np.int64))
-            if stochastic:
-                shared["noise"].update_inplace(np.ascontiguousarray(noise[i]))
+            for name, v in self._step_feeds(i, steps, b, inputs, noise, eta).items():
+                if name != "eta":  # a constant of the run
+                    shared[name].update_inplace(np.ascontiguousarray(v))
             io, ro = runs[i % 2]
             sess.run_with_iobinding(io, ro)
             if callback is not None:
-                callback(i, int(t), None, bufs[(i + 1) % 2].numpy())
-        return bufs[len(timesteps) % 2].numpy()
+                callback(i, int(t), None, bufs["x_t"][(i + 1) % 2].numpy())
+        return bufs["x_t"][len(timesteps) % 2].numpy()
 
 
 def _by_name(sess: ort.InferenceSession, feed: dict[str, Any]) -> dict[str, Any]:
@@ -329,9 +372,19 @@ def _check_int(name: str, v: Any, low: int) -> None:
         raise ValueError(f"{name}={v!r} is invalid: expected an integer >= {low}")
 
 
-def _check_run(sampler: Sampler, num_steps: int, eta: float, spacing: str, mode: str) -> None:
+def _check_run(sampler: Sampler, num_steps: int, eta: float, spacing: str, mode: str, solver: str = "ddim") -> None:
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: expected one of {list(MODES)}")
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}: expected one of {list(SOLVERS)}")
+    if solver == "dpmpp_2m":
+        if eta != 0:
+            raise ValueError(f"eta={eta!r} is invalid with solver 'dpmpp_2m', which is deterministic: use eta=0, or solver='ddim'")
+        if ARTIFACTS[(solver, False)][mode] not in sampler.manifest["artifacts"]:
+            raise ValueError(f"bundle {str(sampler.path)!r} has no DPM-Solver++(2M) graphs (exported before they were added): "
+                             "re-export it (diffzoo export), or use solver='ddim'")
+        if sampler.precision != "fp32":
+            raise ValueError(f"solver 'dpmpp_2m' has no {sampler.precision} graphs: use precision='fp32', or solver='ddim'")
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}: expected one of {sorted(SPACINGS)}")
     T = sampler.schedule.num_train_timesteps

@@ -18,10 +18,13 @@ CUDA_REASON = cuda_unavailable_reason()
 needs_cuda = pytest.mark.skipif(CUDA_REASON is not None, reason=f"CUDA provider unavailable: {CUDA_REASON}")
 
 
-@pytest.mark.parametrize("eta", [0.0, 0.6])
-def test_all_modes_match_eager(bundle, eta):
-    report = runtime.parity(bundle.path, provider="cpu", num_steps=12, batch=3, seed=1, eta=eta)
-    assert [m.mode for m in report.modes] == ["loop", "fused", "step"]
+RUNS = [("ddim", 0.0), ("ddim", 0.6), ("dpmpp_2m", 0.0)]  # (solver, eta): every sampler a bundle ships
+
+
+@pytest.mark.parametrize("solver,eta", RUNS)
+def test_all_modes_match_eager(bundle, solver, eta):
+    report = runtime.parity(bundle.path, provider="cpu", num_steps=12, batch=3, seed=1, eta=eta, solver=solver)
+    assert [m.mode for m in report.modes] == ["loop", "fused", "step"] and report.solver == solver
     assert report.passed, report.format_table()
     for m in report.modes:  # the bound is derived from eager float32's own error against float64
         assert m.final_max <= m.atol and m.atol >= 10 * report.reference_error
@@ -30,11 +33,12 @@ def test_all_modes_match_eager(bundle, eta):
     assert [s.t for s in step.steps] == runtime.load(bundle.path, "cpu").timesteps(12).tolist()
 
 
-@pytest.mark.parametrize("eta", [0.0, 0.6])
-def test_modes_match_each_other(bundle, eta):
+@pytest.mark.parametrize("solver,eta", RUNS)
+def test_modes_match_each_other(bundle, solver, eta):
     s = runtime.load(bundle.path, provider="cpu")
-    out = {mode: s.sample(3, num_steps=8, seed=2, eta=eta, mode=mode) for mode in runtime.MODES}
-    bound = runtime.parity(bundle.path, provider="cpu", num_steps=8, batch=3, seed=2, eta=eta, modes=["loop"]).modes[0].atol
+    out = {mode: s.sample(3, num_steps=8, seed=2, eta=eta, mode=mode, solver=solver) for mode in runtime.MODES}
+    bound = runtime.parity(bundle.path, provider="cpu", num_steps=8, batch=3, seed=2, eta=eta, modes=["loop"],
+                           solver=solver).modes[0].atol
     for mode in ("fused", "step"):
         np.testing.assert_allclose(out[mode], out["loop"], rtol=0, atol=bound)
     assert out["loop"].shape == (3, 3, 12, 12) and out["loop"].dtype == np.float32
@@ -173,21 +177,23 @@ def test_unknown_provider(bundle):
 
 
 @needs_cuda
-@pytest.mark.parametrize("eta", [0.0, 0.6])
-def test_cuda_modes_match_eager(bundle, eta):
-    report = runtime.parity(bundle.path, provider="cuda", num_steps=20, batch=4, eta=eta)
+@pytest.mark.parametrize("solver,eta", RUNS)
+def test_cuda_modes_match_eager(bundle, solver, eta):
+    report = runtime.parity(bundle.path, provider="cuda", num_steps=20, batch=4, eta=eta, solver=solver)
     assert report.providers[0] == "CUDAExecutionProvider"
     assert report.passed, report.format_table()
 
 
 @needs_cuda
-def test_cuda_graph_fused_matches_plain_fused(bundle):
+@pytest.mark.parametrize("solver,eta", RUNS)
+def test_cuda_graph_fused_matches_plain_fused(bundle, solver, eta):
     plain = runtime.load(bundle.path, provider="cuda")
     graph = runtime.load(bundle.path, provider="cuda", cuda=runtime.CudaOptions(cuda_graph=True))
-    for eta in (0.0, 0.6):
-        a = plain.sample(4, num_steps=10, eta=eta, mode="fused")
-        b = graph.sample(4, num_steps=10, eta=eta, mode="fused")
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)  # the same graph, replayed: float32 noise only
+    a = plain.sample(4, num_steps=10, eta=eta, mode="fused", solver=solver)
+    b = graph.sample(4, num_steps=10, eta=eta, mode="fused", solver=solver)
+    bound = runtime.parity(bundle.path, provider="cuda", num_steps=10, batch=4, eta=eta, modes=["fused"],
+                           solver=solver).modes[0].atol
+    np.testing.assert_allclose(a, b, rtol=0, atol=bound)  # the same graph, replayed: float32 noise only
 
 
 # --- CLI ----------------------------------------------------------------------------------------
@@ -207,6 +213,8 @@ def _cli(*args):
         (["--shard", "x"], "not a shard spec"),
         (["--mode", "unrolled"], "invalid choice: 'unrolled'"),
         (["--provider", "tpu"], "invalid choice: 'tpu'"),
+        (["--solver", "euler"], "invalid choice: 'euler'"),
+        (["--solver", "dpmpp_2m", "--eta", "0.5"], "eta=0.5 is invalid with solver 'dpmpp_2m', which is deterministic"),
     ],
 )
 def test_cli_sample_user_errors(bundle, tmp_path, args, match):
@@ -268,5 +276,27 @@ def test_sampler_refuses_non_finite_output(bundles, monkeypatch):
 
     s = runtime.load(bundles["conv"].path, provider="cpu")
     monkeypatch.setattr(s, "run_batch", lambda x_T, *a, **k: np.full_like(x_T, np.nan))
-    with pytest.raises(NonFiniteSampleError, match=r"images 0\.\.2 \(loop mode, 4 steps\): 1296 non-finite"):
+    with pytest.raises(NonFiniteSampleError, match=r"images 0\.\.2 \(ddim, loop mode, 4 steps\): 1296 non-finite"):
         s.sample(3, num_steps=4)
+
+
+def test_bundle_without_dpmpp_graphs_still_samples_ddim(bundles, tmp_path):
+    """A bundle exported before DPM-Solver++(2M) existed: DDIM runs as before, the new solver is refused by name."""
+    import shutil
+
+    path = tmp_path / "old"
+    shutil.copytree(bundles["conv"].path, path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    for name in [n for n, a in manifest["artifacts"].items() if "dpmpp" in n]:
+        for f in manifest["artifacts"].pop(name)["files"].values():
+            (path / f).unlink()
+            del manifest["files"][f]
+    for a in manifest["artifacts"].values():  # older manifests had neither field
+        a.pop("kind", None), a.pop("solver", None), a.pop("body", None)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    s = runtime.load(path, provider="cpu")
+    for mode in runtime.MODES:
+        assert s.sample(2, num_steps=4, mode=mode).shape[0] == 2
+        with pytest.raises(ValueError, match="no DPM-Solver\\+\\+\\(2M\\) graphs.*re-export"):
+            s.sample(2, num_steps=4, mode=mode, solver="dpmpp_2m")
+
