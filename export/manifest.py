@@ -75,6 +75,7 @@ def load_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> dict[st
             f"{str(path)!r} has format_version={version!r}; this diffzoo reads format_version={FORMAT_VERSION}"
         )
     if verify:
+        _check_references(manifest, path)
         for name, info in manifest["files"].items():
             f = root / name
             if Path(name).is_absolute() or ".." in Path(name).parts:
@@ -92,6 +93,21 @@ def load_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> dict[st
                     f"bundle file {str(f)!r} has sha256 {digest[:12]}..., the manifest says {info['sha256'][:12]}... (modified)"
                 )
     return manifest
+
+
+def _check_references(manifest: dict[str, Any], path: Path) -> None:
+    """Every file the manifest points to is a plain name in its hashed ``files`` table: nothing outside the bundle."""
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise BundleError(f"{str(path)!r} has no 'files' table: not a diffzoo bundle manifest")
+    refs = [("weights", manifest.get("weights"))] + [
+        (f"artifacts.{a}.files.{fmt}", name)
+        for a, entry in (manifest.get("artifacts") or {}).items()
+        for fmt, name in (entry.get("files") or {}).items()
+    ]
+    for where, name in refs:
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or name not in files:
+            raise BundleError(f"{str(path)!r}: {where} = {name!r} is not one of the bundle's hashed files; refused")
 
 
 def read_verified(bundle_dir: str | os.PathLike, manifest: dict[str, Any], name: str) -> bytes:

@@ -28,8 +28,9 @@ __all__ = ["BenchConfig", "run_bench", "conv_flops", "matmul_gflops", "format_re
 
 CPU_BACKENDS = (
     "eager", "compile", "torchscript", "eager-bf16", "ort-numpy-step", "ort-step", "ort-fused", "ort-loop", "ort-loop-shipped",
-    "ort-int8-step", "ort-int8-fused", "ort-int8-loop",
+    "ort-int8-step", "ort-int8-fused", "ort-int8-loop", "openvino-fused", "openvino-loop",
 )
+OPENVINO_BACKENDS = ("openvino-fused", "openvino-loop")  # when the openvino package is installed
 INT8_BACKENDS = ("ort-int8-step", "ort-int8-fused", "ort-int8-loop")
 REDUCED_BACKENDS = ("eager-bf16",) + INT8_BACKENDS  # reported with their per-step error against fp32
 CUDA_BACKENDS = ("eager-cuda", "ort-cuda-fused-host", "ort-cuda-fused", "ort-cuda-fused-graph", "ort-cuda-loop")
@@ -47,6 +48,7 @@ class BenchConfig:
     backends: tuple[str, ...] = CPU_BACKENDS + CUDA_BACKENDS
     seed: int = 0
     checkpoint: str | None = None  # a weights .safetensors: a trained model instead of a random init (model/hidden ignored)
+    solver: str = "ddim"  # or "dpmpp_2m": every backend runs that solver
 
 
 def conv_flops(model, height: int, width: int) -> int:
@@ -116,60 +118,72 @@ def _backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray):
     import zoo
     from export.torchscript import load_traced
 
+    solver = cfg.solver
     ts = zoo.ddim_timesteps(schedule.num_train_timesteps, cfg.steps)
+    steps = list(zip(ts.tolist(), *(p.tolist() for p in zoo.diffusion.step_pairs(ts))))  # (t, t_prev, t_last)
     alphas = schedule.alphas_cumprod.astype(np.float32)
+    ab = lambda t, none: alphas[t] if t >= 0 else none  # noqa: E731  (t_prev < 0: 1; t_last < 0: 0)
     xt = torch.from_numpy(x_T)
     out: dict[str, Callable[[], np.ndarray]] = {}
 
     def eager(m, x=xt):
-        return lambda: zoo.ddim_sample(m, schedule, x, num_steps=cfg.steps).cpu().numpy()
+        return lambda: zoo.sample(m, schedule, x, num_steps=cfg.steps, solver=solver).cpu().numpy()
+
+    def solver_loop(denoise, update, x):
+        """The solver around a denoiser callable, in torch or numpy: what the per-step backends run."""
+        x0 = x * 0
+        for t, tp, tl in steps:
+            eps = denoise(x, t)
+            if solver == "dpmpp_2m":
+                x, x0 = update(x, eps, x0, ab(t, 0.0), ab(tp, 1.0), ab(tl, 0.0))
+            else:
+                x = update(x, eps, ab(t, 0.0), ab(tp, 1.0))
+        return x
 
     out["eager"] = eager(model)
     if "compile" in cfg.backends:
         out["compile"] = eager(torch.compile(model))
     if "torchscript" in cfg.backends:
-        den, step = load_traced(bundle / "denoiser.pt"), load_traced(bundle / "ddim_step.pt")
+        step_file = "dpmpp_step.pt" if solver == "dpmpp_2m" else "ddim_step.pt"
+        den, step = load_traced(bundle / "denoiser.pt"), load_traced(bundle / step_file)
+        k = 3 if solver == "dpmpp_2m" else 2  # the trailing alpha-bar arguments, per-sample (B,) in the traced step
+
+        def ts_update(x, eps, *rest):
+            return step(x, eps, *rest[:-k], *(torch.full((len(x),), float(a)) for a in rest[-k:]))
 
         def torchscript():
-            x = xt
             with torch.inference_mode():
-                for i, t in enumerate(ts):
-                    a_prev = alphas[ts[i + 1]] if i + 1 < len(ts) else 1.0
-                    b = x.shape[0]
-                    eps = den(x, torch.full((b,), int(t)))
-                    x = step(x, eps, torch.full((b,), float(alphas[t])), torch.full((b,), float(a_prev)))
-            return x.numpy()
+                return solver_loop(lambda x, t: den(x, torch.full((len(x),), t)), ts_update, xt).numpy()
 
         out["torchscript"] = torchscript
 
     def bf16():
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            return zoo.ddim_sample(model, schedule, xt, num_steps=cfg.steps).float().numpy()
+            return zoo.sample(model, schedule, xt, num_steps=cfg.steps, solver=solver).float().numpy()
 
     out["eager-bf16"] = bf16
     so = ort.SessionOptions()
     so.intra_op_num_threads = cfg.threads
     plain = ort.InferenceSession(str(bundle / "denoiser.onnx"), so, providers=["CPUExecutionProvider"])
-
-    def ort_numpy_step():
-        x = x_T
-        for i, t in enumerate(ts):
-            a_prev = alphas[ts[i + 1]] if i + 1 < len(ts) else 1.0
-            (eps,) = plain.run(None, {"x": x, "t": np.full(len(x), t, np.int64)})
-            x = zoo.ddim_step(x, eps, alphas[t], a_prev)
-        return x
-
-    out["ort-numpy-step"] = ort_numpy_step
+    update = zoo.dpmpp_2m_step if solver == "dpmpp_2m" else zoo.ddim_step
+    out["ort-numpy-step"] = lambda: solver_loop(
+        lambda x, t: plain.run(None, {"x": x, "t": np.full(len(x), t, np.int64)})[0], update, x_T)
     cpu = runtime.load(bundle, provider="cpu", threads=cfg.threads)
     for mode in ("step", "fused", "loop"):
-        out[f"ort-{mode}"] = (lambda m: lambda: cpu.run_batch(x_T, ts, None, 0.0, m))(mode)
+        out[f"ort-{mode}"] = (lambda m: lambda: cpu.run_batch(x_T, ts, None, 0.0, m, solver=solver))(mode)
     shipped = runtime.load(bundle, provider="cpu", threads=cfg.threads)
     shipped.optimize_cpu_loop = False  # the bundle's sampler.onnx as exported: no NCHWc inside the Loop body
-    out["ort-loop-shipped"] = lambda: shipped.run_batch(x_T, ts, None, 0.0, "loop")
+    out["ort-loop-shipped"] = lambda: shipped.run_batch(x_T, ts, None, 0.0, "loop", solver=solver)
     if any(b in cfg.backends for b in INT8_BACKENDS):
         int8 = runtime.load(bundle, provider="cpu", threads=cfg.threads, precision="int8")
         for mode in ("step", "fused", "loop"):
             out[f"ort-int8-{mode}"] = (lambda m: lambda: int8.run_batch(x_T, ts, None, 0.0, m))(mode)
+    if any(b in cfg.backends for b in OPENVINO_BACKENDS):
+        from runtime.openvino_backend import OpenVINOSampler
+
+        ov = OpenVINOSampler(bundle, threads=cfg.threads)
+        for mode in ("fused", "loop"):
+            out[f"openvino-{mode}"] = (lambda m: lambda: ov.run_batch(x_T, ts, solver, m))(mode)
 
     if torch.cuda.is_available() and runtime.cuda_unavailable_reason() is None:
         import copy
@@ -178,19 +192,22 @@ def _backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray):
         out["eager-cuda"] = eager(dev_model, xt.to("cuda"))
         gpu = runtime.load(bundle, provider="cuda")
         graph = runtime.load(bundle, provider="cuda", cuda=runtime.CudaOptions(cuda_graph=True))
-        fused = gpu.session("fused_step")
+        fused = gpu.session("fused_step_dpmpp" if solver == "dpmpp_2m" else "fused_step")
 
         def host_fused():  # no IO binding: x goes to the GPU and back every step
-            x = x_T
-            for i, t in enumerate(ts):
-                tp = ts[i + 1] if i + 1 < len(ts) else -1
-                (x,) = fused.run(None, {"x_t": x, "t": np.full(len(x), t, np.int64), "t_prev": np.full(len(x), tp, np.int64)})
+            x, x0 = x_T, np.zeros_like(x_T)
+            full = lambda v: np.full(len(x_T), v, np.int64)  # noqa: E731
+            for t, tp, tl in steps:
+                if solver == "dpmpp_2m":
+                    x, x0 = fused.run(None, {"x_t": x, "x0_last": x0, "t": full(t), "t_prev": full(tp), "t_last": full(tl)})
+                else:
+                    (x,) = fused.run(None, {"x_t": x, "t": full(t), "t_prev": full(tp)})
             return x
 
         out["ort-cuda-fused-host"] = host_fused
-        out["ort-cuda-fused"] = lambda: gpu.run_batch(x_T, ts, None, 0.0, "fused")
-        out["ort-cuda-fused-graph"] = lambda: graph.run_batch(x_T, ts, None, 0.0, "fused")
-        out["ort-cuda-loop"] = lambda: gpu.run_batch(x_T, ts, None, 0.0, "loop")
+        out["ort-cuda-fused"] = lambda: gpu.run_batch(x_T, ts, None, 0.0, "fused", solver=solver)
+        out["ort-cuda-fused-graph"] = lambda: graph.run_batch(x_T, ts, None, 0.0, "fused", solver=solver)
+        out["ort-cuda-loop"] = lambda: gpu.run_batch(x_T, ts, None, 0.0, "loop", solver=solver)
     return {k: v for k, v in out.items() if k in cfg.backends}
 
 
@@ -320,7 +337,7 @@ def _run_bench(cfg: BenchConfig, progress: Callable[[str], None]) -> dict[str, A
 def format_results(res: dict[str, Any]) -> str:
     c, m = res["config"], res["machine"]
     lines = [
-        f"{c['model']} hidden={c['hidden']}, {c['size']}x{c['size']}, batch {c['batch']}, {c['steps']} steps, fp32, "
+        f"{c['model']} hidden={c['hidden']}, {c['size']}x{c['size']}, batch {c['batch']}, {c['steps']} {c.get('solver', 'ddim')} steps, fp32, "
         f"{c['threads']} threads, median of {c['repeats']} after a warm-up",
         f"machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']}, onnxruntime {m['onnxruntime']}"
         + (f", GPU {m['gpu']}" if m["gpu"] else ""),

@@ -236,6 +236,8 @@ class Sampler:
     ) -> np.ndarray:
         """One batch through ``mode``: x_T (B, C, H, W), noise (S, B, C, H, W) when eta > 0."""
         stochastic = eta > 0
+        if (solver, stochastic) not in ARTIFACTS:
+            _check_run(self, len(timesteps), eta, "leading", mode, solver)  # raises, naming the bad value
         names = ARTIFACTS[(solver, stochastic)]
         if mode == "loop":
             sess = self.session(names["loop"])

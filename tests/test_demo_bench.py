@@ -1,6 +1,8 @@
 """The demo end to end at a tiny size, and the benchmark's bookkeeping (never its timings)."""
 
+import importlib.util
 import json
+from dataclasses import replace
 
 import pytest
 from PIL import Image
@@ -118,3 +120,42 @@ def test_cli_bench_checkpoint_runs_the_trained_model(tmp_path, capsys):
     assert res["backends"]["ort-fused"]["drift_vs_eager"] < 1e-4  # the same images as eager
     assert main(["bench", "--checkpoint", str(weights), "--sweep"]) == 2
     assert "--sweep varies the model's width" in capsys.readouterr().err
+
+
+def test_bench_dpmpp_every_backend_computes_the_same_images():
+    backends = ("eager", "compile", "torchscript", "ort-numpy-step", "ort-step", "ort-fused", "ort-loop", "ort-loop-shipped")
+    cfg = BenchConfig(hidden=8, size=8, batch=2, steps=4, repeats=1, threads=1, backends=backends, solver="dpmpp_2m")
+    res = run_bench(cfg)
+    assert list(res["backends"]) == list(backends) and res["config"]["solver"] == "dpmpp_2m"
+    for name, r in res["backends"].items():
+        assert r["drift_vs_eager"] < 1e-3, name
+    ddim = run_bench(replace(cfg, solver="ddim", backends=("eager", "ort-loop")))
+    assert ddim["backends"]["ort-loop"]["drift_vs_eager"] < 1e-3
+    assert "4 dpmpp_2m steps" in format_results(res)
+
+
+def test_cli_bench_skips_what_cannot_run_here_with_the_reason(capsys, monkeypatch):
+    monkeypatch.setattr("runtime.openvino_backend.openvino_unavailable_reason", lambda: "the openvino package is not installed")
+    args = ["bench", "--hidden", "8", "--size", "8", "--batch", "2", "--steps", "2", "--repeats", "1", "--threads", "1"]
+    assert main([*args, "--backends", "openvino-fused"]) == 2
+    assert "'openvino-fused' cannot run here: the openvino package is not installed" in capsys.readouterr().err
+    assert main([*args, "--backends", "ort-int8-fused", "--solver", "dpmpp_2m"]) == 2
+    assert "no int8 graphs of dpmpp_2m" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="the openvino package is not installed (optional)")
+def test_openvino_runs_the_bundles_graphs_like_onnxruntime(bundles):
+    import numpy as np
+
+    import runtime
+    from runtime.openvino_backend import OpenVINOSampler
+
+    path = bundles["unet"].path
+    ov, ort_sampler = OpenVINOSampler(path, threads=1), runtime.load(path, provider="cpu")
+    x_T = np.random.default_rng(0).standard_normal((2, 3, 12, 12), dtype=np.float32)
+    for solver in ("ddim", "dpmpp_2m"):
+        ts = ort_sampler.timesteps(6, "trailing")
+        want = ort_sampler.run_batch(x_T, ts, None, 0.0, "loop", solver=solver)
+        bound = runtime.parity(path, provider="cpu", num_steps=6, spacing="trailing", modes=["loop"], solver=solver).modes[0].atol
+        for mode in ("fused", "loop"):
+            np.testing.assert_allclose(ov.run_batch(x_T, ts, solver, mode), want, rtol=0, atol=bound, err_msg=f"{solver} {mode}")

@@ -70,3 +70,35 @@ def test_eval_errors_are_one_line(digits_run, tmp_path, capsys):
     assert "does not record its training data: pass --data" in capsys.readouterr().err
     assert main(["eval", str(b.path), "--grid", str(tmp_path / "no" / "g.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_time_to_quality_measures_every_solver_and_backend(digits_bundle):
+    """bench --quality: FD against steps per solver, the stated target, and each backend's seconds to it."""
+    import numpy as np
+
+    import runtime
+    from runtime.time_to_quality import CONFIGS, STEPS, format_time_to_quality, run_time_to_quality
+    from zoo.metrics import quality_report
+
+    res = run_time_to_quality(digits_bundle.path, "digits", n=24, batch=4, repeats=1, backends=("eager", "ort-loop"))
+    assert list(res["quality"]) == [f"{s} {p}" for s, p in CONFIGS]
+    assert all(list(rows) == [str(s) for s in STEPS] for rows in res["quality"].values())
+    # the figures are the metric's own: recompute one cell independently
+    x = runtime.load(digits_bundle.path, "cpu").sample(24, num_steps=10, solver="dpmpp_2m", spacing="trailing")
+    assert res["quality"]["dpmpp_2m trailing"]["10"]["fd"] == pytest.approx(quality_report(x, "digits").fd_samples, rel=1e-6)
+    ref = res["reference"]
+    assert ref["fd"] == res["quality"]["ddim leading"]["50"]["fd"] and ref["target"] == ref["fd"] + ref["spread"]
+    for label, steps in res["steps_to_target"].items():  # the fewest steps within the target, or None
+        fds = [res["quality"][label][str(s)]["fd"] for s in STEPS]
+        reached = [s for s, f in zip(STEPS, fds) if f <= ref["target"]]
+        assert steps == (reached[0] if reached else None)
+    assert res["steps_to_target"]["ddim leading"] is not None  # the reference reaches its own quality
+    assert set(res["seconds_to_target"]) == {"eager", "ort-loop"}
+    assert all(np.isfinite(v) and v > 0 for r in res["ms_per_step"].values() for v in r.values())
+    text = format_time_to_quality(res)
+    assert "seconds to the target" in text and "dpmpp_2m trailing" in text and "cost per step" in text
+
+
+def test_bench_quality_needs_a_trained_model(capsys):
+    assert main(["bench", "--quality"]) == 2
+    assert "--quality needs a trained model" in capsys.readouterr().err

@@ -300,3 +300,32 @@ def test_bundle_without_dpmpp_graphs_still_samples_ddim(bundles, tmp_path):
         with pytest.raises(ValueError, match="no DPM-Solver\\+\\+\\(2M\\) graphs.*re-export"):
             s.sample(2, num_steps=4, mode=mode, solver="dpmpp_2m")
 
+
+
+def test_a_file_replaced_after_load_is_refused_not_run(bundles, tmp_path):
+    """Sessions are built from the bytes checked at that moment: a bundle changed under a loaded sampler is refused."""
+    import shutil
+
+    from export.manifest import BundleHashMismatchError
+
+    path = tmp_path / "b"
+    shutil.copytree(bundles["conv"].path, path)
+    s = runtime.load(path, provider="cpu")
+    s.sample(1, num_steps=2, mode="loop")  # some sessions exist, others are made later
+    shutil.copy(bundles["residual"].path / "fused_step.onnx", path / "fused_step.onnx")  # another model's graph
+    with pytest.raises(BundleHashMismatchError, match="fused_step.onnx.*changed after the bundle was loaded"):
+        s.sample(1, num_steps=2, mode="fused")
+
+
+@pytest.mark.parametrize("target", ["../other/fused_step.onnx", "/tmp/fused_step.onnx", "unlisted.onnx"])
+def test_manifest_paths_outside_the_hashed_files_are_refused(bundles, tmp_path, target):
+    import shutil
+
+    path = tmp_path / "b"
+    shutil.copytree(bundles["conv"].path, path)
+    shutil.copy(path / "fused_step.onnx", path / "unlisted.onnx")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["artifacts"]["fused_step"]["files"]["onnx"] = target
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(export.BundleError, match=r"artifacts\.fused_step\.files\.onnx = .* is not one of the bundle's hashed files"):
+        runtime.load(path, provider="cpu")

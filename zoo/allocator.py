@@ -6,6 +6,7 @@ activation tensor of every step, until one large free raises the threshold dynam
 the threshold (and the heap trim threshold) once at start removes that: measured in
 docs/BENCHMARKS.md, training and eager sampling in a fresh process then run at warm speed.
 Same effect as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` in the environment.
+``DIFFZOO_MALLOPT=0`` turns it off (``diffzoo bench --allocator`` measures both ways).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import platform
 
 __all__ = ["tune_allocator", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
@@ -27,11 +29,11 @@ _done: bool | None = None
 
 
 def tune_allocator() -> bool:
-    """Set glibc's mmap and trim thresholds once per process; False where there is no glibc (a no-op)."""
+    """Set glibc's mmap and trim thresholds once per process; False where there is no glibc or DIFFZOO_MALLOPT=0."""
     global _done
     if _done is None:
         _done = False
-        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        if os.environ.get("DIFFZOO_MALLOPT", "1") != "0" and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
             try:
                 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
                 _done = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(

@@ -1,0 +1,75 @@
+"""``diffzoo bench --allocator``: the demo's training in a fresh process against the same training warmed up.
+
+glibc's dynamic mmap threshold makes a fresh process pay page faults for every large activation
+until a big free raises it (``zoo/allocator.py``). ``zoo.train`` sets the thresholds at start, so
+a fresh process should train at warm speed. Measured here, in one run, round-robin, each figure a
+separate process: fresh (the default), fresh with the tuning off (``DIFFZOO_MALLOPT=0``), and warm
+(one identical training first in the same process, then the measured one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+from typing import Any, Callable
+
+__all__ = ["VARIANTS", "run_allocator_bench", "format_allocator_bench"]
+
+_SCRIPT = """
+import json, sys, tempfile
+from zoo.train import TrainConfig, train
+cfg = TrainConfig(**json.loads(sys.argv[1]))
+with tempfile.TemporaryDirectory() as d:
+    if sys.argv[2] == "warm":
+        train(cfg, d + "/warm-up", progress=False)
+    r = train(cfg, d + "/measured", progress=False)
+print(json.dumps({"images_per_s": r.images_per_second}))
+"""
+
+# name -> (extra environment, "fresh" or "warm")
+VARIANTS = {
+    "fresh": ({}, "fresh"),
+    "fresh, tuning off": ({"DIFFZOO_MALLOPT": "0"}, "fresh"),
+    "warm": ({}, "warm"),
+}
+
+
+def run_allocator_bench(steps: int = 150, repeats: int = 3, threads: int = 2,
+                        progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Training images/s of the demo's model per variant (median of ``repeats`` processes each)."""
+    from runtime.demo import DemoConfig
+    from zoo.train import TrainConfig
+
+    d = DemoConfig()
+    cfg = TrainConfig(model=d.model, model_config={"hidden": d.hidden}, data=d.data, size=d.size, steps=steps, batch=d.batch,
+                      lr=d.lr, ema_decay=d.ema_decay, schedule=d.schedule, seed=d.seed, checkpoint_every=steps)
+    arg = json.dumps(dataclasses.asdict(cfg))
+    runs: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    for r in range(repeats):
+        for name, (env, mode) in VARIANTS.items():
+            progress(f"repeat {r + 1}/{repeats}: {name}")
+            out = subprocess.run([sys.executable, "-c", _SCRIPT, arg, mode], capture_output=True, text=True, check=False,
+                                 env={**os.environ, "OMP_NUM_THREADS": str(threads), **env})
+            if out.returncode != 0:
+                raise RuntimeError(f"the {name!r} training process failed: {out.stderr.strip().splitlines()[-1:]}")
+            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"])
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    return {"config": dataclasses.asdict(cfg), "threads": threads, "repeats": repeats, "images_per_s": runs, "median": med,
+            "fresh_vs_warm": med["fresh"] / med["warm"], "untuned_vs_warm": med["fresh, tuning off"] / med["warm"]}
+
+
+def format_allocator_bench(res: dict[str, Any]) -> str:
+    c = res["config"]
+    lines = [f"training images/s: {c['model']} {c['model_config']}, {c['data']} {c['size']}x{c['size']}, batch {c['batch']}, "
+             f"{c['steps']} steps, {res['threads']} threads; each figure a separate process, {res['repeats']} round-robin repeats",
+             f"{'variant':<20}{'median':>9}   runs"]
+    for name, runs in res["images_per_s"].items():
+        lines.append(f"{name:<20}{res['median'][name]:>9.1f}   " + ", ".join(f"{v:.1f}" for v in runs))
+    ok = res["fresh_vs_warm"] >= 0.95
+    lines.append(f"[{'met' if ok else 'NOT MET'}] fresh process within 5% of warm: {res['fresh_vs_warm']:.1%} "
+                 f"(tuning off: {res['untuned_vs_warm']:.1%})")
+    return "\n".join(lines)
