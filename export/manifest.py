@@ -92,7 +92,29 @@ def load_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> dict[st
                 raise BundleHashMismatchError(
                     f"bundle file {str(f)!r} has sha256 {digest[:12]}..., the manifest says {info['sha256'][:12]}... (modified)"
                 )
+        _check_settings(root, manifest, path)
     return manifest
+
+
+def _check_settings(root: Path, manifest: dict[str, Any], path: Path) -> None:
+    """The manifest's settings must be those in the header of its hashed weights file.
+
+    The manifest itself is not hashed; the weights are, and their safetensors header carries the
+    model, schedule and data shape that export wrote. Editing ``schedule.beta_end`` or
+    ``data.shape`` in the manifest alone is refused here instead of silently changing the output.
+    """
+    data = read_verified(root, manifest, manifest["weights"])
+    try:
+        n = int.from_bytes(data[:8], "little")
+        meta = json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["diffzoo"])
+    except (ValueError, KeyError, TypeError):
+        raise BundleError(f"{str(root / manifest['weights'])!r} has no diffzoo settings in its header") from None
+    pairs = [("model", manifest.get("model"), meta.get("model")), ("schedule", manifest.get("schedule"), meta.get("schedule")),
+             ("data.shape", (manifest.get("data") or {}).get("shape"), (meta.get("data") or {}).get("shape"))]
+    for key, got, want in pairs:
+        if want is not None and got != want:
+            raise BundleError(f"{str(path)!r}: {key} = {got!r} differs from the hashed weights' {want!r} "
+                              "(the manifest was edited after export); refused")
 
 
 def _check_references(manifest: dict[str, Any], path: Path) -> None:

@@ -329,3 +329,17 @@ def test_manifest_paths_outside_the_hashed_files_are_refused(bundles, tmp_path, 
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(export.BundleError, match=r"artifacts\.fused_step\.files\.onnx = .* is not one of the bundle's hashed files"):
         runtime.load(path, provider="cpu")
+
+
+@pytest.mark.parametrize("edit", [("schedule", "beta_end", 0.03), ("data", "shape", [3, 16, 16]), ("model", "name", "conv")])
+def test_manifest_settings_edited_after_export_are_refused(bundles, tmp_path, edit):
+    import shutil
+
+    path = tmp_path / "b"
+    shutil.copytree(bundles["residual"].path, path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    section, key, value = edit
+    manifest[section][key] = value
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(export.BundleError, match=rf"{section}.* differs from the hashed weights'.*edited after export"):
+        runtime.load(path, provider="cpu")
