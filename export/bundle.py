@@ -33,7 +33,7 @@ from export.torchscript import load_traced, save_traced
 from export.verify import INT8_LOOP_RTOL, INT8_STEP_RTOL, Check, compare_outputs, derived_atol, raise_on_failures
 from export.wrappers import DDIMStep, DPMStep, FusedDPMStep, FusedStep
 from zoo.checkpoint import save_weights
-from zoo.files import default_mode, replace_dir
+from zoo.files import clean_leftovers, default_mode, output_lock, replace_dir
 from zoo.schedules import Schedule
 
 __all__ = ["Bundle", "export_bundle", "load_model", "reference_outputs", "WEIGHTS_NAME", "VERIFY_STEPS"]
@@ -92,16 +92,27 @@ def _check_args(model, out_dir, schedule, example_shape, opset, formats, force, 
             f"num_train_timesteps={model.config.num_train_timesteps}"
         )
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"{str(out)!r} is not empty: choose another directory or pass force=True (--force)")
+    if out.is_symlink():
+        raise ValueError(f"{str(out)!r} is a symbolic link: pass the directory it points to ({str(out.resolve())!r})")
+    _check_target(out, force)
     parent = next((p for p in out.absolute().parents if p.exists()), None)
     if parent is None or not parent.is_dir():
         raise FileNotFoundError(f"cannot create {str(out)!r}: {str(parent)!r} is not a directory")
     if not os.access(parent, os.W_OK):
         raise PermissionError(f"cannot write into {str(parent)!r}")
     return out, formats
+
+
+def _check_target(out: Path, force: bool) -> None:
+    """``out`` must be absent, empty, or (with ``force``) a diffzoo bundle: nothing else is ever replaced."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{str(out)!r} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise FileExistsError(f"{str(out)!r} is not empty: choose another directory or pass force=True (--force)")
+        if not (out / MANIFEST_NAME).is_file():
+            raise FileExistsError(f"{str(out)!r} is not a diffzoo bundle (no {MANIFEST_NAME}): --force replaces bundles "
+                                  "only; choose another directory")
 
 
 def _reference(spec: ArtifactSpec, model: torch.nn.Module, schedule: Schedule, clip_range: float | None):
@@ -220,22 +231,24 @@ def export_bundle(
     schedule = schedule or zoo.linear_schedule(model.config.num_train_timesteps)
     example_shape = tuple(example_shape or (model.config.channels, 32, 32))
     out, formats = _check_args(model, out_dir, schedule, example_shape, opset, formats, force, int8, atol)
-    out.parent.mkdir(parents=True, exist_ok=True)
-
     model = copy.deepcopy(model).float().cpu().eval()
     specs = [s for s in artifact_specs(model.config.channels, int8).values() if set(s.formats) & set(formats)]
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        tmp.chmod(default_mode(directory=True))
-        manifest = _export_into(tmp, model, schedule, example_shape, opset, formats, specs, clip_range, seed, progress, atol)
-        manifest["extra"] = extra or {}
-        if data_source is not None:
-            manifest["data"]["source"] = data_source
-        _finish(tmp, manifest)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):  # a second export into the same directory is refused, not raced
+        clean_leftovers(out)  # what an interrupted export of `out` left beside it
+        _check_target(out, force)  # again, now that no other writer can change it
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        try:
+            tmp.chmod(default_mode(directory=True))
+            manifest = _export_into(tmp, model, schedule, example_shape, opset, formats, specs, clip_range, seed, progress, atol)
+            manifest["extra"] = extra or {}
+            if data_source is not None:
+                manifest["data"]["source"] = data_source
+            _finish(tmp, manifest)
+            replace_dir(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return Bundle(path=out, manifest=manifest)
 
 

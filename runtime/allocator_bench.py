@@ -30,6 +30,23 @@ with tempfile.TemporaryDirectory() as d:
 print(json.dumps({"images_per_s": r.images_per_second}))
 """
 
+# The eager sampler (the bench's default model and size): the first call in a fresh process, then
+# the same call again in that process (warm), seconds each.
+_SAMPLER_SCRIPT = """
+import json, time, torch, zoo
+torch.set_num_threads(int(__import__("os").environ["OMP_NUM_THREADS"]))
+torch.manual_seed(0)
+model = zoo.build("residual", hidden=64).eval()
+sched = zoo.linear_schedule(1000)
+x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+times = []
+for _ in range(2):
+    t0 = time.perf_counter()
+    zoo.ddim_sample(model, sched, x, num_steps=50)
+    times.append(time.perf_counter() - t0)
+print(json.dumps({"first_s": times[0], "second_s": times[1]}))
+"""
+
 # name -> (extra environment, "fresh" or "warm")
 VARIANTS = {
     "fresh": ({}, "fresh"),
@@ -58,8 +75,18 @@ def run_allocator_bench(steps: int = 150, repeats: int = 3, threads: int = 2,
                 raise RuntimeError(f"the {name!r} training process failed: {out.stderr.strip().splitlines()[-1:]}")
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"])
     med = {k: statistics.median(v) for k, v in runs.items()}
+    sampler: dict[str, list[dict[str, float]]] = {"tuned": [], "tuning off": []}
+    for r in range(repeats):
+        for name, env in (("tuned", {}), ("tuning off", {"DIFFZOO_MALLOPT": "0"})):
+            progress(f"repeat {r + 1}/{repeats}: eager sampler, {name}")
+            out = subprocess.run([sys.executable, "-c", _SAMPLER_SCRIPT], capture_output=True, text=True, check=False,
+                                 env={**os.environ, "OMP_NUM_THREADS": str(threads), **env})
+            if out.returncode != 0:
+                raise RuntimeError(f"the eager sampler process failed: {out.stderr.strip().splitlines()[-1:]}")
+            sampler[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
     return {"config": dataclasses.asdict(cfg), "threads": threads, "repeats": repeats, "images_per_s": runs, "median": med,
-            "fresh_vs_warm": med["fresh"] / med["warm"], "untuned_vs_warm": med["fresh, tuning off"] / med["warm"]}
+            "fresh_vs_warm": med["fresh"] / med["warm"], "untuned_vs_warm": med["fresh, tuning off"] / med["warm"],
+            "eager_sampler": sampler}
 
 
 def format_allocator_bench(res: dict[str, Any]) -> str:
@@ -72,4 +99,11 @@ def format_allocator_bench(res: dict[str, Any]) -> str:
     ok = res["fresh_vs_warm"] >= 0.95
     lines.append(f"[{'met' if ok else 'NOT MET'}] fresh process within 5% of warm: {res['fresh_vs_warm']:.1%} "
                  f"(tuning off: {res['untuned_vs_warm']:.1%})")
+    lines += ["", "eager ddim_sample, residual hidden=64, 32x32, batch 16, 50 steps: seconds of the first call in a fresh "
+              "process / of the same call again (warm), per process"]
+    for name, rows in res["eager_sampler"].items():
+        first = statistics.median(r["first_s"] for r in rows)
+        second = statistics.median(r["second_s"] for r in rows)
+        lines.append(f"{name:<12} first {first:.2f} s, warm {second:.2f} s: first/warm {first / second:.2f} "
+                     "(runs: " + ", ".join(f"{r['first_s']:.2f}/{r['second_s']:.2f}" for r in rows) + ")")
     return "\n".join(lines)

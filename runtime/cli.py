@@ -402,19 +402,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _solver_arg(p: argparse.ArgumentParser) -> None:
+    from zoo.diffusion import SOLVERS
+
+    p.add_argument("--solver", choices=SOLVERS, default="ddim",
+                   help="ddim (default, any eta) or dpmpp_2m (DPM-Solver++(2M): ~3x fewer steps, eta 0)")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("diffzoo")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from zoo.diffusion import SOLVERS, SPACINGS
 
     parser = _Parser(prog="diffzoo", description="Build, train, export and deploy small diffusion denoisers.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action="version", version=f"diffzoo {_version()}", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("eager-sample", help="build a model and sample a few images with the eager torch sampler")
     _model_args(p)
     p.add_argument("--n", type=_positive_int, default=8, help="number of images (default 8)")
     p.add_argument("--steps", type=_positive_int, default=20, help="solver steps (default 20)")
-    p.add_argument("--solver", choices=SOLVERS, default="ddim",
-                   help="ddim (default, any eta) or dpmpp_2m (DPM-Solver++(2M): ~3x fewer steps, eta 0)")
+    _solver_arg(p)
     p.add_argument("--eta", type=_eta, default=0.0, help="0 = deterministic DDIM (default), 1 = DDPM-like")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.png", help="output: .png grid, .ppm first image, .npy array")
@@ -445,8 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", help="bundle directory from `diffzoo export`")
     p.add_argument("--n", type=_positive_int, default=16, help="number of images (default 16)")
     p.add_argument("--steps", type=_positive_int, default=50, help="solver steps (default 50)")
-    p.add_argument("--solver", choices=SOLVERS, default="ddim",
-                   help="ddim (default, any eta) or dpmpp_2m (DPM-Solver++(2M): ~3x fewer steps, eta 0)")
+    _solver_arg(p)
     p.add_argument("--eta", type=_eta, default=0.0, help="0 = deterministic DDIM (default), 1 = DDPM-like")
     p.add_argument("--seed", type=int, default=0, help="image k depends only on (seed, k)")
     p.add_argument("--mode", choices=MODES, default="loop", help="loop (default): one run per batch; fused; step")
@@ -465,8 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle")
     p.add_argument("--provider", choices=PROVIDERS, default="auto")
     p.add_argument("--steps", type=_positive_int, default=50, help="solver steps (default 50)")
-    p.add_argument("--solver", choices=SOLVERS, default="ddim",
-                   help="ddim (default, any eta) or dpmpp_2m (DPM-Solver++(2M): ~3x fewer steps, eta 0)")
+    _solver_arg(p)
     p.add_argument("--spacing", choices=sorted(SPACINGS), default="leading", help="timestep spacing (default leading)")
     p.add_argument("--batch", type=_positive_int, default=4, help="images compared (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of x_T and the per-step noise")
@@ -481,8 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     # not --n: under torchrun, argparse would take "--n" for an abbreviation of torchrun's own --nnodes
     p.add_argument("--samples", type=_positive_int, default=360, help="number of samples (default 360, the digits' held-out size)")
     p.add_argument("--steps", type=_positive_int, default=50, help="solver steps (default 50)")
-    p.add_argument("--solver", choices=SOLVERS, default="ddim",
-                   help="ddim (default, any eta) or dpmpp_2m (DPM-Solver++(2M): ~3x fewer steps, eta 0)")
+    _solver_arg(p)
     p.add_argument("--spacing", choices=sorted(SPACINGS), default="leading", help="timestep spacing (default leading)")
     p.add_argument("--eta", type=_eta, default=0.0, help="0 = deterministic DDIM (default), 1 = DDPM-like")
     p.add_argument("--seed", type=int, default=0, help="image k depends only on (seed, k)")
@@ -568,6 +581,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"diffzoo {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except RuntimeError as e:  # a verification failure (export, bench): the report, not a traceback
+        from export.verify import ExportVerificationError
+
+        if not isinstance(e, ExportVerificationError) or os.environ.get("DIFFZOO_DEBUG"):
+            raise
+        print(f"diffzoo {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"diffzoo {args.command}: interrupted", file=sys.stderr)
         return 130

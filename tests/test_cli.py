@@ -61,3 +61,11 @@ def test_train_passes_model_config_and_refuses_a_malformed_one(tmp_path, capsys)
     assert exit_.value.code == 2 and "'levels' is not KEY=VALUE" in capsys.readouterr().err
     assert main(args[:6] + ["depth=2"] + args[7:-1] + [str(tmp_path / "c")]) == 2
     assert "unknown config key(s) ['depth'] for model 'unet'" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"diffzoo {version('diffzoo')}"

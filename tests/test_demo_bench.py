@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-from dataclasses import replace
 
 import pytest
 from PIL import Image
@@ -123,14 +122,12 @@ def test_cli_bench_checkpoint_runs_the_trained_model(tmp_path, capsys):
 
 
 def test_bench_dpmpp_every_backend_computes_the_same_images():
-    backends = ("eager", "compile", "torchscript", "ort-numpy-step", "ort-step", "ort-fused", "ort-loop", "ort-loop-shipped")
+    backends = ("eager", "torchscript", "ort-numpy-step", "ort-step", "ort-fused", "ort-loop", "ort-loop-shipped")
     cfg = BenchConfig(hidden=8, size=8, batch=2, steps=4, repeats=1, threads=1, backends=backends, solver="dpmpp_2m")
     res = run_bench(cfg)
     assert list(res["backends"]) == list(backends) and res["config"]["solver"] == "dpmpp_2m"
-    for name, r in res["backends"].items():
+    for name, r in res["backends"].items():  # every backend runs the same solver: eager's images
         assert r["drift_vs_eager"] < 1e-3, name
-    ddim = run_bench(replace(cfg, solver="ddim", backends=("eager", "ort-loop")))
-    assert ddim["backends"]["ort-loop"]["drift_vs_eager"] < 1e-3
     assert "4 dpmpp_2m steps" in format_results(res)
 
 

@@ -271,3 +271,58 @@ def test_loop_builder_refuses_a_graph_that_is_not_a_fused_step(bundles):
     fused = onnx.load(str(bundles["conv"].path / "fused_step_dpmpp.onnx"))
     with pytest.raises(ValueError, match="not a fused step graph"):
         build_sampler_graph(fused, stochastic=True)  # the DPM-Solver++ step has no noise input
+
+
+# --- concurrent writers, crashes and what --force may replace -----------------------------------
+
+def test_force_replaces_bundles_only(tmp_path):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"not a bundle")
+    with pytest.raises(FileExistsError, match="not a diffzoo bundle.*--force replaces bundles only"):
+        export.export_bundle(_tiny(), out, example_shape=(3, 8, 8), formats=["torchscript"], force=True)
+    assert (out / "holiday.jpg").read_bytes() == b"not a bundle"
+
+
+def test_a_symlinked_target_is_refused_up_front(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(ValueError, match="is a symbolic link: pass the directory it points to"):
+        export.export_bundle(_tiny(), tmp_path / "link", example_shape=(3, 8, 8), formats=["torchscript"])
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_output(tmp_path, capsys):
+    from zoo.files import OutputBusyError, output_lock
+
+    out = tmp_path / "b"
+    with output_lock(out):  # another export (or train) writing `out` right now
+        with pytest.raises(OutputBusyError, match="being written by another diffzoo process"):
+            export.export_bundle(_tiny(), out, example_shape=(3, 8, 8), formats=["torchscript"])
+        assert main(["export", "--model", "conv", "--hidden", "8", "--size", "8", "--formats", "torchscript",
+                     "--out", str(out)]) == 2
+        assert "being written by another diffzoo process" in capsys.readouterr().err
+    assert not out.exists()
+    export.export_bundle(_tiny(), out, example_shape=(3, 8, 8), formats=["torchscript"])  # free again
+
+
+def test_a_crash_during_the_swap_never_leaves_the_target_missing(tmp_path, monkeypatch):
+    """Killed after the new bundle is in place but before the old one is removed: the target is the
+    complete new bundle, and the next export removes the leftover."""
+    import zoo.files
+
+    out = tmp_path / "b"
+    export.export_bundle(_tiny(), out, example_shape=(3, 8, 8), formats=["torchscript"])
+
+    def killed(path, ignore_errors=False):
+        raise KeyboardInterrupt("simulated kill -9 after the exchange")
+
+    monkeypatch.setattr(zoo.files.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_bundle(_tiny("conv"), out, example_shape=(3, 8, 8), formats=["torchscript"], force=True)
+    monkeypatch.undo()
+    assert export.load_manifest(out)["model"]["name"] == "conv"  # the new bundle, complete
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "b"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".b.partial-")  # the old bundle, under the temp name
+    export.export_bundle(_tiny(), out, example_shape=(3, 8, 8), formats=["torchscript"], force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]

@@ -125,3 +125,12 @@ def test_torchrun_two_processes_stay_in_sync(tmp_path):
     assert r.stdout.count("checkpoint:") == 1  # rank 0 alone reports and writes
     log = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [6]  # log_every=10: only the last step, written once
+
+
+def test_a_second_training_into_the_same_run_is_refused(tmp_path):
+    from zoo.files import OutputBusyError, output_lock
+
+    with output_lock(tmp_path / "run"):  # another `diffzoo train --out run` in progress
+        with pytest.raises(OutputBusyError, match="being written by another diffzoo process"):
+            train(TrainConfig(steps=2, checkpoint_every=2, **TINY), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

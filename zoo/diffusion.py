@@ -273,12 +273,24 @@ def _sampler_setup(model: Any, schedule: Schedule, x_T: Any, num_steps: int, spa
     return timesteps, alphas
 
 
-def _progress(n: int, progress: bool, desc: str) -> Any:
-    if not progress:
-        return range(n)
-    from tqdm.auto import tqdm
+def _solve(model: Any, x: Any, timesteps: np.ndarray, name: str, update: Any, progress: bool, callback: Any) -> Any:
+    """The loop both eager samplers share: eps at each timestep, the solver's ``update(i, x, eps)``, the checks."""
+    import torch
 
-    return tqdm(range(n), desc=desc, unit="step")
+    steps: Any = range(len(timesteps))
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=name, unit="step")
+    with torch.inference_mode():
+        for i in steps:
+            t = int(timesteps[i])
+            eps = model(x, torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device))
+            x = update(i, x, eps)
+            check_finite(x, f"{name}_sample step {i} (t={t})")
+            if callback is not None:
+                callback(i, t, eps, x)
+    return x
 
 
 def ddim_sample(
@@ -325,24 +337,17 @@ def ddim_sample(
         raise ValueError("eta > 0 needs `noise`: a (S, B, C, H, W) tensor or a torch.Generator")
 
     one = torch.ones((), dtype=x_T.dtype, device=x_T.device)
-    x = x_T
-    steps = _progress(len(timesteps), progress, "ddim")
-    with torch.inference_mode():
-        for i in steps:
-            t = int(timesteps[i])
-            a_prev = alphas[timesteps[i + 1]] if i + 1 < len(timesteps) else one
-            eps = model(x, torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device))
-            z = None
-            if eta > 0:
-                z = noise[i] if isinstance(noise, torch.Tensor) else torch.randn(
-                    x.shape, generator=noise, dtype=x.dtype, device=x.device
-                )
-            x = ddim_step(x, eps, alphas[t], a_prev, eta=eta, noise=z, clip_range=clip_range)
-            check_finite(x, f"ddim_sample step {i} (t={t})")
-            if callback is not None:
-                callback(i, t, eps, x)
-    return x
 
+    def update(i, x, eps):
+        a_prev = alphas[timesteps[i + 1]] if i + 1 < len(timesteps) else one
+        z = None
+        if eta > 0:
+            z = noise[i] if isinstance(noise, torch.Tensor) else torch.randn(
+                x.shape, generator=noise, dtype=x.dtype, device=x.device
+            )
+        return ddim_step(x, eps, alphas[timesteps[i]], a_prev, eta=eta, noise=z, clip_range=clip_range)
+
+    return _solve(model, x_T, timesteps, "ddim", update, progress, callback)
 
 
 def dpmpp_2m_sample(
@@ -369,18 +374,16 @@ def dpmpp_2m_sample(
     t_prevs, t_lasts = step_pairs(timesteps)
     one = torch.ones((), dtype=x_T.dtype, device=x_T.device)
     zero = torch.zeros((), dtype=x_T.dtype, device=x_T.device)
-    x, x0 = x_T, torch.zeros_like(x_T)
-    with torch.inference_mode():
-        for i in _progress(len(timesteps), progress, "dpm++2m"):
-            t, t_prev, t_last = int(timesteps[i]), int(t_prevs[i]), int(t_lasts[i])
-            eps = model(x, torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device))
-            a_prev = alphas[t_prev] if t_prev >= 0 else one
-            a_last = alphas[t_last] if t_last >= 0 else zero
-            x, x0 = dpmpp_2m_step(x, eps, x0, alphas[t], a_prev, a_last, clip_range=clip_range)
-            check_finite(x, f"dpmpp_2m_sample step {i} (t={t})")
-            if callback is not None:
-                callback(i, t, eps, x)
-    return x
+    x0 = torch.zeros_like(x_T)  # the solver's state: the previous step's x0 prediction
+
+    def update(i, x, eps):
+        nonlocal x0
+        a_prev = alphas[t_prevs[i]] if t_prevs[i] >= 0 else one
+        a_last = alphas[t_lasts[i]] if t_lasts[i] >= 0 else zero
+        x, x0 = dpmpp_2m_step(x, eps, x0, alphas[timesteps[i]], a_prev, a_last, clip_range=clip_range)
+        return x
+
+    return _solve(model, x_T, timesteps, "dpmpp_2m", update, progress, callback)
 
 
 def sample(

@@ -5,12 +5,21 @@ Torch-free; used for images, weights, checkpoints and bundles alike.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import os
+import platform
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
-__all__ = ["atomic_write", "default_mode", "replace_dir"]
+__all__ = ["atomic_write", "default_mode", "replace_dir", "output_lock", "OutputBusyError", "clean_leftovers"]
+
+
+class OutputBusyError(OSError):
+    """Another process is writing the same output (it holds the output's lock)."""
 
 
 def default_mode(directory: bool = False) -> int:
@@ -37,20 +46,88 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
-    """Rename the finished directory ``tmp`` onto ``out``; an old ``out`` is removed only after that.
+_RENAME_EXCHANGE = 2  # <linux/fs.h>
+_AT_FDCWD = -100
 
-    The old directory is first renamed aside (same parent, so same filesystem), so at every moment
-    ``out`` is either the complete old directory or the complete new one.
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc < 2.28
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # kernel or filesystem without exchange
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Put the finished directory ``tmp`` in place of ``out``; at no moment is ``out`` missing or partial.
+
+    On Linux the two directories are exchanged in one atomic step (``renameat2``), after which
+    ``tmp`` holds the old directory and is removed. Elsewhere the old directory is renamed aside
+    first (a window in which ``out`` is absent; ``clean_leftovers`` removes what a crash there leaves).
     """
     tmp, out = Path(tmp), Path(out)
-    old = None
-    if out.exists():
-        if any(out.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-        else:
-            out.rmdir()
-    os.replace(tmp, out)
-    if old is not None:
+    if out.exists() and any(out.iterdir()):
+        if _exchange(tmp, out):
+            shutil.rmtree(tmp, ignore_errors=True)  # the old directory, now under the temporary name
+            return
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
+        return
+    if out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
+
+
+def clean_leftovers(out: str | os.PathLike) -> list[Path]:
+    """Remove what an interrupted write of ``out`` left beside it (``.NAME.partial-*``, ``.NAME.old-*``).
+
+    Call it only while holding ``output_lock(out)``: then no other writer of ``out`` is running.
+    """
+    out = Path(out)
+    gone = [p for pattern in (f".{out.name}.partial-*", f".{out.name}.old-*") for p in out.parent.glob(pattern) if p.is_dir()]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
+
+
+@contextlib.contextmanager
+def output_lock(out: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on writing ``out``; refuse a second writer at once with ``OutputBusyError``.
+
+    The lock is ``fcntl.flock`` on a file named by the output's absolute path in a per-user
+    directory under the system temp dir, so nothing is left beside the user's output. Lock files
+    stay there (removing one would let two writers lock two different files); they are empty.
+    """
+    import hashlib
+
+    out = Path(out)
+    key = hashlib.sha256(os.fsencode(out.absolute())).hexdigest()[:32]
+    lock_dir = Path(tempfile.gettempdir()) / f"diffzoo-locks-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    lock_dir.mkdir(mode=0o700, exist_ok=True)
+    path = lock_dir / f"{key}.lock"
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        yield path
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, default_mode())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputBusyError(
+                f"{str(out)!r} is being written by another diffzoo process: wait for it to finish, or choose another output"
+            ) from None
+        yield path
+    finally:
+        os.close(fd)

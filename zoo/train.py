@@ -8,6 +8,7 @@ Checkpoints are directories written atomically; ``last`` is a symlink swapped at
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -29,7 +30,7 @@ from zoo.allocator import tune_allocator
 from zoo.checkpoint import save_weights
 from zoo.data import open_dataset
 from zoo.diffusion import ddim_sample, make_training_sample
-from zoo.files import atomic_write, default_mode, replace_dir
+from zoo.files import atomic_write, default_mode, output_lock, replace_dir
 from zoo.images import save_grid
 from zoo.registry import build
 from zoo.schedules import make_schedule
@@ -220,9 +221,15 @@ def train(
     would; ``resume=True`` later continues the same run to ``cfg.steps`` exactly.
 
     Under ``torchrun`` (WORLD_SIZE > 1) this is data-parallel (DDP; gloo on CPU, nccl on GPU):
-    only rank 0 writes files. Raises ValueError/FileNotFoundError/FileExistsError on bad input.
+    only rank 0 writes files. Raises ValueError/FileNotFoundError/FileExistsError on bad input,
+    and ``zoo.files.OutputBusyError`` if another process is training into the same ``out_dir``.
     """
-    out = Path(out_dir)
+    writer = int(os.environ.get("RANK", "0")) == 0
+    with output_lock(out_dir) if writer else contextlib.nullcontext():
+        return _train(cfg, Path(out_dir), resume, progress, until)
+
+
+def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, until: int | None) -> TrainResult:
     tune_allocator()  # ~1.7x on a fresh process's first steps otherwise (zoo/allocator.py)
     rank, world = init_distributed()
     if cfg.batch % world:
