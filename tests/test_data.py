@@ -220,3 +220,52 @@ def test_idx_reader_refuses_bad_files(tmp_path):
         read_idx(tmp_path / "bad.gz")
     with pytest.raises(FileNotFoundError, match="has no train-images-idx3-ubyte"):
         open_dataset(f"idx:{tmp_path}", 3)
+
+
+class _Codec:
+    def __reduce__(self):
+        import codecs
+
+        return (codecs.encode, (b"ab" * 4, "hex_codec"))  # chained, a tiny pickle expands without bound
+
+
+def test_cifar_unpickler_allows_only_latin1_bytes(cifar_dir):
+    with pytest.raises(UnsafePickleError, match="_codecs.encode.*'hex_codec'.*only the latin-1 form"):
+        restricted_load(pickle.dumps({b"data": _Codec()}, protocol=2))
+    assert len(Cifar10(cifar_dir)) == 20  # protocol-2 pickles of bytes (the latin-1 form) still load
+
+
+def _archive(tmp_path, cifar_dir, tweak):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for f in sorted(cifar_dir.iterdir()):
+            info = tar.gettarinfo(str(f), arcname=f"cifar-10-batches-py/{f.name}")
+            info = tweak(info) or info
+            if info.isfile():
+                with open(f, "rb") as fh:
+                    tar.addfile(info, fh)
+            else:
+                tar.addfile(info)
+    return archive
+
+
+def test_cifar_archive_members_are_bounded_regular_files(cifar_dir, tmp_path, monkeypatch):
+    def link(info):
+        if info.name.endswith("data_batch_1"):
+            info.type, info.linkname, info.size = tarfile.SYMTYPE, "/etc/passwd", 0
+
+    with pytest.raises(ValueError, match=r"member 'cifar-10-batches-py/data_batch_1' is a link; refused"):
+        Cifar10(_archive(tmp_path, cifar_dir, link))
+    monkeypatch.setattr("zoo.data.MAX_CIFAR_FILE_BYTES", 1000)
+    with pytest.raises(ValueError, match=r"member 'cifar-10-batches-py/data_batch_1' has \d+ bytes, more than any"):
+        Cifar10(_archive(tmp_path, cifar_dir, lambda info: None))
+
+
+def test_cifar_truncated_or_garbage_archive_is_one_line(cifar_dir, tmp_path):
+    good = _archive(tmp_path, cifar_dir, lambda info: None).read_bytes()
+    bad = tmp_path / "bad.tar.gz"
+    for blob in (good[: len(good) // 2], b"not a gzip file at all"):
+        bad.write_bytes(blob)
+        with pytest.raises(ValueError, match="is not a readable .tar.gz archive") as e:
+            Cifar10(bad)
+        assert "\n" not in str(e.value)

@@ -17,6 +17,7 @@ import logging
 import os
 import pickle
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -154,6 +155,22 @@ class UnsafePickleError(ValueError):
     """A pickle asked for something outside the CIFAR-10 format (a function, a class): refused."""
 
 
+MAX_CIFAR_FILE_BYTES = 256 << 20  # a CIFAR-10 batch is 31 MB; anything far larger is not one
+
+
+def _latin1_bytes(obj: object, encoding: str = "latin1", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as Python 3 uses it to pickle bytes at protocol 2 (latin-1 of a str), and nothing else.
+
+    The real ``_codecs.encode`` runs any codec (``hex_codec``, ``zlib_codec``...): chained, a tiny
+    pickle expands to gigabytes. Only the latin-1 form, of a bounded string, is accepted.
+    """
+    if encoding not in ("latin1", "latin-1") or errors != "strict" or not isinstance(obj, str):
+        raise UnsafePickleError(f"refusing _codecs.encode(..., {encoding!r}): only the latin-1 form of bytes is allowed")
+    if len(obj) > MAX_CIFAR_FILE_BYTES:
+        raise UnsafePickleError(f"refusing a {len(obj)}-character string: larger than any CIFAR-10 batch")
+    return obj.encode("latin1")
+
+
 class _CifarUnpickler(pickle.Unpickler):
     """Allows exactly what a CIFAR-10 batch needs: containers, bytes/str and numpy arrays."""
 
@@ -162,12 +179,14 @@ class _CifarUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
-        ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
+        ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2: replaced by _latin1_bytes
     }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
             raise UnsafePickleError(f"refusing to unpickle {module}.{name}: only numpy arrays, containers and strings are allowed")
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
         if module == "numpy.core.multiarray":
             module = "numpy._core.multiarray" if hasattr(np, "_core") else module
         return super().find_class(module, name)
@@ -175,6 +194,8 @@ class _CifarUnpickler(pickle.Unpickler):
 
 def restricted_load(data: bytes, what: str = "pickle") -> object:
     """Unpickle CIFAR-format data with the allow-list above; anything else raises UnsafePickleError."""
+    if len(data) > MAX_CIFAR_FILE_BYTES:
+        raise ValueError(f"{what} has {len(data)} bytes, more than any CIFAR-10 batch ({MAX_CIFAR_FILE_BYTES} at most)")
     try:
         return _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
     except UnsafePickleError as e:
@@ -188,6 +209,31 @@ def _key(d: dict, name: str):
         if k in d:
             return d[k]
     raise ValueError(f"CIFAR-10 batch has no {name!r} entry (keys: {sorted(map(str, d))})")
+
+
+def _read_archive(path: Path, names: list[str]) -> list[bytes]:
+    """The named batches from the CIFAR-10 ``.tar.gz``, each a bounded regular file; nothing is extracted to disk."""
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            members = {}
+            for m in tar.getmembers():
+                if Path(m.name).name not in names:
+                    continue
+                if m.name.startswith("/") or ".." in Path(m.name).parts or not m.isfile():
+                    kind = "a link" if (m.issym() or m.islnk()) else "not a regular file" if not m.isfile() else "outside the archive"
+                    raise ValueError(f"archive {str(path)!r}: member {m.name!r} is {kind}; refused")
+                if m.size > MAX_CIFAR_FILE_BYTES:
+                    raise ValueError(f"archive {str(path)!r}: member {m.name!r} has {m.size} bytes, more than any "
+                                     f"CIFAR-10 batch ({MAX_CIFAR_FILE_BYTES} at most); refused")
+                members[Path(m.name).name] = m
+            missing = [n for n in names if n not in members]
+            if missing:
+                raise FileNotFoundError(f"archive {str(path)!r} lacks {missing}")
+            return [tar.extractfile(members[n]).read() for n in names]
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{str(path)!r} is not a readable .tar.gz archive (truncated or corrupt): {e}") from None
 
 
 class Cifar10(ImageDataset):
@@ -227,12 +273,7 @@ class Cifar10(ImageDataset):
                 raise ValueError(f"{str(path)!r} is neither a CIFAR-10 directory nor the cifar-10-python.tar.gz archive")
             if verify_md5:
                 _check_md5(path.read_bytes(), CIFAR10_ARCHIVE_MD5, str(path))
-            with tarfile.open(path, "r:gz") as tar:
-                members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-                missing = [n for n in names if n not in members]
-                if missing:
-                    raise FileNotFoundError(f"archive {str(path)!r} lacks {missing}")
-                return [tar.extractfile(members[n]).read() for n in names]
+            return _read_archive(path, names)
         root = path / CIFAR10_DIR if (path / CIFAR10_DIR).is_dir() else path
         blobs = []
         for n in names:
