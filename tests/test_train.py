@@ -134,3 +134,30 @@ def test_a_second_training_into_the_same_run_is_refused(tmp_path):
         with pytest.raises(OutputBusyError, match="being written by another diffzoo process"):
             train(TrainConfig(steps=2, checkpoint_every=2, **TINY), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+class _Planted:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"", "not a diffzoo training state .*truncated, empty"),
+    (b"garbage, not a zip", "not a diffzoo training state"),
+    ("planted", "holding objects a weights-only load refuses"),
+    ("missing", r"it lacks \['config', 'model', 'ema', 'optimizer'\]"),
+])
+def test_a_bad_state_file_is_one_line_naming_it(tmp_path, capsys, content, match):
+    cfg = TrainConfig(steps=2, checkpoint_every=2, **TINY)
+    train(cfg, tmp_path / "run", progress=False)
+    path = load_state(tmp_path / "run")[0] / CHECKPOINT_STATE
+    if content == "planted":
+        torch.save({"step": 2, "x": _Planted()}, path)
+    elif content == "missing":
+        torch.save({"step": 2}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as e:
+        load_state(tmp_path / "run")
+    assert str(path) in str(e.value) and "\n" not in str(e.value) and "weights_only=False" not in str(e.value)
+    assert "this must never run" not in capsys.readouterr().out

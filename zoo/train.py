@@ -148,13 +148,27 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
     return 0, 1
 
 
+_STATE_KEYS = ("step", "config", "model", "ema", "optimizer")
+
+
 def load_state(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     """The last checkpoint directory of a run and its state, loaded with ``weights_only=True``."""
     last = Path(run_dir) / "last"
     if not last.exists():
         raise FileNotFoundError(f"no checkpoint in {str(run_dir)!r} (expected {str(last)!r}): nothing to resume")
     ckpt = last.resolve()
-    state = torch.load(ckpt / CHECKPOINT_STATE, map_location="cpu", weights_only=True)
+    path = ckpt / CHECKPOINT_STATE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint state {str(path)!r} is missing: nothing to resume") from None
+    except Exception as e:  # noqa: BLE001  torch raises UnpicklingError, RuntimeError, EOFError... for a bad file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{str(path)!r} is not a diffzoo training state (truncated, empty, or holding objects a "
+                         f"weights-only load refuses): {first}") from None
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{str(path)!r} is not a diffzoo training state: it lacks {missing}")
     return ckpt, state
 
 
