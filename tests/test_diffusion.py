@@ -332,3 +332,19 @@ def test_dpmpp_sample_contract(small_model):
 def test_step_pairs():
     t_prev, t_last = zoo.diffusion.step_pairs(np.array([900, 600, 300, 0]))
     assert t_prev.tolist() == [600, 300, 0, -1] and t_last.tolist() == [-1, 900, 600, 300]
+
+
+@pytest.mark.parametrize("a_t,a_prev,match", [
+    (float("nan"), 0.5, r"alpha_bar_t=nan is invalid: expected finite values in \(0, 1\)"),
+    (1.0, 1.0, r"alpha_bar_t=1.0 is invalid"),
+    (0.3, 1.5, r"alpha_bar_prev=1.5 is invalid: expected finite values in \(0, 1\]"),
+    (0.3, np.array([0.5, -0.1]), r"alpha_bar_prev=.* is invalid"),
+])
+def test_solver_steps_refuse_bad_alphas_instead_of_returning_nan(a_t, a_prev, match):
+    x = np.zeros((2, 1, 2, 2), np.float32)
+    with pytest.raises(ValueError, match=match):
+        ddim_step(x, x, a_t, a_prev)
+    with pytest.raises(ValueError, match=match):
+        dpmpp_2m_step(x, x, x, a_t, a_prev, 0.1)
+    with pytest.raises(ValueError, match=r"alpha_bar_last=1.0 is invalid: expected finite values in \[0, 1\)"):
+        dpmpp_2m_step(x, x, x, 0.3, 0.5, 1.0)

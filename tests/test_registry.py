@@ -63,3 +63,15 @@ def test_model_carries_name_and_config_and_rebuilds(model_name):
 def test_defaults():
     m = zoo.build("residual")
     assert (m.config.channels, m.config.hidden, m.config.kernel_size, m.config.num_train_timesteps) == (3, 64, 3, 1000)
+
+
+def test_numpy_integers_are_accepted_as_ints():
+    import json
+
+    import numpy as np
+
+    m = zoo.build("unet", hidden=np.int64(8), levels=np.int32(2))
+    assert m.config == zoo.UNetConfig(hidden=8, levels=2) and type(m.config.hidden) is int
+    json.dumps(dataclasses.asdict(m.config))  # stays serialisable for manifests and checkpoints
+    with pytest.raises(ValueError, match=r"hidden=8\.0 is invalid: expected an integer >= 1"):
+        zoo.build("conv", hidden=8.0)

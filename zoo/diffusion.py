@@ -142,6 +142,17 @@ def _coef(a: Any, x: Any) -> Any:
     return a
 
 
+def _check_alpha(name: str, a: Any, low: float, high: float, closed: str) -> None:
+    """Refuse a non-finite or out-of-range alpha-bar given as a number or numpy array (tensors are traced graphs' inputs)."""
+    if _is_torch(a):
+        return
+    v = np.asarray(a, dtype=np.float64)
+    lo_ok = v >= low if "[" in closed else v > low
+    hi_ok = v <= high if "]" in closed else v < high
+    if not (np.isfinite(v).all() and lo_ok.all() and hi_ok.all()):
+        raise ValueError(f"{name}={a!r} is invalid: expected finite values in {closed[0]}{low:g}, {high:g}{closed[1]}")
+
+
 def make_training_sample(x0: Any, eps: Any, alpha_bar_t: Any) -> tuple[Any, Any]:
     """Noise clean data to timestep t (DDPM eq. 4): ``x_t = sqrt(a)*x0 + sqrt(1-a)*eps``.
 
@@ -188,6 +199,8 @@ def ddim_step(
             raise ValueError(f"eta={eta!r} > 0 needs `noise` of shape {tuple(x_t.shape)}; none was given")
     if clip_range is not None and not clip_range > 0:
         raise ValueError(f"clip_range={clip_range!r} is invalid: expected a positive number or None")
+    _check_alpha("alpha_bar_t", alpha_bar_t, 0.0, 1.0, "()")
+    _check_alpha("alpha_bar_prev", alpha_bar_prev, 0.0, 1.0, "(]")
     a_t = _coef(alpha_bar_t, x_t)
     a_prev = _coef(alpha_bar_prev, x_t)
     eta = _coef(eta, x_t)
@@ -234,6 +247,9 @@ def dpmpp_2m_step(
     """
     if clip_range is not None and not clip_range > 0:
         raise ValueError(f"clip_range={clip_range!r} is invalid: expected a positive number or None")
+    _check_alpha("alpha_bar_t", alpha_bar_t, 0.0, 1.0, "()")
+    _check_alpha("alpha_bar_prev", alpha_bar_prev, 0.0, 1.0, "(]")
+    _check_alpha("alpha_bar_last", alpha_bar_last, 0.0, 1.0, "[)")
     xp = _xp(x_t)
     a_t, a_prev, a_last = _coef(alpha_bar_t, x_t), _coef(alpha_bar_prev, x_t), _coef(alpha_bar_last, x_t)
     x0 = (x_t - (1 - a_t) ** 0.5 * eps) / a_t**0.5

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -36,8 +37,9 @@ class DenoiserConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
                 raise ValueError(f"{f.name}={v!r} is invalid: expected an integer >= 1")
+            object.__setattr__(self, f.name, int(v))  # numpy integers are accepted, stored as int (JSON, hashing)
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size={self.kernel_size!r} is invalid: expected an odd integer (1, 3, 5, ...)")
 
