@@ -45,10 +45,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n")
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def _model_args(p: argparse.ArgumentParser, channels_from_data: bool = False) -> None:
     p.add_argument("--model", default="residual", help="registry name (see `zoo.available()`); default: residual")
     p.add_argument("--hidden", type=_positive_int, default=64, help="hidden channels (default 64)")
-    p.add_argument("--channels", type=_positive_int, default=3, help="data channels (default 3)")
+    if channels_from_data:
+        p.add_argument("--channels", type=_positive_int, default=None, help="data channels (default: the data's; must match it)")
+    else:
+        p.add_argument("--channels", type=_positive_int, default=3, help="data channels (default 3)")
     p.add_argument("--size", type=_positive_int, default=32, help="image height and width in pixels (default 32)")
     p.add_argument("--schedule", default="linear", help="noise schedule: linear or cosine (default linear)")
 
@@ -266,8 +269,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from zoo.train import TrainConfig, train
 
+    channels = {} if args.channels is None else {"channels": args.channels}  # the data decides; a mismatch is refused
     cfg = TrainConfig(
-        model=args.model, model_config={"hidden": args.hidden, "kernel_size": args.kernel_size, **args.model_config},
+        model=args.model, model_config={"hidden": args.hidden, "kernel_size": args.kernel_size, **channels, **args.model_config},
         data=args.data,
         size=args.size, steps=args.steps, batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, ema_decay=args.ema_decay, schedule=args.schedule, seed=args.seed,
@@ -506,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("train", help="train a model (data-parallel under torchrun)")
-    _model_args(p)
+    _model_args(p, channels_from_data=True)
     p.add_argument("--kernel-size", type=_positive_int, default=3, help="odd conv kernel size (default 3)")
     p.add_argument("--model-config", type=_model_config, default={},
                    help="other integer config fields of the model, e.g. levels=2,blocks=1 for unet")
@@ -567,11 +571,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     func: Callable[[argparse.Namespace], int] = args.func
     from runtime.providers import ProviderUnavailableError
-    from zoo.diffusion import NonFiniteSampleError
+    from zoo.diffusion import NonFiniteLossError, NonFiniteSampleError
 
     try:
         return func(args)
-    except NonFiniteSampleError as e:  # the model diverged: not the user's typing, but one line all the same
+    except (NonFiniteSampleError, NonFiniteLossError) as e:  # the model diverged: not the user's typing, but one line all the same
         if os.environ.get("DIFFZOO_DEBUG"):
             raise
         print(f"diffzoo {args.command}: error: {e}", file=sys.stderr)

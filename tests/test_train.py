@@ -161,3 +161,42 @@ def test_a_bad_state_file_is_one_line_naming_it(tmp_path, capsys, content, match
         load_state(tmp_path / "run")
     assert str(path) in str(e.value) and "\n" not in str(e.value) and "weights_only=False" not in str(e.value)
     assert "this must never run" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("seed", -1, r"seed=-1 is invalid: expected an integer >= 0"),
+    ("sample_every", -5, r"sample_every=-5 is invalid: expected an integer >= 0"),
+    ("lr", float("inf"), r"lr=inf.*expected finite values"),
+    ("ema_decay", float("nan"), r"ema_decay=nan.*expected finite values"),
+])
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path, field, value, match):
+    with pytest.raises(ValueError, match=match):
+        train(TrainConfig(**{**TINY, "steps": 2, field: value}), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_channels_that_do_not_match_the_data_are_refused(tmp_path, capsys):
+    from runtime.cli import main
+
+    args = ["train", "--model", "conv", "--hidden", "8", "--size", "8", "--steps", "2", "--out", str(tmp_path / "run")]
+    assert main([*args, "--channels", "1"]) == 2  # synthetic shapes are RGB
+    assert "channels=1 does not match the data 'synthetic', which has 3 channel(s)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_finite_checkpoint(tmp_path, monkeypatch):
+    import torch.nn.functional as F
+
+    from zoo.diffusion import NonFiniteLossError
+
+    real, calls = F.mse_loss, []
+
+    def diverging(a, b):
+        calls.append(1)
+        return real(a, b) * (float("nan") if len(calls) > 7 else 1.0)
+
+    monkeypatch.setattr("zoo.train.F.mse_loss", diverging)
+    with pytest.raises(NonFiniteLossError, match=r"step 7: loss nan.*the last checkpoint \(step_0000005\) is kept"):
+        train(TrainConfig(**{**TINY, "steps": 20, "checkpoint_every": 5}), tmp_path / "run", progress=False)
+    ckpt, state = load_state(tmp_path / "run")
+    assert state["step"] == 5 and all(torch.isfinite(v).all() for v in state["model"].values())

@@ -55,6 +55,7 @@ __all__ = [
     "sample",
     "step_pairs",
     "NonFiniteSampleError",
+    "NonFiniteLossError",
     "check_finite",
 ]
 
@@ -67,6 +68,10 @@ SOLVERS = ("ddim", "dpmpp_2m")
 
 class NonFiniteSampleError(ArithmeticError):
     """A sampler produced NaN or inf: the model diverged. Never returned silently."""
+
+
+class NonFiniteLossError(ArithmeticError):
+    """Training produced a NaN or inf loss or gradient: stopped before it reached the weights."""
 
 
 def check_finite(x: Any, where: str) -> None:

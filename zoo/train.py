@@ -29,7 +29,7 @@ from torch.optim.swa_utils import AveragedModel
 from zoo.allocator import tune_allocator
 from zoo.checkpoint import save_weights
 from zoo.data import open_dataset
-from zoo.diffusion import ddim_sample, make_training_sample
+from zoo.diffusion import NonFiniteLossError, ddim_sample, make_training_sample
 from zoo.files import atomic_write, default_mode, output_lock, replace_dir
 from zoo.images import save_grid
 from zoo.registry import build
@@ -75,10 +75,15 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r} is invalid: expected an integer >= 1")
-        if not self.lr > 0 or self.weight_decay < 0 or not self.grad_clip > 0 or not 0 <= self.ema_decay < 1:
+        for name in ("seed", "sample_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name}={v!r} is invalid: expected an integer >= 0")
+        finite = all(math.isfinite(v) for v in (self.lr, self.weight_decay, self.grad_clip, self.ema_decay))
+        if not finite or not self.lr > 0 or self.weight_decay < 0 or not self.grad_clip > 0 or not 0 <= self.ema_decay < 1:
             raise ValueError(
                 f"lr={self.lr}, weight_decay={self.weight_decay}, grad_clip={self.grad_clip}, ema_decay={self.ema_decay}: "
-                "expected lr > 0, weight_decay >= 0, grad_clip > 0, 0 <= ema_decay < 1"
+                "expected finite values with lr > 0, weight_decay >= 0, grad_clip > 0, 0 <= ema_decay < 1"
             )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule={self.lr_schedule!r} is invalid: expected one of {list(LR_SCHEDULES)}")
@@ -251,6 +256,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, until: int
     device = _device(cfg.device)
     data = open_dataset(cfg.data, cfg.size, train=True, seed=cfg.seed)
     torch.manual_seed(cfg.seed)  # the initial weights (replaced by the checkpoint's on --resume)
+    if cfg.model_config.get("channels", data.channels) != data.channels:
+        raise ValueError(f"channels={cfg.model_config['channels']} does not match the data {cfg.data!r}, which has "
+                         f"{data.channels} channel(s): leave --channels out, the data decides")
     model = build(cfg.model, **{**cfg.model_config, "channels": data.channels})
     schedule = make_schedule(cfg.schedule, num_train_timesteps=model.config.num_train_timesteps, **cfg.schedule_params)
     start, saved = 0, None
@@ -306,7 +314,11 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, until: int
             group["lr"] = lr_at(cfg, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)  # the same on every rank (DDP)
+        if not torch.isfinite(grad_norm):  # a NaN/inf loss or gradient never reaches the weights or a checkpoint
+            kept = f"the last checkpoint ({last_ckpt.name if last_ckpt else 'none this session'}) is kept"
+            raise NonFiniteLossError(f"step {step}: loss {float(loss):.4g}, gradient norm {float(grad_norm):.4g} "
+                                     f"(lr={cfg.lr:g}): training stopped; {kept}; try a lower --lr")
         opt.step()
         ema.update_parameters(model)
         window.append(loss.detach())
