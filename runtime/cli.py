@@ -168,12 +168,15 @@ def _shard(s: str) -> tuple[int, int]:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".npy")
 
 
-def _check_out(path: Path) -> None:
-    """Refuse a bad output path before any work is done."""
+def _check_out(path: Path, channels: int | None = None) -> None:
+    """Refuse a bad output path before any work is done (``channels``: of the images that will be written)."""
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"cannot write {str(path)!r}: the suffix must be one of {', '.join(IMAGE_SUFFIXES)}")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"the directory of {str(path)!r} does not exist")
+    if channels is not None and channels not in (1, 3) and path.suffix.lower() != ".npy":
+        raise ValueError(f"cannot write {channels}-channel images to {str(path)!r}: image files hold 1 or 3 channels; "
+                         "use a .npy output")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -187,6 +190,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"shard {i}/{n_shards} of --n {args.n} images is empty: use fewer shards than images")
     sampler = runtime.load(args.bundle, provider=args.provider, strict=args.provider == "cuda", threads=args.threads,
                            cuda=runtime.CudaOptions(cuda_graph=args.cuda_graph), precision=args.precision)
+    _check_out(out, channels=sampler.shape[0])
+    if args.cuda_graph and (args.mode != "fused" or sampler.device != "cuda"):
+        raise ValueError(f"--cuda-graph replays the fused step on CUDA: it needs --mode fused and the CUDA provider "
+                         f"(here: --mode {args.mode}, {sampler.providers[0]})")
     sampler.check(args.steps, args.eta, args.spacing, args.mode, args.solver)
     t0 = time.perf_counter()
     x = sampler.sample(stop - start, num_steps=args.steps, seed=args.seed, eta=args.eta, spacing=args.spacing,
@@ -469,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=_eta, default=0.0, help="0 = deterministic DDIM (default), 1 = DDPM-like")
     p.add_argument("--seed", type=int, default=0, help="image k depends only on (seed, k)")
     p.add_argument("--mode", choices=MODES, default="loop", help="loop (default): one run per batch; fused; step")
-    p.add_argument("--spacing", default="leading", help="timestep spacing: leading (default), trailing, linspace")
+    p.add_argument("--spacing", choices=sorted(SPACINGS), default="leading", help="timestep spacing (default leading)")
     p.add_argument("--provider", choices=PROVIDERS, default="auto", help="auto (default): CUDA if it loads, else CPU")
     p.add_argument("--shard", type=_shard, default=(0, 1), help="i/N: sample only the i-th of N equal parts of the n images")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="images per session run (default 16)")
@@ -477,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graph", action="store_true", help="fused mode on CUDA: replay the step as a CUDA graph")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default) or int8: the bundle's int8 variants (export --int8), CPU provider")
-    p.add_argument("--out", default="samples.png", help="output: .png grid, .ppm first image, .npy array")
+    p.add_argument("--out", required=True, help="output file: .png grid, .ppm first image, .npy array")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("parity", help="compare the onnxruntime sampler with eager torch, step by step")

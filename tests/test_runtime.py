@@ -214,6 +214,8 @@ def _cli(*args):
         (["--mode", "unrolled"], "invalid choice: 'unrolled'"),
         (["--provider", "tpu"], "invalid choice: 'tpu'"),
         (["--solver", "euler"], "invalid choice: 'euler'"),
+        (["--spacing", "bogus"], "invalid choice: 'bogus'"),
+        (["--cuda-graph"], "--cuda-graph replays the fused step on CUDA: it needs --mode fused and the CUDA provider"),
         (["--solver", "dpmpp_2m", "--eta", "0.5"], "eta=0.5 is invalid with solver 'dpmpp_2m', which is deterministic"),
     ],
 )
@@ -343,3 +345,17 @@ def test_manifest_settings_edited_after_export_are_refused(bundles, tmp_path, ed
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(export.BundleError, match=rf"{section}.* differs from the hashed weights'.*edited after export"):
         runtime.load(path, provider="cpu")
+
+
+def test_cli_sample_checks_its_output_before_sampling(tmp_path):
+    import torch
+
+    import zoo
+
+    torch.manual_seed(0)
+    b = export.export_bundle(zoo.build("conv", hidden=8, channels=4), tmp_path / "b4", example_shape=(4, 8, 8), formats=["onnx"])
+    rc, _, err = _cli("sample", str(b.path), "--provider", "cpu", "--n", "2", "--steps", "2", "--out", str(tmp_path / "x.png"))
+    assert rc == 2 and "cannot write 4-channel images to" in err and "use a .npy output" in err
+    assert _cli("sample", str(b.path), "--provider", "cpu", "--n", "2", "--steps", "2", "--out", str(tmp_path / "x.npy"))[0] == 0
+    rc, _, err = _cli("sample", str(b.path), "--provider", "cpu")
+    assert rc == 2 and "the following arguments are required: --out" in err  # never a silent ./samples.png
