@@ -33,6 +33,7 @@ from export.torchscript import load_traced, save_traced
 from export.verify import INT8_LOOP_RTOL, INT8_STEP_RTOL, Check, compare_outputs, derived_atol, raise_on_failures
 from export.wrappers import DDIMStep, DPMStep, FusedDPMStep, FusedStep
 from zoo.checkpoint import save_weights
+from zoo.diffusion import SOLVERS
 from zoo.files import clean_leftovers, default_mode, output_lock, replace_dir
 from zoo.schedules import Schedule
 
@@ -198,6 +199,7 @@ def export_bundle(
     int8: bool = False,
     atol: float | None = None,
     data_source: str | None = None,
+    solvers: Iterable[str] = SOLVERS,
 ) -> Bundle:
     """Export ``model`` and its DDIM sampler to a verified bundle directory.
 
@@ -220,6 +222,8 @@ def export_bundle(
             ``INT8_STEP_RTOL`` / ``INT8_LOOP_RTOL`` relative RMS, and the measured error recorded.
         data_source: the data spec the model was trained on (``"digits"``...), recorded in the
             manifest so that ``diffzoo eval`` knows what to measure against.
+        solvers: the samplers to export graphs for, a subset of ``("ddim", "dpmpp_2m")`` (default
+            both); the runtime refuses a solver the bundle has no graphs for, naming it.
         atol: override the fp32 bound on max |diff| for every fp32 artifact (as optimum-cli's
             ``--atol``). By default each bound is derived from eager float32's own error against
             float64 on the same inputs (``export.verify.derived_atol``); both are recorded.
@@ -231,8 +235,12 @@ def export_bundle(
     schedule = schedule or zoo.linear_schedule(model.config.num_train_timesteps)
     example_shape = tuple(example_shape or (model.config.channels, 32, 32))
     out, formats = _check_args(model, out_dir, schedule, example_shape, opset, formats, force, int8, atol)
+    solvers = tuple(solvers)
+    if not solvers or any(x not in SOLVERS for x in solvers):
+        raise ValueError(f"solvers={list(solvers)!r} is invalid: expected a non-empty subset of {list(SOLVERS)}")
     model = copy.deepcopy(model).float().cpu().eval()
-    specs = [s for s in artifact_specs(model.config.channels, int8).values() if set(s.formats) & set(formats)]
+    specs = [s for s in artifact_specs(model.config.channels, int8).values()
+             if set(s.formats) & set(formats) and s.solver in (None, *solvers)]
     out.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(out):  # a second export into the same directory is refused, not raced
         clean_leftovers(out)  # what an interrupted export of `out` left beside it

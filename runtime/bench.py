@@ -295,7 +295,7 @@ def _run_bench(cfg: BenchConfig, progress: Callable[[str], None]) -> dict[str, A
     with tempfile.TemporaryDirectory() as tmp:
         progress("exporting the bundle")
         bundle = export.export_bundle(model, Path(tmp) / "bundle", schedule=schedule, example_shape=(c, cfg.size, cfg.size),
-                                      int8=any(b in cfg.backends for b in INT8_BACKENDS))
+                                      int8=any(b in cfg.backends for b in INT8_BACKENDS), solvers=(cfg.solver,))
         results["export_seconds"] = bundle.seconds
         backends = _backends(cfg, bundle.path, model, schedule, x_T)
         warm, outputs, rss = {}, {}, {}

@@ -379,12 +379,16 @@ def _check_run(sampler: Sampler, num_steps: int, eta: float, spacing: str, mode:
         raise ValueError(f"unknown mode {mode!r}: expected one of {list(MODES)}")
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}: expected one of {list(SOLVERS)}")
+    if not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta={eta!r} is invalid: expected 0 <= eta <= 1 (0 = DDIM, 1 = DDPM-like)")
+    if solver == "dpmpp_2m" and eta != 0:
+        raise ValueError(f"eta={eta!r} is invalid with solver 'dpmpp_2m', which is deterministic: use eta=0, or solver='ddim'")
+    artifact = ARTIFACTS[(solver, eta > 0)][mode]
+    if artifact not in sampler.manifest["artifacts"] and f"{artifact}_int8" not in sampler.manifest["artifacts"]:
+        label = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)"}[solver]
+        raise ValueError(f"bundle {str(sampler.path)!r} has no {label} graphs ({artifact!r}: exported before they were "
+                         f"added, or with solvers= leaving them out): re-export it (diffzoo export), or use another solver")
     if solver == "dpmpp_2m":
-        if eta != 0:
-            raise ValueError(f"eta={eta!r} is invalid with solver 'dpmpp_2m', which is deterministic: use eta=0, or solver='ddim'")
-        if ARTIFACTS[(solver, False)][mode] not in sampler.manifest["artifacts"]:
-            raise ValueError(f"bundle {str(sampler.path)!r} has no DPM-Solver++(2M) graphs (exported before they were added): "
-                             "re-export it (diffzoo export), or use solver='ddim'")
         if sampler.precision != "fp32":
             raise ValueError(f"solver 'dpmpp_2m' has no {sampler.precision} graphs: use precision='fp32', or solver='ddim'")
     if spacing not in SPACINGS:
@@ -392,5 +396,3 @@ def _check_run(sampler: Sampler, num_steps: int, eta: float, spacing: str, mode:
     T = sampler.schedule.num_train_timesteps
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= T:
         raise ValueError(f"num_steps={num_steps!r} is invalid: expected an integer in 1..{T}")
-    if not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta={eta!r} is invalid: expected 0 <= eta <= 1 (0 = DDIM, 1 = DDPM-like)")

@@ -326,3 +326,17 @@ def test_a_crash_during_the_swap_never_leaves_the_target_missing(tmp_path, monke
     assert len(leftovers) == 1 and leftovers[0].startswith(".b.partial-")  # the old bundle, under the temp name
     export.export_bundle(_tiny(), out, example_shape=(3, 8, 8), formats=["torchscript"], force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_solvers_selects_the_graphs_exported(tmp_path):
+    import runtime
+
+    b = export.export_bundle(_tiny(), tmp_path / "b", example_shape=(3, 8, 8), formats=["onnx"], solvers=["dpmpp_2m"])
+    assert sorted(b.manifest["artifacts"]) == ["denoiser", "dpmpp_step", "fused_step_dpmpp", "sampler_dpmpp"]
+    s = runtime.load(b.path, provider="cpu")
+    assert s.sample(2, num_steps=3, solver="dpmpp_2m").shape == (2, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"has no DDIM graphs \('sampler'.*re-export it"):
+        s.sample(2, num_steps=3)
+    with pytest.raises(ValueError, match=r"solvers=\['euler'\] is invalid: expected a non-empty subset of \['ddim', 'dpmpp_2m'\]"):
+        export.export_bundle(_tiny(), tmp_path / "c", solvers=["euler"])
+    assert not (tmp_path / "c").exists()
