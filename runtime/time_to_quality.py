@@ -103,14 +103,27 @@ def run_time_to_quality(
     backends: tuple[str, ...] = ("eager", "ort-step", "ort-fused", "ort-loop", "openvino-fused", "openvino-loop"),
     progress: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
-    """Quality against steps for every configuration, then the time each backend needs to reach the stated quality."""
+    """Quality against steps for every configuration, then the time each backend needs to reach the stated quality.
+
+    Backends that cannot run here (no GPU, no ``openvino``) are listed under ``"skipped"``.
+    """
+    import torch
+
+    threads_before = torch.get_num_threads()
+    try:
+        return _run(Path(bundle), data, n, batch, threads, repeats, backends, progress)
+    finally:
+        torch.set_num_threads(threads_before)  # process-global: give it back
+
+
+def _run(bundle: Path, data: str, n: int, batch: int, threads: int, repeats: int, backends: tuple[str, ...],
+         progress: Callable[[str], None]) -> dict[str, Any]:
     import torch
 
     import runtime
     from export.manifest import load_manifest
     from zoo.metrics import reference_classifier
 
-    bundle = Path(bundle)
     manifest = load_manifest(bundle)
     torch.set_num_threads(threads)
     shape = manifest["data"]["shape"]
@@ -155,7 +168,7 @@ def run_time_to_quality(
         "quality": {label: {str(s): q for s, q in rows.items()} for label, rows in quality.items()},
         "reference": {"config": list(REFERENCE), "fd": ref, "fd_other_seeds": others, "spread": spread, "target": target},
         "steps_to_target": reach, "seconds_to_target": seconds, "reference_seconds": reference_seconds,
-        "ms_per_step": per_step, "timing_runs": {
+        "ms_per_step": per_step, "skipped": [b for b in backends if b not in fns], "timing_runs": {
             f"{b} {label} {s}": v for (b, label, s), v in times.items()},
     }
 
@@ -192,6 +205,8 @@ def format_time_to_quality(res: dict[str, Any]) -> str:
               f"{'backend':<22}{'ddim':>10}{'dpmpp_2m':>10}{'ratio':>8}"]
     for b, r in res["ms_per_step"].items():
         lines.append(f"{b:<22}{r['ddim']:>10.3f}{r['dpmpp_2m']:>10.3f}{r['dpmpp_2m'] / r['ddim']:>8.3f}")
+    if res.get("skipped"):
+        lines.append("not run here: " + ", ".join(res["skipped"]) + " (no GPU, or the openvino package is not installed)")
     loop, fused = res["ms_per_step"].get("ort-loop"), res["ms_per_step"].get("ort-fused")
     if loop and fused:
         lines.append(f"ort-loop per step against ort-fused: ddim {loop['ddim'] / fused['ddim']:.3f}, "

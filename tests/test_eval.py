@@ -97,7 +97,7 @@ def test_time_to_quality_measures_every_solver_and_backend(digits_bundle):
     assert all(np.isfinite(v) and v > 0 for r in res["ms_per_step"].values() for v in r.values())
     text = format_time_to_quality(res)
     assert "seconds for a batch to reach the target" in text and "dpmpp_2m trailing" in text and "cost per step" in text
-    assert set(res["reference_seconds"]) == {"eager", "ort-loop"}
+    assert set(res["reference_seconds"]) == {"eager", "ort-loop"} and res["skipped"] == []
 
 
 def test_bench_quality_needs_a_trained_model(capsys):
