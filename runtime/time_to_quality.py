@@ -149,15 +149,16 @@ def _run(bundle: Path, data: str, n: int, batch: int, threads: int, repeats: int
     runs += [(b, label, steps) for b in fns for label, steps in reach.items() if steps is not None]
     runs += [(b, _label(s, "trailing"), COST_STEPS) for b in fns for s in ("ddim", "dpmpp_2m")]
     runs = list(dict.fromkeys(runs))
+    config = {_label(sv, sp): (sv, sp) for sv, sp in CONFIGS}  # label -> (solver, spacing)
     times: dict[tuple[str, str, int], list[float]] = {r: [] for r in runs}
     for b, label, steps in runs:  # warm-up: session creation and first-run allocation are not counted
-        fns[b](x_T, *label.split(), steps)
+        fns[b](x_T, *config[label], steps)
     for r in range(repeats):
         progress(f"timing: repeat {r + 1}/{repeats} over {len(runs)} runs")
         for key in runs:
             b, label, steps = key
             t0 = time.perf_counter()
-            fns[b](x_T, *label.split(), steps)
+            fns[b](x_T, *config[label], steps)
             times[key].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     seconds = {b: {label: (med[(b, label, s)] if s is not None else None) for label, s in reach.items()} for b in fns}
