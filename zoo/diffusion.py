@@ -27,11 +27,13 @@ runtime). This module imports torch only inside the samplers.
 from __future__ import annotations
 
 import logging
+import numbers
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from zoo.schedules import SCHEDULES, Schedule, cosine_schedule, linear_schedule, make_schedule
+from zoo.validate import check_int, check_real
 
 if TYPE_CHECKING:
     import torch
@@ -105,9 +107,8 @@ def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: Spacing = 
     """The descending int64 timesteps a DDIM sampler visits, shape (num_steps,)."""
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}: expected one of {sorted(SPACINGS)}")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= num_train_timesteps:
-        raise ValueError(f"num_steps={num_steps!r} is invalid: expected an integer in 1..{num_train_timesteps}")
-    return np.ascontiguousarray(SPACINGS[spacing](int(num_train_timesteps), int(num_steps)))
+    num_steps = check_int("num_steps", num_steps, 1, num_train_timesteps)
+    return np.ascontiguousarray(SPACINGS[spacing](int(num_train_timesteps), num_steps))
 
 
 def step_pairs(timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -197,9 +198,8 @@ def ddim_step(
     Returns:
         x_prev, same shape and type as x_t.
     """
-    if isinstance(eta, (int, float)):
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta={eta!r} is invalid: expected 0 <= eta <= 1 (0 = DDIM, 1 = DDPM-like)")
+    if isinstance(eta, numbers.Real):  # a 0-d tensor (a traced input) is checked by the caller
+        eta = check_real("eta", eta, 0.0, 1.0, hint="0 = DDIM, 1 = DDPM-like")
         if eta > 0 and noise is None:
             raise ValueError(f"eta={eta!r} > 0 needs `noise` of shape {tuple(x_t.shape)}; none was given")
     if clip_range is not None and not clip_range > 0:
@@ -349,8 +349,7 @@ def ddim_sample(
     import torch
 
     timesteps, alphas = _sampler_setup(model, schedule, x_T, num_steps, spacing)
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta={eta!r} is invalid: expected 0 <= eta <= 1")
+    eta = check_real("eta", eta, 0.0, 1.0, hint="0 = DDIM, 1 = DDPM-like")
     expected = (len(timesteps), *x_T.shape)
     if isinstance(noise, torch.Tensor) and tuple(noise.shape) != expected:
         raise ValueError(f"noise must have shape (S, B, C, H, W) = {expected}; got {tuple(noise.shape)}")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from zoo.files import atomic_write
+from zoo.validate import check_int
 
 __all__ = ["to_uint8", "write_ppm", "grid_array", "save_image", "save_grid", "save_side_by_side"]
 
@@ -58,8 +59,7 @@ def grid_array(batch: Any, nrow: int | None = None, padding: int = 2, scale: int
     ``pad_value`` (0..255) fills the padding: black by default, grey for images on black backgrounds.
     """
     imgs = to_uint8(batch)  # (B, H, W, C)
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-        raise ValueError(f"scale={scale!r} is invalid: expected an integer >= 1")
+    scale = check_int("scale", scale, 1)
     imgs = imgs.repeat(scale, axis=1).repeat(scale, axis=2)
     b, h, w, c = imgs.shape
     nrow = nrow or math.ceil(math.sqrt(b))

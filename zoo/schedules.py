@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from zoo.validate import check_int
+
 __all__ = ["Schedule", "linear_schedule", "cosine_schedule", "make_schedule", "SCHEDULES"]
 
 
@@ -44,9 +46,8 @@ class Schedule:
         return make_schedule(**d)
 
 
-def _check_T(num_train_timesteps: int) -> None:
-    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
-        raise ValueError(f"num_train_timesteps={num_train_timesteps!r} is invalid: expected an integer >= 1")
+def _check_T(num_train_timesteps: int) -> int:
+    return check_int("num_train_timesteps", num_train_timesteps, 1)
 
 
 def _finish(name: str, params: dict[str, Any], betas: np.ndarray) -> Schedule:
@@ -59,7 +60,7 @@ def _finish(name: str, params: dict[str, Any], betas: np.ndarray) -> Schedule:
 
 def linear_schedule(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
     """Betas spaced linearly from ``beta_start`` to ``beta_end`` (DDPM's choice for T=1000)."""
-    _check_T(num_train_timesteps)
+    num_train_timesteps = _check_T(num_train_timesteps)
     if not 0.0 < beta_start <= beta_end < 1.0:
         raise ValueError(
             f"beta_start={beta_start!r}, beta_end={beta_end!r} are invalid: expected 0 < beta_start <= beta_end < 1"
@@ -71,7 +72,7 @@ def linear_schedule(num_train_timesteps: int = 1000, beta_start: float = 1e-4, b
 
 def cosine_schedule(num_train_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
     """alpha-bar(t) = cos^2(((t/T + s)/(1 + s)) * pi/2), betas clipped at ``max_beta`` (Improved DDPM eq. 17)."""
-    _check_T(num_train_timesteps)
+    num_train_timesteps = _check_T(num_train_timesteps)
     if not s >= 0.0:
         raise ValueError(f"s={s!r} is invalid: expected s >= 0")
     if not 0.0 < max_beta < 1.0:
