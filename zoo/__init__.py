@@ -26,6 +26,7 @@ from zoo.schedules import Schedule, cosine_schedule, linear_schedule, make_sched
 __all__ = [
     "build",
     "available",
+    "parameter_count",
     "register",
     "append_time_channel",
     "ConvConfig",
@@ -55,6 +56,7 @@ __all__ = [
 _LAZY = {
     "build": "zoo.registry",
     "available": "zoo.registry",
+    "parameter_count": "zoo.registry",
     "register": "zoo.registry",
     "append_time_channel": "zoo.models",
     "ConvConfig": "zoo.models",
@@ -63,7 +65,7 @@ _LAZY = {
     "DenoiserConfig": "zoo.models",
 }
 # Submodules that import torch: ``zoo.train``, ``zoo.data``... work after a plain ``import zoo``.
-_LAZY_MODULES = ("train", "data", "metrics", "checkpoint", "models", "registry", "allocator")
+_LAZY_MODULES = ("train", "data", "metrics", "checkpoint", "models", "registry", "allocator", "files", "resources", "validate")
 
 
 def __getattr__(name: str) -> Any:

@@ -11,7 +11,9 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-__all__ = ["register", "build", "available"]
+from zoo.resources import check_fits
+
+__all__ = ["register", "build", "available", "parameter_count"]
 
 _MODELS: dict[str, type[torch.nn.Module]] = {}
 
@@ -54,6 +56,18 @@ def build(name: str, **config: Any) -> torch.nn.Module:
         ValueError: unknown ``name`` (the message lists ``available()``), or an invalid value.
         TypeError: an unknown config key (the message lists the accepted keys).
     """
+    cls, cfg = _config(name, config)
+    n = _count(cls, cfg)
+    check_fits(4 * n, f"model {name!r} ({n:,} float32 parameters)", "choose a smaller width (hidden)")
+    return cls(cfg)
+
+
+def parameter_count(name: str, **config: Any) -> int:
+    """The number of parameters ``build(name, **config)`` would allocate, counted without allocating them."""
+    return _count(*_config(name, config))
+
+
+def _config(name: str, config: dict[str, Any]):
     _load_builtin()
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}: available models are {available()}")
@@ -62,4 +76,9 @@ def build(name: str, **config: Any) -> torch.nn.Module:
     unknown = sorted(set(config) - set(accepted))
     if unknown:
         raise TypeError(f"unknown config key(s) {unknown} for model {name!r}: accepted keys are {accepted}")
-    return cls(cls.config_class(**config))
+    return cls, cls.config_class(**config)
+
+
+def _count(cls, cfg) -> int:
+    with torch.device("meta"):  # shapes only: a 57 GB model is counted in microseconds, not allocated
+        return sum(p.numel() for p in cls(cfg).parameters())
