@@ -69,6 +69,21 @@ def append_time_channel(x: torch.Tensor, t: torch.Tensor, num_train_timesteps: i
     return torch.cat([x, torch.zeros_like(x[:, :1]) + tc], dim=1)  # (B, C+1, H, W)
 
 
+def check_timesteps(t: torch.Tensor, num_train_timesteps: int) -> None:
+    """Refuse timesteps outside 0..T-1 in eager calls (a model trained on them says nothing useful elsewhere).
+
+    Skipped while tracing, scripting, compiling or exporting: the check reads values, which a
+    graph must not depend on, and the exported samplers only feed the schedule's own timesteps.
+    """
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"t must be a (B,) tensor of timesteps, got {type(t).__name__}")
+    if t.numel() and bool(((t < 0) | (t > num_train_timesteps - 1)).any()):
+        raise ValueError(f"timesteps {t.min().item()}..{t.max().item()} are out of range: this model was built for "
+                         f"t in 0..{num_train_timesteps - 1} (num_train_timesteps={num_train_timesteps})")
+
+
 def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, padding=k // 2)
 
@@ -103,6 +118,7 @@ class ConvDenoiser(_Denoiser):
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        check_timesteps(t, self.config.num_train_timesteps)
         return self.net(append_time_channel(x, t, self.config.num_train_timesteps))  # (B, C, H, W)
 
 
@@ -133,6 +149,7 @@ class ResidualDenoiser(_Denoiser):
         self.out = _conv(h, c, k)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        check_timesteps(t, self.config.num_train_timesteps)
         h = torch.relu(self.stem(append_time_channel(x, t, self.config.num_train_timesteps)))  # (B, hidden, H, W)
         h = torch.relu(self.block1(h))
         h = torch.relu(self.block2(h))
@@ -237,6 +254,7 @@ class UNetDenoiser(_Denoiser):
         self.out = _conv(cur, c, k)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        check_timesteps(t, self.config.num_train_timesteps)
         temb = self.time_mlp(timestep_embedding(t, self.config.hidden, x.dtype))  # (B, 4 * hidden)
         h = self.stem(x)  # (B, hidden, H, W)
         skips = [h]
