@@ -1,5 +1,6 @@
 """Data sources on small data the tests make themselves, and the safe CIFAR unpickler."""
 
+import io
 import pickle
 import tarfile
 
@@ -110,7 +111,8 @@ def test_image_folder(tmp_path, caplog):
     _png(root / "dogs" / "huge.png", 200, 200, (0, 0, 0))
     with caplog.at_level("WARNING"):
         ds = ImageFolder(root, 8, max_pixels=10_000)
-    assert len(ds) == 2 and ds.skipped == {"unreadable": 1, "empty": 0, "too large": 1}
+    assert len(ds) == 2 and ds.skipped == {"unreadable": 1, "empty": 0, "too large": 1, "unknown pixel range": 0,
+                                          "unreadable folders": 0}
     assert "1 unreadable" in caplog.text and "1 too large" in caplog.text
     x = ds.batch([0, 1])
     assert x.shape == (2, 3, 8, 8)
@@ -163,7 +165,7 @@ def test_digits_split_labels_and_range():
     np.testing.assert_allclose(held[1].numpy()[0], d.images[5] / 8.0 - 1.0, atol=1e-6)  # every 5th image is held out
     assert held.batch_labels([1]).tolist() == [d.target[5]]
     assert open_dataset("digits", 16).batch([0]).shape == (1, 1, 16, 16)
-    with pytest.raises(ValueError, match="size=2 is invalid for digits"):
+    with pytest.raises(ValueError, match="size=2 is invalid: expected an integer >= 4"):
         open_dataset("digits", 2)
 
 
@@ -269,3 +271,46 @@ def test_cifar_truncated_or_garbage_archive_is_one_line(cifar_dir, tmp_path):
         with pytest.raises(ValueError, match="is not a readable .tar.gz archive") as e:
             Cifar10(bad)
         assert "\n" not in str(e.value)
+
+
+def _centre(ds, i=0):
+    return ds[i][:, ds.size // 2, ds.size // 2].numpy()
+
+
+def test_image_folder_decodes_by_mode(tmp_path):
+    """16-bit grey, float, palette and transparent images land in [-1, 1] at their true values."""
+    ramp = np.tile(np.linspace(0, 65535, 16).astype(np.uint16), (16, 1))
+    Image.fromarray(ramp).save(tmp_path / "a_grey16.png")  # opens as I;16 (or I)
+    Image.fromarray(np.full((16, 16), 0.25, np.float32)).save(tmp_path / "b_float.tif")  # mode F, 0..1
+    rgba = Image.new("RGBA", (16, 16), (255, 0, 0, 0))  # fully transparent red: white after compositing
+    rgba.paste((0, 0, 255, 255), (4, 4, 12, 12))  # an opaque blue centre
+    rgba.save(tmp_path / "c_rgba.png")
+    Image.new("LA", (16, 16), (0, 0)).save(tmp_path / "d_la.png")  # transparent black: white
+    pal = Image.new("P", (16, 16), 1)
+    pal.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    pal.save(tmp_path / "e_palette.png")  # green by palette
+    ds = ImageFolder(tmp_path, 8)
+    assert [p.name for p in ds.files] == ["a_grey16.png", "b_float.tif", "c_rgba.png", "d_la.png", "e_palette.png"]
+    assert abs(float(ds[0].mean())) < 0.02  # the ramp's mean is mid-grey (it came out 0.993 when clipped at 255)
+    np.testing.assert_allclose(_centre(ds, 1), [-0.5] * 3, atol=1e-3)  # 0.25 of white (it came out black)
+    np.testing.assert_allclose(_centre(ds, 2), [-1, -1, 1], atol=1e-2)
+    np.testing.assert_allclose(ds[2][:, 0, 0].numpy(), [1, 1, 1], atol=1e-2)
+    np.testing.assert_allclose(_centre(ds, 3), [1, 1, 1], atol=1e-3)
+    np.testing.assert_allclose(_centre(ds, 4), [-1, 1, -1], atol=1e-3)
+    for i in range(len(ds)):
+        assert ds[i].dtype == torch.float32 and float(ds[i].min()) >= -1 and float(ds[i].max()) <= 1
+
+
+def test_image_folder_verifies_every_image_at_scan(tmp_path, caplog):
+    """A truncated image or one of an unknown range is found at scan time and counted, not mid-training."""
+    _png(tmp_path / "good.png", 12, 12, (0, 0, 0))
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    (tmp_path / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # a valid header
+    Image.fromarray(np.full((8, 8), 7.0e4, np.float32)).save(tmp_path / "hdr.tif")  # float far above 0..255
+    (tmp_path / "notes.txt").write_text("not an image suffix: not a candidate")
+    with caplog.at_level("WARNING"):
+        ds = ImageFolder(tmp_path, 8)
+    assert [p.name for p in ds.files] == ["good.png"]
+    assert ds.skipped["unreadable"] == 1 and ds.skipped["unknown pixel range"] == 1
+    assert "1 usable images; skipped 1 unreadable, 1 unknown pixel range" in caplog.text

@@ -24,6 +24,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from zoo.validate import check_int
+
 __all__ = [
     "ImageDataset",
     "SyntheticImages",
@@ -338,8 +340,7 @@ class Digits(_InMemoryImages):
             from sklearn.datasets import load_digits
         except ImportError:
             raise ImportError("the digits data source needs scikit-learn: pip install scikit-learn") from None
-        if isinstance(size, bool) or not isinstance(size, int) or size < 4:
-            raise ValueError(f"size={size!r} is invalid for digits: expected an integer >= 4 (native 8)")
+        size = check_int("size", size, 4)  # native 8
         d = load_digits()
         keep = (np.arange(len(d.target)) % DIGITS_HELDOUT_EVERY == 0) != train
         self.size = size
@@ -436,58 +437,111 @@ MAX_PIXELS = 64_000_000  # larger images (or decompression bombs) are skipped be
 class ImageFolder(ImageDataset):
     """Images under ``root`` (flat, or ``root/<class>/*``), RGB, resized and centre-cropped to ``size``.
 
-    Unreadable, empty or enormous files are skipped at scan time with a count in the log; a folder
-    with no usable image is an error naming it.
+    Every image is decoded once at scan time: unreadable, truncated, empty or enormous files, files
+    of an unknown pixel range and unreadable folders are skipped with counts in the log (``skipped``);
+    a folder with no usable image is an error naming it. Pixels are decoded by mode to [-1, 1]:
+    8-bit modes as 0..255, 16-bit grey (``I;16``, or ``I`` within 0..65535) as 0..65535, float
+    (``F``) as 0..1 (or 0..255 when its values exceed 1), grey replicated to RGB, and transparency
+    (``RGBA``, ``LA``, ``PA``, ``P`` with a transparent colour) composited over white.
     """
 
     def __init__(self, root: str | os.PathLike, size: int, max_pixels: int = MAX_PIXELS):
-        from PIL import Image, UnidentifiedImageError
-
-        self.root, self.size = Path(root), size
+        self.root, self.size, self.max_pixels = Path(root), size, max_pixels
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist")
-        candidates = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        self.skipped = {"unreadable": 0, "empty": 0, "too large": 0, "unknown pixel range": 0, "unreadable folders": 0}
         self.files: list[Path] = []
-        skipped = {"unreadable": 0, "empty": 0, "too large": 0}
-        for p in candidates:
+        for p in self._candidates():
             try:
-                with Image.open(p) as im:  # reads the header only
-                    w, h = im.size
-            except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-                skipped["unreadable"] += 1
-                continue
-            if w == 0 or h == 0:
-                skipped["empty"] += 1
-            elif w * h > max_pixels:
-                skipped["too large"] += 1
+                self._decode(p)
+            except _Skip as e:
+                self.skipped[e.reason] += 1
+                log.info("%s: skipped (%s): %s", p, e.reason, e)
             else:
                 self.files.append(p)
-        if any(skipped.values()):
-            log.warning("%s: skipped %s", self.root, ", ".join(f"{v} {k}" for k, v in skipped.items() if v))
-        self.skipped = skipped
+        if any(self.skipped.values()):
+            log.warning("%s: %d usable images; skipped %s", self.root, len(self.files),
+                        ", ".join(f"{v} {k}" for k, v in self.skipped.items() if v))
         if not self.files:
             raise ValueError(f"image folder {str(self.root)!r} has no usable image ({', '.join(IMAGE_EXTENSIONS)})")
+
+    def _candidates(self) -> list[Path]:
+        def unreadable(e: OSError) -> None:
+            self.skipped["unreadable folders"] += 1
+            log.info("%s: skipped folder: %s", e.filename, e.strerror)
+
+        found = []
+        for folder, dirs, names in os.walk(self.root, onerror=unreadable):
+            dirs.sort()
+            found += [Path(folder, n) for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+        return sorted(p for p in found if p.is_file())
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from PIL import Image
+        try:
+            return self._decode(self.files[i])
+        except _Skip as e:  # changed on disk since the scan
+            raise ValueError(f"cannot decode image {str(self.files[i])!r}: {e}") from None
 
-        p = self.files[i]
+    def _decode(self, p: Path) -> torch.Tensor:
+        from PIL import Image, UnidentifiedImageError
+
         try:
             with Image.open(p) as im:
-                im = im.convert("RGB")
-                w, h = im.size
-                s = self.size / min(w, h)  # resize the short side to `size`, then centre-crop
-                im = im.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.Resampling.BICUBIC)
-                w, h = im.size
-                left, top = (w - self.size) // 2, (h - self.size) // 2
-                im = im.crop((left, top, left + self.size, top + self.size))
-                arr = np.asarray(im, dtype=np.float32)
-        except OSError as e:
-            raise ValueError(f"cannot decode image {str(p)!r}: {e}") from None
-        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)) / 127.5 - 1.0)
+                w, h = im.size  # the header only: enormous images are refused before decoding
+                if w == 0 or h == 0:
+                    raise _Skip("empty", f"{w}x{h} pixels")
+                if w * h > self.max_pixels:
+                    raise _Skip("too large", f"{w}x{h} pixels > {self.max_pixels}")
+                im.load()
+                arr = _unit_range(im, p)
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as e:
+            raise _Skip("unreadable", str(e)) from None
+        return torch.from_numpy(_resize_crop(arr, self.size) * 2.0 - 1.0)
+
+
+class _Skip(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _unit_range(im, path: Path) -> np.ndarray:
+    """A decoded PIL image -> (H, W, 3) float32 in [0, 1], by mode (see ``ImageFolder``)."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        if not np.isfinite(a).all():
+            raise _Skip("unknown pixel range", f"mode {im.mode} with non-finite pixels")
+        lo, hi = float(a.min()), float(a.max())
+        if im.mode == "F":
+            scale = 1.0 if lo >= 0 and hi <= 1 else 255.0 if lo >= 0 and hi <= 255 else None
+        else:
+            scale = 65535.0 if lo >= 0 and hi <= 65535 else None
+        if scale is None:
+            raise _Skip("unknown pixel range", f"mode {im.mode} with pixels in {lo:g}..{hi:g}")
+        return np.repeat((a / scale).astype(np.float32)[:, :, None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _resize_crop(arr: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) -> (3, size, size): the short side resized to ``size`` (bicubic), then centre-cropped."""
+    from PIL import Image
+
+    h, w = arr.shape[:2]
+    s = size / min(w, h)
+    new = (max(size, round(w * s)), max(size, round(h * s)))
+    left, top = (new[0] - size) // 2, (new[1] - size) // 2
+    box = (left, top, left + size, top + size)
+    chans = [np.asarray(Image.fromarray(arr[:, :, c]).resize(new, Image.Resampling.BICUBIC).crop(box))
+             for c in range(3)]
+    return np.clip(np.stack(chans), 0.0, 1.0)  # bicubic overshoots at edges
 
 
 def open_dataset(spec: str, size: int, train: bool = True, seed: int = 0) -> ImageDataset:
