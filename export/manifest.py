@@ -74,6 +74,7 @@ def load_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> dict[st
         raise BundleVersionError(
             f"{str(path)!r} has format_version={version!r}; this diffzoo reads format_version={FORMAT_VERSION}"
         )
+    _check_schema(manifest, path)
     if verify:
         _check_references(manifest, path)
         for name, info in manifest["files"].items():
@@ -94,6 +95,39 @@ def load_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> dict[st
                 )
         _check_settings(root, manifest, path)
     return manifest
+
+
+_SCHEMA: list[tuple[str, type | tuple[type, ...]]] = [  # (dotted key, type): what the runtime reads
+    ("files", dict), ("weights", str), ("model", dict), ("model.name", str), ("model.config", dict),
+    ("schedule", dict), ("schedule.name", str), ("schedule.num_train_timesteps", int), ("data", dict),
+    ("data.shape", list), ("artifacts", dict), ("clip_range", (int, float, type(None))),
+]
+_ARTIFACT_SCHEMA: list[tuple[str, type | tuple[type, ...]]] = [("files", dict), ("stochastic", bool), ("precision", str)]
+
+
+def _check_schema(manifest: dict[str, Any], path: Path) -> None:
+    """Every key the runtime reads is present with its type: a bad manifest is one ``BundleError`` naming the key."""
+
+    def check(obj: Any, key: str, want, where: str) -> None:
+        for part in key.split("."):
+            if not isinstance(obj, dict) or part not in obj:
+                raise BundleError(f"{str(path)!r} lacks {where + key!r}: not a complete diffzoo bundle manifest")
+            obj = obj[part]
+        if not isinstance(obj, want) or (isinstance(obj, bool) and bool not in (want if isinstance(want, tuple) else (want,))):
+            names = " or ".join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))
+            raise BundleError(f"{str(path)!r}: {where}{key} = {obj!r} is a {type(obj).__name__}, expected {names}")
+
+    for key, want in _SCHEMA:
+        check(manifest, key, want, "")
+    shape = manifest["data"]["shape"]
+    if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape):
+        raise BundleError(f"{str(path)!r}: data.shape = {shape!r} is invalid: expected [C, H, W] positive integers")
+    for name, info in manifest["files"].items():
+        check(info, "sha256", str, f"files.{name}.")
+        check(info, "size", int, f"files.{name}.")
+    for name, entry in manifest["artifacts"].items():
+        for key, want in _ARTIFACT_SCHEMA:
+            check(entry, key, want, f"artifacts.{name}.")
 
 
 def _check_settings(root: Path, manifest: dict[str, Any], path: Path) -> None:

@@ -47,7 +47,25 @@ def read_weights_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{str(path)!r} is not a safetensors weights file: {e}") from None
     if raw is None:
         raise ValueError(f"{str(path)!r} has no diffzoo metadata: it was not written by diffzoo's save_weights")
-    return json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(path)!r}: its diffzoo metadata is not valid JSON ({e})") from None
+    _check_metadata(meta, path)
+    return meta
+
+
+def _check_metadata(meta: Any, path: Path) -> None:
+    """The keys ``load_weights`` reads, with their types: a bad header is one ValueError naming the key."""
+    wanted = (("model", dict), ("model.name", str), ("model.config", dict), ("schedule", dict))
+    for key, kind in wanted:
+        obj = meta
+        for part in key.split("."):
+            if not isinstance(obj, dict) or part not in obj:
+                raise ValueError(f"{str(path)!r}: its diffzoo metadata lacks {key!r} (not written by save_weights, or edited)")
+            obj = obj[part]
+        if not isinstance(obj, kind):
+            raise ValueError(f"{str(path)!r}: its diffzoo metadata has {key} = {obj!r}, expected a {kind.__name__}")
 
 
 def load_weights(path: str | os.PathLike) -> tuple[torch.nn.Module, Schedule, dict[str, Any]]:
