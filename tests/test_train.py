@@ -51,16 +51,15 @@ def test_exact_resume(tmp_path):
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     import zoo.train as zt
 
-    real, calls = zt._save_state, []
+    real = zt.write_synced
 
-    def crashing(state, path):
-        calls.append(state["step"])
-        if state["step"] == 20:
+    def crashing(path, data):
+        if path.name == "state.pt" and path.parent.name.startswith(".step_0000020."):
             path.write_bytes(b"partial")  # half a file on disk, then the process "dies"
             raise KeyboardInterrupt("simulated crash")
-        real(state, path)
+        return real(path, data)
 
-    monkeypatch.setattr(zt, "_save_state", crashing)
+    monkeypatch.setattr(zt, "write_synced", crashing)
     cfg = TrainConfig(steps=30, checkpoint_every=10, **TINY)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "run", progress=False)
@@ -69,7 +68,7 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monke
     model, _, meta = load_weights(ckpt / "ema.safetensors")
     assert meta["train"]["step"] == 10
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_0000010"]
-    monkeypatch.setattr(zt, "_save_state", real)
+    monkeypatch.setattr(zt, "write_synced", real)
     train(cfg, tmp_path / "run", resume=True, progress=False)  # and the run goes on from there
     train(cfg, tmp_path / "ref", progress=False)
     for k, v in _weights(tmp_path / "ref")[0].items():
@@ -166,8 +165,9 @@ def test_a_bad_state_file_is_one_line_naming_it(tmp_path, capsys, content, match
 @pytest.mark.parametrize("field,value,match", [
     ("seed", -1, r"seed=-1 is invalid: expected an integer >= 0"),
     ("sample_every", -5, r"sample_every=-5 is invalid: expected an integer >= 0"),
-    ("lr", float("inf"), r"lr=inf.*expected finite values"),
-    ("ema_decay", float("nan"), r"ema_decay=nan.*expected finite values"),
+    ("lr", float("inf"), r"lr=inf is invalid: expected a finite number > 0"),
+    ("ema_decay", float("nan"), r"ema_decay=nan is invalid: expected a finite number >= 0"),
+    ("ema_decay", 1.0, r"ema_decay=1.0 is invalid: expected 0 <= ema_decay < 1"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, field, value, match):
     with pytest.raises(ValueError, match=match):

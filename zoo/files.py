@@ -13,9 +13,10 @@ import platform
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
-__all__ = ["atomic_write", "default_mode", "replace_dir", "output_lock", "OutputBusyError", "clean_leftovers"]
+__all__ = ["atomic_write", "write_synced", "default_mode", "staged_dir", "replace_dir", "output_lock", "OutputBusyError",
+           "clean_leftovers"]
 
 
 class OutputBusyError(OSError):
@@ -29,21 +30,56 @@ def default_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temp file beside ``path``, fsync, then rename: no partial file, ever."""
+def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], object]) -> Path:
+    """Write to a temp file beside ``path``, fsync, then rename: no partial file, ever.
+
+    ``data`` is the bytes, or a function that writes them to the open file (``torch.save``).
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, default_mode())  # mkstemp creates 0600; give the file ordinary permissions
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            _write(f, data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_synced(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], object]) -> Path:
+    """Write a new file inside a staged directory (``staged_dir``) and fsync it; the directory's rename publishes it."""
+    with open(path, "wb") as f:
+        _write(f, data)
+    return Path(path)
+
+
+def _write(f: BinaryIO, data: bytes | Callable[[BinaryIO], object]) -> None:
+    if callable(data):
+        data(f)
+    else:
+        f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def staged_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Build a directory in a temporary sibling of ``out``, then put it in place of ``out`` (``replace_dir``).
+
+    Yields the temporary directory; if the block raises (or is interrupted) it is removed and
+    ``out`` is untouched. The caller holds ``output_lock(out)`` where two writers could meet.
+    """
+    out = Path(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.absolute().parent))
+    try:
+        tmp.chmod(default_mode(directory=True))  # mkdtemp creates 0700
+        yield tmp
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 _RENAME_EXCHANGE = 2  # <linux/fs.h>

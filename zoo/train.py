@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +29,11 @@ from zoo.allocator import tune_allocator
 from zoo.checkpoint import save_weights
 from zoo.data import open_dataset
 from zoo.diffusion import NonFiniteLossError, ddim_sample, make_training_sample
-from zoo.files import atomic_write, default_mode, output_lock, replace_dir
+from zoo.files import atomic_write, output_lock, staged_dir, write_synced
 from zoo.images import save_grid
-from zoo.registry import build
+from zoo.registry import build, parameter_count
+from zoo.resources import check_fits
+from zoo.validate import check_int, check_real
 from zoo.schedules import make_schedule
 
 __all__ = [
@@ -71,20 +72,15 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
 
     def __post_init__(self) -> None:
-        for name in ("size", "steps", "batch", "checkpoint_every", "sample_steps", "log_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}={v!r} is invalid: expected an integer >= 1")
-        for name in ("seed", "sample_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name}={v!r} is invalid: expected an integer >= 0")
-        finite = all(math.isfinite(v) for v in (self.lr, self.weight_decay, self.grad_clip, self.ema_decay))
-        if not finite or not self.lr > 0 or self.weight_decay < 0 or not self.grad_clip > 0 or not 0 <= self.ema_decay < 1:
-            raise ValueError(
-                f"lr={self.lr}, weight_decay={self.weight_decay}, grad_clip={self.grad_clip}, ema_decay={self.ema_decay}: "
-                "expected finite values with lr > 0, weight_decay >= 0, grad_clip > 0, 0 <= ema_decay < 1"
-            )
+        # numpy scalars are welcome and stored as Python numbers (the config is written as JSON)
+        for name, low in (("size", 1), ("steps", 1), ("batch", 1), ("checkpoint_every", 1), ("sample_steps", 1),
+                          ("log_every", 1), ("seed", 0), ("sample_every", 0)):
+            object.__setattr__(self, name, check_int(name, getattr(self, name), low))
+        for name, low, open_low in (("lr", 0.0, True), ("weight_decay", 0.0, False), ("grad_clip", 0.0, True),
+                                    ("ema_decay", 0.0, False)):
+            object.__setattr__(self, name, check_real(name, getattr(self, name), low, open_low=open_low))
+        if not self.ema_decay < 1:
+            raise ValueError(f"ema_decay={self.ema_decay!r} is invalid: expected 0 <= ema_decay < 1")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule={self.lr_schedule!r} is invalid: expected one of {list(LR_SCHEDULES)}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -202,19 +198,13 @@ def _write_checkpoint(out: Path, step: int, model: nn.Module, ema: AveragedModel
     ckpts = out / "checkpoints"
     ckpts.mkdir(exist_ok=True)
     final = ckpts / f"step_{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=ckpts))
-    try:
-        tmp.chmod(default_mode(directory=True))
+    with staged_dir(final) as tmp:
         save_weights(tmp / CHECKPOINT_WEIGHTS, ema.module, schedule, data={"shape": [model.config.channels, cfg.size, cfg.size],
                      "range": [-1.0, 1.0], "source": cfg.data}, train={"step": step})
         state = {"step": step, "config": dataclasses.asdict(cfg), "model": model.state_dict(), "ema": ema.state_dict(),
                  "optimizer": opt.state_dict(), "rng": {"scheme": "per-step generator seeded by (seed, step)", "seed": cfg.seed},
                  "losses": [list(x) for x in losses]}
-        _save_state(state, tmp / CHECKPOINT_STATE)
-        replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_synced(tmp / CHECKPOINT_STATE, lambda f: torch.save(state, f))
     link = out / f".last.{os.getpid()}"
     link.unlink(missing_ok=True)
     link.symlink_to(final.relative_to(out))
@@ -222,13 +212,6 @@ def _write_checkpoint(out: Path, step: int, model: nn.Module, ema: AveragedModel
     for old in sorted(ckpts.glob("step_*"))[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _save_state(state: dict, path: Path) -> None:
-    with open(path, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def train(
@@ -250,112 +233,151 @@ def train(
 
 def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, until: int | None) -> TrainResult:
     tune_allocator()  # ~1.7x on a fresh process's first steps otherwise (zoo/allocator.py)
-    rank, world = init_distributed()
-    if cfg.batch % world:
-        raise ValueError(f"batch={cfg.batch} must be divisible by the number of processes ({world})")
-    device = _device(cfg.device)
-    data = open_dataset(cfg.data, cfg.size, train=True, seed=cfg.seed)
-    torch.manual_seed(cfg.seed)  # the initial weights (replaced by the checkpoint's on --resume)
-    if cfg.model_config.get("channels", data.channels) != data.channels:
-        raise ValueError(f"channels={cfg.model_config['channels']} does not match the data {cfg.data!r}, which has "
-                         f"{data.channels} channel(s): leave --channels out, the data decides")
-    model = build(cfg.model, **{**cfg.model_config, "channels": data.channels})
-    schedule = make_schedule(cfg.schedule, num_train_timesteps=model.config.num_train_timesteps, **cfg.schedule_params)
-    start, saved = 0, None
-    if resume:
-        _, saved = load_state(out)
-        _compatible(saved["config"], cfg)
-        start = saved["step"]
-        if start >= cfg.steps:
-            raise ValueError(f"--resume: the checkpoint is at step {start}, already >= --steps {cfg.steps}")
-    elif (out / "last").exists():
-        raise FileExistsError(f"{str(out)!r} already holds a training run: pass --resume, or choose another --out")
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "samples").mkdir(exist_ok=True)
-        atomic_write(out / "config.json", (json.dumps(dataclasses.asdict(cfg), indent=2) + "\n").encode())
-
-    model.to(device)
-    ema = AveragedModel(model, avg_fn=_ema_avg(cfg.ema_decay))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    losses: list[tuple[int, float]] = []
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        ema.load_state_dict(saved["ema"])
-        opt.load_state_dict(saved["optimizer"])
-        losses = [tuple(x) for x in saved.get("losses", [])]
-    net: nn.Module = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    alphas = torch.from_numpy(schedule.alphas_cumprod.copy()).float()
-    local = cfg.batch // world
-    T = schedule.num_train_timesteps
-
+    loop = _TrainLoop(cfg, out, resume)
     stop = cfg.steps if until is None else min(until, cfg.steps)
-    steps = range(start, stop)
     bar = None
-    if progress and rank == 0:
+    if progress and loop.rank == 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step")
-    t_start, window, last_ckpt = time.perf_counter(), [], None
-    x_fixed = torch.randn((SAMPLE_IMAGES, data.channels, cfg.size, cfg.size), generator=torch.Generator().manual_seed(cfg.seed))
-    model.train()
-    for step in steps:
-        g = _step_generator(cfg.seed, step)
-        idx = torch.randint(0, len(data), (cfg.batch,), generator=g)
-        t = torch.randint(0, T, (cfg.batch,), generator=g)
-        eps = torch.randn((cfg.batch, data.channels, cfg.size, cfg.size), generator=g)
-        mine = slice(rank * local, (rank + 1) * local)
-        x0 = data.batch(idx[mine].tolist()).to(device)
-        x_t, target = make_training_sample(x0, eps[mine].to(device), alphas[t[mine]].to(device))
-        loss = F.mse_loss(net(x_t, t[mine].to(device)), target)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)  # the same on every rank (DDP)
-        if not torch.isfinite(grad_norm):  # a NaN/inf loss or gradient never reaches the weights or a checkpoint
-            kept = f"the last checkpoint ({last_ckpt.name if last_ckpt else 'none this session'}) is kept"
-            raise NonFiniteLossError(f"step {step}: loss {float(loss):.4g}, gradient norm {float(grad_norm):.4g} "
-                                     f"(lr={cfg.lr:g}): training stopped; {kept}; try a lower --lr")
-        opt.step()
-        ema.update_parameters(model)
-        window.append(loss.detach())
+        bar = tqdm(total=cfg.steps, initial=loop.start, desc="train", unit="step")
+    t_start = time.perf_counter()
+    for step in range(loop.start, stop):
+        loop.step(step)
         done = step + 1
         if done % cfg.log_every == 0 or done in (cfg.steps, stop):
-            mean = torch.stack(window).mean()
-            if world > 1:
-                import torch.distributed as dist
-
-                dist.all_reduce(mean)
-                mean /= world
-            window = []
-            losses.append((done, float(mean)))
-            ips = (done - start) * cfg.batch / (time.perf_counter() - t_start)
-            if rank == 0:
-                with open(out / "log.jsonl", "a") as f:
-                    f.write(json.dumps({"step": done, "loss": round(float(mean), 6), "images_per_s": round(ips, 1)}) + "\n")
-                if bar is not None:
-                    bar.set_postfix(loss=f"{float(mean):.4f}", img_s=f"{ips:.0f}")
+            loop.log(done, (done - loop.start) * cfg.batch / (time.perf_counter() - t_start), bar)
         if bar is not None:
             bar.update(1)
-        if rank == 0 and (done % cfg.checkpoint_every == 0 or done in (cfg.steps, stop)):
-            last_ckpt = _write_checkpoint(out, done, model, ema, opt, cfg, schedule, losses)
-        if rank == 0 and ((cfg.sample_every and done % cfg.sample_every == 0) or done == cfg.steps):
-            ema.module.eval()
-            x = ddim_sample(ema.module, schedule, x_fixed.to(device), num_steps=cfg.sample_steps)
-            save_grid(out / "samples" / f"step_{done:07d}.png", x)
+        if loop.rank == 0 and (done % cfg.checkpoint_every == 0 or done in (cfg.steps, stop)):
+            loop.checkpoint(done)
+        if loop.rank == 0 and ((cfg.sample_every and done % cfg.sample_every == 0) or done == cfg.steps):
+            loop.sample(done)
     if bar is not None:
         bar.close()
-    seconds = time.perf_counter() - t_start
-    in_sync = _replicas_in_sync(model, world)
-    if rank == 0:
-        summary = {"step": stop, "world_size": world, "replicas_in_sync": in_sync, "seconds": round(seconds, 2),
-                   "final_loss": losses[-1][1] if losses else None}
-        atomic_write(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-    ckpt = (last_ckpt or (out / "last").resolve()) / CHECKPOINT_WEIGHTS
-    return TrainResult(out, stop, ckpt, losses, seconds, (stop - start) * cfg.batch / max(seconds, 1e-9), world, in_sync)
+    return loop.finish(stop, time.perf_counter() - t_start)
+
+
+class _TrainLoop:
+    """One training run's state and its named steps (improved-diffusion's ``TrainLoop``): set up in
+    ``__init__``, then ``step``, ``log``, ``checkpoint``, ``sample`` as the schedule says, and ``finish``."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, resume: bool) -> None:
+        self.cfg, self.out = cfg, out
+        self.rank, self.world = init_distributed()
+        if cfg.batch % self.world:
+            raise ValueError(f"batch={cfg.batch} must be divisible by the number of processes ({self.world})")
+        self.device = _device(cfg.device)
+        self.data = open_dataset(cfg.data, cfg.size, train=True, seed=cfg.seed)
+        self.model, self.schedule = self._build()
+        saved = self._saved_state(resume)
+        self.start = saved["step"] if saved else 0
+        if self.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "samples").mkdir(exist_ok=True)
+            atomic_write(out / "config.json", (json.dumps(dataclasses.asdict(cfg), indent=2) + "\n").encode())
+        self.model.to(self.device)
+        self.ema = AveragedModel(self.model, avg_fn=_ema_avg(cfg.ema_decay))
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.losses: list[tuple[int, float]] = []
+        if saved is not None:
+            self.model.load_state_dict(saved["model"])
+            self.ema.load_state_dict(saved["ema"])
+            self.opt.load_state_dict(saved["optimizer"])
+            self.losses = [tuple(x) for x in saved.get("losses", [])]
+        self.net: nn.Module = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.alphas = torch.from_numpy(self.schedule.alphas_cumprod.copy()).float()
+        self.window: list[torch.Tensor] = []
+        self.last_ckpt: Path | None = None
+        g = torch.Generator().manual_seed(cfg.seed)
+        self.x_fixed = torch.randn((SAMPLE_IMAGES, self.data.channels, cfg.size, cfg.size), generator=g)
+        self.model.train()
+
+    def _build(self):
+        cfg, channels = self.cfg, self.data.channels
+        torch.manual_seed(cfg.seed)  # the initial weights (replaced by the checkpoint's on --resume)
+        if cfg.model_config.get("channels", channels) != channels:
+            raise ValueError(f"channels={cfg.model_config['channels']} does not match the data {cfg.data!r}, which has "
+                             f"{channels} channel(s): leave --channels out, the data decides")
+        model_config = {**cfg.model_config, "channels": channels}
+        n = parameter_count(cfg.model, **model_config)
+        check_fits(20 * n, f"training {cfg.model!r} ({n:,} parameters, each with a gradient, two AdamW moments and an EMA "
+                   "copy in float32)", "choose a smaller width (--hidden)")
+        model = build(cfg.model, **model_config)
+        return model, make_schedule(cfg.schedule, num_train_timesteps=model.config.num_train_timesteps, **cfg.schedule_params)
+
+    def _saved_state(self, resume: bool) -> dict | None:
+        if not resume:
+            if (self.out / "last").exists():
+                raise FileExistsError(f"{str(self.out)!r} already holds a training run: pass --resume, or choose another --out")
+            return None
+        _, saved = load_state(self.out)
+        _compatible(saved["config"], self.cfg)
+        if saved["step"] >= self.cfg.steps:
+            raise ValueError(f"--resume: the checkpoint is at step {saved['step']}, already >= --steps {self.cfg.steps}")
+        return saved
+
+    def step(self, step: int) -> None:
+        """One optimizer step on the global batch of ``step`` (this rank's slice of it)."""
+        cfg, data, device = self.cfg, self.data, self.device
+        g = _step_generator(cfg.seed, step)
+        idx = torch.randint(0, len(data), (cfg.batch,), generator=g)
+        t = torch.randint(0, self.schedule.num_train_timesteps, (cfg.batch,), generator=g)
+        eps = torch.randn((cfg.batch, data.channels, cfg.size, cfg.size), generator=g)
+        local = cfg.batch // self.world
+        mine = slice(self.rank * local, (self.rank + 1) * local)
+        x0 = data.batch(idx[mine].tolist()).to(device)
+        x_t, target = make_training_sample(x0, eps[mine].to(device), self.alphas[t[mine]].to(device))
+        loss = F.mse_loss(self.net(x_t, t[mine].to(device)), target)
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)  # the same on every rank (DDP)
+        if not torch.isfinite(grad_norm):  # a NaN/inf loss or gradient never reaches the weights or a checkpoint
+            kept = f"the last checkpoint ({self.last_ckpt.name if self.last_ckpt else 'none this session'}) is kept"
+            raise NonFiniteLossError(f"step {step}: loss {float(loss):.4g}, gradient norm {float(grad_norm):.4g} "
+                                     f"(lr={cfg.lr:g}): training stopped; {kept}; try a lower --lr")
+        self.opt.step()
+        self.ema.update_parameters(self.model)
+        self.window.append(loss.detach())
+
+    def log(self, done: int, images_per_s: float, bar) -> None:
+        """The mean loss since the last log (over every rank), to ``log.jsonl`` and the progress bar."""
+        mean = torch.stack(self.window).mean()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(mean)
+            mean /= self.world
+        self.window = []
+        self.losses.append((done, float(mean)))
+        if self.rank == 0:
+            with open(self.out / "log.jsonl", "a") as f:
+                f.write(json.dumps({"step": done, "loss": round(float(mean), 6), "images_per_s": round(images_per_s, 1)}) + "\n")
+            if bar is not None:
+                bar.set_postfix(loss=f"{float(mean):.4f}", img_s=f"{images_per_s:.0f}")
+
+    def checkpoint(self, done: int) -> None:
+        self.last_ckpt = _write_checkpoint(self.out, done, self.model, self.ema, self.opt, self.cfg, self.schedule, self.losses)
+
+    def sample(self, done: int) -> None:
+        """A grid of the EMA model's samples from fixed noise, ``samples/step_N.png``."""
+        self.ema.module.eval()
+        x = ddim_sample(self.ema.module, self.schedule, self.x_fixed.to(self.device), num_steps=self.cfg.sample_steps)
+        save_grid(self.out / "samples" / f"step_{done:07d}.png", x)
+
+    def finish(self, stop: int, seconds: float) -> TrainResult:
+        in_sync = _replicas_in_sync(self.model, self.world)
+        if self.rank == 0:
+            summary = {"step": stop, "world_size": self.world, "replicas_in_sync": in_sync, "seconds": round(seconds, 2),
+                       "final_loss": self.losses[-1][1] if self.losses else None}
+            atomic_write(self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        ckpt = (self.last_ckpt or (self.out / "last").resolve()) / CHECKPOINT_WEIGHTS
+        ips = (stop - self.start) * self.cfg.batch / max(seconds, 1e-9)
+        return TrainResult(self.out, stop, ckpt, self.losses, seconds, ips, self.world, in_sync)
 
 
 def _replicas_in_sync(model: nn.Module, world: int) -> bool:
