@@ -11,9 +11,8 @@ import copy
 import dataclasses
 import json
 import logging
+import numbers
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +33,9 @@ from export.verify import INT8_LOOP_RTOL, INT8_STEP_RTOL, Check, compare_outputs
 from export.wrappers import DDIMStep, DPMStep, FusedDPMStep, FusedStep
 from zoo.checkpoint import save_weights
 from zoo.diffusion import SOLVERS
-from zoo.files import clean_leftovers, default_mode, output_lock, replace_dir
+from zoo.files import clean_leftovers, output_lock, staged_dir, write_synced
 from zoo.schedules import Schedule
+from zoo.validate import check_int, check_real
 
 __all__ = ["Bundle", "export_bundle", "load_model", "reference_outputs", "WEIGHTS_NAME", "VERIFY_STEPS"]
 
@@ -75,15 +75,16 @@ def _check_args(model, out_dir, schedule, example_shape, opset, formats, force, 
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ValueError(f"unknown format(s) {bad or formats!r}: accepted are {list(FORMATS)}")
-    if atol is not None and (isinstance(atol, bool) or not isinstance(atol, (int, float)) or not 0 < atol < float("inf")):
-        raise ValueError(f"atol={atol!r} is invalid: expected a positive finite number, or None to derive each bound")
+    if atol is not None:
+        check_real("atol", atol, 0.0, open_low=True, hint="or None to derive each bound")
     if int8 and not getattr(model, "supports_int8", False):
         raise ValueError(f"int8=True is not available for the {model.name!r} model: {getattr(model, 'int8_note', 'no int8 path')}")
     if int8 and "onnx" not in formats:
         raise ValueError(f"int8=True needs the 'onnx' format (int8 variants are ONNX graphs); formats={list(formats)}")
     if opset not in SUPPORTED_OPSETS:
         raise ValueError(f"opset {opset!r} is not supported: accepted are {SUPPORTED_OPSETS[0]}..{SUPPORTED_OPSETS[-1]}")
-    if len(example_shape) != 3 or not all(isinstance(v, int) and v >= 1 for v in example_shape):
+    if len(example_shape) != 3 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+                                          for v in example_shape):
         raise ValueError(f"example_shape={example_shape!r} is invalid: expected (C, H, W) positive integers")
     if example_shape[0] != model.config.channels:
         raise ValueError(f"example_shape has C={example_shape[0]} but the model has channels={model.config.channels}")
@@ -235,6 +236,7 @@ def export_bundle(
     schedule = schedule or zoo.linear_schedule(model.config.num_train_timesteps)
     example_shape = tuple(example_shape or (model.config.channels, 32, 32))
     out, formats = _check_args(model, out_dir, schedule, example_shape, opset, formats, force, int8, atol)
+    example_shape, opset, seed = tuple(int(v) for v in example_shape), int(opset), check_int("seed", seed, 0)
     solvers = tuple(solvers)
     if not solvers or any(x not in SOLVERS for x in solvers):
         raise ValueError(f"solvers={list(solvers)!r} is invalid: expected a non-empty subset of {list(SOLVERS)}")
@@ -245,117 +247,126 @@ def export_bundle(
     with output_lock(out):  # a second export into the same directory is refused, not raced
         clean_leftovers(out)  # what an interrupted export of `out` left beside it
         _check_target(out, force)  # again, now that no other writer can change it
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-        try:
-            tmp.chmod(default_mode(directory=True))
+        with staged_dir(out) as tmp:  # verified and hashed in a sibling, then swapped in: never a partial bundle
             manifest = _export_into(tmp, model, schedule, example_shape, opset, formats, specs, clip_range, seed, progress, atol)
             manifest["extra"] = extra or {}
             if data_source is not None:
                 manifest["data"]["source"] = data_source
             _finish(tmp, manifest)
-            replace_dir(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return Bundle(path=out, manifest=manifest)
 
 
-def _export_into(tmp, model, schedule, example_shape, opset, formats, specs, clip_range, seed, progress, user_atol) -> dict:
-    import onnxruntime as ort
+@dataclass
+class _Export:
+    """What every artifact of one export shares: the model, its schedule, the seeded input stream, the graphs so far."""
 
-    g = torch.Generator().manual_seed(seed)
-    c, h, w = example_shape
-    example_sizes = {"batch": 2, "height": h, "width": w, "steps": 2}
-    verify_sizes = _verify_sizes(example_shape)
+    tmp: Path
+    model: torch.nn.Module
+    schedule: Schedule
+    example_shape: tuple[int, int, int]
+    opset: int
+    clip_range: float | None
+    seed: int
+    g: torch.Generator
+    protos: dict[str, onnx.ModelProto] = dataclasses.field(default_factory=dict)  # artifact -> its verified graph
+    calibration: Any = None  # int8 calibration states, made on first use
+
+    @property
+    def example_sizes(self) -> dict[str, int]:
+        _, h, w = self.example_shape
+        return {"batch": 2, "height": h, "width": w, "steps": 2}
+
+
+def _export_into(tmp, model, schedule, example_shape, opset, formats, specs, clip_range, seed, progress, user_atol) -> dict:
+    ex = _Export(tmp, model, schedule, example_shape, opset, clip_range, seed, torch.Generator().manual_seed(seed))
     seconds: dict[str, float] = {}
     files: dict[str, dict[str, str]] = {}
     checks: list[Check] = []
-    protos: dict[str, onnx.ModelProto] = {}  # artifact -> its verified ONNX graph (loops and int8 build on them)
-    calibration = None
-
     t0 = time.perf_counter()
     save_weights(tmp / WEIGHTS_NAME, model, schedule, data={"shape": list(example_shape), "range": [-1.0, 1.0]})
     seconds["weights"] = time.perf_counter() - t0
-
-    it = specs
+    bar = specs
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(specs, desc="export", unit="artifact")
-    for spec in it:
-        ref = _reference(spec, model, schedule, clip_range)
-        is_loop = spec.kind == "sampler"
-        sizes = {**verify_sizes, "steps": VERIFY_STEPS} if is_loop else verify_sizes
-        inputs = make_inputs(spec, sizes, schedule.alphas_cumprod, g)
-        expected = _outputs(spec, ref, inputs)
-        ref_err, source = None, None
-        if spec.precision == "int8":
-            atol, rtol = None, INT8_LOOP_RTOL if is_loop else INT8_STEP_RTOL
-        else:
-            rtol = None
-            atol, ref_err = derived_atol(expected, reference_outputs(spec, model, schedule, inputs, clip_range, torch.float64))
-            atol, source = (atol, "derived") if user_atol is None else (float(user_atol), "user")
-        files[spec.name] = {}
+        bar = tqdm(specs, desc="export", unit="artifact")
+    for spec in bar:
         t0 = time.perf_counter()
-        for fmt in (f for f in spec.formats if f in formats):
-            path = tmp / f"{spec.name}{_SUFFIX[fmt]}"
-            if fmt == "torchscript":
-                example = make_inputs(spec, example_sizes, schedule.alphas_cumprod, g)
-                save_traced(ref, tuple(example.values()), path)
-                got = _outputs(spec, load_traced(path), inputs)
-            else:
-                if is_loop:
-                    proto = build_sampler_graph(protos[spec.body], spec.stochastic)
-                elif spec.precision == "int8":
-                    if calibration is None:
-                        calibration = calibration_states(model, schedule, example_shape, seed, clip_range)
-                    proto = quantize_int8(protos[spec.base], _calibration_feeds(spec, calibration))
-                else:
-                    example = make_inputs(spec, example_sizes, schedule.alphas_cumprod, g)
-                    proto = export_onnx(ref, spec, example, opset)
-                protos[spec.name] = proto
-                check_onnx(proto)
-                onnx.save(proto, str(path))
-                session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-                got = _run_onnx(session, inputs)
-            files[spec.name][fmt] = path.name
-            checks.append(compare_outputs(spec.name, fmt, sizes, got, expected, atol, rtol))
-            c = checks[-1]
-            c.reference_error, c.atol_source = ref_err, source
-            log.info("%s/%s: max |diff| %s, relative RMS %s (%s)", spec.name, fmt, _g(c.max_abs_diff), _g(c.rel_rms_diff),
-                     f"rtol {rtol:g}" if rtol is not None else f"atol {atol:.3g}, {source}")
+        files[spec.name], spec_checks = _export_artifact(ex, spec, formats, user_atol)
+        checks += spec_checks
         seconds[spec.name] = time.perf_counter() - t0
     raise_on_failures(checks)
+    return _manifest(ex, specs, files, checks, seconds)
 
+
+def _export_artifact(ex: _Export, spec: ArtifactSpec, formats, user_atol) -> tuple[dict[str, str], list[Check]]:
+    """Write ``spec``'s files in ``formats`` into the staging directory, each checked against eager torch."""
+    ref = _reference(spec, ex.model, ex.schedule, ex.clip_range)
+    is_loop = spec.kind == "sampler"
+    sizes = {**_verify_sizes(ex.example_shape), "steps": VERIFY_STEPS} if is_loop else _verify_sizes(ex.example_shape)
+    inputs = make_inputs(spec, sizes, ex.schedule.alphas_cumprod, ex.g)
+    expected = _outputs(spec, ref, inputs)
+    ref_err, source = None, None
+    if spec.precision == "int8":
+        atol, rtol = None, INT8_LOOP_RTOL if is_loop else INT8_STEP_RTOL
+    else:
+        rtol = None
+        float64 = reference_outputs(spec, ex.model, ex.schedule, inputs, ex.clip_range, torch.float64)
+        atol, ref_err = derived_atol(expected, float64)
+        atol, source = (atol, "derived") if user_atol is None else (float(user_atol), "user")
+    files, checks = {}, []
+    for fmt in (f for f in spec.formats if f in formats):
+        path = ex.tmp / f"{spec.name}{_SUFFIX[fmt]}"
+        got = _write_torchscript(ex, spec, ref, path, inputs) if fmt == "torchscript" else _write_onnx(ex, spec, ref, path, inputs)
+        files[fmt] = path.name
+        c = compare_outputs(spec.name, fmt, sizes, got, expected, atol, rtol)
+        c.reference_error, c.atol_source = ref_err, source
+        checks.append(c)
+        log.info("%s/%s: max |diff| %s, relative RMS %s (%s)", spec.name, fmt, _g(c.max_abs_diff), _g(c.rel_rms_diff),
+                 f"rtol {rtol:g}" if rtol is not None else f"atol {atol:.3g}, {source}")
+    return files, checks
+
+
+def _write_torchscript(ex: _Export, spec: ArtifactSpec, ref, path: Path, inputs) -> dict[str, np.ndarray]:
+    example = make_inputs(spec, ex.example_sizes, ex.schedule.alphas_cumprod, ex.g)
+    save_traced(ref, tuple(example.values()), path)
+    return _outputs(spec, load_traced(path), inputs)
+
+
+def _write_onnx(ex: _Export, spec: ArtifactSpec, ref, path: Path, inputs) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    if spec.kind == "sampler":  # the Loop around the already verified step graph
+        proto = build_sampler_graph(ex.protos[spec.body], spec.stochastic)
+    elif spec.precision == "int8":
+        if ex.calibration is None:
+            ex.calibration = calibration_states(ex.model, ex.schedule, ex.example_shape, ex.seed, ex.clip_range)
+        proto = quantize_int8(ex.protos[spec.base], _calibration_feeds(spec, ex.calibration))
+    else:
+        example = make_inputs(spec, ex.example_sizes, ex.schedule.alphas_cumprod, ex.g)
+        proto = export_onnx(ref, spec, example, ex.opset)
+    ex.protos[spec.name] = proto
+    check_onnx(proto)
+    onnx.save(proto, str(path))
+    return _run_onnx(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), inputs)
+
+
+def _manifest(ex: _Export, specs: list[ArtifactSpec], files, checks: list[Check], seconds: dict[str, float]) -> dict:
     import onnxruntime
 
     return {
         "format": "diffzoo-bundle",
         "format_version": FORMAT_VERSION,
-        "model": {"name": model.name, "config": dataclasses.asdict(model.config)},
-        "schedule": schedule.to_dict(),
-        "data": {"shape": list(example_shape), "range": [-1.0, 1.0], "dtype": "float32"},
-        "clip_range": clip_range,
+        "model": {"name": ex.model.name, "config": dataclasses.asdict(ex.model.config)},
+        "schedule": ex.schedule.to_dict(),
+        "data": {"shape": list(ex.example_shape), "range": [-1.0, 1.0], "dtype": "float32"},
+        "clip_range": ex.clip_range,
         "weights": WEIGHTS_NAME,
-        "artifacts": {
-            s.name: {
-                "description": s.description,
-                "kind": s.kind,
-                "solver": s.solver,
-                **({"body": s.body} if s.body else {}),
-                "precision": s.precision,
-                "stochastic": s.stochastic,
-                "files": files[s.name],
-                "inputs": [i.to_dict() for i in s.inputs],
-                "outputs": [o.to_dict() for o in s.outputs],
-                "dynamic_axes": sorted({d for io in s.inputs + s.outputs for d in io.dims if isinstance(d, str)}),
-            }
-            for s in specs
-        },
+        "artifacts": {s.name: _artifact_entry(s, files[s.name]) for s in specs},
         "export": {
             "exporter": EXPORTER,
-            "opset": opset,
-            "ir_version": int(protos["fused_step"].ir_version) if "fused_step" in protos else None,
+            "opset": ex.opset,
+            "ir_version": int(ex.protos["fused_step"].ir_version) if "fused_step" in ex.protos else None,
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
@@ -364,6 +375,22 @@ def _export_into(tmp, model, schedule, example_shape, opset, formats, specs, cli
             "verify_steps": VERIFY_STEPS,
         },
         "verification": [c.to_dict() for c in checks],
+    }
+
+
+def _artifact_entry(s: ArtifactSpec, files: dict[str, str]) -> dict[str, Any]:
+    """An artifact as the manifest records it, from its spec: the runtime builds its feeds from this."""
+    return {
+        "description": s.description,
+        "kind": s.kind,
+        "solver": s.solver,
+        **({"body": s.body} if s.body else {}),
+        "precision": s.precision,
+        "stochastic": s.stochastic,
+        "files": files,
+        "inputs": [i.to_dict() for i in s.inputs],
+        "outputs": [o.to_dict() for o in s.outputs],
+        "dynamic_axes": sorted({d for io in s.inputs + s.outputs for d in io.dims if isinstance(d, str)}),
     }
 
 
@@ -376,11 +403,7 @@ def _finish(tmp: Path, manifest: dict) -> None:
     manifest["files"] = {
         p.name: {"sha256": sha256_file(p), "size": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()
     }
-    with open(tmp / MANIFEST_NAME, "w") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+    write_synced(tmp / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
 
 
 def load_model(bundle_dir: str | os.PathLike) -> tuple[torch.nn.Module, Schedule, dict[str, Any]]:

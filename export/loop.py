@@ -35,6 +35,13 @@ def build_sampler_graph(fused: onnx.ModelProto, stochastic: bool) -> onnx.ModelP
     t_prev, t_last) -> (x_prev, x0)`` (DPM-Solver++(2M)); ``timesteps`` is the descending int64
     list of the run (S,), and ``noise`` has shape (S, B, C, H, W) for the stochastic variant.
     """
+    multistep = _check_fused(fused, stochastic)
+    body, dims = _loop_body(fused.graph, multistep, stochastic)
+    return _sampler(fused, body, dims, multistep, stochastic)
+
+
+def _check_fused(fused: onnx.ModelProto, stochastic: bool) -> bool:
+    """Refuse anything but a flat fused step graph; True for the multistep (DPM-Solver++) signature."""
     g = fused.graph
     got, outs = [i.name for i in g.input], [o.name for o in g.output]
     multistep = "x0_last" in got
@@ -46,8 +53,12 @@ def build_sampler_graph(fused: onnx.ModelProto, stochastic: bool) -> onnx.ModelP
         raise ValueError("the fused step must be inlined (no local functions)")
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for node in g.node for a in node.attribute):
         raise ValueError("the fused step must not hold subgraphs")
+    return multistep
 
-    # --- loop body: (iter, cond, x) -> (cond, x_prev), reading timesteps/noise from the outer scope
+
+def _loop_body(g: onnx.GraphProto, multistep: bool, stochastic: bool) -> tuple[onnx.GraphProto, list]:
+    """The Loop body: (iter, cond, x[, x0]) -> (cond, x_prev[, x0]), the step's nodes renamed into it,
+    reading ``timesteps``, ``timesteps_prev`` (and ``timesteps_last``, ``noise``, ``eta``) from the outer scope."""
     body_nodes = [
         helper.make_node("Constant", [], ["body/zero1"], value=helper.make_tensor("", TensorProto.INT64, [1], [0])),
         helper.make_node("Constant", [], ["body/one1"], value=helper.make_tensor("", TensorProto.INT64, [1], [1])),
@@ -89,8 +100,12 @@ def build_sampler_graph(fused: onnx.ModelProto, stochastic: bool) -> onnx.ModelP
         outputs=[helper.make_tensor_value_info("cond_out", TensorProto.BOOL, [])]
         + [helper.make_tensor_value_info(n, TensorProto.FLOAT, dims) for n in carried_out],
     )
+    return body, dims
 
-    # --- outer graph: trip count and the shifted timestep list, then the Loop
+
+def _sampler(fused: onnx.ModelProto, body: onnx.GraphProto, dims: list, multistep: bool, stochastic: bool) -> onnx.ModelProto:
+    """The outer graph: trip count and the shifted timestep lists, then the Loop; the weights live here, once."""
+    g = fused.graph
     weights = []
     for init in g.initializer:  # the network's weights live once, in the outer scope
         w = onnx.TensorProto()

@@ -26,7 +26,12 @@ def save_traced(module: torch.nn.Module, example_args: tuple[torch.Tensor, ...],
         torch.jit.save(torch.jit.trace(module.eval(), example_args, check_trace=False), str(path))
 
 
-def load_traced(path: str | os.PathLike) -> torch.jit.ScriptModule:
+def load_traced(source: str | os.PathLike | bytes) -> torch.jit.ScriptModule:
+    """A traced module from a file, or from bytes already verified against a manifest (``read_verified``)."""
+    import io
+
     with warnings.catch_warnings():
         _ignore_deprecation()
-        return torch.jit.load(str(path), map_location="cpu")
+        if isinstance(source, bytes):
+            return torch.jit.load(io.BytesIO(source), map_location="cpu")
+        return torch.jit.load(str(source), map_location="cpu")
