@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from runtime.providers import CudaOptions, ProviderUnavailableError, cuda_unavailable_reason
 from runtime.eager_parity import ParityReport, parity
-from runtime.sampler import MODES, PRECISIONS, Sampler, load
+from runtime.sampler import MODES, PRECISIONS, Sampler, check_settings, load
 
-__all__ = ["load", "Sampler", "MODES", "PRECISIONS", "CudaOptions", "ProviderUnavailableError", "cuda_unavailable_reason", "parity", "ParityReport"]
+__all__ = ["load", "Sampler", "MODES", "PRECISIONS", "CudaOptions", "ProviderUnavailableError", "cuda_unavailable_reason", "parity", "ParityReport",
+           "check_settings"]

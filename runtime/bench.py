@@ -10,6 +10,8 @@ the process's peak RSS. Benchmarks measure; nothing here asserts a timing.
 
 from __future__ import annotations
 
+import functools
+
 import os
 import platform
 import resource
@@ -111,104 +113,140 @@ def machine() -> dict[str, Any]:
 
 def _backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray):
     """name -> zero-argument callable that samples the whole batch and returns x_0 (numpy)."""
-    import onnxruntime as ort
-    import torch
-
     import runtime
     import zoo
-    from export.torchscript import load_traced
 
-    solver = cfg.solver
     ts = zoo.ddim_timesteps(schedule.num_train_timesteps, cfg.steps)
     steps = list(zip(ts.tolist(), *(p.tolist() for p in zoo.diffusion.step_pairs(ts))))  # (t, t_prev, t_last)
-    alphas = schedule.alphas_cumprod.astype(np.float32)
+    loop = functools.partial(_solver_loop, cfg.solver, steps, schedule.alphas_cumprod.astype(np.float32))
+    out = {**_torch_backends(cfg, bundle, model, schedule, x_T, loop), **_ort_backends(cfg, bundle, x_T, ts, loop)}
+    if any(b in cfg.backends for b in OPENVINO_BACKENDS):
+        from runtime.openvino_backend import OpenVINOSampler
+
+        ov = OpenVINOSampler(bundle, threads=cfg.threads)
+        for mode in ("fused", "loop"):
+            out[f"openvino-{mode}"] = (lambda m: lambda: ov.run_batch(x_T, ts, cfg.solver, m))(mode)
+    import torch
+
+    if torch.cuda.is_available() and runtime.cuda_unavailable_reason() is None:
+        out.update(_cuda_backends(cfg, bundle, model, schedule, x_T, ts, steps))
+    return {k: v for k, v in out.items() if k in cfg.backends}
+
+
+def _solver_loop(solver: str, steps: list, alphas: np.ndarray, denoise, update, x):
+    """The solver around a denoiser callable, in torch or numpy: what the per-step backends run."""
     ab = lambda t, none: alphas[t] if t >= 0 else none  # noqa: E731  (t_prev < 0: 1; t_last < 0: 0)
+    x0 = x * 0
+    for t, tp, tl in steps:
+        eps = denoise(x, t)
+        if solver == "dpmpp_2m":
+            x, x0 = update(x, eps, x0, ab(t, 0.0), ab(tp, 1.0), ab(tl, 0.0))
+        else:
+            x = update(x, eps, ab(t, 0.0), ab(tp, 1.0))
+    return x
+
+
+def _torch_backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray, loop) -> dict[str, Callable]:
+    """Eager torch (fp32, bf16 autocast, torch.compile) and the bundle's TorchScript denoiser and step."""
+    import torch
+
+    import zoo
+
     xt = torch.from_numpy(x_T)
-    out: dict[str, Callable[[], np.ndarray]] = {}
 
-    def eager(m, x=xt):
-        return lambda: zoo.sample(m, schedule, x, num_steps=cfg.steps, solver=solver).cpu().numpy()
+    def eager(m):
+        return lambda: zoo.sample(m, schedule, xt, num_steps=cfg.steps, solver=cfg.solver).cpu().numpy()
 
-    def solver_loop(denoise, update, x):
-        """The solver around a denoiser callable, in torch or numpy: what the per-step backends run."""
-        x0 = x * 0
-        for t, tp, tl in steps:
-            eps = denoise(x, t)
-            if solver == "dpmpp_2m":
-                x, x0 = update(x, eps, x0, ab(t, 0.0), ab(tp, 1.0), ab(tl, 0.0))
-            else:
-                x = update(x, eps, ab(t, 0.0), ab(tp, 1.0))
-        return x
+    def bf16():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return zoo.sample(model, schedule, xt, num_steps=cfg.steps, solver=cfg.solver).float().numpy()
 
-    out["eager"] = eager(model)
+    out = {"eager": eager(model), "eager-bf16": bf16}
     if "compile" in cfg.backends:
         out["compile"] = eager(torch.compile(model))
     if "torchscript" in cfg.backends:
-        step_file = "dpmpp_step.pt" if solver == "dpmpp_2m" else "ddim_step.pt"
-        den, step = load_traced(bundle / "denoiser.pt"), load_traced(bundle / step_file)
-        k = 3 if solver == "dpmpp_2m" else 2  # the trailing alpha-bar arguments, per-sample (B,) in the traced step
+        from export.manifest import load_manifest, read_verified
+        from export.torchscript import load_traced
+
+        manifest = load_manifest(bundle)
+        dpm = cfg.solver == "dpmpp_2m"
+        den, step = (load_traced(read_verified(bundle, manifest, manifest["artifacts"][a]["files"]["torchscript"]))
+                     for a in ("denoiser", "dpmpp_step" if dpm else "ddim_step"))
+        k = 3 if dpm else 2  # the trailing alpha-bar arguments, per-sample (B,) in the traced step
 
         def ts_update(x, eps, *rest):
             return step(x, eps, *rest[:-k], *(torch.full((len(x),), float(a)) for a in rest[-k:]))
 
         def torchscript():
             with torch.inference_mode():
-                return solver_loop(lambda x, t: den(x, torch.full((len(x),), t)), ts_update, xt).numpy()
+                return loop(lambda x, t: den(x, torch.full((len(x),), t)), ts_update, xt).numpy()
 
         out["torchscript"] = torchscript
+    return out
 
-    def bf16():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return zoo.sample(model, schedule, xt, num_steps=cfg.steps, solver=solver).float().numpy()
 
-    out["eager-bf16"] = bf16
+def _ort_backends(cfg: BenchConfig, bundle: Path, x_T: np.ndarray, ts: np.ndarray, loop) -> dict[str, Callable]:
+    """onnxruntime on the CPU: the denoiser under a numpy solver, every runtime mode, the shipped loop, int8."""
+    import onnxruntime as ort
+
+    import runtime
+    import zoo
+    from export.manifest import load_manifest, read_verified
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = cfg.threads
-    plain = ort.InferenceSession(str(bundle / "denoiser.onnx"), so, providers=["CPUExecutionProvider"])
-    update = zoo.dpmpp_2m_step if solver == "dpmpp_2m" else zoo.ddim_step
-    out["ort-numpy-step"] = lambda: solver_loop(
-        lambda x, t: plain.run(None, {"x": x, "t": np.full(len(x), t, np.int64)})[0], update, x_T)
+    manifest = load_manifest(bundle)
+    denoiser = read_verified(bundle, manifest, manifest["artifacts"]["denoiser"]["files"]["onnx"])
+    plain = ort.InferenceSession(denoiser, so, providers=["CPUExecutionProvider"])
+    update = zoo.dpmpp_2m_step if cfg.solver == "dpmpp_2m" else zoo.ddim_step
+    out = {"ort-numpy-step": lambda: loop(lambda x, t: plain.run(None, {"x": x, "t": np.full(len(x), t, np.int64)})[0],
+                                          update, x_T)}
     cpu = runtime.load(bundle, provider="cpu", threads=cfg.threads)
     for mode in ("step", "fused", "loop"):
-        out[f"ort-{mode}"] = (lambda m: lambda: cpu.run_batch(x_T, ts, None, 0.0, m, solver=solver))(mode)
+        out[f"ort-{mode}"] = (lambda m: lambda: cpu.run_batch(x_T, ts, None, 0.0, m, solver=cfg.solver))(mode)
     shipped = runtime.load(bundle, provider="cpu", threads=cfg.threads)
     shipped.optimize_cpu_loop = False  # the bundle's sampler.onnx as exported: no NCHWc inside the Loop body
-    out["ort-loop-shipped"] = lambda: shipped.run_batch(x_T, ts, None, 0.0, "loop", solver=solver)
+    out["ort-loop-shipped"] = lambda: shipped.run_batch(x_T, ts, None, 0.0, "loop", solver=cfg.solver)
     if any(b in cfg.backends for b in INT8_BACKENDS):
         int8 = runtime.load(bundle, provider="cpu", threads=cfg.threads, precision="int8")
         for mode in ("step", "fused", "loop"):
             out[f"ort-int8-{mode}"] = (lambda m: lambda: int8.run_batch(x_T, ts, None, 0.0, m))(mode)
-    if any(b in cfg.backends for b in OPENVINO_BACKENDS):
-        from runtime.openvino_backend import OpenVINOSampler
+    return out
 
-        ov = OpenVINOSampler(bundle, threads=cfg.threads)
-        for mode in ("fused", "loop"):
-            out[f"openvino-{mode}"] = (lambda m: lambda: ov.run_batch(x_T, ts, solver, m))(mode)
 
-    if torch.cuda.is_available() and runtime.cuda_unavailable_reason() is None:
-        import copy
+def _cuda_backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray, ts, steps) -> dict[str, Callable]:
+    """Eager torch on CUDA and onnxruntime's CUDA provider: fused with and without IO binding, CUDA graph, loop."""
+    import copy
 
-        dev_model = copy.deepcopy(model).to("cuda")  # .to() is in place: keep the CPU backends' model on the CPU
-        out["eager-cuda"] = eager(dev_model, xt.to("cuda"))
-        gpu = runtime.load(bundle, provider="cuda")
-        graph = runtime.load(bundle, provider="cuda", cuda=runtime.CudaOptions(cuda_graph=True))
-        fused = gpu.session("fused_step_dpmpp" if solver == "dpmpp_2m" else "fused_step")
+    import torch
 
-        def host_fused():  # no IO binding: x goes to the GPU and back every step
-            x, x0 = x_T, np.zeros_like(x_T)
-            full = lambda v: np.full(len(x_T), v, np.int64)  # noqa: E731
-            for t, tp, tl in steps:
-                if solver == "dpmpp_2m":
-                    x, x0 = fused.run(None, {"x_t": x, "x0_last": x0, "t": full(t), "t_prev": full(tp), "t_last": full(tl)})
-                else:
-                    (x,) = fused.run(None, {"x_t": x, "t": full(t), "t_prev": full(tp)})
-            return x
+    import runtime
+    import zoo
 
-        out["ort-cuda-fused-host"] = host_fused
-        out["ort-cuda-fused"] = lambda: gpu.run_batch(x_T, ts, None, 0.0, "fused", solver=solver)
-        out["ort-cuda-fused-graph"] = lambda: graph.run_batch(x_T, ts, None, 0.0, "fused", solver=solver)
-        out["ort-cuda-loop"] = lambda: gpu.run_batch(x_T, ts, None, 0.0, "loop", solver=solver)
-    return {k: v for k, v in out.items() if k in cfg.backends}
+    solver = cfg.solver
+    dev_model = copy.deepcopy(model).to("cuda")  # .to() is in place: keep the CPU backends' model on the CPU
+    x_dev = torch.from_numpy(x_T).to("cuda")
+    gpu = runtime.load(bundle, provider="cuda")
+    graph = runtime.load(bundle, provider="cuda", cuda=runtime.CudaOptions(cuda_graph=True))
+    fused = gpu.session("fused_step_dpmpp" if solver == "dpmpp_2m" else "fused_step")
+
+    def host_fused():  # no IO binding: x goes to the GPU and back every step
+        x, x0 = x_T, np.zeros_like(x_T)
+        full = lambda v: np.full(len(x_T), v, np.int64)  # noqa: E731
+        for t, tp, tl in steps:
+            if solver == "dpmpp_2m":
+                x, x0 = fused.run(None, {"x_t": x, "x0_last": x0, "t": full(t), "t_prev": full(tp), "t_last": full(tl)})
+            else:
+                (x,) = fused.run(None, {"x_t": x, "t": full(t), "t_prev": full(tp)})
+        return x
+
+    return {
+        "eager-cuda": lambda: zoo.sample(dev_model, schedule, x_dev, num_steps=cfg.steps, solver=solver).cpu().numpy(),
+        "ort-cuda-fused-host": host_fused,
+        "ort-cuda-fused": lambda: gpu.run_batch(x_T, ts, None, 0.0, "fused", solver=solver),
+        "ort-cuda-fused-graph": lambda: graph.run_batch(x_T, ts, None, 0.0, "fused", solver=solver),
+        "ort-cuda-loop": lambda: gpu.run_batch(x_T, ts, None, 0.0, "loop", solver=solver),
+    }
 
 
 def _step_errors(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray, names: list[str]) -> dict[str, dict[str, float]]:
@@ -270,6 +308,27 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda s: None
         torch.set_num_threads(threads_before)  # the thread count is process-global: give it back
 
 
+def _time_backends(backends: dict[str, Callable[[], np.ndarray]], repeats: int, progress: Callable[[str], None]):
+    """(outputs, warm-up seconds, peak RSS, timed seconds per repeat) of each backend.
+
+    Round-robin repeats: a change of load on this shared machine hits every backend alike,
+    instead of whichever backend happened to be running at the time.
+    """
+    warm, outputs, rss = {}, {}, {}
+    for name, fn in backends.items():
+        progress(f"{name}: warm-up")
+        t0 = time.perf_counter()
+        outputs[name] = fn()  # compilation, session creation, autotuning: not counted
+        warm[name] = time.perf_counter() - t0
+        rss[name] = _peak_rss_mb()
+    times: dict[str, list[float]] = {name: [] for name in backends}
+    for r in range(repeats):
+        progress(f"repeat {r + 1}/{repeats}")
+        for name, fn in backends.items():
+            times[name].append(_timed(fn))
+    return outputs, warm, rss, times
+
+
 def _run_bench(cfg: BenchConfig, progress: Callable[[str], None]) -> dict[str, Any]:
     import torch
 
@@ -295,23 +354,11 @@ def _run_bench(cfg: BenchConfig, progress: Callable[[str], None]) -> dict[str, A
     with tempfile.TemporaryDirectory() as tmp:
         progress("exporting the bundle")
         bundle = export.export_bundle(model, Path(tmp) / "bundle", schedule=schedule, example_shape=(c, cfg.size, cfg.size),
-                                      int8=any(b in cfg.backends for b in INT8_BACKENDS), solvers=(cfg.solver,))
+                                      int8=any(b in cfg.backends for b in INT8_BACKENDS), solvers=(cfg.solver,),
+                                      formats=("onnx", "torchscript") if "torchscript" in cfg.backends else ("onnx",))
         results["export_seconds"] = bundle.seconds
         backends = _backends(cfg, bundle.path, model, schedule, x_T)
-        warm, outputs, rss = {}, {}, {}
-        for name, fn in backends.items():
-            progress(f"{name}: warm-up")
-            t0 = time.perf_counter()
-            outputs[name] = fn()  # compilation, session creation, autotuning: not counted
-            warm[name] = time.perf_counter() - t0
-            rss[name] = _peak_rss_mb()
-        # Round-robin repeats: a change of load on this shared machine hits every backend alike,
-        # instead of whichever backend happened to be running at the time.
-        times: dict[str, list[float]] = {name: [] for name in backends}
-        for r in range(cfg.repeats):
-            progress(f"repeat {r + 1}/{cfg.repeats}")
-            for name, fn in backends.items():
-                times[name].append(_timed(fn))
+        outputs, warm, rss, times = _time_backends(backends, cfg.repeats, progress)
         matmul_after = matmul_gflops(cfg.threads)
         results["matmul_gflops_after"] = matmul_after
         reference = np.asarray(outputs["eager"], np.float64)
@@ -429,7 +476,7 @@ def check_targets(res: dict[str, Any], sweeps: list[dict[str, Any]] | None = Non
     if "eager-bf16" in b:
         out.append(("eager bf16 autocast (reference, not an onnxruntime mode)", None,
                     f"{b['eager-bf16']['vs_eager']:.2f}x eager, image drift {b['eager-bf16']['drift_rel_rms']:.1%} relative RMS; "
-                    + ("this CPU has bf16 arithmetic" if _has_bf16() else
+                    + ("this CPU has bf16 arithmetic" if has_bf16() else
                        "this CPU has no bf16/fp16 arithmetic (no AVX512-BF16/AMX/AVX512-FP16), so autocast emulates it")))
     if "ort-cuda-fused-graph" in b and "eager-cuda" in b:
         r = b["ort-cuda-fused-graph"]["images_per_s"] / b["eager-cuda"]["images_per_s"]
@@ -454,7 +501,7 @@ def _cpu_flags() -> set[str]:
     return {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
 
 
-def _has_bf16() -> bool:
+def has_bf16() -> bool:
     return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512_fp16"})
 
 

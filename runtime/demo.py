@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from zoo.files import replace_dir
+from zoo.files import clean_leftovers, output_lock, staged_dir
 
 __all__ = ["DemoConfig", "FAST", "run_demo", "format_summary"]
 
@@ -46,11 +44,13 @@ class DemoConfig:
     parity_batch: int = 4
     classifier_steps: int = 1500
     seed: int = 0
+    formats: tuple[str, ...] = ("onnx", "torchscript")  # what the bundle holds (export_bundle's formats)
+    solvers: tuple[str, ...] = ("ddim", "dpmpp_2m")  # the samplers it holds graphs for
 
 
-# For tests and a quick look: every stage runs, nothing is trained to quality.
+# For tests and a quick look: every stage runs (the bundle holds ONNX DDIM graphs only), nothing is trained to quality.
 FAST = DemoConfig(hidden=8, train_steps=30, batch=16, sample_steps=5, eval_n=32, grid_n=16, parity_batch=2,
-                  classifier_steps=50)
+                  classifier_steps=50, formats=("onnx",), solvers=("ddim",))
 
 
 def run_demo(
@@ -63,77 +63,105 @@ def run_demo(
     """Run every stage into ``out_dir`` (replacing an earlier demo there) and return the summary.
 
     Every option is checked before training starts: the output directory and the provider
-    (``provider="cuda"`` without a usable CUDA provider fails at once, with the reason).
+    (``provider="cuda"`` without a usable CUDA provider fails at once, with the reason). A second
+    demo into the same directory while one runs is refused (``zoo.files.OutputBusyError``).
     """
-    import export
-    import runtime
     from runtime.providers import resolve_provider
-    from zoo.checkpoint import load_weights
-    from zoo.data import open_dataset
-    from zoo.images import save_side_by_side, write_ppm
-    from zoo.metrics import quality_report, reference_classifier
-    from zoo.train import TrainConfig, train
 
     out = Path(out_dir)
+    _check_out(out)
+    resolve_provider(provider, strict=provider == "cuda")  # before any work: a bad provider fails in seconds
+    with output_lock(out):
+        clean_leftovers(out)  # what an interrupted demo left beside it
+        _check_out(out)  # again, now that no other demo can change it
+        with staged_dir(out) as tmp:
+            summary: dict[str, Any] = {"config": asdict(cfg)}
+            checkpoint = _train(tmp, cfg, summary, progress, say)
+            _export(tmp, cfg, checkpoint, summary, progress, say)
+            images = _sample(tmp, cfg, provider, summary, progress, say)
+            _parity(tmp, cfg, provider, summary, say)
+            _quality(cfg, images, summary, progress, say)
+            summary["files"] = {k: str(out / v) for k, v in
+                                {"picture": "samples.png", "ppm": "sample.ppm", "bundle": "bundle",
+                                 "checkpoint": "run/last/ema.safetensors", "run": "run"}.items()}
+            (tmp / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
+        # the run's `last` symlink is relative, so it survives the rename
+    return summary
+
+
+def _check_out(out: Path) -> None:
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
         raise FileExistsError(f"{str(out)!r} exists and is not a diffzoo demo directory: choose another --out")
     if not out.absolute().parent.is_dir():
         raise FileNotFoundError(f"the parent directory of {str(out)!r} does not exist")
-    resolve_provider(provider, strict=provider == "cuda")  # before any work: a bad provider fails in seconds
+
+
+def _train(tmp: Path, cfg: DemoConfig, summary: dict, progress: bool, say) -> Path:
+    from zoo.train import TrainConfig, train
+
+    say(f"1/5 training a {cfg.model} (hidden={cfg.hidden}) on the {cfg.data} ({cfg.size}x{cfg.size}), "
+        f"{cfg.train_steps} steps of {cfg.batch}")
     tcfg = TrainConfig(model=cfg.model, model_config={"hidden": cfg.hidden}, data=cfg.data, size=cfg.size,
                        steps=cfg.train_steps, batch=cfg.batch, lr=cfg.lr, ema_decay=cfg.ema_decay,
                        schedule=cfg.schedule, seed=cfg.seed, checkpoint_every=cfg.train_steps)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.absolute().parent))
-    try:
-        summary: dict[str, Any] = {"config": asdict(cfg)}
-        say(f"1/5 training a {cfg.model} (hidden={cfg.hidden}) on the {cfg.data} ({cfg.size}x{cfg.size}), "
-            f"{cfg.train_steps} steps of {cfg.batch}")
-        r = train(tcfg, tmp / "run", progress=progress)
-        summary["train"] = {"first_loss": r.losses[0][1], "final_loss": r.losses[-1][1], "seconds": round(r.seconds, 1),
-                            "images_per_s": round(r.images_per_second, 1)}
+    r = train(tcfg, tmp / "run", progress=progress)
+    summary["train"] = {"first_loss": r.losses[0][1], "final_loss": r.losses[-1][1], "seconds": round(r.seconds, 1),
+                        "images_per_s": round(r.images_per_second, 1)}
+    return r.checkpoint
 
-        say("2/5 exporting a verified bundle (TorchScript + ONNX)")
-        model, schedule, meta = load_weights(r.checkpoint)
-        t0 = time.perf_counter()
-        bundle = export.export_bundle(model, tmp / "bundle", schedule=schedule, example_shape=tuple(meta["data"]["shape"]),
-                                      seed=cfg.seed, progress=progress, data_source=cfg.data)
-        summary["export"] = {"seconds": round(time.perf_counter() - t0, 1),
-                             "max_abs_diff": max(c["max_abs_diff"] for c in bundle.checks)}
 
-        say("3/5 sampling with onnxruntime")
-        sampler = runtime.load(tmp / "bundle", provider=provider)
-        sampler.sample(1, num_steps=2)  # warm-up: session creation is not sampling throughput
-        t0 = time.perf_counter()
-        images = sampler.sample(cfg.eval_n, num_steps=cfg.sample_steps, seed=cfg.seed, mode="loop", progress=progress)
-        dt = time.perf_counter() - t0
-        held = open_dataset(cfg.data, cfg.size, train=False, seed=cfg.seed)
-        spread = (np.arange(min(cfg.grid_n, len(held))) * 7) % len(held)  # not only the first few classes
-        real = held.batch(spread.tolist()).numpy()
-        save_side_by_side(tmp / "samples.png", [images[: cfg.grid_n], real], scale=max(1, 64 // cfg.size))
-        write_ppm(tmp / "sample.ppm", images[:1])
-        summary["sample"] = {"provider": sampler.providers[0], "images": cfg.eval_n, "steps": cfg.sample_steps,
-                             "seconds": round(dt, 2), "images_per_s": round(cfg.eval_n / dt, 1), "mode": "loop"}
+def _export(tmp: Path, cfg: DemoConfig, checkpoint: Path, summary: dict, progress: bool, say) -> None:
+    import export
+    from zoo.checkpoint import load_weights
 
-        say("4/5 parity against eager torch")
-        rep = runtime.parity(tmp / "bundle", provider=provider, num_steps=cfg.sample_steps, batch=cfg.parity_batch, seed=cfg.seed)
-        summary["parity"] = {m.mode: {"final_max_abs_diff": m.final_max, "atol": m.atol, "passed": m.passed} for m in rep.modes}
-        summary["parity_passed"] = rep.passed
+    say(f"2/5 exporting a verified bundle ({' + '.join(cfg.formats)}; {', '.join(cfg.solvers)})")
+    model, schedule, meta = load_weights(checkpoint)
+    t0 = time.perf_counter()
+    bundle = export.export_bundle(model, tmp / "bundle", schedule=schedule, example_shape=tuple(meta["data"]["shape"]),
+                                  seed=cfg.seed, progress=progress, data_source=cfg.data, formats=cfg.formats,
+                                  solvers=cfg.solvers)
+    summary["export"] = {"seconds": round(time.perf_counter() - t0, 1),
+                         "max_abs_diff": max(c["max_abs_diff"] for c in bundle.checks)}
 
-        say(f"5/5 quality: the project's {cfg.data} classifier on {cfg.eval_n} samples vs real held-out images and noise")
-        clf = reference_classifier(cfg.data, cfg.size, seed=cfg.seed, steps=cfg.classifier_steps, progress=progress)
-        q = quality_report(images, cfg.data, classifier=clf, seed=cfg.seed)
-        summary["quality"] = q.to_dict()
-        summary["quality_text"] = q.format()
-        summary["files"] = {k: str(out / v) for k, v in
-                            {"picture": "samples.png", "ppm": "sample.ppm", "bundle": "bundle",
-                             "checkpoint": "run/last/ema.safetensors", "run": "run"}.items()}
-        (tmp / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
-        replace_dir(tmp, out)
-        # the run's `last` symlink is relative, so it survives the rename
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return summary
+
+def _sample(tmp: Path, cfg: DemoConfig, provider: str, summary: dict, progress: bool, say) -> np.ndarray:
+    import runtime
+    from zoo.data import open_dataset
+    from zoo.images import save_side_by_side, write_ppm
+
+    say("3/5 sampling with onnxruntime")
+    sampler = runtime.load(tmp / "bundle", provider=provider)
+    sampler.sample(1, num_steps=2)  # warm-up: session creation is not sampling throughput
+    t0 = time.perf_counter()
+    images = sampler.sample(cfg.eval_n, num_steps=cfg.sample_steps, seed=cfg.seed, mode="loop", progress=progress)
+    dt = time.perf_counter() - t0
+    held = open_dataset(cfg.data, cfg.size, train=False, seed=cfg.seed)
+    spread = (np.arange(min(cfg.grid_n, len(held))) * 7) % len(held)  # not only the first few classes
+    real = held.batch(spread.tolist()).numpy()
+    save_side_by_side(tmp / "samples.png", [images[: cfg.grid_n], real], scale=max(1, 64 // cfg.size))
+    write_ppm(tmp / "sample.ppm", images[:1])
+    summary["sample"] = {"provider": sampler.providers[0], "images": cfg.eval_n, "steps": cfg.sample_steps,
+                         "seconds": round(dt, 2), "images_per_s": round(cfg.eval_n / dt, 1), "mode": "loop"}
+    return images
+
+
+def _parity(tmp: Path, cfg: DemoConfig, provider: str, summary: dict, say) -> None:
+    import runtime
+
+    say("4/5 parity against eager torch")
+    rep = runtime.parity(tmp / "bundle", provider=provider, num_steps=cfg.sample_steps, batch=cfg.parity_batch, seed=cfg.seed)
+    summary["parity"] = {m.mode: {"final_max_abs_diff": m.final_max, "atol": m.atol, "passed": m.passed} for m in rep.modes}
+    summary["parity_passed"] = rep.passed
+
+
+def _quality(cfg: DemoConfig, images: np.ndarray, summary: dict, progress: bool, say) -> None:
+    from zoo.metrics import quality_report, reference_classifier
+
+    say(f"5/5 quality: the project's {cfg.data} classifier on {cfg.eval_n} samples vs real held-out images and noise")
+    clf = reference_classifier(cfg.data, cfg.size, seed=cfg.seed, steps=cfg.classifier_steps, progress=progress)
+    q = quality_report(images, cfg.data, classifier=clf, seed=cfg.seed)
+    summary["quality"] = q.to_dict()
+    summary["quality_text"] = q.format()
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -88,6 +88,30 @@ def _diff(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(d.max()), float(d.mean())
 
 
+def _eager(model, schedule, x_T: np.ndarray, noise: np.ndarray | None, device: str, kwargs: dict):
+    """Eager ``zoo.sample`` in float32 (recording every step's eps and x) and float64, TF32 off."""
+    import torch
+
+    import zoo
+
+    eager_eps, eager_x = [], []
+    prev = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        x0 = zoo.sample(
+            model.to(device), schedule, torch.from_numpy(x_T).to(device),
+            noise=None if noise is None else torch.from_numpy(noise).to(device),
+            callback=lambda i, t, eps, x: (eager_eps.append(eps.cpu().numpy()), eager_x.append(x.cpu().numpy())), **kwargs,
+        ).cpu().numpy()
+        x0_64 = zoo.sample(
+            model.double(), schedule, torch.from_numpy(x_T).to(device, torch.float64),
+            noise=None if noise is None else torch.from_numpy(noise).to(device, torch.float64), **kwargs,
+        ).cpu().numpy()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+    return x0, x0_64, eager_eps, eager_x
+
+
 def parity(
     bundle_dir: str | os.PathLike,
     provider: str = "auto",
@@ -111,17 +135,15 @@ def parity(
     """
     import torch
 
-    import zoo
     from zoo.checkpoint import load_weights
+    from zoo.validate import check_int, check_real
 
     modes = list(modes)
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise ValueError(f"unknown mode(s) {bad or modes!r}: expected a subset of {list(MODES)}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch={batch!r} is invalid: expected an integer >= 1")
-    if not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta={eta!r} is invalid: expected 0 <= eta <= 1")
+    batch = check_int("batch", batch, 1)
+    eta = check_real("eta", eta, 0.0, 1.0, hint="0 = DDIM, 1 = DDPM-like")
     # TF32 alone moves fp32 results by ~1e-3: off on both sides for a parity run.
     sampler = load(bundle_dir, provider=provider, strict=strict, cuda=CudaOptions(tf32=False))
     for mode in modes:
@@ -133,21 +155,8 @@ def parity(
     x_T, noise = image_noise(seed, range(batch), sampler.shape, len(ts), stochastic=eta > 0)
     device = "cuda" if sampler.device == "cuda" and torch.cuda.is_available() else "cpu"
     tf32_note = "TF32 off (onnxruntime use_tf32=0, torch allow_tf32=False)" if sampler.device == "cuda" else "fp32 on CPU (no TF32)"
-    eager_eps, eager_x = [], []
-    prev = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        x0 = zoo.sample(
-            model.to(device), schedule, torch.from_numpy(x_T).to(device), num_steps=num_steps, solver=solver, eta=eta,
-            spacing=spacing, noise=None if noise is None else torch.from_numpy(noise).to(device),
-            callback=lambda i, t, eps, x: (eager_eps.append(eps.cpu().numpy()), eager_x.append(x.cpu().numpy())),
-        ).cpu().numpy()
-        x0_64 = zoo.sample(
-            model.double(), schedule, torch.from_numpy(x_T).to(device, torch.float64), num_steps=num_steps, solver=solver,
-            eta=eta, spacing=spacing, noise=None if noise is None else torch.from_numpy(noise).to(device, torch.float64),
-        ).cpu().numpy()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+    x0, x0_64, eager_eps, eager_x = _eager(model, schedule, x_T, noise, device,
+                                           dict(num_steps=num_steps, solver=solver, eta=eta, spacing=spacing))
     bound, ref_err = derived_atol({"x_0": x0}, {"x_0": x0_64})
     bound = bound if atol is None else float(atol)
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from zoo.diffusion import SOLVERS
+
 __all__ = ["evaluate", "data_source_of", "bundle_for"]
 
 log = logging.getLogger(__name__)
@@ -26,8 +28,8 @@ def data_source_of(manifest: dict[str, Any]) -> str | None:
     return manifest.get("data", {}).get("source")
 
 
-def bundle_for(target: Path, tmp: Path, progress: bool) -> Path:
-    """``target`` itself if it is a bundle; a training run's last EMA weights exported (ONNX) into ``tmp``."""
+def bundle_for(target: Path, tmp: Path, progress: bool, solvers: tuple[str, ...] = SOLVERS) -> Path:
+    """``target`` itself if it is a bundle; a training run's last EMA weights exported (ONNX, ``solvers``) into ``tmp``."""
     from export.manifest import MANIFEST_NAME
 
     if (target / MANIFEST_NAME).is_file():
@@ -40,7 +42,7 @@ def bundle_for(target: Path, tmp: Path, progress: bool) -> Path:
     shape = tuple(meta["data"]["shape"])
     log.info("exporting %s to a temporary bundle", target)
     export.export_bundle(model, tmp / "bundle", schedule=schedule, example_shape=shape, formats=("onnx",),
-                         data_source=meta["data"].get("source"), progress=progress)
+                         data_source=meta["data"].get("source"), progress=progress, solvers=solvers)
     return tmp / "bundle"
 
 
@@ -79,7 +81,7 @@ def evaluate(
     if n < world:
         raise ValueError(f"n={n} images cannot be split over {world} processes")
     with tempfile.TemporaryDirectory(prefix="diffzoo-eval-") as tmp:
-        bundle = bundle_for(target, Path(tmp), progress) if rank == 0 else None
+        bundle = bundle_for(target, Path(tmp), progress, solvers=(solver,)) if rank == 0 else None
         if world > 1:
             bundle = _broadcast_bundle(bundle, target, Path(tmp), rank)
         manifest = load_manifest(bundle)

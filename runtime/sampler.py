@@ -23,8 +23,10 @@ from runtime.noise import image_noise
 from runtime.providers import CudaOptions, ProviderUnavailableError, resolve_provider, session_providers
 from zoo.diffusion import SOLVERS, SPACINGS, check_finite, ddim_timesteps, step_pairs
 from zoo.schedules import make_schedule
+from zoo.resources import check_fits
+from zoo.validate import check_int, check_real
 
-__all__ = ["MODES", "Mode", "PRECISIONS", "SOLVERS", "ARTIFACTS", "Sampler", "load", "DEFAULT_BATCH_SIZE"]
+__all__ = ["MODES", "Mode", "PRECISIONS", "SOLVERS", "ARTIFACTS", "Sampler", "load", "check_settings", "DEFAULT_BATCH_SIZE"]
 
 log = logging.getLogger(__name__)
 
@@ -208,14 +210,16 @@ class Sampler:
         Raises:
             NonFiniteSampleError: a batch came out with NaN or inf (never returned silently).
         """
-        _check_int("n", n, 1)
-        _check_int("seed", seed, 0)
-        _check_int("start", start, 0)
-        if batch_size is not None:
-            _check_int("batch_size", batch_size, 1)
+        n, seed, start = check_int("n", n, 1), check_int("seed", seed, 0), check_int("start", start, 0)
+        batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
         _check_run(self, num_steps, eta, spacing, mode, solver)
+        num_steps, eta = int(num_steps), float(eta)
         ts = self.timesteps(num_steps, spacing)
         bs = min(n, batch_size or DEFAULT_BATCH_SIZE)
+        image = 4 * int(np.prod(self.shape))  # bytes of one float32 image
+        # the result (and its concatenation) plus one batch's x_T, x, outputs and per-step noise; not the graphs' activations
+        check_fits(image * (2 * n + bs * (4 + (len(ts) if eta > 0 else 0))),
+                   f"{n} images of {self.shape} in batches of {bs}", "sample fewer images per call (--n, --shard, --batch-size)")
         starts = range(start, start + n, bs)
         if progress and len(starts) > 1:
             from tqdm.auto import tqdm
@@ -369,30 +373,32 @@ def _bind(io: ort.IOBinding, device_values: dict[str, ort.OrtValue], host_values
         io.bind_cpu_input(name, np.ascontiguousarray(a))
 
 
-def _check_int(name: str, v: Any, low: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-        raise ValueError(f"{name}={v!r} is invalid: expected an integer >= {low}")
-
-
 def _check_run(sampler: Sampler, num_steps: int, eta: float, spacing: str, mode: str, solver: str = "ddim") -> None:
+    check_settings(sampler.manifest, sampler.path, num_steps, eta, spacing, mode, solver, sampler.precision)
+
+
+def check_settings(manifest: dict, path: os.PathLike, num_steps: int, eta: float = 0.0, spacing: str = "leading",
+                   mode: str = "loop", solver: str = "ddim", precision: str = "fp32") -> None:
+    """Raise ``ValueError`` naming the bad value if a bundle with ``manifest`` would refuse these settings.
+
+    Needs no session and no provider: the CLI checks a request before a provider is chosen.
+    """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: expected one of {list(MODES)}")
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}: expected one of {list(SOLVERS)}")
-    if not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta={eta!r} is invalid: expected 0 <= eta <= 1 (0 = DDIM, 1 = DDPM-like)")
+    check_real("eta", eta, 0.0, 1.0, hint="0 = DDIM, 1 = DDPM-like")
     if solver == "dpmpp_2m" and eta != 0:
         raise ValueError(f"eta={eta!r} is invalid with solver 'dpmpp_2m', which is deterministic: use eta=0, or solver='ddim'")
     artifact = ARTIFACTS[(solver, eta > 0)][mode]
-    if artifact not in sampler.manifest["artifacts"] and f"{artifact}_int8" not in sampler.manifest["artifacts"]:
+    if artifact not in manifest["artifacts"] and f"{artifact}_int8" not in manifest["artifacts"]:
         label = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)"}[solver]
-        raise ValueError(f"bundle {str(sampler.path)!r} has no {label} graphs ({artifact!r}: exported before they were "
+        raise ValueError(f"bundle {str(path)!r} has no {label} graphs ({artifact!r}: exported before they were "
                          f"added, or with solvers= leaving them out): re-export it (diffzoo export), or use another solver")
     if solver == "dpmpp_2m":
-        if sampler.precision != "fp32":
-            raise ValueError(f"solver 'dpmpp_2m' has no {sampler.precision} graphs: use precision='fp32', or solver='ddim'")
+        if precision != "fp32":
+            raise ValueError(f"solver 'dpmpp_2m' has no {precision} graphs: use precision='fp32', or solver='ddim'")
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}: expected one of {sorted(SPACINGS)}")
-    T = sampler.schedule.num_train_timesteps
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= T:
-        raise ValueError(f"num_steps={num_steps!r} is invalid: expected an integer in 1..{T}")
+    T = manifest["schedule"]["num_train_timesteps"]
+    check_int("num_steps", num_steps, 1, T)
