@@ -136,7 +136,8 @@ def test_precision_errors(bundle, tmp_path):
 def test_cli_export_and_sample_int8(tmp_path, capsys):
     torch.manual_seed(0)
     out = tmp_path / "b"
-    assert main(["export", "--model", "conv", "--hidden", "8", "--size", "8", "--out", str(out), "--formats", "onnx", "--int8"]) == 0
+    assert main(["export", "--model", "conv", "--hidden", "8", "--size", "8", "--out", str(out), "--formats", "onnx", "--solvers", "ddim",
+                 "--int8"]) == 0
     text = capsys.readouterr().out
     assert "sampler_int8" in text and "<= 30%" in text
     assert main(["sample", str(out), "--precision", "int8", "--n", "2", "--steps", "3", "--out", str(tmp_path / "x.npy")]) == 0

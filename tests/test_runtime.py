@@ -207,7 +207,7 @@ def _cli(*args):
     "args,match",
     [
         (["--n", "0"], "--n: '0' is invalid"),
-        (["--steps", "1001"], "num_steps=1001 is invalid: expected an integer in 1..1000"),
+        (["--steps", "1001"], "--steps 1001 is invalid: the bundle's model has 1000 training timesteps (expected 1..1000)"),
         (["--eta", "-0.5"], "--eta: '-0.5' is invalid"),
         (["--shard", "2/2"], "--shard: '2/2' is invalid"),
         (["--shard", "x"], "not a shard spec"),
@@ -215,15 +215,25 @@ def _cli(*args):
         (["--provider", "tpu"], "invalid choice: 'tpu'"),
         (["--solver", "euler"], "invalid choice: 'euler'"),
         (["--spacing", "bogus"], "invalid choice: 'bogus'"),
-        (["--cuda-graph"], "--cuda-graph replays the fused step on CUDA: it needs --mode fused and the CUDA provider"),
+        (["--cuda-graph"], "--cuda-graph replays the fused step on CUDA: it needs --mode fused (here: --mode loop)"),
         (["--solver", "dpmpp_2m", "--eta", "0.5"], "eta=0.5 is invalid with solver 'dpmpp_2m', which is deterministic"),
     ],
 )
-def test_cli_sample_user_errors(bundle, tmp_path, args, match):
+def test_cli_sample_user_errors(bundles, tmp_path, args, match):
     out = tmp_path / "s.png"
-    rc, _, err = _cli("sample", str(bundle.path), "--provider", "cpu", *args, "--out", str(out))
+    rc, _, err = _cli("sample", str(bundles["conv"].path), "--provider", "cpu", *args, "--out", str(out))
     assert rc == 2 and match in err
     assert "Traceback" not in err and len([l for l in err.splitlines() if "error" in l]) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["sample", "parity"])
+def test_cli_checks_steps_before_choosing_a_provider(bundles, tmp_path, command):
+    """--steps beyond the model's T is named as the flag, alone on stderr: no provider fallback warning before it."""
+    out = ["--out", str(tmp_path / "s.png")] if command == "sample" else []
+    rc, _, err = _cli(command, str(bundles["conv"].path), "--steps", "5000", *out)
+    assert rc == 2 and err.strip() == (f"diffzoo {command}: error: --steps 5000 is invalid: the bundle's model has 1000 "
+                                       "training timesteps (expected 1..1000)")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -353,7 +363,8 @@ def test_cli_sample_checks_its_output_before_sampling(tmp_path):
     import zoo
 
     torch.manual_seed(0)
-    b = export.export_bundle(zoo.build("conv", hidden=8, channels=4), tmp_path / "b4", example_shape=(4, 8, 8), formats=["onnx"])
+    b = export.export_bundle(zoo.build("conv", hidden=8, channels=4), tmp_path / "b4", example_shape=(4, 8, 8), formats=["onnx"],
+                             solvers=["ddim"])
     rc, _, err = _cli("sample", str(b.path), "--provider", "cpu", "--n", "2", "--steps", "2", "--out", str(tmp_path / "x.png"))
     assert rc == 2 and "cannot write 4-channel images to" in err and "use a .npy output" in err
     assert _cli("sample", str(b.path), "--provider", "cpu", "--n", "2", "--steps", "2", "--out", str(tmp_path / "x.npy"))[0] == 0

@@ -1,0 +1,103 @@
+"""Unit tests of small library pieces on their own: the LR schedule, staged directories, the Loop builder."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from export.loop import build_sampler_graph
+from zoo.files import atomic_write, staged_dir, write_synced
+from zoo.train import TrainConfig, lr_at
+
+
+# --- the learning-rate schedule -------------------------------------------------------------------
+
+def test_lr_warms_up_linearly_then_decays_by_cosine_to_a_tenth():
+    cfg = TrainConfig(steps=200, lr=1e-3)  # warm-up over 200 // 50 = 4 steps
+    lrs = [lr_at(cfg, s) for s in range(cfg.steps)]
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert lrs[4] == pytest.approx(1e-3)  # progress 0: the peak
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))  # non-increasing after the warm-up
+    assert lrs[4 + 98] == pytest.approx(1e-4 + 9e-4 * 0.5, rel=1e-3)  # half way: the cosine's midpoint
+    assert lr_at(cfg, cfg.steps) == pytest.approx(1e-4)  # ends at a tenth of the peak
+    assert lr_at(TrainConfig(steps=200, lr=1e-3, lr_schedule="constant"), 150) == 1e-3
+
+
+def test_lr_schedule_of_a_short_run_still_warms_up_one_step():
+    cfg = TrainConfig(steps=10, lr=2e-4)
+    assert lr_at(cfg, 0) == pytest.approx(2e-4)  # max(1, 10 // 50) = 1 warm-up step
+    assert lr_at(cfg, 9) < lr_at(cfg, 1)
+
+
+# --- staged directories and synced writes ------------------------------------------------------------
+
+def test_staged_dir_publishes_only_a_finished_directory(tmp_path):
+    out = tmp_path / "out"
+    with staged_dir(out) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".out.partial-") and not out.exists()
+        write_synced(tmp / "a.bin", b"new")
+    assert (out / "a.bin").read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert oct(out.stat().st_mode & 0o777) != oct(0o700)  # not mkdtemp's private mode
+
+    with pytest.raises(RuntimeError, match="boom"):  # a failure half way: the old directory stays, nothing is left
+        with staged_dir(out) as tmp:
+            (tmp / "a.bin").write_bytes(b"half")
+            raise RuntimeError("boom")
+    assert (out / "a.bin").read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+    with staged_dir(out) as tmp:  # a replacement swaps the whole directory: no file of the old one survives
+        write_synced(tmp / "b.bin", lambda f: f.write(b"callable"))
+    assert sorted(p.name for p in out.iterdir()) == ["b.bin"] and (out / "b.bin").read_bytes() == b"callable"
+
+
+def test_atomic_write_takes_bytes_or_a_writer_and_leaves_no_temp_file(tmp_path):
+    atomic_write(tmp_path / "x", b"1")
+    atomic_write(tmp_path / "x", lambda f: f.write(b"22"))
+    with pytest.raises(ZeroDivisionError):
+        atomic_write(tmp_path / "x", lambda f: (f.write(b"3"), 1 / 0))
+    assert os.listdir(tmp_path) == ["x"] and (tmp_path / "x").read_bytes() == b"22"
+
+
+# --- the Loop builder, on hand-made step graphs (no torch, no export) ----------------------------------
+
+def _step_graph(multistep: bool) -> onnx.ModelProto:
+    """x_prev = x_t + w * t_prev (DDIM signature) or x_t + w * t_last, x0 = x_t (DPM-Solver++ signature); w = 1."""
+    add = "t_last" if multistep else "t_prev"
+    nodes = [
+        helper.make_node("Cast", [add], ["add_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["add_f", "axes"], ["add_4d"]),
+        helper.make_node("Mul", ["add_4d", "w"], ["scaled"]),
+        helper.make_node("Add", ["x_t", "scaled"], ["x_prev"]),
+    ]
+    dims = ["batch", 1, "height", "width"]
+    names = ["x_t", "x0_last", "t", "t_prev", "t_last"] if multistep else ["x_t", "t", "t_prev"]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT if n.startswith("x") else TensorProto.INT64,
+                                            dims if n.startswith("x") else ["batch"]) for n in names]
+    outputs = [helper.make_tensor_value_info("x_prev", TensorProto.FLOAT, dims)]
+    if multistep:
+        nodes.append(helper.make_node("Identity", ["x_t"], ["x0"]))
+        outputs.append(helper.make_tensor_value_info("x0", TensorProto.FLOAT, dims))
+    inits = [helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]), helper.make_tensor("w", TensorProto.FLOAT, [], [1.0])]
+    graph = helper.make_graph(nodes, "step", inputs, outputs, initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+
+
+@pytest.mark.parametrize("multistep,expected", [(False, 5 + 2 - 1), (True, -1 + 9 + 5)])
+def test_loop_builder_feeds_each_step_its_timesteps(multistep, expected):
+    """timesteps [9, 5, 2]: t_prev = [5, 2, -1] and t_last = [-1, 9, 5], so x_0 = x_T + their sum."""
+    model = build_sampler_graph(_step_graph(multistep), stochastic=False)
+    onnx.checker.check_model(model, full_check=True)
+    loop = next(n for n in model.graph.node if n.op_type == "Loop")
+    assert {"step/w", "step/axes"} <= {i.name for i in model.graph.initializer}  # the weights live once, outside
+    assert not loop.attribute[0].g.initializer
+    x_T = np.random.default_rng(0).standard_normal((2, 1, 3, 4), dtype=np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (x0,) = sess.run(["x_0"], {"x_T": x_T, "timesteps": np.array([9, 5, 2], np.int64)})
+    np.testing.assert_allclose(x0, x_T + expected, rtol=0, atol=1e-6)
+    (one,) = sess.run(["x_0"], {"x_T": x_T, "timesteps": np.array([7], np.int64)})  # steps chosen at run time
+    np.testing.assert_allclose(one, x_T + (-1.0), rtol=0, atol=1e-6)
