@@ -81,9 +81,11 @@ def run_demo(
             images = _sample(tmp, cfg, provider, summary, progress, say)
             _parity(tmp, cfg, provider, summary, say)
             _quality(cfg, images, summary, progress, say)
+            from zoo.train import CHECKPOINT_WEIGHTS
+
             summary["files"] = {k: str(out / v) for k, v in
                                 {"picture": "samples.png", "ppm": "sample.ppm", "bundle": "bundle",
-                                 "checkpoint": "run/last/ema.safetensors", "run": "run"}.items()}
+                                 "checkpoint": f"run/last/{CHECKPOINT_WEIGHTS}", "run": "run"}.items()}
             (tmp / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
         # the run's `last` symlink is relative, so it survives the rename
     return summary

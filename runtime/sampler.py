@@ -109,6 +109,11 @@ class Sampler:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device == "cuda" else ["CPUExecutionProvider"]
 
     @property
+    def artifacts_in_use(self) -> list[str]:
+        """The bundle artifacts this sampler has built sessions for so far (what has run, or will)."""
+        return sorted({artifact for artifact, _ in self._sessions})
+
+    @property
     def _ort_device(self) -> tuple[str, int]:
         return ("cuda", self.cuda.device_id) if self.device == "cuda" else ("cpu", 0)
 
