@@ -11,7 +11,6 @@ the process's peak RSS. Benchmarks measure; nothing here asserts a timing.
 from __future__ import annotations
 
 import functools
-
 import os
 import platform
 import resource

@@ -65,10 +65,9 @@ def evaluate(
     """
     import runtime
     from export.manifest import load_manifest
+    from zoo.diffusion import SOLVERS
     from zoo.metrics import quality_report
     from zoo.train import init_distributed
-
-    from zoo.diffusion import SOLVERS
 
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}: expected one of {list(SOLVERS)}")

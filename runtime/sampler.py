@@ -22,8 +22,8 @@ from export.manifest import load_manifest, read_verified
 from runtime.noise import image_noise
 from runtime.providers import CudaOptions, ProviderUnavailableError, resolve_provider, session_providers
 from zoo.diffusion import SOLVERS, SPACINGS, check_finite, ddim_timesteps, step_pairs
-from zoo.schedules import make_schedule
 from zoo.resources import check_fits
+from zoo.schedules import make_schedule
 from zoo.validate import check_int, check_real
 
 __all__ = ["MODES", "Mode", "PRECISIONS", "SOLVERS", "ARTIFACTS", "Sampler", "load", "check_settings", "DEFAULT_BATCH_SIZE"]

@@ -18,7 +18,6 @@ from export.manifest import BundleError, load_manifest
 from runtime.cli import build_parser, main
 from zoo.checkpoint import load_weights
 
-
 # --- manifests and weights headers ----------------------------------------------------------------
 
 def _mutations():

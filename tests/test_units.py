@@ -14,7 +14,6 @@ from export.loop import build_sampler_graph
 from zoo.files import atomic_write, staged_dir, write_synced
 from zoo.train import TrainConfig, lr_at
 
-
 # --- the learning-rate schedule -------------------------------------------------------------------
 
 def test_lr_warms_up_linearly_then_decays_by_cosine_to_a_tenth():

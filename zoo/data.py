@@ -451,7 +451,12 @@ class ImageFolder(ImageDataset):
             raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist")
         self.skipped = {"unreadable": 0, "empty": 0, "too large": 0, "unknown pixel range": 0, "unreadable folders": 0}
         self.files: list[Path] = []
-        for p in self._candidates():
+        candidates = self._candidates()
+        if len(candidates) >= 1000:  # decoding every image takes a while: say so
+            from tqdm.auto import tqdm
+
+            candidates = tqdm(candidates, desc=f"checking {self.root.name}", unit="image", leave=False)
+        for p in candidates:
             try:
                 self._decode(p)
             except _Skip as e:

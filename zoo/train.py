@@ -33,8 +33,8 @@ from zoo.files import atomic_write, output_lock, staged_dir, write_synced
 from zoo.images import save_grid
 from zoo.registry import build, parameter_count
 from zoo.resources import check_fits
-from zoo.validate import check_int, check_real
 from zoo.schedules import make_schedule
+from zoo.validate import check_int, check_real
 
 __all__ = [
     "TrainConfig", "TrainResult", "train", "lr_at", "load_state", "run_weights", "init_distributed",
