@@ -65,7 +65,6 @@ def evaluate(
     """
     import runtime
     from export.manifest import load_manifest
-    from zoo.diffusion import SOLVERS
     from zoo.metrics import quality_report
     from zoo.train import init_distributed
 
