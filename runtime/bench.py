@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from export.manifest import load_manifest, read_verified
 from export.verify import relative_rms
 
 __all__ = ["BenchConfig", "run_bench", "conv_flops", "matmul_gflops", "format_results"]
@@ -118,7 +119,9 @@ def _backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray):
     ts = zoo.ddim_timesteps(schedule.num_train_timesteps, cfg.steps)
     steps = list(zip(ts.tolist(), *(p.tolist() for p in zoo.diffusion.step_pairs(ts))))  # (t, t_prev, t_last)
     loop = functools.partial(_solver_loop, cfg.solver, steps, schedule.alphas_cumprod.astype(np.float32))
-    out = {**_torch_backends(cfg, bundle, model, schedule, x_T, loop), **_ort_backends(cfg, bundle, x_T, ts, loop)}
+    manifest = load_manifest(bundle)  # hashed once; the backends read their graphs' verified bytes with it
+    out = {**_torch_backends(cfg, bundle, manifest, model, schedule, x_T, loop),
+           **_ort_backends(cfg, bundle, manifest, x_T, ts, loop)}
     if any(b in cfg.backends for b in OPENVINO_BACKENDS):
         from runtime.openvino_backend import OpenVINOSampler
 
@@ -145,7 +148,7 @@ def _solver_loop(solver: str, steps: list, alphas: np.ndarray, denoise, update, 
     return x
 
 
-def _torch_backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray, loop) -> dict[str, Callable]:
+def _torch_backends(cfg: BenchConfig, bundle: Path, manifest: dict, model, schedule, x_T: np.ndarray, loop) -> dict[str, Callable]:
     """Eager torch (fp32, bf16 autocast, torch.compile) and the bundle's TorchScript denoiser and step."""
     import torch
 
@@ -164,10 +167,8 @@ def _torch_backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.nda
     if "compile" in cfg.backends:
         out["compile"] = eager(torch.compile(model))
     if "torchscript" in cfg.backends:
-        from export.manifest import load_manifest, read_verified
         from export.torchscript import load_traced
 
-        manifest = load_manifest(bundle)
         dpm = cfg.solver == "dpmpp_2m"
         den, step = (load_traced(read_verified(bundle, manifest, manifest["artifacts"][a]["files"]["torchscript"]))
                      for a in ("denoiser", "dpmpp_step" if dpm else "ddim_step"))
@@ -184,17 +185,15 @@ def _torch_backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.nda
     return out
 
 
-def _ort_backends(cfg: BenchConfig, bundle: Path, x_T: np.ndarray, ts: np.ndarray, loop) -> dict[str, Callable]:
+def _ort_backends(cfg: BenchConfig, bundle: Path, manifest: dict, x_T: np.ndarray, ts: np.ndarray, loop) -> dict[str, Callable]:
     """onnxruntime on the CPU: the denoiser under a numpy solver, every runtime mode, the shipped loop, int8."""
     import onnxruntime as ort
 
     import runtime
     import zoo
-    from export.manifest import load_manifest, read_verified
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = cfg.threads
-    manifest = load_manifest(bundle)
     denoiser = read_verified(bundle, manifest, manifest["artifacts"]["denoiser"]["files"]["onnx"])
     plain = ort.InferenceSession(denoiser, so, providers=["CPUExecutionProvider"])
     update = zoo.dpmpp_2m_step if cfg.solver == "dpmpp_2m" else zoo.ddim_step

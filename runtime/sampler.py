@@ -185,7 +185,7 @@ class Sampler:
     # --- sampling ---------------------------------------------------------------------------
     def check(self, num_steps: int, eta: float = 0.0, spacing: str = "leading", mode: Mode = "loop", solver: str = "ddim") -> None:
         """Raise ``ValueError`` naming the bad value if ``sample`` would refuse these settings."""
-        _check_run(self, num_steps, eta, spacing, mode, solver)
+        check_settings(self.manifest, self.path, num_steps, eta, spacing, mode, solver, self.precision)
 
     def timesteps(self, num_steps: int, spacing: str = "leading") -> np.ndarray:
         return ddim_timesteps(self.schedule.num_train_timesteps, num_steps, spacing)
@@ -217,7 +217,7 @@ class Sampler:
         """
         n, seed, start = check_int("n", n, 1), check_int("seed", seed, 0), check_int("start", start, 0)
         batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
-        _check_run(self, num_steps, eta, spacing, mode, solver)
+        self.check(num_steps, eta, spacing, mode, solver)
         num_steps, eta = int(num_steps), float(eta)
         ts = self.timesteps(num_steps, spacing)
         bs = min(n, batch_size or DEFAULT_BATCH_SIZE)
@@ -246,7 +246,7 @@ class Sampler:
         """One batch through ``mode``: x_T (B, C, H, W), noise (S, B, C, H, W) when eta > 0."""
         stochastic = eta > 0
         if (solver, stochastic) not in ARTIFACTS:
-            _check_run(self, len(timesteps), eta, "leading", mode, solver)  # raises, naming the bad value
+            self.check(len(timesteps), eta, "leading", mode, solver)  # raises, naming the bad value
         names = ARTIFACTS[(solver, stochastic)]
         if mode == "loop":
             sess = self.session(names["loop"])
@@ -376,10 +376,6 @@ def _bind(io: ort.IOBinding, device_values: dict[str, ort.OrtValue], host_values
         io.bind_ortvalue_input(name, v)
     for name, a in host_values.items():
         io.bind_cpu_input(name, np.ascontiguousarray(a))
-
-
-def _check_run(sampler: Sampler, num_steps: int, eta: float, spacing: str, mode: str, solver: str = "ddim") -> None:
-    check_settings(sampler.manifest, sampler.path, num_steps, eta, spacing, mode, solver, sampler.precision)
 
 
 def check_settings(manifest: dict, path: os.PathLike, num_steps: int, eta: float = 0.0, spacing: str = "leading",

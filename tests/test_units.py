@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from export.loop import build_sampler_graph
-from zoo.files import atomic_write, staged_dir, write_synced
+from zoo.files import atomic_write, default_mode, staged_dir, write_synced
 from zoo.train import TrainConfig, lr_at
 
 # --- the learning-rate schedule -------------------------------------------------------------------
@@ -41,7 +41,7 @@ def test_staged_dir_publishes_only_a_finished_directory(tmp_path):
         assert tmp.parent == tmp_path and tmp.name.startswith(".out.partial-") and not out.exists()
         write_synced(tmp / "a.bin", b"new")
     assert (out / "a.bin").read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    assert oct(out.stat().st_mode & 0o777) != oct(0o700)  # not mkdtemp's private mode
+    assert out.stat().st_mode & 0o777 == default_mode(directory=True)  # not mkdtemp's private 0o700
 
     with pytest.raises(RuntimeError, match="boom"):  # a failure half way: the old directory stays, nothing is left
         with staged_dir(out) as tmp:
