@@ -75,6 +75,24 @@ def test_ddim_timesteps_golden():
         assert ts.dtype == np.int64 and len(ts) == 50 and np.all(np.diff(ts) < 0)
 
 
+@pytest.mark.parametrize("T", [1, 10, 37, 1000])
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_ddim_timesteps_every_step_count(T, spacing):
+    # Exactly S distinct, descending timesteps inside 0..T-1 for every S in 1..T. diffusers' float
+    # arange gives 62 of the S at T = 1000 (61, 103, ...) S + 1 values ending in -1 for "trailing".
+    for S in range(1, T + 1):
+        ts = ddim_timesteps(T, S, spacing)
+        assert ts.dtype == np.int64 and ts.shape == (S,), (S, ts)
+        assert ts[0] <= T - 1 and ts[-1] >= 0 and np.all(np.diff(ts) < 0), (S, ts)
+
+
+def test_ddim_timesteps_trailing_61_and_ties():
+    ts = ddim_timesteps(1000, 61, "trailing")
+    assert len(ts) == 61 and ts[-1] == 15 and ts[0] == 999
+    # An exact tie (1000 * 45 / 48 = 937.5) rounds half to even, not wherever float error falls.
+    assert ddim_timesteps(1000, 48, "trailing")[3] == 937
+
+
 @pytest.mark.parametrize("steps", [0, 1001, -3, 2.5])
 def test_ddim_timesteps_bad_steps(steps):
     with pytest.raises(ValueError, match=r"num_steps=.*1\.\.1000"):

@@ -87,19 +87,33 @@ def check_finite(x: Any, where: str) -> None:
         )
 
 
+def _round_half_even(num: np.ndarray, den: int) -> np.ndarray:
+    """``round(num / den)`` in exact integer arithmetic, ties to even as ``np.round`` does."""
+    q, r = np.divmod(num, den)
+    up = (2 * r > den) | ((2 * r == den) & (q % 2 == 1))
+    return q + up
+
+
 def _leading(T: int, S: int) -> np.ndarray:
     return (np.arange(S, dtype=np.int64) * (T // S))[::-1]
 
 
 def _trailing(T: int, S: int) -> np.ndarray:
-    return np.round(np.arange(T, 0, -T / S)).astype(np.int64) - 1
+    # round(T k / S) - 1 for k = S..1. diffusers builds this with np.arange and a float step, which
+    # for 62 of the 1000 step counts at T = 1000 (61, 103, ...) yields S + 1 values ending in -1.
+    k = np.arange(S, 0, -1, dtype=np.int64)
+    return _round_half_even(T * k, S) - 1
 
 
 def _linspace(T: int, S: int) -> np.ndarray:
-    return np.round(np.linspace(0, T - 1, S)).astype(np.int64)[::-1]
+    if S == 1:
+        return np.zeros(1, dtype=np.int64)  # np.linspace(0, T - 1, 1) == [0]
+    i = np.arange(S - 1, -1, -1, dtype=np.int64)
+    return _round_half_even((T - 1) * i, S - 1)
 
 
-# Conventions of the widely used DDIM implementations (diffusers' ``timestep_spacing``).
+# Conventions of the widely used DDIM implementations (diffusers' ``timestep_spacing``), computed in
+# integers: every spacing gives exactly S distinct, descending timesteps in 0..T-1 for every S in 1..T.
 SPACINGS = {"leading": _leading, "trailing": _trailing, "linspace": _linspace}
 
 
