@@ -1,6 +1,6 @@
 """diffzoo export: any zoo model to a verified bundle of TorchScript and ONNX graphs with a manifest.
 
-``export.manifest`` (hash verification) is torch-free for the runtime; the exporters load on first use.
+``export.format.manifest`` (hash verification) is torch-free for the runtime; the exporters load on first use.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from export.manifest import (
+from export.format.manifest import (
     FORMAT_VERSION,
     BundleError,
     BundleFileMissingError,
@@ -19,6 +19,7 @@ from export.manifest import (
 
 __all__ = [
     "export_bundle",
+    "ExportOptions",
     "Bundle",
     "load_manifest",
     "load_model",
@@ -34,6 +35,7 @@ __all__ = [
 
 _LAZY = {
     "export_bundle": "export.bundle",
+    "ExportOptions": "export.bundle",
     "Bundle": "export.bundle",
     "load_model": "export.bundle",
     "ExportVerificationError": "export.verify",

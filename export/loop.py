@@ -12,6 +12,8 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
+from zoo.diffusion import NO_STEP
+
 __all__ = ["build_sampler_graph"]
 
 _PREFIX = "step/"
@@ -115,7 +117,7 @@ def _sampler(fused: onnx.ModelProto, body: onnx.GraphProto, dims: list, multiste
     consts = [
         helper.make_tensor("one", TensorProto.INT64, [1], [1]),
         helper.make_tensor("int64_max", TensorProto.INT64, [1], [2**63 - 1]),
-        helper.make_tensor("last_prev", TensorProto.INT64, [1], [-1]),  # t_prev < 0: alpha-bar_prev = 1
+        helper.make_tensor("last_prev", TensorProto.INT64, [1], [NO_STEP]),  # no step there (zoo.solvers.alpha_bars)
         helper.make_tensor("true", TensorProto.BOOL, [], [True]),
     ]
     nodes = [

@@ -14,7 +14,7 @@ import warnings
 import onnx
 import torch
 
-from export.specs import ArtifactSpec
+from export.format.artifacts import ArtifactSpec
 
 __all__ = ["DEFAULT_OPSET", "SUPPORTED_OPSETS", "EXPORTER", "export_onnx", "check_onnx"]
 

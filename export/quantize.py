@@ -24,7 +24,8 @@ import numpy as np
 import onnx
 import torch
 
-from zoo.diffusion import ddim_sample, ddim_timesteps
+from zoo.diffusion import ddim_timesteps
+from zoo.samplers import ddim_sample
 from zoo.schedules import Schedule
 
 __all__ = ["quantize_int8", "calibration_states", "inner_nodes", "CALIBRATION_IMAGES", "CALIBRATION_STEPS"]

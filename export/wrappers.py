@@ -1,4 +1,4 @@
-"""The torch modules that are exported besides the denoiser: the solver steps and the fused steps.
+"""The torch modules that are exported besides the denoiser (the solver steps and fused steps), and each artifact's reference.
 
 They call ``zoo.diffusion.ddim_step`` / ``dpmpp_2m_step`` themselves, so every exported graph
 computes exactly the math of the eager samplers; only the inputs differ. Noise and the solver's
@@ -11,9 +11,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from export.format.artifacts import ArtifactSpec
 from zoo.diffusion import ddim_step, dpmpp_2m_step
+from zoo.samplers import sample
+from zoo.schedules import Schedule
+from zoo.solvers import alpha_bars
 
-__all__ = ["DDIMStep", "FusedStep", "DPMStep", "FusedDPMStep"]
+__all__ = ["DDIMStep", "FusedStep", "DPMStep", "FusedDPMStep", "WRAPPERS", "reference"]
 
 
 class DDIMStep(nn.Module):
@@ -33,8 +37,8 @@ class DDIMStep(nn.Module):
 class FusedStep(nn.Module):
     """``(x_t, t, t_prev[, noise, eta]) -> x_prev``: the denoiser and the DDIM update in one graph.
 
-    The schedule's alpha-bar table is a constant of the graph, looked up by timestep; ``t_prev < 0``
-    means alpha-bar_prev = 1 (the last step).
+    The schedule's alpha-bar table is a constant of the graph, looked up by timestep with the step
+    rule of ``zoo.solvers.alpha_bars`` (``t_prev < 0``: the last step).
     """
 
     def __init__(self, model: nn.Module, alphas_cumprod: np.ndarray, stochastic: bool, clip_range: float | None = 1.0):
@@ -44,8 +48,7 @@ class FusedStep(nn.Module):
         self.step = DDIMStep(stochastic, clip_range)
 
     def forward(self, x_t, t, t_prev, noise=None, eta=None):
-        a_t = self.alphas_cumprod[t]  # (B,)
-        a_prev = torch.where(t_prev < 0, 1.0, self.alphas_cumprod[t_prev.clamp(min=0)])  # (B,)
+        a_t, a_prev, _ = alpha_bars(self.alphas_cumprod, t, t_prev)  # (B,) each
         eps = self.model(x_t, t)
         return self.step(x_t, eps, a_t, a_prev, noise, eta)
 
@@ -58,8 +61,9 @@ def _alpha_table(alphas_cumprod: np.ndarray) -> torch.Tensor:
 class DPMStep(nn.Module):
     """``(x_t, eps, x0_last, alpha_bar_t, alpha_bar_prev, alpha_bar_last) -> (x_prev, x0)``: DPM-Solver++(2M)."""
 
-    def __init__(self, clip_range: float | None = 1.0) -> None:
+    def __init__(self, stochastic: bool = False, clip_range: float | None = 1.0) -> None:
         super().__init__()
+        assert not stochastic, "DPM-Solver++(2M) is deterministic"
         self.clip_range = clip_range
 
     def forward(self, x_t, eps, x0_last, alpha_bar_t, alpha_bar_prev, alpha_bar_last):
@@ -69,19 +73,41 @@ class DPMStep(nn.Module):
 class FusedDPMStep(nn.Module):
     """``(x_t, x0_last, t, t_prev, t_last) -> (x_prev, x0)``: the denoiser and the DPM-Solver++(2M) update.
 
-    ``t_prev < 0`` means the last step (alpha-bar 1), ``t_last < 0`` the first (no earlier prediction,
-    alpha-bar_last = 0): both make the update first order, as in ``dpmpp_2m_sample``.
+    ``t_prev < 0`` means the last step, ``t_last < 0`` the first (``zoo.solvers.alpha_bars``): both
+    make the update first order, as in ``dpmpp_2m_sample``.
     """
 
-    def __init__(self, model: nn.Module, alphas_cumprod: np.ndarray, clip_range: float | None = 1.0):
+    def __init__(self, model: nn.Module, alphas_cumprod: np.ndarray, stochastic: bool = False, clip_range: float | None = 1.0):
         super().__init__()
         self.model = model
         self.register_buffer("alphas_cumprod", _alpha_table(alphas_cumprod))
-        self.step = DPMStep(clip_range)
+        self.step = DPMStep(stochastic, clip_range)
 
     def forward(self, x_t, x0_last, t, t_prev, t_last):
-        a_t = self.alphas_cumprod[t]
-        a_prev = torch.where(t_prev < 0, 1.0, self.alphas_cumprod[t_prev.clamp(min=0)])
-        a_last = torch.where(t_last < 0, 0.0, self.alphas_cumprod[t_last.clamp(min=0)])
+        a_t, a_prev, a_last = alpha_bars(self.alphas_cumprod, t, t_prev, t_last)  # (B,) each
         eps = self.model(x_t, t)
         return self.step(x_t, eps, x0_last, a_t, a_prev, a_last)
+
+
+# Each solver's step and fused-step modules (their forward signatures are the artifact table's inputs).
+WRAPPERS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
+    "ddim": (DDIMStep, FusedStep),
+    "dpmpp_2m": (DPMStep, FusedDPMStep),
+}
+
+
+def reference(spec: ArtifactSpec, model: nn.Module, schedule: Schedule, clip_range: float | None):
+    """The eager torch callable an artifact must reproduce, by its kind and solver."""
+    if spec.kind == "denoiser":
+        return model
+    step, fused = WRAPPERS[spec.solver]
+    if spec.kind == "step":
+        return step(spec.stochastic, clip_range)
+    if spec.kind == "fused_step":
+        return fused(model, schedule.alphas_cumprod, spec.stochastic, clip_range).eval()
+
+    def sampler(x_T, timesteps, noise=None, eta=None):
+        return sample(model, schedule, x_T, num_steps=len(timesteps), solver=spec.solver, spacing="leading",
+                      eta=0.0 if eta is None else float(eta), noise=noise, clip_range=clip_range)
+
+    return sampler

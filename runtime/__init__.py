@@ -1,14 +1,26 @@
 """diffzoo runtime: sample from an exported bundle with onnxruntime (CUDA provider, CPU fallback).
 
-The sampling path imports numpy, onnxruntime and pillow only; ``parity`` (the eager torch
-comparison) and the CLI's training/export commands import torch when they are called.
+The deployment core (``runtime.sampler``, ``runtime.providers``, ``runtime.noise``, ``runtime.requests``)
+imports numpy and onnxruntime only. The applications (CLI, parity, eval, demo, bench) live in
+``runtime.apps``; ``runtime.parity`` (the eager torch comparison) loads from there on first use.
 """
 
 from __future__ import annotations
 
-from runtime.providers import CudaOptions, ProviderUnavailableError, cuda_unavailable_reason
-from runtime.eager_parity import ParityReport, parity
-from runtime.sampler import MODES, PRECISIONS, Sampler, check_settings, load
+import importlib
+from typing import Any
 
-__all__ = ["load", "Sampler", "MODES", "PRECISIONS", "CudaOptions", "ProviderUnavailableError", "cuda_unavailable_reason", "parity", "ParityReport",
-           "check_settings"]
+from runtime.providers import CudaOptions, ProviderUnavailableError, cuda_unavailable_reason
+from runtime.requests import MODES, PRECISIONS, SampleRequest, check_settings
+from runtime.sampler import Sampler, load
+
+__all__ = ["load", "Sampler", "MODES", "PRECISIONS", "CudaOptions", "ProviderUnavailableError", "cuda_unavailable_reason",
+           "parity", "ParityReport", "check_settings", "SampleRequest"]
+
+_LAZY = {"parity": "runtime.apps.parity", "ParityReport": "runtime.apps.parity"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:  # torch-based: imported only when asked for
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'runtime' has no attribute {name!r}")

@@ -77,12 +77,13 @@ def _preload() -> None:
     global _preloaded
     if not _preloaded and hasattr(ort, "preload_dlls"):
         out = io.StringIO()  # it prints every library it cannot find; the reason check below says it once
+        error = ""
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             try:
                 ort.preload_dlls()
             except OSError as e:
-                print(e)
-        log.debug("onnxruntime.preload_dlls(): %s", out.getvalue().strip())
+                error = f" ({e})"
+        log.debug("onnxruntime.preload_dlls(): %s%s", out.getvalue().strip(), error)
     _preloaded = True
 
 

@@ -13,35 +13,28 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 import onnxruntime as ort
 
-from export.manifest import load_manifest, read_verified
+from export.format.artifacts import MODE_KINDS, carried, select
+from export.format.manifest import load_manifest, read_verified
 from runtime.noise import image_noise
 from runtime.providers import CudaOptions, ProviderUnavailableError, resolve_provider, session_providers
-from zoo.diffusion import SOLVERS, SPACINGS, check_finite, ddim_timesteps, step_pairs
+from runtime.requests import MODES, PRECISIONS, Mode, SampleRequest, check_settings
+from zoo.diffusion import check_finite, ddim_timesteps, step_pairs
 from zoo.resources import check_fits
 from zoo.schedules import make_schedule
-from zoo.validate import check_int, check_real
+from zoo.solvers import alpha_bars
+from zoo.validate import check_int
 
-__all__ = ["MODES", "Mode", "PRECISIONS", "SOLVERS", "ARTIFACTS", "Sampler", "load", "check_settings", "DEFAULT_BATCH_SIZE"]
+__all__ = ["MODES", "Mode", "PRECISIONS", "Sampler", "load", "check_settings", "DEFAULT_BATCH_SIZE", "step_list", "step_feeds",
+           "fused_on_host"]
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["loop", "fused", "step"]
-MODES = ("loop", "fused", "step")
-# fp32: the exported graphs. int8: the bundle's ``<name>_int8`` variants (``export_bundle(int8=True)``),
-# whose inner convolutions are quantized; the DDIM update stays fp32. CPU provider only.
-PRECISIONS = ("fp32", "int8")
-DEFAULT_BATCH_SIZE = 16
-# The artifact each (solver, stochastic) runs in each mode; "step" mode runs the denoiser before it.
-ARTIFACTS: dict[tuple[str, bool], dict[str, str]] = {
-    ("ddim", False): {"loop": "sampler", "fused": "fused_step", "step": "ddim_step"},
-    ("ddim", True): {"loop": "sampler_eta", "fused": "fused_step_eta", "step": "ddim_step_eta"},
-    ("dpmpp_2m", False): {"loop": "sampler_dpmpp", "fused": "fused_step_dpmpp", "step": "dpmpp_step"},
-}
+DEFAULT_BATCH_SIZE = SampleRequest.batch_size
 
 # callback(i, t, eps or None, x_prev) after each step, for parity reports; eps is None where the
 # mode does not expose it (fused), and the loop mode reports only its final x_0.
@@ -51,6 +44,7 @@ StepCallback = Callable[[int, int, "np.ndarray | None", np.ndarray], None]
 def load(
     bundle_dir: str | os.PathLike,
     provider: str = "auto",
+    *,
     strict: bool = False,
     cuda: CudaOptions | None = None,
     threads: int | None = None,
@@ -69,12 +63,12 @@ def load(
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: expected one of {list(PRECISIONS)}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads={threads!r} is invalid: expected an integer >= 1 or None")
+    threads = None if threads is None else check_int("threads", threads, 1)
     manifest = load_manifest(bundle_dir)  # hashes first: no session ever sees an unverified file
-    if precision == "int8":
-        if "fused_step_int8" not in manifest["artifacts"]:
-            raise ValueError(f"bundle {str(bundle_dir)!r} has no int8 artifacts: re-export it with int8=True (diffzoo export --int8)")
+    if precision != "fp32":
+        if not any(a["precision"] == precision for a in manifest["artifacts"].values()):
+            raise ValueError(f"bundle {str(bundle_dir)!r} has no {precision} artifacts: re-export it with int8=True "
+                             "(diffzoo export --int8)")
         if provider == "cuda":
             raise ValueError("precision='int8' runs on the CPU provider only (onnxruntime's CUDA provider has no int8 "
                              "convolution); use provider='cpu' or 'auto'")
@@ -100,7 +94,7 @@ class Sampler:
         self.shape: tuple[int, int, int] = tuple(manifest["data"]["shape"])
         self._sessions: dict[tuple[str, bool], ort.InferenceSession] = {}
         self.optimize_cpu_loop = True  # see _cpu_loop_model; False runs the bundle's sampler.onnx as shipped
-        self.precision = precision  # "int8" selects the <name>_int8 artifacts where the bundle has them
+        self.precision = precision  # "int8" selects the bundle's int8 artifacts where it has them
 
     # --- sessions ---------------------------------------------------------------------------
     @property
@@ -149,7 +143,7 @@ class Sampler:
         from export.loop import build_sampler_graph
 
         entry = self.manifest["artifacts"][artifact]
-        fused = self._onnx_bytes(entry.get("body") or artifact.replace("sampler", "fused_step", 1))
+        fused = self._onnx_bytes(entry["body"])
         with tempfile.TemporaryDirectory() as tmp:
             so = self._options()
             so.optimized_model_filepath = str(Path(tmp) / "fused.onnx")
@@ -158,29 +152,43 @@ class Sampler:
             body = onnx.load(so.optimized_model_filepath)
         return build_sampler_graph(body, stochastic=entry["stochastic"]).SerializeToString()
 
+    def artifact(self, kind: str, solver: str | None = None, stochastic: bool = False) -> str:
+        """The bundle artifact of ``kind`` this sampler runs for (solver, stochastic), in its precision."""
+        name = select(self.manifest["artifacts"], kind, solver, stochastic, self.precision)
+        if name is None:  # check_settings refuses such a request first, naming it
+            raise ValueError(f"bundle {str(self.path)!r} has no {kind} artifact for solver={solver!r}, stochastic={stochastic}")
+        return name
+
     def session(self, artifact: str, cuda_graph: bool = False) -> ort.InferenceSession:
-        """The session of ``artifact`` (its int8 variant when precision is int8 and the bundle has one)."""
-        if self.precision != "fp32" and f"{artifact}_{self.precision}" in self.manifest["artifacts"]:
-            artifact = f"{artifact}_{self.precision}"
+        """The session of bundle artifact ``artifact``, built once from its verified bytes.
+
+        If onnxruntime creates it without CUDA on a CUDA sampler, that is an error when ``strict``,
+        else the sampler moves to the CPU provider for good (one warning saying why).
+        """
         key = (artifact, cuda_graph)
         if key not in self._sessions:
-            if self.device == "cpu" and artifact.startswith("sampler") and self.optimize_cpu_loop:
-                model: str | bytes = self._cpu_loop_model(artifact)
-            else:
-                model = self._onnx_bytes(artifact)
-            sess = ort.InferenceSession(
-                model, sess_options=self._options(), providers=session_providers(self.device, self.cuda, cuda_graph)
-            )
+            sess = self._new_session(artifact, cuda_graph)
             if self.device == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
-                msg = f"onnxruntime created the {artifact!r} session without CUDA (providers {sess.get_providers()}); see its log above"
-                if self.strict:
-                    raise ProviderUnavailableError(msg)
-                log.warning("%s: falling back to the CPU provider", msg)
-                self.device = "cpu"
-                self._sessions.clear()
-                return self.session(artifact)
+                self._fall_back_to_cpu(f"onnxruntime created the {artifact!r} session without CUDA (providers "
+                                       f"{sess.get_providers()}); see its log above")
+                key, sess = (artifact, False), self._new_session(artifact, False)
             self._sessions[key] = sess
         return self._sessions[key]
+
+    def _new_session(self, artifact: str, cuda_graph: bool) -> ort.InferenceSession:
+        if self.device == "cpu" and self.manifest["artifacts"][artifact]["kind"] == "sampler" and self.optimize_cpu_loop:
+            model: bytes = self._cpu_loop_model(artifact)
+        else:
+            model = self._onnx_bytes(artifact)
+        return ort.InferenceSession(model, sess_options=self._options(),
+                                    providers=session_providers(self.device, self.cuda, cuda_graph))
+
+    def _fall_back_to_cpu(self, why: str) -> None:
+        if self.strict:
+            raise ProviderUnavailableError(why)
+        log.warning("%s: falling back to the CPU provider", why)
+        self.device = "cpu"
+        self._sessions.clear()
 
     # --- sampling ---------------------------------------------------------------------------
     def check(self, num_steps: int, eta: float = 0.0, spacing: str = "leading", mode: Mode = "loop", solver: str = "ddim") -> None:
@@ -245,11 +253,10 @@ class Sampler:
     ) -> np.ndarray:
         """One batch through ``mode``: x_T (B, C, H, W), noise (S, B, C, H, W) when eta > 0."""
         stochastic = eta > 0
-        if (solver, stochastic) not in ARTIFACTS:
-            self.check(len(timesteps), eta, "leading", mode, solver)  # raises, naming the bad value
-        names = ARTIFACTS[(solver, stochastic)]
+        self.check(len(timesteps), eta, "leading", mode, solver)  # raises, naming the bad value
+        artifact = self.artifact(MODE_KINDS[mode], solver, stochastic)
         if mode == "loop":
-            sess = self.session(names["loop"])
+            sess = self.session(artifact)
             feed = {"x_T": x_T, "timesteps": timesteps}
             if stochastic:
                 feed.update(noise=noise, eta=np.array(eta, np.float32))
@@ -258,32 +265,10 @@ class Sampler:
                 callback(len(timesteps) - 1, int(timesteps[-1]), None, x0)
             return x0
         if mode == "fused" and self.device == "cuda" and self.cuda.cuda_graph:
-            return self._run_fused_cuda_graph(names["fused"], x_T, timesteps, noise, eta, callback)
-        return self._run_per_step(names[mode], x_T, timesteps, noise, eta, mode, callback)
+            return self._run_fused_cuda_graph(artifact, solver, x_T, timesteps, noise, eta, callback)
+        return self._run_per_step(artifact, solver, x_T, timesteps, noise, eta, mode, callback)
 
-    def _step_feeds(self, i: int, steps: list, b: int, names: list[str], noise, eta) -> dict[str, np.ndarray]:
-        """The host inputs of step i that ``names`` (an artifact's inputs) asks for; steps from ``_steps``."""
-        t, tp, tl = steps[i]
-        ab = self.alphas_cumprod
-        values = {
-            "t": lambda: np.full(b, t, np.int64),
-            "t_prev": lambda: np.full(b, tp, np.int64),
-            "t_last": lambda: np.full(b, tl, np.int64),
-            "alpha_bar_t": lambda: np.full(b, ab[t], np.float32),
-            "alpha_bar_prev": lambda: np.full(b, ab[tp] if tp >= 0 else 1.0, np.float32),
-            "alpha_bar_last": lambda: np.full(b, ab[tl] if tl >= 0 else 0.0, np.float32),
-            "noise": lambda: noise[i],
-            "eta": lambda: np.array(eta, np.float32),
-        }
-        return {n: values[n]() for n in names if n in values}
-
-    @staticmethod
-    def _steps(timesteps: np.ndarray) -> list[tuple[int, int, int]]:
-        """(t, t_prev, t_last) of every step (see ``zoo.diffusion.step_pairs``)."""
-        t_prevs, t_lasts = step_pairs(timesteps)
-        return [(int(t), int(tp), int(tl)) for t, tp, tl in zip(timesteps, t_prevs, t_lasts)]
-
-    def _run_per_step(self, artifact, x_T, timesteps, noise, eta, mode, callback) -> np.ndarray:
+    def _run_per_step(self, artifact, solver, x_T, timesteps, noise, eta, mode, callback) -> np.ndarray:
         """``fused``: the fused step per timestep; ``step``: the denoiser, then the solver step.
 
         The carried values (x, and DPM-Solver++'s x0 prediction) stay on the device between steps.
@@ -293,37 +278,35 @@ class Sampler:
         sess = self.session(artifact)
         io = sess.io_binding()
         inputs = [i.name for i in sess.get_inputs()]
-        outputs = [o.name for o in sess.get_outputs()]  # x_prev[, x0]
-        carried = {"x_t": ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x_T), dev, dev_id)}
-        if "x0_last" in inputs:
-            carried["x0_last"] = ort.OrtValue.ortvalue_from_numpy(np.zeros_like(x_T), dev, dev_id)
+        pairs = carried(solver)  # (input, output) of x and the solver's state: x_t -> x_prev[, x0_last -> x0]
+        first = {"x_t": x_T, **{i: np.zeros_like(x_T) for i, _ in pairs[1:]}}  # the state starts at zeros
+        state = {i: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(first[i]), dev, dev_id) for i, _ in pairs}
         if mode == "step":
-            den = self.session("denoiser")
+            den = self.session(self.artifact("denoiser"))
             io_den = den.io_binding()
-        steps = self._steps(timesteps)
+        steps = step_list(timesteps)
         for i, t in enumerate(timesteps):
-            host = self._step_feeds(i, steps, b, inputs, noise, eta)
+            host = step_feeds(i, steps, b, inputs, self.alphas_cumprod, noise, eta)
             eps_host = None
             if mode == "step":
-                _bind(io_den, {"x": carried["x_t"]}, {"t": np.full(b, t, np.int64)})
+                _bind(io_den, {"x": state["x_t"]}, {"t": np.full(b, t, np.int64)})
                 io_den.bind_output("eps", dev, dev_id)
                 den.run_with_iobinding(io_den)
                 eps = io_den.get_outputs()[0]
-                _bind(io, {**carried, "eps": eps}, host)
+                _bind(io, {**state, "eps": eps}, host)
                 if callback is not None:
                     eps_host = eps.numpy()
             else:
-                _bind(io, carried, host)
-            for name in outputs:
+                _bind(io, state, host)
+            for _, name in pairs:
                 io.bind_output(name, dev, dev_id)
             sess.run_with_iobinding(io)
-            got = io.get_outputs()
-            carried = {"x_t": got[0], **({"x0_last": got[1]} if len(got) > 1 else {})}
+            state = dict(zip((name for name, _ in pairs), io.get_outputs(), strict=True))  # outputs in binding order
             if callback is not None:
-                callback(i, int(t), eps_host, carried["x_t"].numpy())
-        return carried["x_t"].numpy()
+                callback(i, int(t), eps_host, state["x_t"].numpy())
+        return state["x_t"].numpy()
 
-    def _run_fused_cuda_graph(self, artifact, x_T, timesteps, noise, eta, callback) -> np.ndarray:
+    def _run_fused_cuda_graph(self, artifact, solver, x_T, timesteps, noise, eta, callback) -> np.ndarray:
         """The fused step replayed as CUDA graphs: fixed device buffers, two graphs ping-ponging the state.
 
         onnxruntime captures a graph on its first run per ``gpu_graph_id`` and replays it after;
@@ -333,15 +316,15 @@ class Sampler:
         dev_id = self.cuda.device_id
         b = x_T.shape[0]
         inputs = [i.name for i in sess.get_inputs()]
-        pairs = [(i, o) for i, o in (("x_t", "x_prev"), ("x0_last", "x0")) if i in inputs]
+        pairs = carried(solver)
 
         def dev_array(a: np.ndarray) -> ort.OrtValue:
             return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), "cuda", dev_id)
 
-        first = {"x_t": x_T, "x0_last": np.zeros_like(x_T)}
+        first = {"x_t": x_T, **{i: np.zeros_like(x_T) for i, _ in pairs[1:]}}  # the state starts at zeros
         bufs = {i: [dev_array(first[i]), dev_array(np.empty_like(x_T))] for i, _ in pairs}
-        steps = self._steps(timesteps)
-        host0 = self._step_feeds(0, steps, b, inputs, noise, eta)
+        steps = step_list(timesteps)
+        host0 = step_feeds(0, steps, b, inputs, self.alphas_cumprod, noise, eta)
         shared = {n: dev_array(v) for n, v in host0.items()}  # t, t_prev[, t_last, noise, eta], updated in place
         runs = []
         for g in range(2):  # graph g reads buffer g and writes buffer 1 - g
@@ -354,7 +337,7 @@ class Sampler:
             ro.add_run_config_entry("gpu_graph_id", str(g + 1))
             runs.append((io, ro))
         for i, t in enumerate(timesteps):
-            for name, v in self._step_feeds(i, steps, b, inputs, noise, eta).items():
+            for name, v in step_feeds(i, steps, b, inputs, self.alphas_cumprod, noise, eta).items():
                 if name != "eta":  # a constant of the run
                     shared[name].update_inplace(np.ascontiguousarray(v))
             io, ro = runs[i % 2]
@@ -378,28 +361,42 @@ def _bind(io: ort.IOBinding, device_values: dict[str, ort.OrtValue], host_values
         io.bind_cpu_input(name, np.ascontiguousarray(a))
 
 
-def check_settings(manifest: dict, path: os.PathLike, num_steps: int, eta: float = 0.0, spacing: str = "leading",
-                   mode: str = "loop", solver: str = "ddim", precision: str = "fp32") -> None:
-    """Raise ``ValueError`` naming the bad value if a bundle with ``manifest`` would refuse these settings.
+def step_list(timesteps: np.ndarray) -> list[tuple[int, int, int]]:
+    """(t, t_prev, t_last) of every step, as Python ints (see ``zoo.diffusion.step_pairs``)."""
+    t_prevs, t_lasts = step_pairs(timesteps)
+    return [(int(t), int(tp), int(tl)) for t, tp, tl in zip(timesteps, t_prevs, t_lasts)]
 
-    Needs no session and no provider: the CLI checks a request before a provider is chosen.
+
+def step_feeds(i: int, steps: list[tuple[int, int, int]], b: int, names: list[str], alphas: np.ndarray,
+               noise: np.ndarray | None, eta: float) -> dict[str, np.ndarray]:
+    """The host inputs of step i that ``names`` (a step graph's inputs) asks for, for a batch of b images."""
+    t, tp, tl = steps[i]
+    a_t, a_prev, a_last = alpha_bars(alphas, t, tp, tl)
+    values = {
+        "t": lambda: np.full(b, t, np.int64),
+        "t_prev": lambda: np.full(b, tp, np.int64),
+        "t_last": lambda: np.full(b, tl, np.int64),
+        "alpha_bar_t": lambda: np.full(b, a_t, np.float32),
+        "alpha_bar_prev": lambda: np.full(b, a_prev, np.float32),
+        "alpha_bar_last": lambda: np.full(b, a_last, np.float32),
+        "noise": lambda: noise[i],
+        "eta": lambda: np.array(eta, np.float32),
+    }
+    return {n: values[n]() for n in names if n in values}
+
+
+def fused_on_host(run: Callable[[dict[str, np.ndarray], list[str]], list[np.ndarray]], solver: str, inputs: list[str],
+                  x_T: np.ndarray, timesteps: np.ndarray, alphas: np.ndarray, noise: np.ndarray | None = None,
+                  eta: float = 0.0) -> np.ndarray:
+    """A fused step's loop with every value on the host: ``run(feed, output_names) -> outputs``.
+
+    What a session without IO binding runs (OpenVINO, a plain onnxruntime session in the bench);
+    the runtime's own modes keep the state on the device instead.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}: expected one of {list(MODES)}")
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}: expected one of {list(SOLVERS)}")
-    check_real("eta", eta, 0.0, 1.0, hint="0 = DDIM, 1 = DDPM-like")
-    if solver == "dpmpp_2m" and eta != 0:
-        raise ValueError(f"eta={eta!r} is invalid with solver 'dpmpp_2m', which is deterministic: use eta=0, or solver='ddim'")
-    artifact = ARTIFACTS[(solver, eta > 0)][mode]
-    if artifact not in manifest["artifacts"] and f"{artifact}_int8" not in manifest["artifacts"]:
-        label = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)"}[solver]
-        raise ValueError(f"bundle {str(path)!r} has no {label} graphs ({artifact!r}: exported before they were "
-                         f"added, or with solvers= leaving them out): re-export it (diffzoo export), or use another solver")
-    if solver == "dpmpp_2m":
-        if precision != "fp32":
-            raise ValueError(f"solver 'dpmpp_2m' has no {precision} graphs: use precision='fp32', or solver='ddim'")
-    if spacing not in SPACINGS:
-        raise ValueError(f"unknown spacing {spacing!r}: expected one of {sorted(SPACINGS)}")
-    T = manifest["schedule"]["num_train_timesteps"]
-    check_int("num_steps", num_steps, 1, T)
+    pairs = carried(solver)
+    state = {"x_t": x_T, **{i: np.zeros_like(x_T) for i, _ in pairs[1:]}}  # the state starts at zeros
+    steps = step_list(timesteps)
+    for i in range(len(steps)):
+        feed = {**state, **step_feeds(i, steps, len(x_T), inputs, alphas, noise, eta)}
+        state = dict(zip((name for name, _ in pairs), run(feed, [o for _, o in pairs]), strict=True))
+    return state["x_t"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from zoo.data import Cifar10, ImageFolder, SyntheticImages, UnsafePickleError, open_dataset, restricted_load
+from zoo.training.data import Cifar10, ImageFolder, SyntheticImages, UnsafePickleError, open_dataset, restricted_load
 
 
 def test_synthetic_is_deterministic_and_in_range():
@@ -181,7 +181,7 @@ def _write_idx(path, arr, gz=False):
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_idx_reader_and_dataset(tmp_path, gz):
-    from zoo.data import read_idx
+    from zoo.training.data import read_idx
 
     suffix = ".gz" if gz else ""
     imgs = np.arange(5 * 6 * 6, dtype=np.uint8).reshape(5, 6, 6)
@@ -200,7 +200,7 @@ def test_idx_reader_and_dataset(tmp_path, gz):
 
 
 def test_idx_reader_refuses_bad_files(tmp_path):
-    from zoo.data import read_idx
+    from zoo.training.data import read_idx
 
     good = _write_idx(tmp_path / "a", np.zeros((4, 3, 3), np.uint8)).read_bytes()
     (tmp_path / "magic").write_bytes(b"\x08\x03" + good[2:])
@@ -258,7 +258,7 @@ def test_cifar_archive_members_are_bounded_regular_files(cifar_dir, tmp_path, mo
 
     with pytest.raises(ValueError, match=r"member 'cifar-10-batches-py/data_batch_1' is a link; refused"):
         Cifar10(_archive(tmp_path, cifar_dir, link))
-    monkeypatch.setattr("zoo.data.MAX_CIFAR_FILE_BYTES", 1000)
+    monkeypatch.setattr("zoo.training.data.MAX_CIFAR_FILE_BYTES", 1000)
     with pytest.raises(ValueError, match=r"member 'cifar-10-batches-py/data_batch_1' has \d+ bytes, more than any"):
         Cifar10(_archive(tmp_path, cifar_dir, lambda info: None))
 

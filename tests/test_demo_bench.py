@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 import zoo
-from runtime.bench import BenchConfig, check_targets, conv_flops, format_results, run_bench
-from runtime.cli import main
-from runtime.demo import FAST, MARKER, format_summary, run_demo
+from runtime.apps.bench.speed import BenchConfig, conv_flops, format_results, key_ratios, run_bench
+from runtime.apps.cli import main
+from runtime.apps.commands.demo import FAST, MARKER, format_summary, run_demo
 
 
 def test_demo_fast_end_to_end(tmp_path, capsys):
@@ -76,15 +76,14 @@ def test_bench_reports_every_backend(tmp_path, capsys):
         assert r["drift_vs_eager"] < 1e-3, name  # every backend computes the same images
     assert res["backends"]["eager"]["vs_eager"] == 1.0
     assert "ort-loop" in text and "GFLOP/s" in text
-    targets = {t["target"]: t for t in res["targets"]}
-    loop = targets["loop within 5% of the fastest per-step mode"]
-    fastest = max(res["backends"][m]["images_per_s"] for m in ("ort-step", "ort-fused"))
-    assert loop["met"] == (res["backends"]["ort-loop"]["images_per_s"] >= 0.95 * fastest)  # follows the figures
+    ratios = {r["ratio"]: r["figures"] for r in res["ratios"]}  # measured and printed, judged in docs/BENCHMARKS.md
+    assert "loop vs the fastest per-step mode" in ratios and "key ratios" in text
+    assert "[met]" not in text and "NOT MET" not in text  # no verdicts in the product
     assert main(["bench", "--backends", "tensorrt"]) == 2
     assert "unknown backend" in capsys.readouterr().err
 
 
-def test_bench_int8_reports_its_error_and_verdict():
+def test_bench_int8_reports_its_error():
     cfg = BenchConfig(hidden=8, size=8, batch=2, steps=4, repeats=1, threads=1,
                       backends=("eager", "ort-fused", "ort-int8-fused", "ort-int8-loop"))
     res = run_bench(cfg)
@@ -95,16 +94,15 @@ def test_bench_int8_reports_its_error_and_verdict():
         assert b[name]["drift_rel_rms"] > 1e-5  # int8 really ran: not the fp32 graph
     assert b["ort-fused"]["drift_rel_rms"] < 1e-4
     assert "reduced precision against fp32" in format_results(res)
-    verdict = {t: (ok, f) for t, ok, f in check_targets(res)}["reduced precision >= 2x the fp32 onnxruntime mode"]
-    best = max(b["ort-int8-fused"]["images_per_s"], b["ort-int8-loop"]["images_per_s"])
-    assert verdict[0] == (best / b["ort-fused"]["images_per_s"] >= 2)  # the verdict follows the measured figures
-    assert f"{best / b['ort-fused']['images_per_s']:.2f}x" in verdict[1] and "per-step error" in verdict[1]
+    ratio = dict(key_ratios(res))["int8 vs the fastest fp32 onnxruntime mode"]
+    assert "per-step error" in ratio and f"{b['ort-int8-fused']['step_error_rel_rms']:.1%}" in ratio or \
+        f"{b['ort-int8-loop']['step_error_rel_rms']:.1%}" in ratio
 
 
 def test_cli_bench_checkpoint_runs_the_trained_model(tmp_path, capsys):
     import torch
 
-    from zoo.checkpoint import save_weights
+    from zoo.weights import save_weights
 
     torch.manual_seed(0)
     model = zoo.build("conv", hidden=12)
@@ -131,7 +129,7 @@ def test_bench_dpmpp_every_backend_computes_the_same_images():
 
 
 def test_cli_bench_skips_what_cannot_run_here_with_the_reason(capsys, monkeypatch):
-    monkeypatch.setattr("runtime.openvino_backend.openvino_unavailable_reason", lambda: "the openvino package is not installed")
+    monkeypatch.setattr("runtime.apps.bench.openvino.openvino_unavailable_reason", lambda: "the openvino package is not installed")
     args = ["bench", "--hidden", "8", "--size", "8", "--batch", "2", "--steps", "2", "--repeats", "1", "--threads", "1"]
     assert main([*args, "--backends", "openvino-fused"]) == 2
     assert "'openvino-fused' cannot run here: the openvino package is not installed" in capsys.readouterr().err
@@ -144,7 +142,7 @@ def test_openvino_runs_the_bundles_graphs_like_onnxruntime(bundles):
     import numpy as np
 
     import runtime
-    from runtime.openvino_backend import OpenVINOSampler
+    from runtime.apps.bench.openvino import OpenVINOSampler
 
     path = bundles["unet"].path
     ov, ort_sampler = OpenVINOSampler(path, threads=1), runtime.load(path, provider="cpu")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import zoo
-from zoo.diffusion import ddim_sample, ddim_step, ddim_timesteps, dpmpp_2m_step, make_training_sample
+from zoo.diffusion import ddim_step, ddim_timesteps, dpmpp_2m_step, make_training_sample
+from zoo.samplers import ddim_sample
 
 
 # --- schedules ------------------------------------------------------------------------------
@@ -341,7 +342,7 @@ def test_dpmpp_sample_contract(small_model):
     assert seen == list(enumerate(ddim_timesteps(1000, 5).tolist())) and a.abs().max() <= 1.0
     # one step is one first-order step from alpha-bar_T to the clean image: DDIM's single step
     torch.testing.assert_close(zoo.dpmpp_2m_sample(small_model, sched, x_T, num_steps=1), zoo.ddim_sample(small_model, sched, x_T, num_steps=1))
-    with pytest.raises(ValueError, match="deterministic: eta must be 0"):
+    with pytest.raises(ValueError, match="which is deterministic: use eta=0"):
         zoo.sample(small_model, sched, x_T, num_steps=5, solver="dpmpp_2m", eta=0.5)
     with pytest.raises(ValueError, match="unknown solver 'euler'"):
         zoo.sample(small_model, sched, x_T, num_steps=5, solver="euler")

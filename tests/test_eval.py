@@ -8,9 +8,9 @@ import sys
 import pytest
 
 import export
-from runtime.cli import main
-from zoo.checkpoint import load_weights
-from zoo.train import TrainConfig, train
+from runtime.apps.cli import main
+from zoo.weights import load_weights
+from zoo.training.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_eval_a_run_and_its_bundle_agree(digits_run, digits_bundle, tmp_path, ca
 def test_eval_under_torchrun_merges_the_shards(digits_bundle, tmp_path):
     args = ["eval", str(digits_bundle.path), "--samples", "24", "--steps", "3", "--provider", "cpu"]
     assert main([*args, "--json", str(tmp_path / "one.json")]) == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "runtime.cli",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "runtime.apps.cli",
            *args, "--json", str(tmp_path / "two.json")]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -77,8 +77,8 @@ def test_time_to_quality_measures_every_solver_and_backend(digits_bundle):
     import numpy as np
 
     import runtime
-    from runtime.time_to_quality import CONFIGS, STEPS, format_time_to_quality, run_time_to_quality
-    from zoo.metrics import quality_report
+    from runtime.apps.bench.time_to_quality import CONFIGS, STEPS, format_time_to_quality, run_time_to_quality
+    from zoo.training.metrics import quality_report
 
     res = run_time_to_quality(digits_bundle.path, "digits", n=24, batch=4, repeats=1, backends=("eager", "ort-loop"))
     assert list(res["quality"]) == [f"{s} {p}" for s, p in CONFIGS]

@@ -10,11 +10,12 @@ import torch
 import export
 import zoo
 from export.bundle import reference_outputs
-from export.manifest import sha256_file
-from export.specs import ARTIFACT_NAMES, artifact_specs, make_inputs
+from export.format.manifest import sha256_file
+from export.format.artifacts import ARTIFACT_NAMES, artifact_specs
+from export.inputs import make_inputs
 from export.torchscript import load_traced
 from export.verify import FP32_FACTOR, derived_atol
-from runtime.cli import main
+from runtime.apps.cli import main
 
 
 def _session(path):
@@ -233,8 +234,8 @@ def test_derived_atol_is_the_reference_error_times_the_factor_with_a_floor():
 
 
 def _trained(name, seed, tmp_path):
-    from zoo.checkpoint import load_weights
-    from zoo.train import TrainConfig, train
+    from zoo.weights import load_weights
+    from zoo.training.train import TrainConfig, train
 
     cfg = TrainConfig(model=name, model_config={"hidden": 8}, data="synthetic", size=8, steps=60, batch=16, lr=3e-3,
                       schedule="cosine", seed=seed, checkpoint_every=60, log_every=60)
@@ -340,7 +341,7 @@ def test_solvers_selects_the_graphs_exported(tmp_path):
     assert sorted(b.manifest["artifacts"]) == ["denoiser", "dpmpp_step", "fused_step_dpmpp", "sampler_dpmpp"]
     s = runtime.load(b.path, provider="cpu")
     assert s.sample(2, num_steps=3, solver="dpmpp_2m").shape == (2, 3, 8, 8)
-    with pytest.raises(ValueError, match=r"has no DDIM graphs \('sampler'.*re-export it"):
+    with pytest.raises(ValueError, match=r"has no DDIM graphs for 'loop' mode.*re-export it"):
         s.sample(2, num_steps=3)
     with pytest.raises(ValueError, match=r"solvers=\['euler'\] is invalid: expected a non-empty subset of \['ddim', 'dpmpp_2m'\]"):
         export.export_bundle(_tiny(), tmp_path / "c", solvers=["euler"])

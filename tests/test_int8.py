@@ -13,7 +13,7 @@ import runtime
 import zoo
 from export.quantize import calibration_states, inner_nodes
 from export.verify import INT8_LOOP_RTOL, INT8_STEP_RTOL, compare_outputs, relative_rms
-from runtime.cli import main
+from runtime.apps.cli import main
 
 from conftest import INT8_MODELS
 

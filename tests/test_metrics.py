@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.data import open_dataset
-from zoo.metrics import FeatureClassifier, quality_report, reference_classifier
+from zoo.training.data import open_dataset
+from zoo.training.metrics import FeatureClassifier, quality_report, reference_classifier
 
 @pytest.fixture(scope="module")
 def digits_classifier():

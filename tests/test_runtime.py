@@ -11,7 +11,7 @@ import pytest
 
 import export
 import runtime
-from runtime.cli import main
+from runtime.apps.cli import main
 from runtime.providers import ProviderUnavailableError, cuda_unavailable_reason
 
 CUDA_REASON = cuda_unavailable_reason()
@@ -45,8 +45,28 @@ def test_modes_match_each_other(bundle, solver, eta):
     assert np.abs(out["loop"]).max() <= 1.0
 
 
-def test_parity_detects_a_broken_graph(bundle, tmp_path, monkeypatch):
-    report = runtime.parity(bundle.path, provider="cpu", num_steps=3, batch=1, modes=["loop"], atol=1e-30)
+def test_parity_detects_a_broken_graph(bundle, tmp_path):
+    """A fused step whose first convolution's weights are off by 2% (re-hashed, so the bundle loads) fails parity."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    from export.format.manifest import MANIFEST_NAME, sha256_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle.path, broken)
+    path = broken / "fused_step.onnx"
+    proto = onnx.load(str(path))
+    weight = next(w for w in proto.graph.initializer if len(w.dims) == 4)  # a convolution's weights
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.02, weight.name))
+    onnx.save(proto, str(path))
+    manifest = json.loads((broken / MANIFEST_NAME).read_text())
+    manifest["files"][path.name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    (broken / MANIFEST_NAME).write_text(json.dumps(manifest))
+    report = runtime.parity(broken, provider="cpu", num_steps=3, batch=1)
+    verdicts = {m.mode: m.passed for m in report.modes}
+    assert verdicts == {"loop": False, "fused": False, "step": True}  # the loop runs the fused step; step mode does not
     assert not report.passed and "FAIL" in report.format_table()
 
 
@@ -139,7 +159,7 @@ def test_sampling_path_imports_no_torch(bundles, tmp_path):
 
         sys.meta_path.insert(0, NoTorch())
         import runtime
-        from runtime.cli import main
+        from runtime.apps.cli import main
         s = runtime.load({str(bundles['residual'].path)!r}, provider="auto")
         for mode in runtime.MODES:
             x = s.sample(2, num_steps=3, eta=0.5, mode=mode)
@@ -199,7 +219,7 @@ def test_cuda_graph_fused_matches_plain_fused(bundle, solver, eta):
 # --- CLI ----------------------------------------------------------------------------------------
 
 def _cli(*args):
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "runtime.apps.cli", *args], capture_output=True, text=True)
     return r.returncode, r.stdout, r.stderr
 
 
@@ -207,7 +227,7 @@ def _cli(*args):
     "args,match",
     [
         (["--n", "0"], "--n: '0' is invalid"),
-        (["--steps", "1001"], "--steps 1001 is invalid: the bundle's model has 1000 training timesteps (expected 1..1000)"),
+        (["--steps", "1001"], "num_steps=1001 (--steps) is invalid: the bundle's model has 1000 training timesteps (expected 1..1000)"),
         (["--eta", "-0.5"], "--eta: '-0.5' is invalid"),
         (["--shard", "2/2"], "--shard: '2/2' is invalid"),
         (["--shard", "x"], "not a shard spec"),
@@ -232,8 +252,8 @@ def test_cli_checks_steps_before_choosing_a_provider(bundles, tmp_path, command)
     """--steps beyond the model's T is named as the flag, alone on stderr: no provider fallback warning before it."""
     out = ["--out", str(tmp_path / "s.png")] if command == "sample" else []
     rc, _, err = _cli(command, str(bundles["conv"].path), "--steps", "5000", *out)
-    assert rc == 2 and err.strip() == (f"diffzoo {command}: error: --steps 5000 is invalid: the bundle's model has 1000 "
-                                       "training timesteps (expected 1..1000)")
+    assert rc == 2 and err.strip() == (f"diffzoo {command}: error: num_steps=5000 (--steps) is invalid: the bundle's model "
+                                       "has 1000 training timesteps (expected 1..1000)")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -318,7 +338,7 @@ def test_a_file_replaced_after_load_is_refused_not_run(bundles, tmp_path):
     """Sessions are built from the bytes checked at that moment: a bundle changed under a loaded sampler is refused."""
     import shutil
 
-    from export.manifest import BundleHashMismatchError
+    from export.format.manifest import BundleHashMismatchError
 
     path = tmp_path / "b"
     shutil.copytree(bundles["conv"].path, path)
@@ -354,6 +374,25 @@ def test_manifest_settings_edited_after_export_are_refused(bundles, tmp_path, ed
     manifest[section][key] = value
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(export.BundleError, match=rf"{section}.* differs from the hashed weights'.*edited after export"):
+        runtime.load(path, provider="cpu")
+
+
+def test_weights_without_the_data_shape_in_their_header_are_refused(bundles, tmp_path):
+    """The settings check compares every setting: a header that lacks one is refused, not skipped."""
+    import shutil
+
+    from export.format.manifest import sha256_file
+    from zoo.weights import load_weights, save_weights
+
+    path = tmp_path / "b"
+    shutil.copytree(bundles["residual"].path, path)
+    model, schedule, _ = load_weights(path / "weights.safetensors")
+    save_weights(path / "weights.safetensors", model, schedule)  # no data={"shape": ...} in the header
+    manifest = json.loads((path / "manifest.json").read_text())
+    w = path / "weights.safetensors"
+    manifest["files"][w.name] = {"sha256": sha256_file(w), "size": w.stat().st_size}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(export.BundleError, match=r"data\.shape = \[3, 12, 12\] differs from the hashed weights' None"):
         runtime.load(path, provider="cpu")
 
 

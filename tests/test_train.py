@@ -10,9 +10,11 @@ import pytest
 import torch
 
 import export
-from runtime.cli import main
-from zoo.checkpoint import load_weights
-from zoo.train import CHECKPOINT_STATE, TrainConfig, load_state, train
+import zoo
+from runtime.apps.cli import main
+from zoo.weights import load_weights
+from zoo.training.runs import CHECKPOINT_STATE, load_state
+from zoo.training.train import TrainConfig, check_replicas, train, weights_digest
 
 TINY = dict(model_config={"hidden": 8}, size=8, batch=16, lr=2e-3, log_every=5)
 
@@ -35,7 +37,7 @@ def test_exact_resume(tmp_path):
     straight = TrainConfig(steps=20, checkpoint_every=10, **TINY)
     # The uninterrupted run in another process: nothing may depend on process state (seeds). Bit-equality
     # needs the same thread count on both sides (it sets the float reduction order of the conv kernels).
-    code = (f"import torch; torch.set_num_threads({torch.get_num_threads()}); from zoo.train import TrainConfig, train; "
+    code = (f"import torch; torch.set_num_threads({torch.get_num_threads()}); from zoo.training.train import TrainConfig, check_replicas, train, weights_digest; "
             f"train(TrainConfig(**{dataclasses.asdict(straight)!r}), {str(tmp_path / 'a')!r}, progress=False)")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     train(straight, tmp_path / "b", progress=False, until=10)  # "interrupted" at step 10
@@ -49,7 +51,7 @@ def test_exact_resume(tmp_path):
 
 
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
-    import zoo.train as zt
+    import zoo.training.train as zt
 
     real = zt.write_synced
 
@@ -113,17 +115,28 @@ def test_cli_train_then_export(tmp_path, capsys):
 
 def test_torchrun_two_processes_stay_in_sync(tmp_path):
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "runtime.cli",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "runtime.apps.cli",
            "train", "--hidden", "8", "--size", "8", "--steps", "6", "--batch", "8", "--checkpoint-every", "3",
            "--device", "cpu", "--out", str(run)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["replicas_in_sync"] is True
+    assert summary["world_size"] == 2
+    # the digest both ranks agreed on is that of the weights the run saved
+    _, state = load_state(run)
+    model = zoo.build("residual", hidden=8, channels=3)
+    model.load_state_dict(state["model"])
+    assert summary["weights_sha256"] == weights_digest(model)
     assert r.stdout.count("checkpoint:") == 1  # rank 0 alone reports and writes
     log = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [6]  # log_every=10: only the last step, written once
+
+
+def test_diverged_replicas_are_a_failure():
+    assert check_replicas(["ab", "ab"]) == "ab"
+    with pytest.raises(RuntimeError, match=r"replicas diverged: weight digests \['ab', 'cd'\]"):
+        check_replicas(["ab", "cd"])
 
 
 def test_a_second_training_into_the_same_run_is_refused(tmp_path):
@@ -176,7 +189,7 @@ def test_bad_settings_are_refused_before_anything_is_written(tmp_path, field, va
 
 
 def test_channels_that_do_not_match_the_data_are_refused(tmp_path, capsys):
-    from runtime.cli import main
+    from runtime.apps.cli import main
 
     args = ["train", "--model", "conv", "--hidden", "8", "--size", "8", "--steps", "2", "--out", str(tmp_path / "run")]
     assert main([*args, "--channels", "1"]) == 2  # synthetic shapes are RGB
@@ -187,7 +200,7 @@ def test_channels_that_do_not_match_the_data_are_refused(tmp_path, capsys):
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_finite_checkpoint(tmp_path, monkeypatch):
     import torch.nn.functional as F
 
-    from zoo.diffusion import NonFiniteLossError
+    from zoo.training import NonFiniteLossError
 
     real, calls = F.mse_loss, []
 
@@ -195,7 +208,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_finite_checkpoint(t
         calls.append(1)
         return real(a, b) * (float("nan") if len(calls) > 7 else 1.0)
 
-    monkeypatch.setattr("zoo.train.F.mse_loss", diverging)
+    monkeypatch.setattr("zoo.training.train.F.mse_loss", diverging)
     with pytest.raises(NonFiniteLossError, match=r"step 7: loss nan.*the last checkpoint \(step_0000005\) is kept"):
         train(TrainConfig(**{**TINY, "steps": 20, "checkpoint_every": 5}), tmp_path / "run", progress=False)
     ckpt, state = load_state(tmp_path / "run")

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 from export.loop import build_sampler_graph
 from zoo.files import atomic_write, default_mode, staged_dir, write_synced
-from zoo.train import TrainConfig, lr_at
+from zoo.training.train import TrainConfig, lr_at
 
 # --- the learning-rate schedule -------------------------------------------------------------------
 
@@ -100,3 +100,86 @@ def test_loop_builder_feeds_each_step_its_timesteps(multistep, expected):
     np.testing.assert_allclose(x0, x_T + expected, rtol=0, atol=1e-6)
     (one,) = sess.run(["x_0"], {"x_T": x_T, "timesteps": np.array([7], np.int64)})  # steps chosen at run time
     np.testing.assert_allclose(one, x_T + (-1.0), rtol=0, atol=1e-6)
+
+
+# --- the solver table --------------------------------------------------------------------------------
+
+def test_alpha_bars_is_the_one_step_rule_for_ints_arrays_and_tensors():
+    import torch
+
+    from zoo.diffusion import NO_STEP
+    from zoo.solvers import alpha_bars
+
+    table = np.linspace(0.99, 0.01, 10).astype(np.float32)
+    assert alpha_bars(table, 5, 2, 8) == (table[5], table[2], table[8])
+    assert alpha_bars(table, 0, NO_STEP, NO_STEP) == (table[0], 1.0, 0.0)  # after the last step: 1; before the first: 0
+    assert alpha_bars(table, 3, 1)[2] is None  # a solver without state asks for no t_last
+    t, tp, tl = np.array([5, 0, 9]), np.array([2, NO_STEP, 4]), np.array([NO_STEP, 3, 9])
+    want = (table[t], np.array([table[2], 1.0, table[4]], np.float32), np.array([0.0, table[3], table[9]], np.float32))
+    for got in (alpha_bars(table, t, tp, tl),
+                [a.numpy() for a in alpha_bars(torch.from_numpy(table), *(torch.from_numpy(v) for v in (t, tp, tl)))]):
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(np.asarray(g, np.float32), w)
+
+
+def test_solve_in_numpy_is_the_eager_torch_sampler():
+    """The one host-side loop gives the eager sampler's images when the network is the same function in numpy."""
+    import torch
+
+    import zoo
+    from zoo.solvers import SOLVERS, solve
+
+    class Linear(torch.nn.Module):  # eps = 0.5 x: the same in torch and numpy
+        config = None
+
+        def forward(self, x, t):
+            return 0.5 * x
+
+    sched = zoo.cosine_schedule(1000)
+    x_T = np.random.default_rng(0).standard_normal((2, 1, 4, 4), dtype=np.float32)
+    ts = zoo.ddim_timesteps(1000, 7)
+    for solver in SOLVERS:
+        eager = zoo.sample(Linear(), sched, torch.from_numpy(x_T), num_steps=7, solver=solver).numpy()
+        host = solve(solver, lambda x, t: 0.5 * x, x_T, ts, sched.alphas_cumprod.astype(np.float32))
+        np.testing.assert_allclose(host, eager, rtol=0, atol=1e-6)
+
+
+def test_check_eta_refuses_eta_for_a_deterministic_solver():
+    from zoo.solvers import check_eta
+
+    assert check_eta("ddim", np.float32(0.5)) == 0.5
+    with pytest.raises(ValueError, match=r"eta=0.3 is invalid with solver 'dpmpp_2m', which is deterministic.*'ddim'"):
+        check_eta("dpmpp_2m", 0.3)
+    with pytest.raises(ValueError, match=r"unknown solver 'euler': expected one of \['ddim', 'dpmpp_2m'\]"):
+        check_eta("euler", 0.0)
+
+
+# --- the bundle format ---------------------------------------------------------------------------------
+
+def test_select_reads_what_the_manifest_records_and_falls_back_to_fp32():
+    from export.format.artifacts import artifact_specs, select
+    from export.format.manifest import artifact_entry
+
+    artifacts = {name: artifact_entry(spec, {}) for name, spec in artifact_specs(1, int8=True).items()}
+    assert select(artifacts, "sampler", "ddim") == "sampler"
+    assert select(artifacts, "fused_step", "ddim", True, "int8") == "fused_step_eta_int8"
+    assert select(artifacts, "step", "ddim", False, "int8") == "ddim_step"  # no int8 solver step: the fp32 one
+    assert select(artifacts, "step", "ddim", False, "int8", fallback=False) is None
+    assert select(artifacts, "fused_step", "dpmpp_2m") == "fused_step_dpmpp"
+    assert select(artifacts, "fused_step", "dpmpp_2m", True) is None  # DPM-Solver++ has no stochastic variant
+    renamed = {f"graph{i}": entry for i, entry in enumerate(artifacts.values())}  # names are not read, only records
+    assert renamed[select(renamed, "sampler", "dpmpp_2m")]["body"] == "fused_step_dpmpp"
+
+
+def test_check_output_refuses_before_any_work(tmp_path):
+    from runtime.requests import check_output
+
+    assert check_output(tmp_path / "a.png") == tmp_path / "a.png"
+    (tmp_path / "d.png").mkdir()
+    for path, message in [(tmp_path / "a.gif", "the suffix must be one of"), (tmp_path / "d.png", "it is a directory"),
+                          (tmp_path / "missing" / "a.png", "does not exist"), ("", "is not a file name")]:
+        with pytest.raises((ValueError, OSError), match=message):
+            check_output(path)
+    with pytest.raises(ValueError, match="4-channel images"):
+        check_output(tmp_path / "a.png", channels=4)
+    assert check_output(tmp_path / "report.anything", suffixes=None).name == "report.anything"

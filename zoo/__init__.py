@@ -1,7 +1,11 @@
 """diffzoo's model zoo: a registry of small epsilon-predicting denoisers, DDPM/DDIM/DPM-Solver++ math and image output.
 
-``zoo.diffusion``, ``zoo.schedules`` and ``zoo.images`` import no torch, so the deployment runtime can
-use them; the torch-backed names (``build``, the models, ``append_time_channel``) load on first use.
+The core (registry, models, schedules, solvers, weights, images) is this package's modules;
+training, data sources and the quality metric live apart in ``zoo.training``, which nothing in the
+core, ``export`` or the runtime core imports. ``zoo.diffusion``, ``zoo.solvers``, ``zoo.schedules`` and
+``zoo.images`` import no torch, so the deployment runtime can use them; the torch-backed names
+(``build``, the models, ``append_time_channel``) and ``zoo.train`` / ``zoo.data`` / ``zoo.metrics``
+(``zoo.training``'s modules) load on first use.
 """
 
 from __future__ import annotations
@@ -9,17 +13,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from zoo import diffusion, images, schedules
-from zoo.diffusion import (
-    SOLVERS,
-    ddim_sample,
-    ddim_step,
-    ddim_timesteps,
-    dpmpp_2m_sample,
-    dpmpp_2m_step,
-    make_training_sample,
-    sample,
-)
+from zoo import diffusion, images, schedules, solvers
+from zoo.diffusion import ddim_step, ddim_timesteps, dpmpp_2m_step, make_training_sample
+from zoo.solvers import SOLVERS
 from zoo.images import save_grid, write_ppm
 from zoo.schedules import Schedule, cosine_schedule, linear_schedule, make_schedule
 
@@ -36,6 +32,7 @@ __all__ = [
     "diffusion",
     "images",
     "schedules",
+    "solvers",
     "Schedule",
     "linear_schedule",
     "cosine_schedule",
@@ -59,19 +56,25 @@ _LAZY = {
     "parameter_count": "zoo.registry",
     "register": "zoo.registry",
     "append_time_channel": "zoo.models",
-    "ConvConfig": "zoo.models",
-    "ResidualConfig": "zoo.models",
-    "UNetConfig": "zoo.models",
-    "DenoiserConfig": "zoo.models",
+    "ConvConfig": "zoo.configs",
+    "ResidualConfig": "zoo.configs",
+    "UNetConfig": "zoo.configs",
+    "DenoiserConfig": "zoo.configs",
+    "ddim_sample": "zoo.samplers",
+    "dpmpp_2m_sample": "zoo.samplers",
+    "sample": "zoo.samplers",
 }
-# Submodules that import torch: ``zoo.train``, ``zoo.data``... work after a plain ``import zoo``.
-_LAZY_MODULES = ("train", "data", "metrics", "checkpoint", "models", "registry", "allocator", "files", "resources", "validate")
+# Submodules loaded on first use, so that ``zoo.train.train(...)`` works after a plain ``import zoo``.
+_LAZY_MODULES = {
+    **{name: f"zoo.{name}" for name in ("models", "registry", "samplers", "weights", "allocator", "files", "resources",
+                                         "validate", "training")},
+    **{name: f"zoo.training.{name}" for name in ("train", "data", "metrics")},
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        importlib.import_module("zoo.models")  # registers the models before any build()
         return getattr(importlib.import_module(_LAZY[name]), name)
     if name in _LAZY_MODULES:
-        return importlib.import_module(f"zoo.{name}")
+        return importlib.import_module(_LAZY_MODULES[name])
     raise AttributeError(f"module 'zoo' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""DDPM/DDIM/DPM-Solver++ math as pure functions, plus the eager reference samplers.
+"""DDPM/DDIM/DPM-Solver++ math as pure functions: the forward process, the timesteps, one solver step.
 
 Forward process from Ho et al. 2020 (DDPM, eq. 4); reverse update from Song et al. 2021
 (DDIM, eq. 12 and 16); the multistep solver DPM-Solver++(2M) from Lu et al. 2022 (Algorithm 2,
@@ -21,22 +21,21 @@ Notation (one table for the whole module):
 ``ddim_step``, ``dpmpp_2m_step`` and ``make_training_sample`` are written once with arithmetic
 operators, ``.clip`` and the functions numpy and torch share by name (``log``, ``where``), so the
 same definition serves torch tensors (eager, traced for export) and numpy arrays (the torch-free
-runtime). This module imports torch only inside the samplers.
+runtime). The solver table and the eager reference samplers built on these steps are in
+``zoo.solvers``. This module imports no torch.
 """
 
 from __future__ import annotations
 
 import logging
 import numbers
-from typing import TYPE_CHECKING, Any, Literal
+import sys
+from typing import Any, Literal
 
 import numpy as np
 
 from zoo.schedules import SCHEDULES, Schedule, cosine_schedule, linear_schedule, make_schedule
 from zoo.validate import check_int, check_real
-
-if TYPE_CHECKING:
-    import torch
 
 __all__ = [
     "Schedule",
@@ -49,31 +48,20 @@ __all__ = [
     "ddim_timesteps",
     "make_training_sample",
     "ddim_step",
-    "ddim_sample",
     "dpmpp_2m_step",
-    "dpmpp_2m_sample",
-    "SOLVERS",
-    "Solver",
-    "sample",
     "step_pairs",
+    "NO_STEP",
     "NonFiniteSampleError",
-    "NonFiniteLossError",
     "check_finite",
 ]
 
 log = logging.getLogger(__name__)
 
 Spacing = Literal["leading", "trailing", "linspace"]
-Solver = Literal["ddim", "dpmpp_2m"]
-SOLVERS = ("ddim", "dpmpp_2m")
 
 
 class NonFiniteSampleError(ArithmeticError):
     """A sampler produced NaN or inf: the model diverged. Never returned silently."""
-
-
-class NonFiniteLossError(ArithmeticError):
-    """Training produced a NaN or inf loss or gradient: stopped before it reached the weights."""
 
 
 def check_finite(x: Any, where: str) -> None:
@@ -125,6 +113,11 @@ def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: Spacing = 
     return np.ascontiguousarray(SPACINGS[spacing](int(num_train_timesteps), num_steps))
 
 
+# The timestep of a step that does not exist: after the last (alpha-bar 1) or before the first (alpha-bar 0);
+# zoo.solvers.alpha_bars reads it, the whole-loop graph (export.loop) feeds it.
+NO_STEP = -1
+
+
 def step_pairs(timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(t_prev, t_last)`` for each step of a descending timestep list, as int64 arrays.
 
@@ -132,8 +125,8 @@ def step_pairs(timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ``t_last[i]`` the one step i-1 started from (-1 on the first step: no earlier prediction).
     """
     ts = np.asarray(timesteps, dtype=np.int64)
-    minus1 = np.array([-1], dtype=np.int64)
-    return np.concatenate([ts[1:], minus1]), np.concatenate([minus1, ts[:-1]])
+    none = np.array([NO_STEP], dtype=np.int64)
+    return np.concatenate([ts[1:], none]), np.concatenate([none, ts[:-1]])
 
 
 def _is_torch(x: Any) -> bool:
@@ -141,20 +134,18 @@ def _is_torch(x: Any) -> bool:
 
 
 def _xp(x: Any) -> Any:
-    """The array namespace of x: ``torch`` or ``numpy`` (both spell log and where the same)."""
-    if _is_torch(x):
-        import torch
+    """The array namespace of x: ``torch`` or ``numpy`` (both spell log and where the same).
 
-        return torch
-    return np
+    A torch tensor means torch is loaded already: it is taken from ``sys.modules``, never imported
+    here, so this module stays importable (and imported) without torch.
+    """
+    return sys.modules["torch"] if _is_torch(x) else np
 
 
 def _coef(a: Any, x: Any) -> Any:
     """A scalar or per-sample (B,) coefficient as x's array type and dtype, broadcastable over x."""
     if _is_torch(x):
-        import torch
-
-        a = torch.as_tensor(a, dtype=x.dtype, device=x.device)
+        a = _xp(x).as_tensor(a, dtype=x.dtype, device=x.device)
     else:
         a = np.asarray(a, dtype=x.dtype)
     if a.ndim == 1:
@@ -287,153 +278,3 @@ def dpmpp_2m_step(
     d = x0 + 0.5 * r * (x0 - x0_last)
     x_prev = ratio * x_t + (a_prev**0.5 - ratio * a_t**0.5) * d  # -alpha_prev (e^-h - 1) = alpha_prev - ratio alpha_t
     return x_prev, x0
-
-
-def _sampler_setup(model: Any, schedule: Schedule, x_T: Any, num_steps: int, spacing: str) -> tuple[np.ndarray, Any]:
-    """Shared checks of the eager samplers; returns the timesteps and the float32 alpha-bar table on x_T's device."""
-    import torch
-
-    from zoo.allocator import tune_allocator
-
-    tune_allocator()  # no mmap/munmap per activation in a fresh process (zoo/allocator.py)
-    T = schedule.num_train_timesteps
-    model_T = getattr(getattr(model, "config", None), "num_train_timesteps", T)
-    if model_T != T:
-        raise ValueError(f"the model was built for num_train_timesteps={model_T} but the schedule has T={T}")
-    timesteps = ddim_timesteps(T, num_steps, spacing)
-    if x_T.ndim != 4:
-        raise ValueError(f"x_T must have shape (B, C, H, W); got {tuple(x_T.shape)}")
-    # Cast the float64 schedule once, to the dtype every exported graph uses too.
-    alphas = torch.from_numpy(schedule.alphas_cumprod.copy()).to(dtype=x_T.dtype, device=x_T.device)
-    return timesteps, alphas
-
-
-def _solve(model: Any, x: Any, timesteps: np.ndarray, name: str, update: Any, progress: bool, callback: Any) -> Any:
-    """The loop both eager samplers share: eps at each timestep, the solver's ``update(i, x, eps)``, the checks."""
-    import torch
-
-    steps: Any = range(len(timesteps))
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc=name, unit="step")
-    with torch.inference_mode():
-        for i in steps:
-            t = int(timesteps[i])
-            eps = model(x, torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device))
-            x = update(i, x, eps)
-            check_finite(x, f"{name}_sample step {i} (t={t})")
-            if callback is not None:
-                callback(i, t, eps, x)
-    return x
-
-
-def ddim_sample(
-    model: torch.nn.Module,
-    schedule: Schedule,
-    x_T: torch.Tensor,
-    num_steps: int = 50,
-    eta: float = 0.0,
-    spacing: Spacing = "leading",
-    noise: torch.Tensor | torch.Generator | None = None,
-    progress: bool = False,
-    clip_range: float | None = 1.0,
-    callback: Any = None,
-) -> torch.Tensor:
-    """The eager reference DDIM sampler: the ground truth every exported path is compared to.
-
-    Args:
-        model: an epsilon predictor ``model(x, t) -> eps``.
-        schedule: the schedule the model was trained with.
-        x_T: initial noise (B, C, H, W).
-        num_steps: number of denoising steps S, 1..T.
-        eta: 0 (deterministic) .. 1.
-        spacing: how the S timesteps are picked (see ``ddim_timesteps``).
-        noise: for eta > 0, per-step noise (S, B, C, H, W) or a ``torch.Generator`` to draw it.
-        progress: show a tqdm bar.
-        clip_range: see ``ddim_step``.
-        callback: optional ``callback(i, t, eps, x_prev)`` after every step (for parity reports).
-
-    Returns:
-        x_0 of shape (B, C, H, W), in [-clip_range, clip_range].
-
-    Raises:
-        NonFiniteSampleError: a step produced NaN or inf (named in the message); never returned.
-    """
-    import torch
-
-    timesteps, alphas = _sampler_setup(model, schedule, x_T, num_steps, spacing)
-    eta = check_real("eta", eta, 0.0, 1.0, hint="0 = DDIM, 1 = DDPM-like")
-    expected = (len(timesteps), *x_T.shape)
-    if isinstance(noise, torch.Tensor) and tuple(noise.shape) != expected:
-        raise ValueError(f"noise must have shape (S, B, C, H, W) = {expected}; got {tuple(noise.shape)}")
-    if eta > 0 and noise is None:
-        raise ValueError("eta > 0 needs `noise`: a (S, B, C, H, W) tensor or a torch.Generator")
-
-    one = torch.ones((), dtype=x_T.dtype, device=x_T.device)
-
-    def update(i, x, eps):
-        a_prev = alphas[timesteps[i + 1]] if i + 1 < len(timesteps) else one
-        z = None
-        if eta > 0:
-            z = noise[i] if isinstance(noise, torch.Tensor) else torch.randn(
-                x.shape, generator=noise, dtype=x.dtype, device=x.device
-            )
-        return ddim_step(x, eps, alphas[timesteps[i]], a_prev, eta=eta, noise=z, clip_range=clip_range)
-
-    return _solve(model, x_T, timesteps, "ddim", update, progress, callback)
-
-
-def dpmpp_2m_sample(
-    model: torch.nn.Module,
-    schedule: Schedule,
-    x_T: torch.Tensor,
-    num_steps: int = 20,
-    spacing: Spacing = "leading",
-    progress: bool = False,
-    clip_range: float | None = 1.0,
-    callback: Any = None,
-) -> torch.Tensor:
-    """The eager reference DPM-Solver++(2M) sampler; the contract of ``ddim_sample`` (deterministic: no eta).
-
-    The solver's state between steps, the previous x0 prediction and its timestep, is explicit:
-    each step passes them to ``dpmpp_2m_step`` (``alpha_bar_last = 0`` on the first step).
-
-    Raises:
-        NonFiniteSampleError: a step produced NaN or inf (named in the message); never returned.
-    """
-    import torch
-
-    timesteps, alphas = _sampler_setup(model, schedule, x_T, num_steps, spacing)
-    t_prevs, t_lasts = step_pairs(timesteps)
-    one = torch.ones((), dtype=x_T.dtype, device=x_T.device)
-    zero = torch.zeros((), dtype=x_T.dtype, device=x_T.device)
-    x0 = torch.zeros_like(x_T)  # the solver's state: the previous step's x0 prediction
-
-    def update(i, x, eps):
-        nonlocal x0
-        a_prev = alphas[t_prevs[i]] if t_prevs[i] >= 0 else one
-        a_last = alphas[t_lasts[i]] if t_lasts[i] >= 0 else zero
-        x, x0 = dpmpp_2m_step(x, eps, x0, alphas[timesteps[i]], a_prev, a_last, clip_range=clip_range)
-        return x
-
-    return _solve(model, x_T, timesteps, "dpmpp_2m", update, progress, callback)
-
-
-def sample(
-    model: torch.nn.Module,
-    schedule: Schedule,
-    x_T: torch.Tensor,
-    num_steps: int = 50,
-    solver: Solver = "ddim",
-    **kwargs: Any,
-) -> torch.Tensor:
-    """``ddim_sample`` or ``dpmpp_2m_sample`` by name; ``kwargs`` go to the solver's sampler."""
-    if solver == "ddim":
-        return ddim_sample(model, schedule, x_T, num_steps=num_steps, **kwargs)
-    if solver == "dpmpp_2m":
-        if kwargs.pop("eta", 0.0) != 0.0:
-            raise ValueError("solver='dpmpp_2m' is deterministic: eta must be 0 (use solver='ddim' for eta > 0)")
-        kwargs.pop("noise", None)
-        return dpmpp_2m_sample(model, schedule, x_T, num_steps=num_steps, **kwargs)
-    raise ValueError(f"unknown solver {solver!r}: expected one of {list(SOLVERS)}")

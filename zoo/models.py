@@ -8,50 +8,19 @@ residual block, GroupNorm, skip concatenation), the model that reaches the data'
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import numbers
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.registry import register
+from zoo.configs import ConvConfig, DenoiserConfig, ResidualConfig, UNetConfig
+
 
 __all__ = [
     "DenoiserConfig", "ConvConfig", "ResidualConfig", "UNetConfig", "ConvDenoiser", "ResidualDenoiser", "UNetDenoiser",
     "append_time_channel", "timestep_embedding",
 ]
-
-
-@dataclass(frozen=True)
-class DenoiserConfig:
-    """Fields every zoo denoiser has; validated on construction."""
-
-    channels: int = 3  # data channels C (3 for RGB, 1 for grayscale)
-    hidden: int = 64  # feature channels of every hidden conv
-    kernel_size: int = 3  # odd, "same" padding keeps H x W
-    num_train_timesteps: int = 1000  # T of the schedule; the time channel holds t / T
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"{f.name}={v!r} is invalid: expected an integer >= 1")
-            object.__setattr__(self, f.name, int(v))  # numpy integers are accepted, stored as int (JSON, hashing)
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size={self.kernel_size!r} is invalid: expected an odd integer (1, 3, 5, ...)")
-
-
-@dataclass(frozen=True)
-class ConvConfig(DenoiserConfig):
-    """Config of the ``"conv"`` model (the shared fields only)."""
-
-
-@dataclass(frozen=True)
-class ResidualConfig(DenoiserConfig):
-    """Config of the ``"residual"`` model (the shared fields only)."""
 
 
 def append_time_channel(x: torch.Tensor, t: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:
@@ -91,7 +60,7 @@ def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
 
 
 class _Denoiser(nn.Module):
-    name: str  # set by @register
+    name: str  # the registry name (zoo.registry registers each built-in model under it)
     config_class: type[DenoiserConfig]
     # Whether export's int8 path (inner convolutions quantized, export/quantize.py) applies.
     supports_int8: bool = True
@@ -106,10 +75,10 @@ class _Denoiser(nn.Module):
         return f"name={self.name!r}"
 
 
-@register("conv")
 class ConvDenoiser(_Denoiser):
     """conv -> relu -> conv -> relu -> conv -> relu -> conv: (C+1) -> hidden -> hidden -> hidden -> C."""
 
+    name = "conv"
     config_class = ConvConfig
 
     def __init__(self, config: ConvConfig) -> None:
@@ -136,10 +105,10 @@ class ResidualBlock(nn.Module):
         return x + self.conv2(torch.relu(self.conv1(x)))
 
 
-@register("residual")
 class ResidualDenoiser(_Denoiser):
     """stem conv -> relu -> block -> relu -> block -> relu -> output conv, same resolution throughout."""
 
+    name = "residual"
     config_class = ResidualConfig
 
     def __init__(self, config: ResidualConfig) -> None:
@@ -159,22 +128,6 @@ class ResidualDenoiser(_Denoiser):
 
 
 # --- unet --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class UNetConfig(DenoiserConfig):
-    """Config of the ``"unet"`` model; ``hidden`` is the width at full resolution."""
-
-    levels: int = 2  # resolutions: 1 = no downsampling, 2 = H and H/2, 3 = H, H/2, H/4
-    blocks: int = 1  # residual blocks per level on the way down (one more on the way up)
-    groups: int = 4  # GroupNorm groups; must divide hidden (and so 2 * hidden)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 1 <= self.levels <= 4:
-            raise ValueError(f"levels={self.levels!r} is invalid: expected 1, 2, 3 or 4")
-        if self.hidden % self.groups:
-            raise ValueError(f"groups={self.groups!r} must divide hidden={self.hidden!r} (GroupNorm)")
 
 
 def timestep_embedding(
@@ -206,7 +159,6 @@ class TimeResBlock(nn.Module):
         return self.skip(x) + h
 
 
-@register("unet")
 class UNetDenoiser(_Denoiser):
     """A small DDPM-style U-Net: sinusoidal time embedding in every residual block, GroupNorm,
     stride-2 downsampling, nearest upsampling and skip concatenation (Ho et al. 2020, sec. 4;
@@ -215,6 +167,7 @@ class UNetDenoiser(_Denoiser):
     returns to each skip's exact size.
     """
 
+    name = "unet"
     config_class = UNetConfig
     supports_int8 = False
     int8_note = ("its GroupNorm layers sit between the convolutions, so per-tensor uint8 activations lose the "

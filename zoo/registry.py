@@ -11,6 +11,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
+from zoo.models import ConvDenoiser, ResidualDenoiser, UNetDenoiser
 from zoo.resources import check_fits
 
 __all__ = ["register", "build", "available", "parameter_count"]
@@ -39,13 +40,13 @@ def register(name: str) -> Callable[[M], M]:
     return wrap
 
 
-def _load_builtin() -> None:
-    import zoo.models  # noqa: F401  (registers the built-in models; imported here to avoid a cycle)
+# The built-in models: the registry imports the models, never the other way round.
+for _cls in (ConvDenoiser, ResidualDenoiser, UNetDenoiser):
+    register(_cls.name)(_cls)
 
 
 def available() -> list[str]:
     """The registered model names, sorted."""
-    _load_builtin()
     return sorted(_MODELS)
 
 
@@ -68,7 +69,6 @@ def parameter_count(name: str, **config: Any) -> int:
 
 
 def _config(name: str, config: dict[str, Any]):
-    _load_builtin()
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}: available models are {available()}")
     cls = _MODELS[name]

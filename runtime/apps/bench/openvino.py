@@ -1,0 +1,71 @@
+"""OpenVINO as a peer CPU runtime for a bundle's graphs, so that the runtime choice is measured.
+
+Optional: used by ``diffzoo bench`` when the ``openvino`` package is installed (``pip install
+openvino``), skipped with the reason otherwise. It runs the bundle's own verified fused-step and
+whole-loop graphs (the same bytes onnxruntime runs), in float32 (``INFERENCE_PRECISION_HINT=f32``:
+OpenVINO would otherwise pick bf16 on CPUs that have it, which is another computation). A bench
+backend, not a deployment path: the sampler of record is ``runtime.Sampler``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from export.format.manifest import load_manifest, read_verified
+from export.format.artifacts import MODE_KINDS, select
+from runtime.sampler import fused_on_host
+from zoo.diffusion import ddim_timesteps
+from zoo.schedules import make_schedule
+
+__all__ = ["OpenVINOSampler", "openvino_unavailable_reason"]
+
+
+def openvino_unavailable_reason() -> str | None:
+    """None if OpenVINO can run here, else why not (one line)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError as e:
+        return f"the openvino package is not installed ({e}); pip install openvino"
+    return None
+
+
+class OpenVINOSampler:
+    """The bundle's fp32 fused step (per step) or whole loop, compiled by OpenVINO for the CPU."""
+
+    def __init__(self, bundle_dir: str | os.PathLike, threads: int | None = None):
+        import openvino as ov
+
+        self.path = Path(bundle_dir)
+        self.manifest = load_manifest(self.path)
+        self.schedule = make_schedule(**self.manifest["schedule"])
+        self.config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+        self._core = ov.Core()
+        self._compiled: dict[str, object] = {}
+
+    def _request(self, artifact: str):
+        if artifact not in self._compiled:
+            data = read_verified(self.path, self.manifest, self.manifest["artifacts"][artifact]["files"]["onnx"])
+            model = self._core.read_model(data, b"")  # ONNX holds its weights: no separate weights blob
+            self._compiled[artifact] = self._core.compile_model(model, "CPU", self.config).create_infer_request()
+        return self._compiled[artifact]
+
+    def timesteps(self, num_steps: int, spacing: str = "leading") -> np.ndarray:
+        return ddim_timesteps(self.schedule.num_train_timesteps, num_steps, spacing)
+
+    def run_batch(self, x_T: np.ndarray, timesteps: np.ndarray, solver: str = "ddim", mode: str = "fused") -> np.ndarray:
+        """One deterministic batch: ``fused`` (the fused step per timestep) or ``loop`` (the whole-loop graph)."""
+        artifact = select(self.manifest["artifacts"], MODE_KINDS[mode], solver)
+        req = self._request(artifact)
+        if mode == "loop":
+            req.infer({"x_T": x_T, "timesteps": np.asarray(timesteps, np.int64)})
+            return req.get_output_tensor(0).data.copy()
+
+        def run(feed: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+            req.infer(feed)
+            return [req.get_tensor(name).data.copy() for name in outputs]
+
+        inputs = [i["name"] for i in self.manifest["artifacts"][artifact]["inputs"]]
+        return fused_on_host(run, solver, inputs, x_T, timesteps, self.schedule.alphas_cumprod.astype(np.float32))

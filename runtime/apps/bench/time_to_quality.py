@@ -1,0 +1,215 @@
+"""``diffzoo bench --quality``: image quality against solver steps, and the seconds each backend needs to reach it.
+
+What users wait for is an image of a given quality, not a step. So, for a trained bundle and the
+quality metric of ``zoo.training.metrics`` (Frechet distance of a data-specific classifier's features):
+
+1. quality at 5, 10, 15, 20 and 50 steps for DDIM (leading and trailing spacing) and
+   DPM-Solver++(2M) (both spacings), all from the same x_T (image k depends only on (seed, k));
+2. the stated quality: the Frechet distance DDIM (leading) reaches at 50 steps, plus the metric's
+   run-to-run spread (the same configuration sampled from other seeds), so a configuration
+   "reaches" it when it is within that spread;
+3. per configuration the fewest steps that reach it, and, per backend, the seconds to sample a
+   batch at that step count, timed side by side in one run (round-robin repeats);
+4. the cost of one step of each solver in each backend (the graphs' overhead per step).
+
+Benchmarks measure; nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["CONFIGS", "STEPS", "run_time_to_quality", "format_time_to_quality"]
+
+CONFIGS = (("ddim", "leading"), ("ddim", "trailing"), ("dpmpp_2m", "leading"), ("dpmpp_2m", "trailing"))
+STEPS = (5, 10, 15, 20, 50)
+REFERENCE = ("ddim", "leading", 50)  # the quality every other configuration is asked to reach
+SPREAD_SEEDS = (1, 2)  # the reference configuration again from these seeds: the metric's run-to-run spread
+COST_STEPS = 20  # steps of the per-step cost runs
+
+
+def _label(solver: str, spacing: str) -> str:
+    return f"{solver} {spacing}"
+
+
+def _quality(sampler, data: str, n: int, solver: str, spacing: str, steps: int, seed: int, classifier) -> dict[str, float]:
+    from zoo.training.metrics import quality_report
+
+    x = sampler.sample(n, num_steps=steps, seed=seed, spacing=spacing, solver=solver, mode="loop")
+    rep = quality_report(x, data, classifier=classifier)
+    d = rep.to_dict()
+    return {"fd": d["fd_samples"], "floor": d["fd_floor"], "noise": d["fd_noise"], "confidence": d["confidence_samples"],
+            "met": rep.met}
+
+
+def _backends(bundle: Path, threads: int, names: tuple[str, ...]) -> dict[str, Callable[..., np.ndarray]]:
+    """name -> f(x_T, solver, spacing, steps) sampling one batch; the bundle's own graphs and weights."""
+    import torch
+
+    import runtime
+    import zoo
+    from export.bundle import load_model
+
+    model, schedule, _ = load_model(bundle)
+    torch.set_num_threads(threads)
+    cpu = runtime.load(bundle, provider="cpu", threads=threads)
+    out: dict[str, Callable[..., np.ndarray]] = {}
+
+    def eager(x_T, solver, spacing, steps):
+        return zoo.sample(model, schedule, torch.from_numpy(x_T), num_steps=steps, solver=solver, spacing=spacing).numpy()
+
+    out["eager"] = eager
+    for mode in ("step", "fused", "loop"):
+        out[f"ort-{mode}"] = (lambda m: lambda x_T, solver, spacing, steps: cpu.run_batch(
+            x_T, cpu.timesteps(steps, spacing), None, 0.0, m, solver=solver))(mode)
+    if torch.cuda.is_available() and runtime.cuda_unavailable_reason() is None and any("cuda" in n for n in names):
+        import copy
+
+        gpu_model = copy.deepcopy(model).to("cuda")
+        gpu = runtime.load(bundle, provider="cuda")
+        graph = runtime.load(bundle, provider="cuda", cuda=runtime.CudaOptions(cuda_graph=True))
+
+        def eager_cuda(x_T, solver, spacing, steps):
+            x = zoo.sample(gpu_model, schedule, torch.from_numpy(x_T).cuda(), num_steps=steps, solver=solver, spacing=spacing)
+            return x.cpu().numpy()
+
+        out["eager-cuda"] = eager_cuda
+        for name, s, mode in (("ort-cuda-fused", gpu, "fused"), ("ort-cuda-fused-graph", graph, "fused"),
+                              ("ort-cuda-loop", gpu, "loop")):
+            out[name] = (lambda s, m: lambda x_T, solver, spacing, steps: s.run_batch(
+                x_T, s.timesteps(steps, spacing), None, 0.0, m, solver=solver))(s, mode)
+    from runtime.apps.bench.openvino import OpenVINOSampler, openvino_unavailable_reason
+
+    if openvino_unavailable_reason() is None:
+        ov = OpenVINOSampler(bundle, threads=threads)
+        for mode in ("fused", "loop"):
+            out[f"openvino-{mode}"] = (lambda m: lambda x_T, solver, spacing, steps: ov.run_batch(
+                x_T, ov.timesteps(steps, spacing), solver, m))(mode)
+    return {k: v for k, v in out.items() if k in names}
+
+
+def run_time_to_quality(
+    bundle: str | Path,
+    data: str,
+    n: int = 360,
+    batch: int = 16,
+    threads: int = 2,
+    repeats: int = 3,
+    backends: tuple[str, ...] = ("eager", "ort-step", "ort-fused", "ort-loop", "openvino-fused", "openvino-loop"),
+    progress: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
+    """Quality against steps for every configuration, then the time each backend needs to reach the stated quality.
+
+    Backends that cannot run here (no GPU, no ``openvino``) are listed under ``"skipped"``.
+    """
+    import torch
+
+    threads_before = torch.get_num_threads()
+    try:
+        return _run(Path(bundle), data, n, batch, threads, repeats, backends, progress)
+    finally:
+        torch.set_num_threads(threads_before)  # process-global: give it back
+
+
+def _run(bundle: Path, data: str, n: int, batch: int, threads: int, repeats: int, backends: tuple[str, ...],
+         progress: Callable[[str], None]) -> dict[str, Any]:
+    import torch
+
+    import runtime
+    from export.format.manifest import load_manifest
+    from zoo.training.metrics import reference_classifier
+
+    manifest = load_manifest(bundle)
+    torch.set_num_threads(threads)
+    shape = manifest["data"]["shape"]
+    classifier = reference_classifier(data, size=shape[-1])
+    sampler = runtime.load(bundle, provider="cpu", threads=threads)
+    quality: dict[str, dict[int, dict[str, float]]] = {}
+    for solver, spacing in CONFIGS:
+        quality[_label(solver, spacing)] = {}
+        for steps in STEPS:
+            progress(f"quality: {solver} {spacing} {steps} steps")
+            quality[_label(solver, spacing)][steps] = _quality(sampler, data, n, solver, spacing, steps, 0, classifier)
+    ref_solver, ref_spacing, ref_steps = REFERENCE
+    ref = quality[_label(ref_solver, ref_spacing)][ref_steps]["fd"]
+    others = [_quality(sampler, data, n, ref_solver, ref_spacing, ref_steps, s, classifier)["fd"] for s in SPREAD_SEEDS]
+    spread = max(abs(f - ref) for f in others)
+    target = ref + spread
+    reach = {label: next((s for s in STEPS if q[s]["fd"] <= target), None) for label, q in quality.items()}
+
+    fns = _backends(bundle, threads, backends)
+    x_T = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
+    ref_label = _label(ref_solver, ref_spacing)
+    runs = [(b, ref_label, ref_steps) for b in fns]  # the reference run itself: what "x less time" is against
+    runs += [(b, label, steps) for b in fns for label, steps in reach.items() if steps is not None]
+    runs += [(b, _label(s, "trailing"), COST_STEPS) for b in fns for s in ("ddim", "dpmpp_2m")]
+    runs = list(dict.fromkeys(runs))
+    config = {_label(sv, sp): (sv, sp) for sv, sp in CONFIGS}  # label -> (solver, spacing)
+    times: dict[tuple[str, str, int], list[float]] = {r: [] for r in runs}
+    for b, label, steps in runs:  # warm-up: session creation and first-run allocation are not counted
+        fns[b](x_T, *config[label], steps)
+    for r in range(repeats):
+        progress(f"timing: repeat {r + 1}/{repeats} over {len(runs)} runs")
+        for key in runs:
+            b, label, steps = key
+            t0 = time.perf_counter()
+            fns[b](x_T, *config[label], steps)
+            times[key].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    seconds = {b: {label: (med[(b, label, s)] if s is not None else None) for label, s in reach.items()} for b in fns}
+    reference_seconds = {b: med[(b, ref_label, ref_steps)] for b in fns}
+    per_step = {b: {s: med[(b, _label(s, "trailing"), COST_STEPS)] / COST_STEPS * 1e3 for s in ("ddim", "dpmpp_2m")} for b in fns}
+    return {
+        "bundle": str(bundle), "data": data, "samples": n, "batch": batch, "threads": threads, "repeats": repeats,
+        "quality": {label: {str(s): q for s, q in rows.items()} for label, rows in quality.items()},
+        "reference": {"config": list(REFERENCE), "fd": ref, "fd_other_seeds": others, "spread": spread, "target": target},
+        "steps_to_target": reach, "seconds_to_target": seconds, "reference_seconds": reference_seconds,
+        "ms_per_step": per_step, "skipped": [b for b in backends if b not in fns], "timing_runs": {
+            f"{b} {label} {s}": v for (b, label, s), v in times.items()},
+    }
+
+
+def format_time_to_quality(res: dict[str, Any]) -> str:
+    ref = res["reference"]
+    lines = [
+        f"time to quality: {res['bundle']} against {res['data']}, {res['samples']} samples per figure; timings: batch "
+        f"{res['batch']}, {res['threads']} threads, median of {res['repeats']} round-robin repeats after a warm-up",
+        "",
+        "Frechet distance (classifier features; lower is better) by solver steps, the same x_T for every cell",
+        f"{'solver':<20}" + "".join(f"{s:>8}" for s in STEPS),
+    ]
+    for label, rows in res["quality"].items():
+        lines.append(f"{label:<20}" + "".join(f"{rows[str(s)]['fd']:>8.2f}" for s in STEPS))
+    floor = next(iter(next(iter(res["quality"].values())).values()))
+    lines += [
+        f"real held-out data (floor) {floor['floor']:.2f}, pure noise {floor['noise']:.2f}",
+        "",
+        f"stated quality: DDIM leading at 50 steps reaches FD {ref['fd']:.2f}; from other seeds "
+        + ", ".join(f"{f:.2f}" for f in ref["fd_other_seeds"])
+        + f": spread {ref['spread']:.2f}, so the target is FD <= {ref['target']:.2f}",
+        "",
+        "seconds for a batch to reach the target (in brackets: x less time than the reference run, DDIM leading "
+        f"at {ref['config'][2]} steps)",
+        f"{'backend':<22}{'reference':>11}" + "".join(f"{label:>19}" for label in res["steps_to_target"]),
+        f"{'(steps)':<22}{ref['config'][2]:>11}" + "".join(f"{('-' if s is None else s):>19}" for s in res["steps_to_target"].values()),
+    ]
+    for b, row in res["seconds_to_target"].items():
+        base = res["reference_seconds"][b]
+        cells = ["-" if sec is None else f"{sec:.3f} ({base / sec:.1f}x)" for sec in row.values()]
+        lines.append(f"{b:<22}{base:>11.3f}" + "".join(f"{c:>19}" for c in cells))
+    lines += ["", f"cost per step (ms, batch {res['batch']}, {COST_STEPS} trailing steps)",
+              f"{'backend':<22}{'ddim':>10}{'dpmpp_2m':>10}{'ratio':>8}"]
+    for b, r in res["ms_per_step"].items():
+        lines.append(f"{b:<22}{r['ddim']:>10.3f}{r['dpmpp_2m']:>10.3f}{r['dpmpp_2m'] / r['ddim']:>8.3f}")
+    if res.get("skipped"):
+        lines.append("not run here: " + ", ".join(res["skipped"]) + " (no GPU, or the openvino package is not installed)")
+    loop, fused = res["ms_per_step"].get("ort-loop"), res["ms_per_step"].get("ort-fused")
+    if loop and fused:
+        lines.append(f"ort-loop per step against ort-fused: ddim {loop['ddim'] / fused['ddim']:.3f}, "
+                     f"dpmpp_2m {loop['dpmpp_2m'] / fused['dpmpp_2m']:.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""The ``diffzoo`` command line: one module per command in ``runtime/commands/``, each importing what it needs.
+
+The only place in diffzoo that prints. User errors (ValueError, TypeError, OSError raised for bad
+input, and a provider that cannot run here) become one line on stderr and exit status 2; a sampler
+or a training run that diverged, and an export that fails verification, are one line and exit 1;
+DIFFZOO_DEBUG=1 shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+EXIT_USER_ERROR = 2
+
+# command modules in the order `diffzoo --help` lists them; each has register(subparsers) and run(args)
+COMMANDS = ("eager_sample", "export", "sample", "parity", "eval", "train", "demo", "bench", "doctor")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) and exit status 2, and every option has help."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n")
+
+    def add_argument(self, *names, **kwargs):  # type: ignore[override]
+        if not kwargs.get("help"):
+            raise TypeError(f"{self.prog} {'/'.join(names)}: every option needs help text")
+        return super().add_argument(*names, **kwargs)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("diffzoo")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="diffzoo", description="Build, train, export and deploy small diffusion denoisers.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action="version", version=f"diffzoo {_version()}", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    for name in COMMANDS:
+        importlib.import_module(f"runtime.apps.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except Exception as e:  # noqa: BLE001  sorted below: a user error or a failure is one line, a bug a traceback
+        status = _exit_status(e)
+        if status is None or os.environ.get("DIFFZOO_DEBUG"):
+            raise
+        print(f"diffzoo {args.command}: error: {e}", file=sys.stderr)
+        return status
+    except KeyboardInterrupt:
+        print(f"diffzoo {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _exit_status(e: Exception) -> int | None:
+    """1 for a run that failed (diverged, failed verification), 2 for bad input, None for a bug (a traceback)."""
+    from export.verify import ExportVerificationError
+    from runtime.providers import ProviderUnavailableError
+    from zoo.diffusion import NonFiniteSampleError
+    from zoo.training import NonFiniteLossError
+
+    if isinstance(e, (NonFiniteSampleError, NonFiniteLossError, ExportVerificationError)):
+        return 1
+    if isinstance(e, (ValueError, TypeError, OSError, ProviderUnavailableError)):
+        return EXIT_USER_ERROR
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

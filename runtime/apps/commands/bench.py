@@ -1,0 +1,145 @@
+"""``diffzoo bench``: every backend side by side; ``--quality`` time to quality; ``--allocator`` the allocator."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from runtime.apps.commands.common import positive_int, say, write_json
+
+
+def register(sub) -> None:
+    from zoo.solvers import SOLVERS
+
+    p = sub.add_parser("bench", help="benchmark every backend side by side (eager, compile, TorchScript, onnxruntime modes)")
+    p.add_argument("--model", default="residual", help="registry name of the random-init model (default residual)")
+    p.add_argument("--hidden", type=positive_int, default=64, help="hidden channels of that model (default 64)")
+    p.add_argument("--size", type=positive_int, default=None, help="image size (default 32, or the checkpoint's)")
+    p.add_argument("--batch", type=positive_int, default=16, help="images per run (default 16)")
+    p.add_argument("--steps", type=positive_int, default=50, help="solver steps per run (default 50)")
+    p.add_argument("--threads", type=positive_int, default=2, help="threads for torch and onnxruntime alike (default 2)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed runs per backend after one warm-up (default 3)")
+    p.add_argument("--backends", default=None,
+                   help="comma-separated subset (default: all that can run here; eager-bf16 only where the CPU has bf16)")
+    p.add_argument("--checkpoint", default=None,
+                   help="bench a trained model (weights .safetensors or a training run directory) instead of a random "
+                        "init of --model/--hidden: its reduced-precision drift is then meaningful")
+    p.add_argument("--solver", choices=SOLVERS, default="ddim", help="the solver every backend runs (default ddim)")
+    p.add_argument("--sweep", action="store_true", help="also sweep batch, steps, size and hidden (slow)")
+    p.add_argument("--quality", action="store_true",
+                   help="time to quality instead: FD against steps per solver and spacing, then each backend's seconds "
+                        "to the quality DDIM reaches at 50 steps (needs --checkpoint of a trained run)")
+    p.add_argument("--allocator", action="store_true",
+                   help="training images/s of the demo's model: fresh process vs warmed up vs allocator tuning off")
+    p.add_argument("--data", default=None, help="with --quality: data spec to measure against (default: the run's)")
+    p.add_argument("--samples", type=positive_int, default=360, help="with --quality: samples per figure (default 360)")
+    p.add_argument("--json", default=None, help="write every figure to this JSON file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.quality and args.allocator:
+        raise ValueError("--quality and --allocator are separate benchmarks: choose one")
+    if args.json and not Path(args.json).absolute().parent.is_dir():
+        raise FileNotFoundError(f"the directory of {args.json!r} does not exist")
+    res = _quality(args) if args.quality else _allocator(args) if args.allocator else _backends(args)
+    if args.json:
+        write_json(args.json, res)
+    return 0
+
+
+def _command_line() -> None:
+    print("command: diffzoo " + " ".join(sys.argv[1:]))
+
+
+def _allocator(args: argparse.Namespace) -> dict:
+    from runtime.apps.bench.allocator import format_allocator_bench, run_allocator_bench
+
+    _command_line()
+    res = run_allocator_bench(repeats=args.repeats, threads=args.threads, progress=say)
+    print(format_allocator_bench(res))
+    return res
+
+
+def _quality(args: argparse.Namespace) -> dict:
+    """Quality against steps per solver, and each backend's seconds to a stated quality."""
+    import tempfile
+
+    from export.format.manifest import load_manifest
+    from runtime.apps.evaluate import bundle_for, data_source_of
+    from runtime.apps.bench.time_to_quality import format_time_to_quality, run_time_to_quality
+
+    if not args.checkpoint:
+        raise ValueError("--quality needs a trained model: --checkpoint RUN_DIR (or a bundle directory)")
+    backends = tuple(b.strip() for b in args.backends.split(",")) if args.backends else (
+        "eager", "ort-step", "ort-fused", "ort-loop", "openvino-fused", "openvino-loop")
+    with tempfile.TemporaryDirectory(prefix="diffzoo-bench-") as tmp:
+        bundle = bundle_for(Path(args.checkpoint), Path(tmp), progress=True)
+        data = args.data or data_source_of(load_manifest(bundle))
+        if data is None:
+            raise ValueError(f"{args.checkpoint!r} does not record its training data: pass --data (e.g. digits)")
+        _command_line()
+        res = run_time_to_quality(bundle, data, n=args.samples, batch=args.batch, threads=args.threads,
+                                  repeats=args.repeats, backends=backends, progress=say)
+    print(format_time_to_quality(res))
+    return res
+
+
+def _choose_backends(args: argparse.Namespace) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The backends to run and those skipped here, with the reason (explicitly named ones are never skipped)."""
+    from runtime.apps.bench.speed import CPU_BACKENDS, CUDA_BACKENDS, INT8_BACKENDS, OPENVINO_BACKENDS, has_bf16
+    from export.format.artifacts import artifact_specs
+    from runtime.apps.bench.openvino import openvino_unavailable_reason
+
+    known = CPU_BACKENDS + CUDA_BACKENDS
+    named = tuple(b.strip() for b in args.backends.split(",") if b.strip()) if args.backends else None
+    bad = [b for b in named or () if b not in known]
+    if bad:
+        raise ValueError(f"unknown backend(s) {bad}: expected a subset of {list(known)}")
+    unavailable: dict[str, str] = {}
+    if (reason := openvino_unavailable_reason()) is not None:
+        unavailable.update({b: reason for b in OPENVINO_BACKENDS})
+    int8_solvers = sorted({s.solver for s in artifact_specs(1, int8=True).values() if s.precision == "int8" and s.solver})
+    if args.solver not in int8_solvers:
+        unavailable.update({b: f"no int8 graphs of {args.solver} (int8 variants exist for {', '.join(int8_solvers)} only)"
+                            for b in INT8_BACKENDS})
+    if named:
+        if clash := [b for b in named if b in unavailable]:
+            raise ValueError(f"backend {clash[0]!r} cannot run here: {unavailable[clash[0]]}")
+        backends = named
+    else:
+        backends = tuple(b for b in known if b not in unavailable and (b != "eager-bf16" or has_bf16()))
+    if "eager" not in backends:
+        backends = ("eager",) + backends  # every ratio is to eager torch
+    return backends, {b: r for b, r in unavailable.items() if named is None}
+
+
+def _backends(args: argparse.Namespace) -> dict:
+    from runtime.apps.bench.speed import BenchConfig, format_results, format_sweeps, key_ratios, run_bench, run_sweeps
+
+    backends, skipped = _choose_backends(args)
+    size, checkpoint = args.size, None
+    if args.checkpoint:
+        if args.sweep:
+            raise ValueError("--sweep varies the model's width, which a --checkpoint fixes: run the sweep without --checkpoint")
+        from zoo.weights import read_weights_metadata
+        from zoo.training.runs import run_weights
+
+        checkpoint = str(run_weights(args.checkpoint))
+        size = size or (read_weights_metadata(checkpoint).get("data", {}).get("shape") or [0, 32])[-1]
+    cfg = BenchConfig(model=args.model, hidden=args.hidden, size=size or 32, batch=args.batch, steps=args.steps,
+                      threads=args.threads, repeats=args.repeats, backends=backends, checkpoint=checkpoint, solver=args.solver)
+    _command_line()
+    for b, reason in skipped.items():
+        print(f"skipped {b}: {reason}")
+    res = run_bench(cfg, progress=say)
+    print(format_results(res))
+    if args.sweep:
+        res["sweeps"] = run_sweeps(cfg, progress=say)
+        print(f"\n{format_sweeps(res['sweeps'])}")
+    res["ratios"] = [{"ratio": what, "figures": f} for what, f in key_ratios(res, res.get("sweeps"))]
+    print("\nkey ratios (the targets they are judged against are in docs/BENCHMARKS.md):")
+    for r in res["ratios"]:
+        print(f"  {r['ratio']}: {r['figures']}")
+    return res

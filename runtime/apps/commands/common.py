@@ -1,0 +1,140 @@
+"""What several commands share: argument types, the model and solver options, and writing images."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from runtime.requests import IMAGE_SUFFIXES
+
+
+def positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{s!r} is invalid: expected an integer >= 1")
+    return v
+
+
+def eta(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{s!r} is invalid: expected 0 <= eta <= 1 (0 = DDIM, 1 = DDPM-like)")
+    return v
+
+
+def model_args(p: argparse.ArgumentParser, channels_from_data: bool = False) -> None:
+    """--model, --hidden, --kernel-size, --channels, --size, --schedule; defaults from ``TrainConfig`` and ``DenoiserConfig``."""
+    from zoo.configs import DenoiserConfig as D
+    from zoo.schedules import SCHEDULES
+    from zoo.training.config import TrainConfig as T
+
+    p.add_argument("--model", default=T.model, help=f"registry name (see `zoo.available()`); default: {T.model}")
+    p.add_argument("--hidden", type=positive_int, default=D.hidden, help=f"hidden channels (default {D.hidden})")
+    p.add_argument("--kernel-size", type=positive_int, default=D.kernel_size, help=f"odd conv kernel size (default {D.kernel_size})")
+    if channels_from_data:
+        p.add_argument("--channels", type=positive_int, default=None, help="data channels (default: the data's; must match it)")
+    else:
+        p.add_argument("--channels", type=positive_int, default=D.channels, help=f"data channels (default {D.channels})")
+    p.add_argument("--size", type=positive_int, default=T.size, help=f"image height and width in pixels (default {T.size})")
+    p.add_argument("--schedule", choices=sorted(SCHEDULES), default=T.schedule, help=f"noise schedule (default {T.schedule})")
+
+
+def solver_arg(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    from runtime.requests import SampleRequest
+    from zoo.solvers import SOLVERS
+
+    p.add_argument("--solver", choices=SOLVERS, default=SampleRequest.solver,
+                   help=help or "ddim (default, any eta) or dpmpp_2m (DPM-Solver++(2M): ~3x fewer steps, eta 0)")
+
+
+def spacing_arg(p: argparse.ArgumentParser) -> None:
+    from runtime.requests import SampleRequest
+    from zoo.diffusion import SPACINGS
+
+    p.add_argument("--spacing", choices=sorted(SPACINGS), default=SampleRequest.spacing,
+                   help=f"timestep spacing (default {SampleRequest.spacing})")
+
+
+def request_args(p: argparse.ArgumentParser, *, steps: bool = True, eta_flag: bool = True, seed: bool = True) -> None:
+    """--steps, --solver, --spacing, --eta and --seed of a sampling request, defaults from ``runtime.SampleRequest``."""
+    from runtime.requests import SampleRequest
+
+    if steps:
+        p.add_argument("--steps", type=positive_int, default=SampleRequest.num_steps,
+                       help=f"solver steps (default {SampleRequest.num_steps})")
+    solver_arg(p)
+    spacing_arg(p)
+    if eta_flag:
+        p.add_argument("--eta", type=eta, default=SampleRequest.eta, help="0 = deterministic DDIM (default), 1 = DDPM-like")
+    if seed:
+        p.add_argument("--seed", type=int, default=SampleRequest.seed, help="image k depends only on (seed, k)")
+
+
+def say(message: str) -> None:
+    """A progress line on stderr, so that stdout holds the results only."""
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+def check_out(path: str | Path, channels: int | None = None, suffixes=IMAGE_SUFFIXES) -> Path:
+    """Refuse a bad output file before any work is done (``runtime.requests.check_output``; suffixes=None: any)."""
+    from runtime.requests import check_output
+
+    return check_output(path, suffixes=suffixes, channels=channels)
+
+
+def write_images(path: Path, x) -> None:
+    """Write a batch by suffix: .ppm/.pgm the first image, .npy the raw array, else a PNG-style grid.
+
+    Grids of images under 64 px are enlarged (nearest neighbour) so that a person can see them.
+    """
+    import io
+
+    import numpy as np
+
+    from zoo.files import atomic_write
+    from zoo.images import save_grid, write_ppm
+
+    suffix = path.suffix.lower()
+    if suffix in (".ppm", ".pgm"):
+        write_ppm(path, x)
+    elif suffix == ".npy":
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(x, dtype=np.float32))
+        atomic_write(path, buf.getvalue())
+    else:
+        save_grid(path, x, scale=grid_scale(x), pad_value=96)
+
+
+def grid_scale(x) -> int:
+    return max(1, 64 // x.shape[-1])
+
+
+def write_json(path: str, obj, what: str = "results") -> None:
+    """Write ``obj`` as JSON atomically (check the path with ``check_out(path, suffixes=(".json",))`` first)."""
+    import json
+
+    from zoo.files import atomic_write
+
+    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
+    print(f"{what} written to {path}")
+
+
+def check_request(bundle: str, steps: int, modes, eta: float = 0.0, spacing: str = "leading", solver: str = "ddim",
+                  precision: str = "fp32") -> None:
+    """Check a sampling request against the bundle's manifest before a provider is chosen or anything runs.
+
+    The manifest is read for this check only; ``runtime.load`` verifies it and every hash after.
+    """
+    from export.format.manifest import load_manifest
+    from runtime.requests import check_settings
+
+    manifest = load_manifest(bundle, verify=False)
+    for mode in modes:
+        check_settings(manifest, bundle, steps, eta, spacing, mode, solver, precision)

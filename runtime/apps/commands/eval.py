@@ -1,0 +1,49 @@
+"""``diffzoo eval``: sample a bundle or training run and measure quality against real data."""
+
+from __future__ import annotations
+
+import argparse
+
+from runtime.apps.commands.common import check_out, grid_scale, positive_int, request_args, write_json
+
+
+def register(sub) -> None:
+    from runtime.providers import PROVIDERS
+    from runtime.requests import MODES, SampleRequest
+
+    p = sub.add_parser("eval", help="sample a bundle or training run and measure quality against real data")
+    p.add_argument("target", help="bundle directory, or training run directory (exported to a temporary bundle first)")
+    p.add_argument("--data", default=None, help="data spec to measure against (default: the one the bundle records)")
+    # not --n: under torchrun, argparse would take "--n" for an abbreviation of torchrun's own --nnodes
+    p.add_argument("--samples", type=positive_int, default=360, help="number of samples (default 360, the digits' held-out size)")
+    request_args(p)
+    p.add_argument("--mode", choices=MODES, default=SampleRequest.mode, help=f"runtime mode (default {SampleRequest.mode})")
+    p.add_argument("--provider", choices=PROVIDERS, default="auto", help="auto (default): CUDA if it loads, else CPU")
+    p.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    p.add_argument("--grid", default=None, help="also write up to 64 samples as a PNG grid (scaled up)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from runtime.apps.evaluate import evaluate
+
+    if args.json:
+        check_out(args.json, suffixes=None)
+    if args.grid:
+        check_out(args.grid)
+    res, x = evaluate(args.target, data=args.data, n=args.samples, num_steps=args.steps, spacing=args.spacing, eta=args.eta,
+                      seed=args.seed, mode=args.mode, provider=args.provider, progress=True, solver=args.solver)
+    if res is None:  # not rank 0 under torchrun
+        return 0
+    print(f"quality of {res['target']}: {res['samples']} samples, {res['solver']} {res['steps']} steps ({res['spacing']}), eta {res['eta']}, "
+          f"{res['mode']} mode on {res['provider']}, {res['processes']} process(es); against {res['data']}")
+    print(res.pop("text"))
+    print("targets met" if res["quality"]["met"] else "targets NOT met")
+    if args.json:
+        write_json(args.json, res, "report")
+    if args.grid:
+        from zoo.images import save_grid
+
+        save_grid(args.grid, x[:64], scale=grid_scale(x), pad_value=96)
+        print(f"samples written to {args.grid}")
+    return 0

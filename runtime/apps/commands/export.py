@@ -1,0 +1,89 @@
+"""``diffzoo export``: a trained run or a fresh model to a verified TorchScript/ONNX bundle."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from runtime.apps.commands.common import model_args
+
+
+def register(sub) -> None:
+    from export.format.artifacts import FORMATS
+
+    p = sub.add_parser("export", help="export a model to a verified TorchScript/ONNX bundle")
+    model_args(p)
+    p.add_argument("--checkpoint", default=None,
+                   help="a training run directory or weights .safetensors from `diffzoo train` (instead of --model)")
+    p.add_argument("--out", required=True, help="bundle directory (absent or empty, unless --force); parents are created")
+    p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)} (default all)")
+    p.add_argument("--solvers", default="ddim,dpmpp_2m",
+                   help="comma-separated samplers to export graphs for: ddim, dpmpp_2m (default both)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset, 18..23 (default: export_bundle's, recorded in the manifest)")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle at --out after the new one is verified")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random init and of the verification inputs")
+    p.add_argument("--int8", action="store_true",
+                   help="also write int8 variants (inner convolutions quantized, for the CPU provider; see `sample --precision`)")
+    p.add_argument("--atol", type=float, default=None,
+                   help="override every fp32 artifact's bound on max |diff| (default: derived per artifact from eager "
+                        "float32's own error against float64, recorded in the manifest)")
+    p.set_defaults(func=run, model=None)
+
+
+def load_or_build(args: argparse.Namespace):
+    """(model, schedule, example_shape, data source) from --checkpoint, or a seeded random init from --model."""
+    import torch
+
+    import zoo
+
+    if args.checkpoint:
+        from zoo.weights import load_weights
+        from zoo.training.runs import run_weights
+
+        if args.model is not None:
+            raise ValueError(f"--checkpoint {args.checkpoint} already names its model: drop --model {args.model}")
+        model, schedule, meta = load_weights(run_weights(args.checkpoint))
+        shape = tuple(meta.get("data", {}).get("shape") or (model.config.channels, args.size, args.size))
+        return model, schedule, shape, meta.get("data", {}).get("source")
+    torch.manual_seed(args.seed)
+    model = zoo.build(args.model or "residual", hidden=args.hidden, channels=args.channels, kernel_size=args.kernel_size)
+    schedule = zoo.make_schedule(args.schedule, num_train_timesteps=model.config.num_train_timesteps)
+    return model, schedule, (args.channels, args.size, args.size), None
+
+
+def run(args: argparse.Namespace) -> int:
+    import export
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    solvers = [s.strip() for s in args.solvers.split(",") if s.strip()]
+    model, schedule, shape, source = load_or_build(args)
+    t0 = time.perf_counter()
+    try:
+        bundle = export.export_bundle(
+            model, args.out, schedule=schedule, example_shape=shape, formats=formats, force=args.force, seed=args.seed,
+            progress=True, int8=args.int8, atol=args.atol, data_source=source, solvers=solvers,
+            **({} if args.opset is None else {"opset": args.opset}),
+        )
+    except export.ExportVerificationError as e:
+        print(f"diffzoo export: error: {e} (nothing was written)", file=sys.stderr)
+        return 1
+    _print_checks(bundle, shape)
+    print(f"bundle written to {bundle.path} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _print_checks(bundle, shape) -> None:
+    m = bundle.manifest
+    print(f"exported {m['model']['name']} {m['model']['config']} ({m['schedule']['name']} schedule, data {shape})")
+    print(f"{'artifact':<20}{'format':<13}{'seconds':>8}  {'max |diff|':>11}  {'bound':>22}  {'fp32 ref err':>12}  verified at")
+    for c in bundle.checks:
+        sizes = "x".join(str(c["shape"][k]) for k in ("batch", "height", "width"))
+        steps = f", {c['shape']['steps']} steps" if "steps" in c["shape"] else ""
+        if c["rtol"] is None:
+            bound = f"atol {c['atol']:.1e} ({c['atol_source']})"
+        else:
+            bound = f"rel {c['rel_rms_diff']:.1%} <= {c['rtol']:.0%}"
+        ref = f"{c['reference_error']:.1e}" if c.get("reference_error") is not None else "-"
+        print(f"{c['artifact']:<20}{c['format']:<13}{bundle.seconds[c['artifact']]:>8.2f}  "
+              f"{c['max_abs_diff']:>11.2e}  {bound:>22}  {ref:>12}  B x H x W = {sizes}{steps}")

@@ -1,0 +1,35 @@
+"""``diffzoo parity``: the onnxruntime sampler against eager torch, step by step."""
+
+from __future__ import annotations
+
+import argparse
+
+from runtime.apps.commands.common import check_request, positive_int, request_args
+
+
+def register(sub) -> None:
+    from runtime.providers import PROVIDERS
+    from runtime.requests import MODES
+
+    p = sub.add_parser("parity", help="compare the onnxruntime sampler with eager torch, step by step")
+    p.add_argument("bundle", help="bundle directory from `diffzoo export`")
+    p.add_argument("--provider", choices=PROVIDERS, default="auto", help="auto (default): CUDA if it loads, else CPU")
+    request_args(p)
+    p.add_argument("--batch", type=positive_int, default=4, help="images compared (default 4)")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)} (default all)")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    import runtime
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    check_request(args.bundle, args.steps, modes, args.eta, args.spacing, args.solver)
+    report = runtime.parity(args.bundle, provider=args.provider, num_steps=args.steps, batch=args.batch, seed=args.seed,
+                            modes=modes, eta=args.eta, strict=args.provider == "cuda", solver=args.solver,
+                            spacing=args.spacing)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_table())
+    return 0 if report.passed else 1

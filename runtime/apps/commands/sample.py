@@ -1,0 +1,66 @@
+"""``diffzoo sample``: images from a bundle with onnxruntime (no torch needed)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from runtime.apps.commands.common import check_out, check_request, positive_int, request_args, write_images
+
+
+def _shard(s: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in s.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a shard spec: expected i/N, e.g. 0/4") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"{s!r} is invalid: expected i/N with N >= 1 and 0 <= i < N")
+    return i, n
+
+
+def register(sub) -> None:
+    from runtime.providers import PROVIDERS
+    from runtime.requests import MODES, PRECISIONS, SampleRequest
+
+    p = sub.add_parser("sample", help="sample images from a bundle with onnxruntime (no torch needed)")
+    p.add_argument("bundle", help="bundle directory from `diffzoo export`")
+    p.add_argument("--n", type=positive_int, default=SampleRequest.n, help=f"number of images (default {SampleRequest.n})")
+    request_args(p)
+    p.add_argument("--mode", choices=MODES, default=SampleRequest.mode, help="loop (default): one run per batch; fused; step")
+    p.add_argument("--provider", choices=PROVIDERS, default="auto", help="auto (default): CUDA if it loads, else CPU")
+    p.add_argument("--shard", type=_shard, default=(0, 1), help="i/N: sample only the i-th of N equal parts of the n images")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help=f"images per session run (default {SampleRequest.batch_size})")
+    p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads (default: onnxruntime's)")
+    p.add_argument("--cuda-graph", action="store_true", help="fused mode on CUDA: replay the step as a CUDA graph")
+    p.add_argument("--precision", choices=PRECISIONS, default=SampleRequest.precision,
+                   help="fp32 (default) or int8: the bundle's int8 variants (export --int8), CPU provider")
+    p.add_argument("--out", required=True, help="output file: .png grid, .ppm first image, .npy array")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import runtime
+
+    out = check_out(args.out)
+    i, n_shards = args.shard
+    start, stop = i * args.n // n_shards, (i + 1) * args.n // n_shards
+    if stop == start:
+        raise ValueError(f"shard {i}/{n_shards} of --n {args.n} images is empty: use fewer shards than images")
+    if args.cuda_graph and args.mode != "fused":
+        raise ValueError(f"--cuda-graph replays the fused step on CUDA: it needs --mode fused (here: --mode {args.mode})")
+    check_request(args.bundle, args.steps, [args.mode], args.eta, args.spacing, args.solver, args.precision)
+    sampler = runtime.load(args.bundle, provider=args.provider, strict=args.provider == "cuda", threads=args.threads,
+                           cuda=runtime.CudaOptions(cuda_graph=args.cuda_graph), precision=args.precision)
+    check_out(out, channels=sampler.shape[0])
+    if args.cuda_graph and sampler.device != "cuda":
+        raise ValueError(f"--cuda-graph replays the fused step on CUDA: it needs the CUDA provider (here: {sampler.providers[0]})")
+    t0 = time.perf_counter()
+    x = sampler.sample(stop - start, num_steps=args.steps, seed=args.seed, eta=args.eta, spacing=args.spacing,
+                       mode=args.mode, batch_size=args.batch_size, start=start, progress=True, solver=args.solver)
+    dt = time.perf_counter() - t0
+    write_images(out, x)
+    shard = f" (shard {i}/{n_shards}: images {start}..{stop - 1})" if n_shards > 1 else ""
+    print(f"{len(x)} images{shard}, {args.solver} {args.steps} steps, mode {args.mode}, {args.precision}, {sampler.providers[0]}: "
+          f"{dt:.2f} s ({len(x) / dt:.1f} img/s) -> {out}")
+    return 0

@@ -1,0 +1,131 @@
+"""The eager reference samplers: ``zoo.solvers.solve`` around a torch model, the ground truth of every exported path.
+
+DDIM (Song et al. 2021) and DPM-Solver++(2M) (Lu et al. 2022) as declared in ``zoo.solvers``;
+the step math is ``zoo.diffusion``'s. Every noise tensor is an argument or drawn from a generator
+the caller passes, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from zoo.diffusion import Spacing, ddim_timesteps
+from zoo.schedules import Schedule
+from zoo.solvers import SOLVER_TABLE, Solver, check_eta, get_solver, solve
+from zoo.validate import check_real
+
+__all__ = ["ddim_sample", "dpmpp_2m_sample", "sample"]
+
+
+def _eager(solver: Solver, model: Any, schedule: Schedule, x_T: Any, num_steps: int, spacing: str, eta: float,
+           noise: Any, progress: bool, clip_range: float | None, callback: Any) -> Any:
+    """An eager torch sampler: checks, the float32 alpha-bar table on x_T's device, the model under inference mode."""
+    from zoo.allocator import tune_allocator
+
+    tune_allocator()  # no mmap/munmap per activation in a fresh process (zoo/allocator.py)
+    T = schedule.num_train_timesteps
+    model_T = getattr(getattr(model, "config", None), "num_train_timesteps", T)
+    if model_T != T:
+        raise ValueError(f"the model was built for num_train_timesteps={model_T} but the schedule has T={T}")
+    timesteps = ddim_timesteps(T, num_steps, spacing)
+    if x_T.ndim != 4:
+        raise ValueError(f"x_T must have shape (B, C, H, W); got {tuple(x_T.shape)}")
+    expected = (len(timesteps), *x_T.shape)
+    if isinstance(noise, torch.Tensor) and tuple(noise.shape) != expected:
+        raise ValueError(f"noise must have shape (S, B, C, H, W) = {expected}; got {tuple(noise.shape)}")
+    if eta > 0 and noise is None:
+        raise ValueError("eta > 0 needs `noise`: a (S, B, C, H, W) tensor or a torch.Generator")
+    # Cast the float64 schedule once, to the dtype every exported graph uses too.
+    alphas = torch.from_numpy(schedule.alphas_cumprod.copy()).to(dtype=x_T.dtype, device=x_T.device)
+
+    def draw(i: int) -> Any:
+        if isinstance(noise, torch.Tensor):
+            return noise[i]
+        return torch.randn(x_T.shape, generator=noise, dtype=x_T.dtype, device=x_T.device)
+
+    def denoise(x: Any, t: int) -> Any:
+        return model(x, torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device))
+
+    with torch.inference_mode():
+        return solve(solver, denoise, x_T, timesteps, alphas, eta=eta, noise=draw, clip_range=clip_range, progress=progress,
+                     callback=callback)
+
+
+def ddim_sample(
+    model: torch.nn.Module,
+    schedule: Schedule,
+    x_T: torch.Tensor,
+    num_steps: int = 50,
+    eta: float = 0.0,
+    spacing: Spacing = "leading",
+    noise: torch.Tensor | torch.Generator | None = None,
+    progress: bool = False,
+    clip_range: float | None = 1.0,
+    callback: Any = None,
+) -> torch.Tensor:
+    """The eager reference DDIM sampler: the ground truth every exported path is compared to.
+
+    Args:
+        model: an epsilon predictor ``model(x, t) -> eps``.
+        schedule: the schedule the model was trained with.
+        x_T: initial noise (B, C, H, W), a torch tensor.
+        num_steps: number of denoising steps S, 1..T.
+        eta: 0 (deterministic) .. 1.
+        spacing: how the S timesteps are picked (see ``ddim_timesteps``).
+        noise: for eta > 0, per-step noise (S, B, C, H, W) or a ``torch.Generator`` to draw it.
+        progress: show a tqdm bar.
+        clip_range: see ``ddim_step``.
+        callback: optional ``callback(i, t, eps, x_prev)`` after every step (for parity reports).
+
+    Returns:
+        x_0 of shape (B, C, H, W), in [-clip_range, clip_range].
+
+    Raises:
+        NonFiniteSampleError: a step produced NaN or inf (named in the message); never returned.
+    """
+    eta = check_real("eta", eta, 0.0, 1.0, hint="0 = DDIM, 1 = DDPM-like")
+    return _eager(SOLVER_TABLE["ddim"], model, schedule, x_T, num_steps, spacing, eta, noise, progress, clip_range, callback)
+
+
+def dpmpp_2m_sample(
+    model: torch.nn.Module,
+    schedule: Schedule,
+    x_T: torch.Tensor,
+    num_steps: int = 20,
+    spacing: Spacing = "leading",
+    progress: bool = False,
+    clip_range: float | None = 1.0,
+    callback: Any = None,
+) -> torch.Tensor:
+    """The eager reference DPM-Solver++(2M) sampler; the contract of ``ddim_sample`` (deterministic: no eta).
+
+    The solver's state between steps, the previous x0 prediction, is explicit: each step passes it
+    to ``dpmpp_2m_step`` (``alpha_bar_last = 0`` on the first step).
+
+    Raises:
+        NonFiniteSampleError: a step produced NaN or inf (named in the message); never returned.
+    """
+    return _eager(SOLVER_TABLE["dpmpp_2m"], model, schedule, x_T, num_steps, spacing, 0.0, None, progress, clip_range, callback)
+
+
+def sample(
+    model: torch.nn.Module,
+    schedule: Schedule,
+    x_T: torch.Tensor,
+    num_steps: int = 50,
+    solver: str = "ddim",
+    *,
+    eta: float = 0.0,
+    spacing: Spacing = "leading",
+    noise: torch.Tensor | torch.Generator | None = None,
+    progress: bool = False,
+    clip_range: float | None = 1.0,
+    callback: Any = None,
+) -> torch.Tensor:
+    """The eager sampler of ``solver`` (``zoo.solvers.SOLVERS``); a deterministic solver refuses eta > 0."""
+    entry = get_solver(solver)
+    eta = check_eta(solver, eta)
+    return _eager(entry, model, schedule, x_T, num_steps, spacing, eta, noise if entry.takes_eta else None, progress,
+                  clip_range, callback)

@@ -1,0 +1,142 @@
+"""The solver table: DDIM and DPM-Solver++(2M) declared once, the step rule, and the one host-side solver loop.
+
+Each ``Solver`` names its step function (``zoo.diffusion``), the state it carries from one step to
+the next, and whether it takes eta; ``alpha_bars`` is the one place the step rule is written (the
+alpha-bar after the last step is 1, before the first there is none: 0). The eager samplers, the
+export wrappers and specs, the runtime modes and the bench and OpenVINO backends all read them;
+``zoo.samplers`` runs ``solve`` around an eager torch model. Imports no torch: tensors bring their
+own namespace (``zoo.diffusion._xp``).
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from zoo.diffusion import _is_torch, _xp, check_finite, ddim_step, dpmpp_2m_step, step_pairs
+from zoo.validate import check_real
+
+__all__ = ["Solver", "SOLVERS", "SOLVER_TABLE", "get_solver", "check_eta", "alpha_bars", "solve"]
+
+
+@dataclass(frozen=True)
+class Solver:
+    """One sampler of the reverse process.
+
+    ``state`` names what a step carries besides x, as the (input, output) names of its step graphs
+    (DPM-Solver++(2M): its previous x0 prediction, ``x0_last`` in and ``x0`` out, zeros before the
+    first step); ``update`` is the step, called with that state.
+    """
+
+    name: str  # the name users pass: solver="ddim"
+    label: str  # for messages and reports
+    state: tuple[tuple[str, str], ...]  # carried between steps besides x: (graph input, graph output) names
+    takes_eta: bool  # stochastic variants (eta > 0, per-step noise) exist
+    default_steps: int  # the eager sampler's default step count
+    step: Callable[..., Any]  # the pure step function of zoo.diffusion
+
+    def update(self, x: Any, eps: Any, state: Any, a_t: Any, a_prev: Any, a_last: Any, *, eta: Any = 0.0, noise: Any = None,
+               clip_range: float | None = 1.0) -> tuple[Any, Any]:
+        """One step: ``(x_prev, state')``; ``state`` is None for a solver that carries nothing."""
+        if self.state:
+            return self.step(x, eps, state, a_t, a_prev, a_last, clip_range=clip_range)
+        return self.step(x, eps, a_t, a_prev, eta=eta, noise=noise, clip_range=clip_range), state
+
+
+SOLVER_TABLE: dict[str, Solver] = {
+    s.name: s
+    for s in (
+        Solver("ddim", "DDIM", state=(), takes_eta=True, default_steps=50, step=ddim_step),
+        Solver("dpmpp_2m", "DPM-Solver++(2M)", state=(("x0_last", "x0"),), takes_eta=False, default_steps=20, step=dpmpp_2m_step),
+    )
+}
+SOLVERS = tuple(SOLVER_TABLE)  # ("ddim", "dpmpp_2m")
+
+
+def get_solver(name: str) -> Solver:
+    """The table entry of ``name``; ``ValueError`` listing the solvers otherwise."""
+    if name not in SOLVER_TABLE:
+        raise ValueError(f"unknown solver {name!r}: expected one of {list(SOLVERS)}")
+    return SOLVER_TABLE[name]
+
+
+def check_eta(solver: str, eta: float) -> float:
+    """``eta`` as a float if ``solver`` accepts it (0..1, and 0 for a deterministic solver); ``ValueError`` naming it."""
+    entry = get_solver(solver)
+    eta = check_real("eta", eta, 0.0, 1.0, hint="0 = DDIM, 1 = DDPM-like")
+    if eta != 0 and not entry.takes_eta:
+        takes = [name for name, s in SOLVER_TABLE.items() if s.takes_eta]
+        raise ValueError(f"eta={eta!r} is invalid with solver {solver!r}, which is deterministic: use eta=0, or solver "
+                         f"{' or '.join(repr(t) for t in takes)}")
+    return eta
+
+
+def alpha_bars(table: Any, t: Any, t_prev: Any, t_last: Any = None) -> tuple[Any, Any, Any]:
+    """alpha-bar at ``t``, ``t_prev`` and ``t_last`` from a schedule's alpha-bar ``table``: the step rule.
+
+    ``t_prev < 0`` (``zoo.diffusion.NO_STEP``) is the step after the last (alpha-bar 1: the clean
+    image), ``t_last < 0`` the step before the first (alpha-bar 0: no earlier prediction). Timesteps are Python/numpy integers
+    (one step of a host loop) or per-sample (B,) int64 arrays or tensors (inside a traced graph).
+    ``t_last=None`` (a solver without state) gives ``a_last=None``.
+    """
+    if isinstance(t_prev, numbers.Integral):  # NO_STEP is negative, every real timestep >= 0
+        a_last = None if t_last is None else table[t_last] if t_last >= 0 else 0.0
+        return table[t], table[t_prev] if t_prev >= 0 else 1.0, a_last
+    xp = _xp(t_prev)
+
+    def at(ts: Any) -> Any:
+        return table[ts.clamp(min=0)] if _is_torch(ts) else table[np.maximum(ts, 0)]
+
+    a_t, a_prev = table[t], xp.where(t_prev < 0, 1.0, at(t_prev))
+    return a_t, a_prev, None if t_last is None else xp.where(t_last < 0, 0.0, at(t_last))
+
+
+def solve(
+    solver: Solver | str,
+    denoise: Callable[[Any, int], Any],
+    x_T: Any,
+    timesteps: np.ndarray,
+    alphas: Any,
+    *,
+    eta: float = 0.0,
+    noise: Callable[[int], Any] | None = None,
+    clip_range: float | None = 1.0,
+    update: Callable[..., tuple[Any, Any]] | None = None,
+    progress: bool = False,
+    callback: Callable[[int, int, Any, Any], None] | None = None,
+    check: bool = True,
+) -> Any:
+    """The one host-side solver loop, torch or numpy: ``denoise(x, t)`` then the solver's update at every timestep.
+
+    Args:
+        denoise: ``(x, t: int) -> eps``; a model, a TorchScript graph or an onnxruntime session.
+        alphas: the alpha-bar table in x's array type and dtype.
+        noise: ``noise(i) -> z`` for step i when eta > 0.
+        update: replaces the solver's own update (a traced step graph with the same arguments).
+        callback: ``callback(i, t, eps, x_prev)`` after every step.
+        check: raise ``NonFiniteSampleError`` naming the step if x becomes NaN or inf.
+    """
+    solver = get_solver(solver) if isinstance(solver, str) else solver
+    update = update or solver.update
+    t_prevs, t_lasts = step_pairs(timesteps)
+    state = _xp(x_T).zeros_like(x_T) if solver.state else None
+    steps: Any = range(len(timesteps))
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=solver.name, unit="step")
+    x = x_T
+    for i in steps:
+        t, tp, tl = int(timesteps[i]), int(t_prevs[i]), int(t_lasts[i])
+        eps = denoise(x, t)
+        a_t, a_prev, a_last = alpha_bars(alphas, t, tp, tl)
+        z = noise(i) if eta > 0 and noise is not None else None
+        x, state = update(x, eps, state, a_t, a_prev, a_last, eta=eta, noise=z, clip_range=clip_range)
+        if check:
+            check_finite(x, f"{solver.name}_sample step {i} (t={t})")
+        if callback is not None:
+            callback(i, t, eps, x)
+    return x

@@ -1,0 +1,23 @@
+"""Data parallelism under ``torchrun``: join the process group once and say which rank this is."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = ["init_distributed"]
+
+
+def init_distributed(backend: str | None = None) -> tuple[int, int]:
+    """(rank, world size) under torchrun, joining the process group once; (0, 1) otherwise.
+
+    ``backend`` defaults to nccl where CUDA is available (DDP training), else gloo.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

@@ -1,0 +1,54 @@
+"""A training run's directory: its checkpoints (``last`` -> ``checkpoints/step_N``), their EMA weights and state.
+
+The one place the run layout is written: the trainer writes it, and ``export --checkpoint``,
+``eval RUN`` and ``bench --checkpoint`` find a run's weights through ``run_weights``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CHECKPOINT_WEIGHTS", "CHECKPOINT_STATE", "run_weights", "load_state"]
+
+CHECKPOINT_WEIGHTS = "ema.safetensors"  # the EMA weights: what you sample from and export
+CHECKPOINT_STATE = "state.pt"  # everything needed to resume; read with torch.load(weights_only=True)
+
+_STATE_KEYS = ("step", "config", "model", "ema", "optimizer")
+
+
+def load_state(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """The last checkpoint directory of a run and its state, loaded with ``weights_only=True``."""
+    last = Path(run_dir) / "last"
+    if not last.exists():
+        raise FileNotFoundError(f"no checkpoint in {str(run_dir)!r} (expected {str(last)!r}): nothing to resume")
+    ckpt = last.resolve()
+    path = ckpt / CHECKPOINT_STATE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint state {str(path)!r} is missing: nothing to resume") from None
+    except Exception as e:  # noqa: BLE001  torch raises UnpicklingError, RuntimeError, EOFError... for a bad file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{str(path)!r} is not a diffzoo training state (truncated, empty, or holding objects a "
+                         f"weights-only load refuses): {first}") from None
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{str(path)!r} is not a diffzoo training state: it lacks {missing}")
+    return ckpt, state
+
+
+def run_weights(path: str | os.PathLike) -> Path:
+    """A weights file as given, or a training run directory's last EMA weights (``last/ema.safetensors``)."""
+    p = Path(path)
+    if p.is_dir():
+        for candidate in (p / "last" / CHECKPOINT_WEIGHTS, p / CHECKPOINT_WEIGHTS):
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(f"{str(path)!r} is a directory without a checkpoint (no last/{CHECKPOINT_WEIGHTS})")
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    return p
