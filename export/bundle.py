@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import numbers
 import os
@@ -23,7 +24,15 @@ import torch
 
 import zoo
 from export.format.artifacts import FORMATS, ArtifactSpec, artifact_specs
-from export.format.manifest import MANIFEST_NAME, WEIGHTS_NAME, artifact_entry, load_manifest, write_manifest
+from export.format.manifest import (
+    IDENTITY_KEY,
+    WEIGHTS_NAME,
+    artifact_entry,
+    graph_identity,
+    load_manifest,
+    not_a_bundle,
+    write_manifest,
+)
 from export.inputs import make_inputs
 from export.loop import build_sampler_graph
 from export.onnx_export import DEFAULT_OPSET, EXPORTER, SUPPORTED_OPSETS, check_onnx, export_onnx
@@ -113,9 +122,10 @@ def _check_target(out: Path, force: bool) -> None:
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise FileExistsError(f"{str(out)!r} is not empty: choose another directory or pass force=True (--force)")
-        if not (out / MANIFEST_NAME).is_file():
-            raise FileExistsError(f"{str(out)!r} is not a diffzoo bundle (no {MANIFEST_NAME}): --force replaces bundles "
-                                  "only; choose another directory")
+        why = not_a_bundle(out)
+        if why is not None:
+            raise FileExistsError(f"{str(out)!r} is not a diffzoo bundle ({why}): --force replaces bundles only, and "
+                                  "nothing was deleted; choose another directory")
 
 
 def _calibration_feeds(spec: ArtifactSpec, states) -> list[dict[str, np.ndarray]]:
@@ -340,8 +350,18 @@ def _write_onnx(ex: _Export, spec: ArtifactSpec, ref, path: Path, inputs) -> dic
         proto = export_onnx(ref, spec, example, ex.o.opset)
     ex.protos[spec.name] = proto
     check_onnx(proto)
-    onnx.save(proto, str(path))
+    onnx.save(_stamped(proto, spec, ex), str(path))
     return _run_onnx(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), inputs)
+
+
+def _stamped(proto: onnx.ModelProto, spec: ArtifactSpec, ex: _Export) -> onnx.ModelProto:
+    """A copy of ``proto`` carrying its identity in its own bytes (checked against the manifest at every session)."""
+    settings = {"clip_range": ex.o.clip_range, "schedule": ex.schedule.to_dict()}
+    identity = graph_identity(spec.name, artifact_entry(spec, {}), settings)
+    stamped = onnx.ModelProto()
+    stamped.CopyFrom(proto)
+    stamped.metadata_props.add(key=IDENTITY_KEY, value=json.dumps(identity, sort_keys=True))
+    return stamped
 
 
 def _manifest(ex: _Export, specs: list[ArtifactSpec], files, checks: list[Check], seconds: dict[str, float]) -> dict:

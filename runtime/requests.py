@@ -15,6 +15,7 @@ from typing import Any, Iterable, Literal
 
 from export.format.artifacts import MODE_KINDS, select
 from zoo.diffusion import SPACINGS
+from zoo.files import check_replaceable
 from zoo.solvers import check_eta, get_solver
 from zoo.validate import check_int
 
@@ -91,6 +92,7 @@ def check_output(path: str | os.PathLike, *, suffixes: Iterable[str] | None = IM
         raise ValueError(f"cannot write {str(out)!r}: the suffix must be one of {', '.join(suffixes)}")
     if out.is_dir():
         raise IsADirectoryError(f"cannot write {str(out)!r}: it is a directory")
+    check_replaceable(out)  # a device, link or FIFO is never replaced by the output
     if not out.absolute().parent.is_dir():
         raise FileNotFoundError(f"the directory of {str(out)!r} does not exist")
     if channels is not None and channels not in (1, 3) and out.suffix.lower() != ".npy":

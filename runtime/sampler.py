@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from export.format.artifacts import MODE_KINDS, carried, select
-from export.format.manifest import load_manifest, read_verified
+from export.format.manifest import check_identity, load_manifest, read_verified
 from runtime.noise import image_noise
 from runtime.providers import CudaOptions, ProviderUnavailableError, resolve_provider, session_providers
 from runtime.requests import MODES, PRECISIONS, Mode, SampleRequest, check_settings
@@ -112,11 +112,16 @@ class Sampler:
         return ("cuda", self.cuda.device_id) if self.device == "cuda" else ("cpu", 0)
 
     def _onnx_bytes(self, artifact: str) -> bytes:
-        """The artifact's ONNX graph as the verified bytes: what is checked is exactly what runs."""
+        """The artifact's ONNX graph as the verified bytes: what is checked is exactly what runs.
+
+        Hashed, and the graph's own stamped identity checked against the manifest's entry.
+        """
         files = self.manifest["artifacts"].get(artifact, {}).get("files", {})
         if "onnx" not in files:
             raise ValueError(f"bundle {str(self.path)!r} has no ONNX file for {artifact!r}: re-export it with formats including 'onnx'")
-        return read_verified(self.path, self.manifest, files["onnx"])
+        data = read_verified(self.path, self.manifest, files["onnx"])
+        check_identity(data, artifact, self.manifest, self.path)
+        return data
 
     def _options(self) -> ort.SessionOptions:
         so = ort.SessionOptions()
@@ -143,6 +148,7 @@ class Sampler:
         from export.loop import build_sampler_graph
 
         entry = self.manifest["artifacts"][artifact]
+        self._onnx_bytes(artifact)  # not run, but its identity names the body it was built around
         fused = self._onnx_bytes(entry["body"])
         with tempfile.TemporaryDirectory() as tmp:
             so = self._options()

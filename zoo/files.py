@@ -11,12 +11,13 @@ import errno
 import os
 import platform
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 __all__ = ["atomic_write", "write_synced", "default_mode", "staged_dir", "replace_dir", "output_lock", "OutputBusyError",
-           "clean_leftovers"]
+           "clean_leftovers", "check_replaceable"]
 
 
 class OutputBusyError(OSError):
@@ -30,12 +31,30 @@ def default_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Refuse an existing ``path`` that is not a regular file: a rename would replace a device, a link or a FIFO.
+
+    (``/dev/null`` given as an output, as root, would otherwise become a regular file for everyone.)
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode)
+                else "a device, FIFO or socket")
+        raise FileExistsError(f"cannot write {str(path)!r}: it exists and is {kind}, not a regular file; "
+                              "choose another output")
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], object]) -> Path:
     """Write to a temp file beside ``path``, fsync, then rename: no partial file, ever.
 
-    ``data`` is the bytes, or a function that writes them to the open file (``torch.save``).
+    ``data`` is the bytes, or a function that writes them to the open file (``torch.save``). An
+    existing ``path`` that is not a regular file is refused (``check_replaceable``), never replaced.
     """
     path = Path(path)
+    check_replaceable(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, default_mode())  # mkstemp creates 0600; give the file ordinary permissions
@@ -136,28 +155,49 @@ def clean_leftovers(out: str | os.PathLike) -> list[Path]:
     return gone
 
 
+def _lock_dir() -> Path:
+    """This user's lock directory under the temp dir: created 0700, refused unless it is ours, private, not a link."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    path = Path(tempfile.gettempdir()) / f"diffzoo-locks-{uid}"
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
+        what = ("not a directory" if not stat.S_ISDIR(st.st_mode) else f"owned by uid {st.st_uid}" if st.st_uid != uid
+                else f"mode {stat.S_IMODE(st.st_mode):o}, open to other users")
+        raise PermissionError(f"the lock directory {str(path)!r} is {what}: refusing to use it (remove it, or set TMPDIR)")
+    return path
+
+
 @contextlib.contextmanager
 def output_lock(out: str | os.PathLike) -> Iterator[Path]:
     """Hold an exclusive lock on writing ``out``; refuse a second writer at once with ``OutputBusyError``.
 
-    The lock is ``fcntl.flock`` on a file named by the output's absolute path in a per-user
-    directory under the system temp dir, so nothing is left beside the user's output. Lock files
-    stay there (removing one would let two writers lock two different files); they are empty.
+    The lock is ``fcntl.flock`` on a file named by the output's resolved path (``..`` and links
+    collapsed: two spellings of one output share one lock) in this user's private directory under
+    the system temp dir (``_lock_dir``), opened without following links, so nothing is left beside
+    the user's output. Lock files stay there (removing one would let two writers lock two
+    different files); they are empty.
     """
     import hashlib
 
     out = Path(out)
-    key = hashlib.sha256(os.fsencode(out.absolute())).hexdigest()[:32]
-    lock_dir = Path(tempfile.gettempdir()) / f"diffzoo-locks-{os.getuid() if hasattr(os, 'getuid') else 0}"
-    lock_dir.mkdir(mode=0o700, exist_ok=True)
-    path = lock_dir / f"{key}.lock"
+    key = hashlib.sha256(os.fsencode(out.resolve())).hexdigest()[:32]
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock, as before
-        yield path
+        yield Path(os.devnull)
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, default_mode())
+    path = _lock_dir() / f"{key}.lock"
     try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise PermissionError(f"cannot open the lock file {str(path)!r} ({e.strerror}; a link there is refused)") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PermissionError(f"the lock file {str(path)!r} is not a regular file: refusing to use it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

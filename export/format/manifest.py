@@ -34,11 +34,16 @@ __all__ = [
     "read_verified",
     "artifact_entry",
     "write_manifest",
+    "not_a_bundle",
+    "IDENTITY_KEY",
+    "graph_identity",
+    "check_identity",
 ]
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "diffzoo-bundle"  # the manifest's "format"
+IDENTITY_KEY = "diffzoo.identity"  # an ONNX graph's metadata entry holding its identity (graph_identity)
 WEIGHTS_NAME = "weights.safetensors"
 
 
@@ -247,3 +252,71 @@ def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> di
     }
     write_synced(root / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
+
+
+def not_a_bundle(directory: str | os.PathLike) -> str | None:
+    """None if ``directory`` is a diffzoo bundle, else why not (what ``--force`` may replace, and nothing else).
+
+    A bundle's ``manifest.json`` parses as a diffzoo manifest, and its hashed file table lists
+    exactly the entries present beside it: a directory that holds anything more (another tool's
+    ``manifest.json`` and its files, a subdirectory) is not one.
+    """
+    root = Path(directory)
+    try:
+        manifest = load_manifest(root, verify=False)
+    except BundleError as e:
+        return str(e)
+    if manifest.get("format") != BUNDLE_FORMAT:
+        return f"its {MANIFEST_NAME} has format {manifest.get('format')!r}, not {BUNDLE_FORMAT!r}"
+    present = {p.name for p in root.iterdir()} - {MANIFEST_NAME}
+    listed = set(manifest["files"])
+    if present != listed:
+        extra, missing = sorted(present - listed), sorted(listed - present)
+        return "its manifest does not list exactly the files present: " + "; ".join(
+            part for part in (extra and f"not listed: {extra[:5]}", missing and f"missing: {missing[:5]}") if part)
+    return None
+
+
+def graph_identity(name: str, entry: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    """What an ONNX graph of artifact ``name`` is, as stamped into its own (hashed) bytes at export.
+
+    The artifact's name, kind, solver, precision, stochastic and body, and the settings baked into
+    the graph (clip range, schedule): a manifest that says otherwise was edited after export.
+    """
+    keys = ("kind", "solver", "precision", "stochastic", "body")
+    return {"artifact": name, **{k: entry.get(k) for k in keys}, "clip_range": manifest["clip_range"],
+            "schedule": manifest["schedule"]}
+
+
+def check_identity(data: bytes, name: str, manifest: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse the verified bytes of artifact ``name`` if they are another graph than the manifest says.
+
+    The bytes' stamped identity (``IDENTITY_KEY``) must equal ``graph_identity`` of the manifest's
+    entry. Bundles exported before identities were stamped carry none: there the artifact must be
+    the table's artifact of that name, in the file of that name (``<name>.onnx``), so editing the
+    manifest alone still cannot make one graph run in place of another.
+    """
+    import onnx
+
+    entry = manifest["artifacts"][name]
+    try:
+        meta = {p.key: p.value for p in onnx.load_model_from_string(data).metadata_props}
+    except Exception as e:  # noqa: BLE001  protobuf's DecodeError and friends: not an ONNX graph at all
+        raise BundleError(f"{name!r} of the bundle {str(path)!r} is not a readable ONNX graph ({type(e).__name__})") from None
+    if IDENTITY_KEY in meta:
+        try:
+            stamped = json.loads(meta[IDENTITY_KEY])
+        except ValueError:
+            stamped = None
+        expected = graph_identity(name, entry, manifest)
+        if stamped != expected:
+            diff = sorted(k for k in expected if not isinstance(stamped, dict) or stamped.get(k) != expected[k])
+            raise BundleError(f"the graph in {entry['files'].get('onnx')!r} of the bundle {str(path)!r} is not the manifest's "
+                              f"{name!r}: its own bytes differ on {diff} (the manifest was edited after export); refused")
+        return
+    spec = artifact_specs(manifest["data"]["shape"][0], int8=True).get(name)
+    legacy_ok = spec is not None and entry["files"].get("onnx") == f"{name}.onnx" and all(
+        entry.get(k) == getattr(spec, k) for k in ("kind", "solver", "precision", "stochastic", "body"))
+    if not legacy_ok:
+        raise BundleError(f"{name!r} of the bundle {str(path)!r} carries no identity (exported before diffzoo stamped one) "
+                          "and its manifest entry is not the table's: re-export the bundle")

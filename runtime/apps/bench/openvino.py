@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.format.manifest import load_manifest, read_verified
+from export.format.manifest import check_identity, load_manifest, read_verified
 from export.format.artifacts import MODE_KINDS, select
 from runtime.sampler import fused_on_host
 from zoo.diffusion import ddim_timesteps
@@ -48,6 +48,7 @@ class OpenVINOSampler:
     def _request(self, artifact: str):
         if artifact not in self._compiled:
             data = read_verified(self.path, self.manifest, self.manifest["artifacts"][artifact]["files"]["onnx"])
+            check_identity(data, artifact, self.manifest, self.path)
             model = self._core.read_model(data, b"")  # ONNX holds its weights: no separate weights blob
             self._compiled[artifact] = self._core.compile_model(model, "CPU", self.config).create_infer_request()
         return self._compiled[artifact]

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from export.format.artifacts import select
-from export.format.manifest import load_manifest, read_verified
+from export.format.manifest import check_identity, load_manifest, read_verified
 from export.verify import relative_rms
 from runtime.sampler import fused_on_host, step_list
 from zoo.solvers import alpha_bars, get_solver, solve
@@ -189,7 +189,9 @@ def _ort_backends(cfg: BenchConfig, bundle: Path, manifest: dict, x_T: np.ndarra
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = cfg.threads
-    denoiser = read_verified(bundle, manifest, manifest["artifacts"][select(manifest["artifacts"], "denoiser")]["files"]["onnx"])
+    name = select(manifest["artifacts"], "denoiser")
+    denoiser = read_verified(bundle, manifest, manifest["artifacts"][name]["files"]["onnx"])
+    check_identity(denoiser, name, manifest, bundle)
     plain = ort.InferenceSession(denoiser, so, providers=["CPUExecutionProvider"])
     out = {"ort-numpy-step": lambda: loop(lambda x, t: plain.run(None, {"x": x, "t": np.full(len(x), t, np.int64)})[0], x_T)}
     cpu = runtime.load(bundle, provider="cpu", threads=cfg.threads)

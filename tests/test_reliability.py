@@ -1,0 +1,151 @@
+"""Reliability, round 3 (issue 22): each defect an adversarial round found, with the input that showed it.
+
+docs/ARCHITECTURE.md ("Bad input", rows 43 on) lists these beside the earlier ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+
+import pytest
+
+import export
+import runtime
+import zoo
+from export.format.manifest import BundleError
+from runtime.apps.cli import main
+from zoo.files import OutputBusyError, output_lock
+
+
+def _copy(bundle, tmp_path, edit=None):
+    path = tmp_path / "copy"
+    shutil.copytree(bundle.path, path)
+    if edit is not None:
+        manifest = json.loads((path / "manifest.json").read_text())
+        edit(manifest)
+        (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+# --- 2. `export --force` replaces bundles only ----------------------------------------------------------
+
+def test_force_refuses_a_directory_that_only_looks_like_a_bundle(tmp_path, capsys):
+    web = tmp_path / "webext"
+    (web / "icons").mkdir(parents=True)
+    (web / "manifest.json").write_text('{"manifest_version": 3}')
+    (web / "background.js").write_text("x")
+    args = ["export", "--model", "conv", "--hidden", "8", "--size", "8", "--formats", "torchscript", "--force", "--out"]
+    assert main([*args, str(web)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a diffzoo bundle" in err and "nothing was deleted" in err
+    assert sorted(p.name for p in web.iterdir()) == ["background.js", "icons", "manifest.json"]
+
+
+def test_force_refuses_a_bundle_with_files_it_does_not_list(tmp_path, capsys):
+    out = tmp_path / "b"
+    args = ["export", "--model", "conv", "--hidden", "8", "--size", "8", "--formats", "torchscript", "--out", str(out)]
+    assert main(args) == 0
+    (out / "notes.txt").write_text("mine")
+    assert main([*args, "--force"]) == 2
+    assert "not listed: ['notes.txt']" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    assert main([*args, "--force"]) == 0  # a real bundle is still replaced
+
+
+# --- 3. editing the manifest alone cannot change which verified graph runs -------------------------------
+
+@pytest.mark.parametrize("edit,mode,solver,match", [
+    (lambda m: m["artifacts"]["sampler"].update(body="fused_step_dpmpp"), "loop", "ddim", r"differ on \['body'\]"),
+    (lambda m: m["artifacts"]["fused_step"]["files"].update(onnx="fused_step_dpmpp.onnx"), "fused", "ddim",
+     r"differ on \['artifact', 'solver'\]"),
+    (lambda m: m["artifacts"]["fused_step"].update(solver="dpmpp_2m"), "fused", "dpmpp_2m", r"differ on \['solver'\]"),
+    (lambda m: m.update(clip_range=0.5), "fused", "ddim", r"differ on \['clip_range'\]"),
+])
+def test_a_graph_carries_its_identity_in_its_hashed_bytes(bundles, tmp_path, edit, mode, solver, match):
+    path = _copy(bundles["conv"], tmp_path, edit)
+    with pytest.raises(BundleError, match=match):
+        runtime.load(path, provider="cpu").sample(2, num_steps=3, mode=mode, solver=solver)
+
+
+def test_an_unstamped_bundle_is_held_to_the_table(bundles, tmp_path):
+    """A bundle from before identities were stamped loads, but only as the artifact table says."""
+    import onnx
+
+    from export.format.manifest import IDENTITY_KEY, sha256_file
+
+    def unstamp(m):
+        for name in ("fused_step.onnx", "fused_step_dpmpp.onnx"):
+            f = tmp_path / "copy" / name
+            proto = onnx.load(str(f))
+            keep = [(p.key, p.value) for p in proto.metadata_props if p.key != IDENTITY_KEY]
+            del proto.metadata_props[:]
+            for k, v in keep:
+                proto.metadata_props.add(key=k, value=v)
+            onnx.save(proto, str(f))
+            m["files"][name] = {"sha256": sha256_file(f), "size": f.stat().st_size}
+
+    path = _copy(bundles["conv"], tmp_path, unstamp)
+    assert runtime.load(path, provider="cpu").sample(2, num_steps=3, mode="fused").shape == (2, 3, 12, 12)
+    m = json.loads((path / "manifest.json").read_text())
+    m["artifacts"]["fused_step"]["files"]["onnx"] = "fused_step_dpmpp.onnx"
+    (path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="carries no identity.*not the table's: re-export"):
+        runtime.load(path, provider="cpu").sample(2, num_steps=3, mode="fused")
+
+
+# --- 4. the single-writer lock --------------------------------------------------------------------------
+
+def test_two_spellings_of_one_output_share_one_lock(tmp_path):
+    (tmp_path / "cc" / "x").mkdir(parents=True)
+    with output_lock(tmp_path / "cc" / "b"):
+        with pytest.raises(OutputBusyError):
+            with output_lock(tmp_path / "cc" / "x" / ".." / "b"):
+                pass
+
+
+def test_a_lock_directory_that_is_not_private_or_a_planted_link_is_refused(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    lock_dir = tmp_path / f"diffzoo-locks-{os.getuid()}"
+    lock_dir.mkdir(mode=0o777)
+    lock_dir.chmod(0o777)
+    with pytest.raises(PermissionError, match="open to other users"):
+        with output_lock(tmp_path / "out"):
+            pass
+    lock_dir.chmod(0o700)
+    with output_lock(tmp_path / "out") as lock:  # a private directory of ours: fine
+        assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+    victim = tmp_path / "victim"
+    lock.unlink()
+    lock.symlink_to(victim)  # another user planting <key>.lock -> a file of their choice
+    with pytest.raises(PermissionError, match="a link there is refused"):
+        with output_lock(tmp_path / "out"):
+            pass
+    assert not victim.exists()
+    shutil.rmtree(lock_dir)
+    lock_dir.symlink_to(tmp_path)  # the directory itself a link
+    with pytest.raises(PermissionError, match="is not a directory"):
+        with output_lock(tmp_path / "out"):
+            pass
+
+
+# --- 5. outputs never replace what is not a regular file -------------------------------------------------
+
+def test_an_output_that_is_not_a_regular_file_is_refused(bundles, tmp_path, capsys):
+    fifo = tmp_path / "pipe.npy"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.npy"
+    link.symlink_to(tmp_path / "elsewhere.npy")
+    for out, kind in ((fifo, "a device, FIFO or socket"), (link, "a symbolic link")):
+        assert main(["sample", str(bundles["conv"].path), "--provider", "cpu", "--n", "1", "--steps", "2", "--out", str(out)]) == 2
+        assert f"it exists and is {kind}, not a regular file" in capsys.readouterr().err
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and link.is_symlink() and not (tmp_path / "elsewhere.npy").exists()
+    from zoo.files import atomic_write
+
+    with pytest.raises(FileExistsError, match="not a regular file"):
+        atomic_write(fifo, b"x")  # the library's own writer refuses too (eval --json, images, checkpoints)
