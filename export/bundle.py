@@ -104,6 +104,8 @@ def _check_args(model, out_dir, o: ExportOptions, schedule: Schedule, example_sh
             f"num_train_timesteps={model.config.num_train_timesteps}"
         )
     out = Path(out_dir)
+    if not str(out_dir).strip() or out.name in ("", ".", ".."):
+        raise ValueError(f"out_dir={str(out_dir)!r} is invalid: a bundle needs a directory of its own (e.g. bundles/NAME)")
     if out.is_symlink():
         raise ValueError(f"{str(out)!r} is a symbolic link: pass the directory it points to ({str(out.resolve())!r})")
     _check_target(out, o.force)

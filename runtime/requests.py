@@ -9,6 +9,7 @@ point (the CLI's flags read them).
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal
@@ -95,6 +96,10 @@ def check_output(path: str | os.PathLike, *, suffixes: Iterable[str] | None = IM
     check_replaceable(out)  # a device, link or FIFO is never replaced by the output
     if not out.absolute().parent.is_dir():
         raise FileNotFoundError(f"the directory of {str(out)!r} does not exist")
+    try:  # a real probe: a read-only directory or file system fails here, not after the sampling
+        tempfile.TemporaryFile(dir=out.absolute().parent).close()
+    except OSError as e:
+        raise PermissionError(f"cannot write into the directory of {str(out)!r}: {e.strerror}") from None
     if channels is not None and channels not in (1, 3) and out.suffix.lower() != ".npy":
         raise ValueError(f"cannot write {channels}-channel images to {str(out)!r}: image files hold 1 or 3 channels; "
                          "use a .npy output")

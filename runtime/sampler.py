@@ -257,9 +257,13 @@ class Sampler:
         self, x_T: np.ndarray, timesteps: np.ndarray, noise: np.ndarray | None, eta: float, mode: Mode,
         callback: StepCallback | None = None, solver: str = "ddim",
     ) -> np.ndarray:
-        """One batch through ``mode``: x_T (B, C, H, W), noise (S, B, C, H, W) when eta > 0."""
+        """One batch through ``mode``: x_T (B, C, H, W) float32, noise (S, B, C, H, W) float32 when eta > 0.
+
+        ``timesteps``: S distinct, descending integers in 0..T-1 (``Sampler.timesteps`` gives them).
+        """
         stochastic = eta > 0
         self.check(len(timesteps), eta, "leading", mode, solver)  # raises, naming the bad value
+        x_T, timesteps, noise = self._check_batch(x_T, timesteps, noise, stochastic)
         artifact = self.artifact(MODE_KINDS[mode], solver, stochastic)
         if mode == "loop":
             sess = self.session(artifact)
@@ -273,6 +277,24 @@ class Sampler:
         if mode == "fused" and self.device == "cuda" and self.cuda.cuda_graph:
             return self._run_fused_cuda_graph(artifact, solver, x_T, timesteps, noise, eta, callback)
         return self._run_per_step(artifact, solver, x_T, timesteps, noise, eta, mode, callback)
+
+    def _check_batch(self, x_T, timesteps, noise, stochastic: bool):
+        """``run_batch``'s arrays as the graphs take them, or one ``ValueError``/``TypeError`` naming the bad one."""
+        x_T, ts = np.asarray(x_T), np.asarray(timesteps)
+        if x_T.ndim != 4 or tuple(x_T.shape[1:2]) != self.shape[:1] or x_T.dtype != np.float32:
+            raise TypeError(f"x_T has shape {x_T.shape} and dtype {x_T.dtype}: expected float32 (B, {self.shape[0]}, H, W)")
+        T = self.schedule.num_train_timesteps
+        if (ts.ndim != 1 or not np.issubdtype(ts.dtype, np.integer) or len(ts) == 0 or ts.min() < 0 or ts.max() >= T
+                or np.any(np.diff(ts) >= 0)):
+            raise ValueError(f"timesteps={ts.tolist()[:8]}{'...' if ts.size > 8 else ''} are invalid: expected distinct, "
+                             f"descending integers in 0..{T - 1} (Sampler.timesteps gives them)")
+        if stochastic:
+            noise = np.asarray(noise) if noise is not None else None
+            want = (len(ts), *x_T.shape)
+            if noise is None or noise.shape != want or noise.dtype != np.float32:
+                got = "none" if noise is None else f"{noise.dtype} {noise.shape}"
+                raise TypeError(f"noise is {got}: eta > 0 needs float32 noise of shape (S, B, C, H, W) = {want}")
+        return np.ascontiguousarray(x_T), ts.astype(np.int64), noise
 
     def _run_per_step(self, artifact, solver, x_T, timesteps, noise, eta, mode, callback) -> np.ndarray:
         """``fused``: the fused step per timestep; ``step``: the denoiser, then the solver step.

@@ -149,3 +149,116 @@ def test_an_output_that_is_not_a_regular_file_is_refused(bundles, tmp_path, caps
 
     with pytest.raises(FileExistsError, match="not a regular file"):
         atomic_write(fifo, b"x")  # the library's own writer refuses too (eval --json, images, checkpoints)
+
+
+# --- 11. the Python API's math on the wrong dtype --------------------------------------------------------
+
+def test_integer_arrays_are_refused_not_turned_into_nan():
+    import numpy as np
+
+    x = np.ones((1, 1, 2, 2), np.int64)
+    with pytest.raises(TypeError, match="x_t has dtype int64: expected a floating-point"):
+        zoo.ddim_step(x, x, 0.5, 0.7)
+    with pytest.raises(TypeError, match="x_t has dtype int64"):
+        zoo.dpmpp_2m_step(x, x, x, 0.5, 0.7, 0.0)
+    with pytest.raises(TypeError, match="x0 has dtype uint8"):
+        zoo.make_training_sample(np.zeros((1, 1, 2, 2), np.uint8), np.zeros((1, 1, 2, 2), np.uint8), 0.5)
+    assert np.isfinite(zoo.ddim_step(x.astype(np.float32), x.astype(np.float32), 0.5, 0.7)).all()
+
+
+@pytest.mark.parametrize("kwargs,match", [({"s": float("inf")}, r"s=inf is invalid: expected a finite number >= 0"),
+                                          ({"s": float("nan")}, "s=nan is invalid")])
+def test_cosine_schedule_refuses_non_finite_s(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        zoo.cosine_schedule(1000, **kwargs)
+
+
+def test_runtime_arguments_of_the_wrong_type_are_one_clear_error(bundles):
+    import numpy as np
+
+    path = bundles["conv"].path
+    with pytest.raises(ValueError, match=r"threads=2.5 is invalid: expected an integer >= 1"):
+        runtime.load(path, provider="cpu", threads=2.5)
+    s = runtime.load(path, provider="cpu")
+    x = np.zeros((2, 3, 12, 12), np.float32)
+    ts = s.timesteps(3)
+    with pytest.raises(TypeError, match=r"x_T has shape \(2, 3, 12, 12\) and dtype float64: expected float32"):
+        s.run_batch(x.astype(np.float64), ts, None, 0.0, "loop")
+    for bad in (np.array([1200, 600, 0]), np.array([0, 500, 900]), np.array([5, 5, 0])):
+        with pytest.raises(ValueError, match="expected distinct, descending integers in 0..999"):
+            s.run_batch(x, bad, None, 0.0, "fused")
+    with pytest.raises(TypeError, match=r"eta > 0 needs float32 noise of shape \(S, B, C, H, W\) = \(3, 2, 3, 12, 12\)"):
+        s.run_batch(x, ts, None, 0.5, "fused")
+    assert s.run_batch(x, ts, None, 0.0, "loop").shape == x.shape
+
+
+# --- 10. failures after the work is done, and partial files left ----------------------------------------
+
+def test_a_model_with_fewer_timesteps_than_the_sample_grid_trains_to_the_end(tmp_path):
+    from zoo.training.train import TrainConfig, train
+
+    cfg = TrainConfig(model="conv", model_config={"hidden": 4, "num_train_timesteps": 1}, size=8, steps=2, batch=4,
+                      checkpoint_every=2)
+    r = train(cfg, tmp_path / "run", progress=False)
+    assert r.step == 2 and (tmp_path / "run" / "samples" / "step_0000002.png").is_file()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["train", "--seed", "18446744073709551615", "--out", "RUN"], r"seed=18446744073709551615 is invalid: expected an integer in 0..4294967295"),
+    (["train", "--out", ""], "out_dir='' is invalid: a run needs a directory of its own"),
+    (["export", "--model", "conv", "--out", "."], "out_dir='.' is invalid: a bundle needs a directory of its own"),
+    (["export", "--model", "conv", "--out", ""], "out_dir='' is invalid"),
+])
+def test_bad_outputs_and_seeds_are_refused_before_any_work(tmp_path, monkeypatch, capsys, args, match):
+    monkeypatch.chdir(tmp_path)
+    assert main([a.replace("RUN", str(tmp_path / "run")) for a in args]) == 2
+    assert pytest.importorskip("re").search(match, capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []  # no config.json, no samples/, nothing trained into the current directory
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_sampling(bundles, tmp_path, capsys):
+    out_dir = tmp_path / "dir.png"
+    out_dir.mkdir()
+    assert main(["sample", str(bundles["conv"].path), "--provider", "cpu", "--steps", "2", "--out", str(out_dir)]) == 2
+    assert "it is a directory" in capsys.readouterr().err
+    assert main(["eval", str(bundles["conv"].path), "--json", str(out_dir), "--data", "digits"]) == 2
+    assert "it is a directory" in capsys.readouterr().err
+
+
+def test_resume_removes_what_an_interrupted_checkpoint_left(tmp_path):
+    from zoo.training.train import TrainConfig, train
+
+    cfg = TrainConfig(model="conv", model_config={"hidden": 4}, size=8, steps=4, batch=4, checkpoint_every=2)
+    train(cfg, tmp_path / "run", progress=False, until=2)
+    left = [tmp_path / "run" / "checkpoints" / ".step_0000004.partial-x1", tmp_path / "run" / ".config.json.abc.tmp"]
+    left[0].mkdir()
+    left[1].write_text("partial")
+    train(cfg, tmp_path / "run", resume=True, progress=False)
+    assert not any(p.exists() for p in left)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_0000002", "step_0000004"]
+
+
+def test_sigterm_leaves_no_partial_output(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "runtime.apps.cli", "train", "--model", "conv", "--hidden", "4", "--size", "8",
+           "--steps", "100000", "--batch", "4", "--checkpoint-every", "1", "--device", "cpu", "--out", str(run)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoints").is_dir() or len(list((run / "checkpoints").iterdir())) < 2:
+            assert time.monotonic() < deadline and p.poll() is None, p.stderr.read() if p.poll() is not None else "timeout"
+            time.sleep(0.2)
+        time.sleep(1.0)  # checkpointing every step: the signal lands in or near a staged write
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 143 and "diffzoo train: terminated (SIGTERM); nothing partial was left" in err
+    partial = [q for q in run.rglob(".*") if ".partial-" in q.name or q.name.endswith(".tmp") or q.name.startswith(".last.")]
+    assert partial == []

@@ -153,6 +153,14 @@ def _coef(a: Any, x: Any) -> Any:
     return a
 
 
+def _check_float(name: str, x: Any) -> None:
+    """Refuse an integer or boolean array: the solver arithmetic would cast alpha-bar to it (0) and return NaN."""
+    floating = x.dtype.is_floating_point if _is_torch(x) else np.issubdtype(np.asarray(x).dtype, np.floating)
+    if not floating:
+        raise TypeError(f"{name} has dtype {x.dtype}: expected a floating-point array or tensor (convert it, "
+                        "e.g. x.astype(np.float32) or x.float(), scaling images to [-1, 1] first)")
+
+
 def _check_alpha(name: str, a: Any, low: float, high: float, closed: str) -> None:
     """Refuse a non-finite or out-of-range alpha-bar given as a number or numpy array (tensors are traced graphs' inputs)."""
     if _is_torch(a):
@@ -177,6 +185,8 @@ def make_training_sample(x0: Any, eps: Any, alpha_bar_t: Any) -> tuple[Any, Any]
     """
     if tuple(x0.shape) != tuple(eps.shape):
         raise ValueError(f"x0 has shape {tuple(x0.shape)} but eps has shape {tuple(eps.shape)}: they must match")
+    _check_float("x0", x0)
+    _check_float("eps", eps)
     a = _coef(alpha_bar_t, x0)
     return a**0.5 * x0 + (1 - a) ** 0.5 * eps, eps
 
@@ -209,6 +219,8 @@ def ddim_step(
             raise ValueError(f"eta={eta!r} > 0 needs `noise` of shape {tuple(x_t.shape)}; none was given")
     if clip_range is not None and not clip_range > 0:
         raise ValueError(f"clip_range={clip_range!r} is invalid: expected a positive number or None")
+    _check_float("x_t", x_t)
+    _check_float("eps", eps)
     _check_alpha("alpha_bar_t", alpha_bar_t, 0.0, 1.0, "()")
     _check_alpha("alpha_bar_prev", alpha_bar_prev, 0.0, 1.0, "(]")
     a_t = _coef(alpha_bar_t, x_t)
@@ -257,6 +269,8 @@ def dpmpp_2m_step(
     """
     if clip_range is not None and not clip_range > 0:
         raise ValueError(f"clip_range={clip_range!r} is invalid: expected a positive number or None")
+    for name, v in (("x_t", x_t), ("eps", eps), ("x0_last", x0_last)):
+        _check_float(name, v)
     _check_alpha("alpha_bar_t", alpha_bar_t, 0.0, 1.0, "()")
     _check_alpha("alpha_bar_prev", alpha_bar_prev, 0.0, 1.0, "(]")
     _check_alpha("alpha_bar_last", alpha_bar_last, 0.0, 1.0, "[)")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 __all__ = ["atomic_write", "write_synced", "default_mode", "staged_dir", "replace_dir", "output_lock", "OutputBusyError",
-           "clean_leftovers", "check_replaceable"]
+           "clean_leftovers", "clean_partials", "check_replaceable"]
 
 
 class OutputBusyError(OSError):
@@ -169,6 +169,23 @@ def _lock_dir() -> Path:
                 else f"mode {stat.S_IMODE(st.st_mode):o}, open to other users")
         raise PermissionError(f"the lock directory {str(path)!r} is {what}: refusing to use it (remove it, or set TMPDIR)")
     return path
+
+
+def clean_partials(*directories: str | os.PathLike) -> list[Path]:
+    """Remove every interrupted write inside ``directories``: staged ``.*.partial-*`` / ``.*.old-*`` directories
+    and ``atomic_write``'s ``.*.tmp`` files. Only while holding the output lock of what contains them."""
+    gone = []
+    for d in map(Path, directories):
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            if p.name.startswith(".") and (".partial-" in p.name or ".old-" in p.name) and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+                gone.append(p)
+            elif p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+                gone.append(p)
+    return gone
 
 
 @contextlib.contextmanager

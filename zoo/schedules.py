@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from zoo.validate import check_int
+from zoo.validate import check_int, check_real
 
 __all__ = ["Schedule", "linear_schedule", "cosine_schedule", "make_schedule", "SCHEDULES"]
 
@@ -61,6 +61,7 @@ def _finish(name: str, params: dict[str, Any], betas: np.ndarray) -> Schedule:
 def linear_schedule(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
     """Betas spaced linearly from ``beta_start`` to ``beta_end`` (DDPM's choice for T=1000)."""
     num_train_timesteps = _check_T(num_train_timesteps)
+    beta_start, beta_end = check_real("beta_start", beta_start), check_real("beta_end", beta_end)
     if not 0.0 < beta_start <= beta_end < 1.0:
         raise ValueError(
             f"beta_start={beta_start!r}, beta_end={beta_end!r} are invalid: expected 0 < beta_start <= beta_end < 1"
@@ -73,8 +74,7 @@ def linear_schedule(num_train_timesteps: int = 1000, beta_start: float = 1e-4, b
 def cosine_schedule(num_train_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
     """alpha-bar(t) = cos^2(((t/T + s)/(1 + s)) * pi/2), betas clipped at ``max_beta`` (Improved DDPM eq. 17)."""
     num_train_timesteps = _check_T(num_train_timesteps)
-    if not s >= 0.0:
-        raise ValueError(f"s={s!r} is invalid: expected s >= 0")
+    s = check_real("s", s, 0.0)  # finite: s = inf gives NaN alpha-bars
     if not 0.0 < max_beta < 1.0:
         raise ValueError(f"max_beta={max_beta!r} is invalid: expected 0 < max_beta < 1")
 

@@ -51,9 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every ``finally`` and staged-output cleanup runs."""
+
+
+def _terminate(signum, frame):  # noqa: ARG001
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    # SIGTERM unwinds like an exception: staged directories and temp files are removed, nothing partial is left
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return args.func(args)
     except Exception as e:  # noqa: BLE001  sorted below: a user error or a failure is one line, a bug a traceback
@@ -65,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"diffzoo {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"diffzoo {args.command}: terminated (SIGTERM); nothing partial was left", file=sys.stderr)
+        return 143
+    finally:
+        if main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _exit_status(e: Exception) -> int | None:

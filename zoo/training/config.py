@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 
 from zoo.validate import check_int, check_real
 
-__all__ = ["TrainConfig", "LR_SCHEDULES", "DEVICES"]
+__all__ = ["TrainConfig", "LR_SCHEDULES", "DEVICES", "MAX_SEED"]
 
 LR_SCHEDULES = ("constant", "cosine")
+MAX_SEED = 2**32 - 1
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -37,8 +38,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # numpy scalars are welcome and stored as Python numbers (the config is written as JSON)
         for name, low in (("size", 1), ("steps", 1), ("batch", 1), ("checkpoint_every", 1), ("sample_steps", 1),
-                          ("log_every", 1), ("seed", 0), ("sample_every", 0)):
+                          ("log_every", 1), ("sample_every", 0)):
             object.__setattr__(self, name, check_int(name, getattr(self, name), low))
+        # every step's generator is seeded by seed * 1_000_003 + step, which must fit torch's 64-bit seed
+        object.__setattr__(self, "seed", check_int("seed", self.seed, 0, MAX_SEED))
         for name, low, open_low in (("lr", 0.0, True), ("weight_decay", 0.0, False), ("grad_clip", 0.0, True),
                                     ("ema_decay", 0.0, False)):
             object.__setattr__(self, name, check_real(name, getattr(self, name), low, open_low=open_low))

@@ -28,7 +28,7 @@ from torch.optim.swa_utils import AveragedModel
 from zoo.allocator import tune_allocator
 from zoo.diffusion import make_training_sample
 from zoo.samplers import ddim_sample
-from zoo.files import atomic_write, output_lock, staged_dir, write_synced
+from zoo.files import atomic_write, clean_partials, output_lock, staged_dir, write_synced
 from zoo.images import save_grid
 from zoo.registry import build, parameter_count
 from zoo.resources import check_fits
@@ -135,8 +135,12 @@ def train(
     only rank 0 writes files. Raises ValueError/FileNotFoundError/FileExistsError on bad input,
     and ``zoo.files.OutputBusyError`` if another process is training into the same ``out_dir``.
     """
+    if not str(out_dir).strip() or Path(out_dir).name in ("", ".", ".."):
+        raise ValueError(f"out_dir={str(out_dir)!r} is invalid: a run needs a directory of its own (e.g. runs/NAME)")
     writer = int(os.environ.get("RANK", "0")) == 0
     with output_lock(out_dir) if writer else contextlib.nullcontext():
+        if writer:
+            clean_partials(Path(out_dir), Path(out_dir) / "checkpoints")  # what an interrupted run left (under the lock)
         return _train(cfg, Path(out_dir), resume, progress, until)
 
 
@@ -275,7 +279,8 @@ class _TrainLoop:
     def sample(self, done: int) -> None:
         """A grid of the EMA model's samples from fixed noise, ``samples/step_N.png``."""
         self.ema.module.eval()
-        x = ddim_sample(self.ema.module, self.schedule, self.x_fixed.to(self.device), num_steps=self.cfg.sample_steps)
+        steps = min(self.cfg.sample_steps, self.schedule.num_train_timesteps)  # a model with T < 20 samples T steps
+        x = ddim_sample(self.ema.module, self.schedule, self.x_fixed.to(self.device), num_steps=steps)
         save_grid(self.out / "samples" / f"step_{done:07d}.png", x)
 
     def finish(self, stop: int, seconds: float) -> TrainResult:
