@@ -38,12 +38,12 @@ from export.loop import build_sampler_graph
 from export.onnx_export import DEFAULT_OPSET, EXPORTER, SUPPORTED_OPSETS, check_onnx, export_onnx
 from export.quantize import calibration_states, quantize_int8
 from export.torchscript import load_traced, save_traced
-from export.verify import INT8_LOOP_RTOL, INT8_STEP_RTOL, Check, compare_outputs, derived_atol, raise_on_failures
+from export.verify import INT8_LOOP_RTOL, INT8_STEP_RTOL, Check, check_atol, compare_outputs, derived_atol, raise_on_failures
 from export.wrappers import reference
 from zoo.files import clean_leftovers, output_lock, staged_dir
 from zoo.schedules import Schedule
 from zoo.solvers import SOLVERS
-from zoo.validate import check_int, check_real
+from zoo.validate import check_int
 from zoo.weights import save_weights
 
 __all__ = ["Bundle", "ExportOptions", "export_bundle", "load_model", "reference_outputs", "WEIGHTS_NAME", "VERIFY_STEPS"]
@@ -85,8 +85,7 @@ def _check_args(model, out_dir, o: ExportOptions, schedule: Schedule, example_sh
         raise ValueError(f"unknown format(s) {bad or list(o.formats)!r}: accepted are {list(FORMATS)}")
     if not o.solvers or any(x not in SOLVERS for x in o.solvers):
         raise ValueError(f"solvers={list(o.solvers)!r} is invalid: expected a non-empty subset of {list(SOLVERS)}")
-    if o.atol is not None:
-        check_real("atol", o.atol, 0.0, open_low=True, hint="or None to derive each bound")
+    check_atol(o.atol)
     if o.int8 and not getattr(model, "supports_int8", False):
         raise ValueError(f"int8=True is not available for the {model.name!r} model: {getattr(model, 'int8_note', 'no int8 path')}")
     if o.int8 and "onnx" not in o.formats:

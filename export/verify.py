@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from zoo.validate import check_real
+
 __all__ = [
     "FP32_FACTOR", "FP32_FLOOR_ULPS", "INT8_STEP_RTOL", "INT8_LOOP_RTOL",
     "Check", "ExportVerificationError", "compare_outputs", "derived_atol", "relative_rms", "raise_on_failures",
@@ -113,3 +115,14 @@ def raise_on_failures(checks: list[Check]) -> None:
     failures = [c for c in checks if not c.passed]
     if failures:
         raise ExportVerificationError(failures)
+
+
+def check_atol(atol: float | None) -> float | None:
+    """A user's bound on max |diff|, or ``ValueError``: 0 < atol < 1 (samples lie in [-1, 1]; 1 or more could never fail)."""
+    if atol is None:
+        return None
+    atol = check_real("atol", atol, 0.0, 1.0, open_low=True, hint="samples lie in [-1, 1]; or None to derive each bound")
+    if atol >= 1.0:
+        raise ValueError(f"atol={atol!r} is invalid: expected 0 < atol < 1 (samples lie in [-1, 1], so a bound of 1 or more "
+                         "could never fail); or None to derive each bound")
+    return atol

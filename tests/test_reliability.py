@@ -262,3 +262,75 @@ def test_sigterm_leaves_no_partial_output(tmp_path):
     assert p.returncode == 143 and "diffzoo train: terminated (SIGTERM); nothing partial was left" in err
     partial = [q for q in run.rglob(".*") if ".partial-" in q.name or q.name.endswith(".tmp") or q.name.startswith(".last.")]
     assert partial == []
+
+
+# --- 9. wrong data accepted silently --------------------------------------------------------------------
+
+def test_a_cifar_batch_with_too_few_labels_is_refused_and_cifar_has_classes(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from zoo.training.data import Cifar10
+
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+
+    def batch(n, labels):
+        return pickle.dumps({b"labels": labels, b"data": np.zeros((n, 3072), np.uint8)}, protocol=2)
+
+    (root / "test_batch").write_bytes(batch(50, list(range(10)) + [0] * 5))  # 15 labels for 50 images
+    with pytest.raises(ValueError, match=r"'labels' must be 50 integers in 0..9, one per image; got int64 \(15,\)"):
+        Cifar10(root, train=False)
+    (root / "test_batch").write_bytes(batch(4, [0, 1, 2, 3]))
+    ds = Cifar10(root, train=False)
+    assert ds.num_classes == 10 and ds.batch_labels([0, 3]).tolist() == [0, 3]  # eval can measure against CIFAR-10
+
+
+def _run(tmp_path, name, **kw):
+    from zoo.training.train import TrainConfig, train
+
+    cfg = TrainConfig(model="conv", model_config={"hidden": 4}, size=8, steps=4, batch=4, checkpoint_every=2, **kw)
+    return cfg, train(cfg, tmp_path / name, progress=False, until=2)
+
+
+def test_resume_refuses_a_state_from_another_checkpoint_or_run(tmp_path):
+    import torch
+
+    from zoo.training.runs import CHECKPOINT_STATE, load_state
+    from zoo.training.train import train
+
+    cfg, _ = _run(tmp_path, "a")
+    other = tmp_path / "b"
+    train(cfg, other, progress=False)  # step 4
+    ckpt, _ = load_state(tmp_path / "a")
+    state = torch.load(load_state(other)[0] / CHECKPOINT_STATE, weights_only=True)
+    torch.save(state, ckpt / CHECKPOINT_STATE)  # step 4's state inside step_0000002
+    with pytest.raises(ValueError, match="holds step 4 but lives in 'step_0000002'"):
+        train(cfg, tmp_path / "a", resume=True, progress=False)
+    cfg, _ = _run(tmp_path, "c")
+    last = tmp_path / "c" / "last"
+    last.unlink()
+    last.symlink_to(load_state(other)[0])  # `last` pointing into another run
+    with pytest.raises(ValueError, match="outside this run's checkpoints/: refusing to resume another run's state"):
+        train(cfg, tmp_path / "c", resume=True, progress=False)
+
+
+def test_resume_refuses_a_changed_ema_decay(tmp_path):
+    import dataclasses
+
+    from zoo.training.train import train
+
+    cfg, _ = _run(tmp_path, "a")
+    with pytest.raises(ValueError, match=r"--resume: the checkpoint has ema_decay=0.999 but this run asks for ema_decay=0.9"):
+        train(dataclasses.replace(cfg, ema_decay=0.9), tmp_path / "a", resume=True, progress=False)
+
+
+def test_an_atol_that_could_never_fail_and_a_boolean_format_version_are_refused(bundles, tmp_path):
+    with pytest.raises(ValueError, match=r"atol=1e\+300 is invalid: expected a finite number with 0.0 < x <= 1.0|atol=1e\+300 is invalid"):
+        export.export_bundle(zoo.build("conv", hidden=4), tmp_path / "b", example_shape=(3, 8, 8), atol=1e300)
+    with pytest.raises(ValueError, match="atol=1.0 is invalid: expected 0 < atol < 1"):
+        runtime.parity(bundles["conv"].path, provider="cpu", num_steps=2, atol=1.0)
+    path = _copy(bundles["conv"], tmp_path, lambda m: m.update(format_version=True))
+    with pytest.raises(BundleError, match="format_version=True"):
+        runtime.load(path, provider="cpu")

@@ -88,7 +88,7 @@ def load_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> dict[st
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{str(path)!r} is not valid JSON: {e}") from None
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:  # `true == 1` in Python: the type is checked too
         raise BundleVersionError(
             f"{str(path)!r} has format_version={version!r}; this diffzoo reads format_version={FORMAT_VERSION}"
         )

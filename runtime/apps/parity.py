@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from export.verify import derived_atol
+from export.verify import check_atol, derived_atol
 from runtime.noise import image_noise
 from runtime.providers import CudaOptions
 from runtime.sampler import MODES, load
@@ -144,6 +144,7 @@ def parity(
         raise ValueError(f"unknown mode(s) {bad or modes!r}: expected a subset of {list(MODES)}")
     batch = check_int("batch", batch, 1)
     eta = check_real("eta", eta, 0.0, 1.0, hint="0 = DDIM, 1 = DDPM-like")
+    atol = check_atol(atol)
     # TF32 alone moves fp32 results by ~1e-3: off on both sides for a parity run.
     sampler = load(bundle_dir, provider=provider, strict=strict, cuda=CudaOptions(tf32=False))
     for mode in modes:

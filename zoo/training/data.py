@@ -247,6 +247,7 @@ class Cifar10(ImageDataset):
     """
 
     size = 32
+    num_classes = 10
 
     def __init__(self, path: str | os.PathLike, train: bool = True, verify_md5: bool = False):
         path = Path(path)
@@ -260,8 +261,13 @@ class Cifar10(ImageDataset):
             arr = np.asarray(_key(d, "data"))
             if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != 3 * 32 * 32:
                 raise ValueError(f"{path}/{name}: 'data' must be uint8 (N, 3072); got {arr.dtype} {arr.shape}")
+            batch_labels = np.asarray(_key(d, "labels"))
+            if batch_labels.shape != (len(arr),) or not np.issubdtype(batch_labels.dtype, np.integer) or (
+                    len(arr) and not 0 <= batch_labels.min() <= batch_labels.max() < self.num_classes):
+                raise ValueError(f"{path}/{name}: 'labels' must be {len(arr)} integers in 0..{self.num_classes - 1}, one per "
+                                 f"image; got {batch_labels.dtype} {batch_labels.shape}")
             data.append(arr.reshape(-1, 3, 32, 32))
-            labels.extend(int(v) for v in _key(d, "labels"))
+            labels.extend(int(v) for v in batch_labels)
         self.data = np.concatenate(data)  # (N, 3, 32, 32) uint8
         self.labels = np.asarray(labels, np.int64)
 

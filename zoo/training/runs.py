@@ -26,6 +26,10 @@ def load_state(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     if not last.exists():
         raise FileNotFoundError(f"no checkpoint in {str(run_dir)!r} (expected {str(last)!r}): nothing to resume")
     ckpt = last.resolve()
+    checkpoints = (Path(run_dir) / "checkpoints").resolve()
+    if ckpt.parent != checkpoints or not ckpt.name.startswith("step_"):
+        raise ValueError(f"{str(last)!r} points to {str(ckpt)!r}, outside this run's checkpoints/: refusing to resume "
+                         "another run's state")
     path = ckpt / CHECKPOINT_STATE
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -38,6 +42,9 @@ def load_state(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ValueError(f"{str(path)!r} is not a diffzoo training state: it lacks {missing}")
+    if not isinstance(state["step"], int) or ckpt.name != f"step_{state['step']:07d}":
+        raise ValueError(f"{str(path)!r} holds step {state['step']!r} but lives in {ckpt.name!r}: a state copied from "
+                         "another checkpoint or run; refusing to resume from it")
     return ckpt, state
 
 

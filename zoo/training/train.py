@@ -96,7 +96,8 @@ def _ema_avg(decay: float):
 
 
 def _compatible(saved: dict, cfg: TrainConfig) -> None:
-    for key in ("model", "model_config", "size", "data", "schedule", "schedule_params", "batch", "seed", "lr", "lr_schedule"):
+    for key in ("model", "model_config", "size", "data", "schedule", "schedule_params", "batch", "seed", "lr", "lr_schedule",
+                "ema_decay", "weight_decay", "grad_clip"):
         if saved[key] != getattr(cfg, key):
             raise ValueError(
                 f"--resume: the checkpoint has {key}={saved[key]!r} but this run asks for {key}={getattr(cfg, key)!r}"
