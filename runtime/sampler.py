@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from export.format.artifacts import MODE_KINDS, carried, select
-from export.format.manifest import check_identity, load_manifest, read_verified
+from export.format.manifest import BundleError, check_identity, load_manifest, read_verified
 from runtime.noise import image_noise
 from runtime.providers import CudaOptions, ProviderUnavailableError, resolve_provider, session_providers
 from runtime.requests import MODES, PRECISIONS, Mode, SampleRequest, check_settings
@@ -35,6 +35,10 @@ __all__ = ["MODES", "Mode", "PRECISIONS", "Sampler", "load", "check_settings", "
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = SampleRequest.batch_size
+# What onnxruntime raises for a graph it cannot load or run (its pybind classes derive from Exception alone).
+ORT_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, n) for n in (
+    "Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoSuchFile", "NoModel", "NotImplemented",
+    "RuntimeException", "EngineError", "ModelLoaded") if hasattr(ort.capi.onnxruntime_pybind11_state, n))
 
 # callback(i, t, eps or None, x_prev) after each step, for parity reports; eps is None where the
 # mode does not expose it (fused), and the loop mode reports only its final x_0.
@@ -154,8 +158,16 @@ class Sampler:
             so = self._options()
             so.optimized_model_filepath = str(Path(tmp) / "fused.onnx")
             so.log_severity_level = 3  # its "hardware specific" warning is the point: built here, used here
-            ort.InferenceSession(fused, sess_options=so, providers=["CPUExecutionProvider"])
-            body = onnx.load(so.optimized_model_filepath)
+            try:
+                ort.InferenceSession(fused, sess_options=so, providers=["CPUExecutionProvider"])
+                body = onnx.load(so.optimized_model_filepath)
+            except ORT_ERRORS as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                raise BundleError(f"the {entry['body']!r} graph of the bundle {str(self.path)!r} cannot be loaded by "
+                                  f"onnxruntime: {first}") from None
+            except OSError as e:  # the optimised copy could not be written (disk full, a file-size limit)
+                raise OSError(f"cannot write the CPU-optimised loop body to the temporary file "
+                              f"{so.optimized_model_filepath!r}: {e.strerror or e}") from None
         return build_sampler_graph(body, stochastic=entry["stochastic"]).SerializeToString()
 
     def artifact(self, kind: str, solver: str | None = None, stochastic: bool = False) -> str:
@@ -186,8 +198,13 @@ class Sampler:
             model: bytes = self._cpu_loop_model(artifact)
         else:
             model = self._onnx_bytes(artifact)
-        return ort.InferenceSession(model, sess_options=self._options(),
-                                    providers=session_providers(self.device, self.cuda, cuda_graph))
+        try:
+            return ort.InferenceSession(model, sess_options=self._options(),
+                                        providers=session_providers(self.device, self.cuda, cuda_graph))
+        except ORT_ERRORS as e:  # a graph that passed its hash but not onnxruntime: an unknown op, a bad model
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise BundleError(f"the {artifact!r} graph of the bundle {str(self.path)!r} cannot be loaded by onnxruntime: "
+                              f"{first}") from None
 
     def _fall_back_to_cpu(self, why: str) -> None:
         if self.strict:
@@ -273,10 +290,19 @@ class Sampler:
             (x0,) = sess.run(["x_0"], _by_name(sess, feed))
             if callback is not None:
                 callback(len(timesteps) - 1, int(timesteps[-1]), None, x0)
-            return x0
+            return self._checked_output(x0, x_T, artifact)
         if mode == "fused" and self.device == "cuda" and self.cuda.cuda_graph:
-            return self._run_fused_cuda_graph(artifact, solver, x_T, timesteps, noise, eta, callback)
-        return self._run_per_step(artifact, solver, x_T, timesteps, noise, eta, mode, callback)
+            x = self._run_fused_cuda_graph(artifact, solver, x_T, timesteps, noise, eta, callback)
+        else:
+            x = self._run_per_step(artifact, solver, x_T, timesteps, noise, eta, mode, callback)
+        return self._checked_output(x, x_T, artifact)
+
+    def _checked_output(self, x: np.ndarray, x_T: np.ndarray, artifact: str) -> np.ndarray:
+        """A graph's result must have x_T's shape and dtype, as its manifest entry declares."""
+        if x.shape != x_T.shape or x.dtype != np.float32:
+            raise BundleError(f"the {artifact!r} graph of the bundle {str(self.path)!r} returned {x.dtype} {x.shape} for x_T "
+                              f"{x_T.shape}: not the graph its manifest declares")
+        return x
 
     def _check_batch(self, x_T, timesteps, noise, stochastic: bool):
         """``run_batch``'s arrays as the graphs take them, or one ``ValueError``/``TypeError`` naming the bad one."""

@@ -334,3 +334,92 @@ def test_an_atol_that_could_never_fail_and_a_boolean_format_version_are_refused(
     path = _copy(bundles["conv"], tmp_path, lambda m: m.update(format_version=True))
     with pytest.raises(BundleError, match="format_version=True"):
         runtime.load(path, provider="cpu")
+
+
+# --- 7. tracebacks for bad input, now one line each -----------------------------------------------------
+
+def test_json_nested_too_deep_is_one_line(bundles, tmp_path, capsys):
+    path = _copy(bundles["conv"], tmp_path)
+    (path / "manifest.json").write_text("[" * 5000 + "]" * 5000)
+    assert main(["sample", str(path), "--provider", "cpu", "--out", str(tmp_path / "x.png")]) == 2
+    assert "nests its JSON too deeply" in capsys.readouterr().err
+    import struct
+
+    from zoo.weights import load_weights
+
+    header = json.dumps({"__metadata__": {"diffzoo": "[" * 5000 + "]" * 5000}}).encode()
+    (tmp_path / "w.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(ValueError, match="its diffzoo metadata is not valid JSON"):
+        load_weights(tmp_path / "w.safetensors")
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda s: s["config"].pop("lr"), r"the checkpoint's config lacks \['lr'\]"),
+    (lambda s: s.update(ema={}), "the checkpoint's weights do not fit"),
+    (lambda s: s["model"].update({k: v[:1] for k, v in list(s["model"].items())[:1]}), "the checkpoint's weights do not fit"),
+])
+def test_a_damaged_training_state_is_one_line(tmp_path, capsys, damage, match):
+    import torch
+
+    from zoo.training.runs import CHECKPOINT_STATE, load_state
+
+    args = ["train", "--model", "conv", "--hidden", "4", "--size", "8", "--steps", "4", "--batch", "4",
+            "--checkpoint-every", "2", "--out", str(tmp_path / "run")]
+    assert main([*args[:-2], "--steps", "2", "--out", str(tmp_path / "run")]) == 0
+    ckpt, state = load_state(tmp_path / "run")
+    damage(state)
+    torch.save(state, ckpt / CHECKPOINT_STATE)
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and pytest.importorskip("re").search(match, err[0])
+
+
+@pytest.mark.parametrize("shape,labels,match", [
+    ((0, 4, 4), None, r"expected uint8 images \(N, H, W\), at least one image"),
+    ((3, 0, 4), None, "at least one image of at least 1 x 1 pixels"),
+    ((3, 4, 4), [0, -1, 2], r"holds labels -1..2 .*expected integers in 0..9999"),
+    ((3, 4, 4), [0, 2**31 - 1, 2], r"holds labels 0..2147483647"),
+])
+def test_bad_idx_files_are_one_line(tmp_path, shape, labels, match):
+    import struct
+
+    import numpy as np
+
+    from zoo.training.data import IdxImages
+
+    def write(path, arr, code):
+        path.write_bytes(bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.astype(arr.dtype.newbyteorder(">")).tobytes())
+
+    write(tmp_path / "train-images-idx3-ubyte", np.zeros(shape, np.uint8), 0x08)
+    if labels is not None:
+        write(tmp_path / "train-labels-idx1-ubyte", np.array(labels, np.int32), 0x0C)
+    with pytest.raises(ValueError, match=match):
+        IdxImages(tmp_path, 8)
+
+
+def test_hash_passing_graphs_that_onnxruntime_refuses_name_the_artifact(bundles, tmp_path, capsys):
+    import onnx
+    from onnx import helper
+
+    from export.format.manifest import IDENTITY_KEY, sha256_file
+
+    def replace(m, data):
+        f = tmp_path / "copy" / "fused_step.onnx"
+        f.write_bytes(data)
+        m["files"][f.name] = {"sha256": sha256_file(f), "size": f.stat().st_size}
+
+    path = _copy(bundles["conv"], tmp_path, lambda m: replace(m, b"garbage" * 100))
+    assert main(["sample", str(path), "--provider", "cpu", "--mode", "fused", "--steps", "2", "--out", str(tmp_path / "x.png")]) == 2
+    assert "'fused_step' of the bundle" in capsys.readouterr().err
+    original = onnx.load(str(bundles["conv"].path / "fused_step.onnx"))
+    identity = next(p.value for p in original.metadata_props if p.key == IDENTITY_KEY)
+    node = helper.make_node("Mystery", ["x_t"], ["x_prev"], domain="evil.ops")
+    graph = helper.make_graph([node], "g", list(original.graph.input), list(original.graph.output))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("evil.ops", 1)])
+    model.metadata_props.add(key=IDENTITY_KEY, value=identity)  # a forger can stamp too: onnxruntime still refuses it
+    shutil.rmtree(path)
+    path = _copy(bundles["conv"], tmp_path, lambda m: replace(m, model.SerializeToString()))
+    assert main(["sample", str(path), "--provider", "cpu", "--mode", "fused", "--steps", "2", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the 'fused_step' graph of the bundle" in err[0] and "cannot be loaded by onnxruntime" in err[0]

@@ -87,6 +87,8 @@ def load_manifest(bundle_dir: str | os.PathLike, verify: bool = True) -> dict[st
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{str(path)!r} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BundleError(f"{str(path)!r} nests its JSON too deeply to be a diffzoo manifest") from None
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if type(version) is not int or version != FORMAT_VERSION:  # `true == 1` in Python: the type is checked too
         raise BundleVersionError(

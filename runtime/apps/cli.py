@@ -94,8 +94,10 @@ def _exit_status(e: Exception) -> int | None:
     from zoo.diffusion import NonFiniteSampleError
     from zoo.training import NonFiniteLossError
 
-    if isinstance(e, (NonFiniteSampleError, NonFiniteLossError, ExportVerificationError)):
-        return 1
+    from runtime.sampler import ORT_ERRORS
+
+    if isinstance(e, (NonFiniteSampleError, NonFiniteLossError, ExportVerificationError, *ORT_ERRORS)):
+        return 1  # ORT_ERRORS: a graph that loaded but failed while running (out of memory, a bad op)
     if isinstance(e, (ValueError, TypeError, OSError, ProviderUnavailableError)):
         return EXIT_USER_ERROR
     return None

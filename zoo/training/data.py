@@ -394,6 +394,9 @@ def read_idx(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) -> np.ndar
     return np.frombuffer(payload, dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
+MAX_CLASSES = 10_000  # a label beyond this is a corrupt file, not a class (it would size the classifier's head)
+
+
 class IdxImages(_InMemoryImages):
     """Greyscale images from IDX files: MNIST, Fashion-MNIST and their kin.
 
@@ -407,8 +410,9 @@ class IdxImages(_InMemoryImages):
     def __init__(self, path: str | os.PathLike, size: int, train: bool = True):
         images = self._find(Path(path), train)
         arr = read_idx(images)
-        if arr.ndim != 3 or arr.dtype != np.uint8:
-            raise ValueError(f"{str(images)!r} holds {arr.dtype} of shape {arr.shape}: expected uint8 images (N, H, W)")
+        if arr.ndim != 3 or arr.dtype != np.uint8 or min(arr.shape) < 1:
+            raise ValueError(f"{str(images)!r} holds {arr.dtype} of shape {arr.shape}: expected uint8 images (N, H, W), "
+                             "at least one image of at least 1 x 1 pixels")
         self.size, self.path = size, images
         self.data = _grey_images(arr / 255.0, size)
         labels_path = images.with_name(images.name.replace("images-idx3", "labels-idx1"))
@@ -416,6 +420,9 @@ class IdxImages(_InMemoryImages):
             labels = read_idx(labels_path)
             if labels.shape != (len(arr),):
                 raise ValueError(f"{str(labels_path)!r} has shape {labels.shape}: expected one label per image ({len(arr)})")
+            if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= MAX_CLASSES:
+                raise ValueError(f"{str(labels_path)!r} holds labels {labels.min()}..{labels.max()} ({labels.dtype}): "
+                                 f"expected integers in 0..{MAX_CLASSES - 1}")
             self.labels = labels.astype(np.int64)
             self.num_classes = int(self.labels.max()) + 1
 

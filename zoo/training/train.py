@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import time
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,9 +96,13 @@ def _ema_avg(decay: float):
     return avg
 
 
-def _compatible(saved: dict, cfg: TrainConfig) -> None:
-    for key in ("model", "model_config", "size", "data", "schedule", "schedule_params", "batch", "seed", "lr", "lr_schedule",
-                "ema_decay", "weight_decay", "grad_clip"):
+def _compatible(saved: Any, cfg: TrainConfig) -> None:
+    keys = ("model", "model_config", "size", "data", "schedule", "schedule_params", "batch", "seed", "lr", "lr_schedule",
+            "ema_decay", "weight_decay", "grad_clip")
+    missing = [k for k in keys if not isinstance(saved, dict) or k not in saved]
+    if missing:
+        raise ValueError(f"--resume: the checkpoint's config lacks {missing}: not a state this diffzoo wrote")
+    for key in keys:
         if saved[key] != getattr(cfg, key):
             raise ValueError(
                 f"--resume: the checkpoint has {key}={saved[key]!r} but this run asks for {key}={getattr(cfg, key)!r}"
@@ -194,10 +199,14 @@ class _TrainLoop:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.losses: list[tuple[int, float]] = []
         if saved is not None:
-            self.model.load_state_dict(saved["model"])
-            self.ema.load_state_dict(saved["ema"])
-            self.opt.load_state_dict(saved["optimizer"])
-            self.losses = [tuple(x) for x in saved.get("losses", [])]
+            try:
+                self.model.load_state_dict(saved["model"])
+                self.ema.load_state_dict(saved["ema"])
+                self.opt.load_state_dict(saved["optimizer"])
+                self.losses = [tuple(x) for x in saved.get("losses", [])]
+            except (RuntimeError, ValueError, KeyError, TypeError) as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ValueError(f"--resume: the checkpoint's weights do not fit this {cfg.model!r} model: {first}") from None
         self.net: nn.Module = self.model
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
