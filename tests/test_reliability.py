@@ -423,3 +423,48 @@ def test_hash_passing_graphs_that_onnxruntime_refuses_name_the_artifact(bundles,
     assert main(["sample", str(path), "--provider", "cpu", "--mode", "fused", "--steps", "2", "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the 'fused_step' graph of the bundle" in err[0] and "cannot be loaded by onnxruntime" in err[0]
+
+
+# --- 8. one bad image no longer aborts a folder ----------------------------------------------------------
+
+def test_every_decode_failure_is_skipped_counted_and_named(tmp_path, caplog):
+    import zlib
+
+    import numpy as np
+    from PIL import Image, PngImagePlugin
+
+    from zoo.training.data import ImageFolder
+
+    Image.fromarray(np.full((6, 6, 3), 200, np.uint8)).save(tmp_path / "good.png")
+    (tmp_path / "bad_header.ppm").write_bytes(b"P6 1x 4 255\n" + b"\0" * 48)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * (PngImagePlugin.MAX_TEXT_CHUNK + 10), zip=True)  # a zTXt chunk too large to decompress
+    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(tmp_path / "ztxt.png", pnginfo=info)
+    rng = np.random.default_rng(0)
+    good_ppm = b"P6 4 4 255\n" + bytes(48)
+    for i in range(40):  # mutated PPMs: every one is skipped or decoded, none escapes
+        blob = bytearray(good_ppm)
+        for j in rng.integers(0, len(blob), 3):
+            blob[j] = int(rng.integers(0, 256))
+        (tmp_path / f"fuzz{i:02d}.ppm").write_bytes(bytes(blob))
+    with caplog.at_level("WARNING"):
+        ds = ImageFolder(tmp_path, 4)
+    assert "good.png" in [p.name for p in ds.files]
+    assert "bad_header.ppm" not in [p.name for p in ds.files] and ds.skipped["unreadable"] >= 2
+    assert "first: bad_header.ppm (unreadable" in caplog.text
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from zoo.training.data import ImageFolder
+
+    arr = np.zeros((4, 8, 3), np.uint8)
+    arr[:, :4] = 255  # left half white, 8 wide x 4 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(arr).save(tmp_path / "rotated.jpg", exif=exif, quality=100)
+    x = ImageFolder(tmp_path, 8).batch([0])[0]  # displayed: 4 wide x 8 high, white on top; centre-cropped to 8x8
+    top, bottom = x[:, :2].mean(), x[:, -2:].mean()
+    assert top > 0.5 > -0.5 > bottom

@@ -449,8 +449,9 @@ MAX_PIXELS = 64_000_000  # larger images (or decompression bombs) are skipped be
 class ImageFolder(ImageDataset):
     """Images under ``root`` (flat, or ``root/<class>/*``), RGB, resized and centre-cropped to ``size``.
 
-    Every image is decoded once at scan time: unreadable, truncated, empty or enormous files, files
-    of an unknown pixel range and unreadable folders are skipped with counts in the log (``skipped``);
+    Every image is decoded once at scan time (EXIF orientation applied): files any decoder step
+    fails on, truncated, empty or enormous files, files of an unknown pixel range and unreadable
+    folders are skipped with counts in the log (``skipped``, naming the first few files);
     a folder with no usable image is an error naming it. Pixels are decoded by mode to [-1, 1]:
     8-bit modes as 0..255, 16-bit grey (``I;16``, or ``I`` within 0..65535) as 0..65535, float
     (``F``) as 0..1 (or 0..255 when its values exceed 1), grey replicated to RGB, and transparency
@@ -468,17 +469,20 @@ class ImageFolder(ImageDataset):
             from tqdm.auto import tqdm
 
             candidates = tqdm(candidates, desc=f"checking {self.root.name}", unit="image", leave=False)
+        skipped_files: list[str] = []
         for p in candidates:
             try:
                 self._decode(p)
             except _Skip as e:
                 self.skipped[e.reason] += 1
+                skipped_files.append(f"{p.name} ({e.reason}: {str(e)[:80]})")
                 log.info("%s: skipped (%s): %s", p, e.reason, e)
             else:
                 self.files.append(p)
         if any(self.skipped.values()):
-            log.warning("%s: %d usable images; skipped %s", self.root, len(self.files),
-                        ", ".join(f"{v} {k}" for k, v in self.skipped.items() if v))
+            first = "; ".join(skipped_files[:3]) + (", ..." if len(skipped_files) > 3 else "")
+            log.warning("%s: %d usable images; skipped %s, first: %s", self.root, len(self.files),
+                        ", ".join(f"{v} {k}" for k, v in self.skipped.items() if v), first)
         if not self.files:
             raise ValueError(f"image folder {str(self.root)!r} has no usable image ({', '.join(IMAGE_EXTENSIONS)})")
 
@@ -503,7 +507,7 @@ class ImageFolder(ImageDataset):
             raise ValueError(f"cannot decode image {str(self.files[i])!r}: {e}") from None
 
     def _decode(self, p: Path) -> torch.Tensor:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image, ImageOps
 
         try:
             with Image.open(p) as im:
@@ -513,9 +517,11 @@ class ImageFolder(ImageDataset):
                 if w * h > self.max_pixels:
                     raise _Skip("too large", f"{w}x{h} pixels > {self.max_pixels}")
                 im.load()
-                arr = _unit_range(im, p)
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as e:
-            raise _Skip("unreadable", str(e)) from None
+                arr = _unit_range(ImageOps.exif_transpose(im), p)  # as a viewer shows it: EXIF orientation applied
+        except _Skip:
+            raise
+        except Exception as e:  # noqa: BLE001  a decoder's failure on a bad file is any exception: skipped and counted
+            raise _Skip("unreadable", f"{type(e).__name__}: {e}") from None
         return torch.from_numpy(_resize_crop(arr, self.size) * 2.0 - 1.0)
 
 
