@@ -41,6 +41,7 @@ from export.torchscript import load_traced, save_traced
 from export.verify import INT8_LOOP_RTOL, INT8_STEP_RTOL, Check, check_atol, compare_outputs, derived_atol, raise_on_failures
 from export.wrappers import reference
 from zoo.files import clean_leftovers, output_lock, staged_dir
+from zoo.resources import activation_bytes, check_fits
 from zoo.schedules import Schedule
 from zoo.solvers import SOLVERS
 from zoo.validate import check_int
@@ -95,6 +96,9 @@ def _check_args(model, out_dir, o: ExportOptions, schedule: Schedule, example_sh
     if len(example_shape) != 3 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
                                           for v in example_shape):
         raise ValueError(f"example_shape={example_shape!r} is invalid: expected (C, H, W) positive integers")
+    c, h, w = example_shape
+    check_fits(activation_bytes(2, c, getattr(model.config, "hidden", c), h, w),
+               f"exporting at the example shape {tuple(example_shape)}", "choose a smaller example shape (--size)")
     if example_shape[0] != model.config.channels:
         raise ValueError(f"example_shape has C={example_shape[0]} but the model has channels={model.config.channels}")
     if schedule.num_train_timesteps != model.config.num_train_timesteps:

@@ -468,3 +468,81 @@ def test_exif_orientation_is_applied(tmp_path):
     x = ImageFolder(tmp_path, 8).batch([0])[0]  # displayed: 4 wide x 8 high, white on top; centre-cropped to 8x8
     top, bottom = x[:, :2].mean(), x[:, -2:].mean()
     assert top > 0.5 > -0.5 > bottom
+
+
+# --- 6. refused up front with the estimate, or bounded by a named limit ----------------------------------
+
+@pytest.mark.parametrize("args", [
+    ["train", "--size", "100000", "--out", "RUN"],
+    ["train", "--data", "digits", "--size", "30000", "--out", "RUN"],
+    ["train", "--batch", "100000000", "--out", "RUN"],
+    ["export", "--model", "conv", "--size", "100000", "--out", "RUN"],
+    ["eager-sample", "--n", "100000000", "--out", "RUN.png"],
+])
+def test_requests_too_large_for_memory_are_refused_with_the_estimate(tmp_path, capsys, args):
+    import time
+
+    t0 = time.perf_counter()
+    assert main([a.replace("RUN", str(tmp_path / "out")) for a in args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs about" in err[0] and "of memory available here" in err[0]
+    assert time.perf_counter() - t0 < 60 and list(tmp_path.iterdir()) == []  # refused before the allocation
+
+
+def test_parity_of_a_huge_batch_is_refused_up_front(bundles, capsys):
+    assert main(["parity", str(bundles["conv"].path), "--provider", "cpu", "--batch", "200000"]) == 2
+    assert "parity of 200000 images over 50 steps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,match", [
+    (["train", "--model", "unet", "--model-config", "num_train_timesteps=100000000000", "--out", "RUN"],
+     "num_train_timesteps=100000000000 is invalid: expected at most 100,000"),
+    (["train", "--model", "unet", "--model-config", "blocks=200000", "--out", "RUN"],
+     "blocks=200000 is invalid: expected at most 64 residual blocks per level"),
+])
+def test_model_configs_beyond_a_named_limit_are_refused(tmp_path, capsys, args, match):
+    assert main([a.replace("RUN", str(tmp_path / "out")) for a in args]) == 2
+    assert match in capsys.readouterr().err
+    with pytest.raises(ValueError, match="blocks=200000 is invalid"):
+        zoo.parameter_count("unet", blocks=200000)
+
+
+def test_a_weights_header_with_an_absurd_T_is_one_line(tmp_path):
+    import struct
+
+    from zoo.weights import load_weights
+
+    meta = {"model": {"name": "conv", "config": {"num_train_timesteps": 10**10}},
+            "schedule": {"name": "linear", "num_train_timesteps": 10**10}}
+    header = json.dumps({"__metadata__": {"diffzoo": json.dumps(meta)}}).encode()
+    (tmp_path / "w.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(ValueError, match="num_train_timesteps=10000000000 is invalid: expected at most 100,000"):
+        load_weights(tmp_path / "w.safetensors")
+
+
+def test_image_and_data_files_too_large_to_hold_are_skipped_or_refused(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from zoo.resources import InsufficientMemoryError
+    from zoo.training.data import Cifar10, IdxImages, ImageFolder
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (4_000_000, 1)).save(folder / "strip.png")  # 4 M pixels, resized to 128 M x 32 first
+    Image.new("RGB", (8, 8)).save(folder / "ok.png")
+    ds = ImageFolder(folder, 32)
+    assert [p.name for p in ds.files] == ["ok.png"] and ds.skipped["too large"] == 1
+    cifar = tmp_path / "cifar-10-batches-py"
+    cifar.mkdir()
+    with open(cifar / "test_batch", "wb") as f:
+        f.truncate(12 << 30)  # a sparse 12 GB file: refused by its size, never read
+    with pytest.raises(ValueError, match="a CIFAR-10 batch is 31 MB"):
+        Cifar10(cifar, train=False)
+    import struct
+
+    idx = tmp_path / "train-images-idx3-ubyte"
+    idx.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3I", 1000, 28, 28) + bytes(1000 * 784))
+    monkeypatch.setattr("zoo.resources.available_memory", lambda: 5_000_000)  # a machine with 5 MB free
+    with pytest.raises(InsufficientMemoryError, match="1,000 IDX images of 28x28 converted to float needs about"):
+        IdxImages(idx, 28)

@@ -10,7 +10,11 @@ import dataclasses
 import numbers
 from dataclasses import dataclass
 
-__all__ = ["DenoiserConfig", "ConvConfig", "ResidualConfig", "UNetConfig"]
+from zoo.schedules import MAX_TRAIN_TIMESTEPS
+
+__all__ = ["DenoiserConfig", "ConvConfig", "ResidualConfig", "UNetConfig", "MAX_BLOCKS"]
+
+MAX_BLOCKS = 64  # residual blocks per U-Net level: far past any useful depth, and counted in milliseconds
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,9 @@ class DenoiserConfig:
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
                 raise ValueError(f"{f.name}={v!r} is invalid: expected an integer >= 1")
             object.__setattr__(self, f.name, int(v))  # numpy integers are accepted, stored as int (JSON, hashing)
+        if self.num_train_timesteps > MAX_TRAIN_TIMESTEPS:
+            raise ValueError(f"num_train_timesteps={self.num_train_timesteps} is invalid: expected at most "
+                             f"{MAX_TRAIN_TIMESTEPS:,} (zoo.schedules.MAX_TRAIN_TIMESTEPS)")
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size={self.kernel_size!r} is invalid: expected an odd integer (1, 3, 5, ...)")
 
@@ -54,5 +61,7 @@ class UNetConfig(DenoiserConfig):
         super().__post_init__()
         if not 1 <= self.levels <= 4:
             raise ValueError(f"levels={self.levels!r} is invalid: expected 1, 2, 3 or 4")
+        if self.blocks > MAX_BLOCKS:
+            raise ValueError(f"blocks={self.blocks} is invalid: expected at most {MAX_BLOCKS} residual blocks per level")
         if self.hidden % self.groups:
             raise ValueError(f"groups={self.groups!r} must divide hidden={self.hidden!r} (GroupNorm)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["available_memory", "check_fits", "InsufficientMemoryError"]
+__all__ = ["available_memory", "check_fits", "activation_bytes", "InsufficientMemoryError"]
 
 
 class InsufficientMemoryError(ValueError):
@@ -39,3 +39,13 @@ def check_fits(nbytes: float, what: str, hint: str = "") -> None:
     if avail is not None and nbytes > avail:
         raise InsufficientMemoryError(f"{what} needs about {_gb(nbytes)}, more than the {_gb(avail)} of memory "
                                       f"available here{'; ' + hint if hint else ''}")
+
+
+def activation_bytes(batch: int, channels: int, hidden: int, height: int, width: int) -> int:
+    """A lower bound on one forward pass's float32 memory: input, noise and output images and two hidden feature maps.
+
+    What the refusals before training, export, parity and eager sampling compare with the memory
+    available: a run over it cannot succeed; one under it may still fail inside torch or onnxruntime.
+    """
+    return 4 * batch * height * width * (3 * channels + 2 * hidden)
+

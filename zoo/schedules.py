@@ -21,7 +21,7 @@ import numpy as np
 
 from zoo.validate import check_int, check_real
 
-__all__ = ["Schedule", "linear_schedule", "cosine_schedule", "make_schedule", "SCHEDULES"]
+__all__ = ["Schedule", "linear_schedule", "cosine_schedule", "make_schedule", "SCHEDULES", "MAX_TRAIN_TIMESTEPS"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,8 +46,12 @@ class Schedule:
         return make_schedule(**d)
 
 
+# A bound on T: DDPM uses 1,000, improved DDPM 4,000; 1e10 in a weights header would be 240 GB of schedule.
+MAX_TRAIN_TIMESTEPS = 100_000
+
+
 def _check_T(num_train_timesteps: int) -> int:
-    return check_int("num_train_timesteps", num_train_timesteps, 1)
+    return check_int("num_train_timesteps", num_train_timesteps, 1, MAX_TRAIN_TIMESTEPS)
 
 
 def _finish(name: str, params: dict[str, Any], betas: np.ndarray) -> Schedule:

@@ -135,6 +135,7 @@ def parity(
     """
     import torch
 
+    from zoo.resources import activation_bytes, check_fits
     from zoo.weights import load_weights
     from zoo.validate import check_int, check_real
 
@@ -150,6 +151,10 @@ def parity(
     for mode in modes:
         sampler.check(num_steps, eta, spacing, mode, solver)
     ts = sampler.timesteps(num_steps, spacing)
+    c, h, w = sampler.shape
+    hidden = sampler.manifest["model"]["config"].get("hidden", c)
+    check_fits(4 * batch * c * h * w * (2 * len(ts) + 6) + activation_bytes(batch, c, hidden, h, w),
+               f"parity of {batch} images over {len(ts)} steps (every step's eps and x kept)", "use a smaller --batch")
     # load() has verified every hash already; read the weights without hashing the bundle again.
     model, schedule, _ = load_weights(sampler.path / sampler.manifest["weights"])
 

@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from zoo.resources import check_fits
 from zoo.validate import check_int
 
 __all__ = [
@@ -66,6 +67,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
 def _grey_images(pixels: np.ndarray, size: int) -> torch.Tensor:
     """(N, H, W) floats in [0, 1] -> (N, 1, size, size) float32 in [-1, 1], resized (antialiased) if needed."""
+    n, h, w = pixels.shape
+    check_fits(4 * n * (h * w + 2 * size * size), f"{n:,} images of {h}x{w} at {size}x{size} in float32",
+               "choose a smaller --size")
     x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[:, None]  # (N, 1, H, W)
     if x.shape[-2:] != (size, size):
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -287,6 +291,9 @@ class Cifar10(ImageDataset):
             f = root / n
             if not f.is_file():
                 raise FileNotFoundError(f"CIFAR-10 file {str(f)!r} is missing (expected {names} in {str(root)!r})")
+            if f.stat().st_size > MAX_CIFAR_FILE_BYTES:  # before reading: a sparse 12 GB file is not read whole
+                raise ValueError(f"{str(f)!r} has {f.stat().st_size:,} bytes: a CIFAR-10 batch is 31 MB (limit "
+                                 f"{MAX_CIFAR_FILE_BYTES:,})")
             blob = f.read_bytes()
             if verify_md5:
                 _check_md5(blob, CIFAR10_MD5[n], str(f))
@@ -414,6 +421,9 @@ class IdxImages(_InMemoryImages):
             raise ValueError(f"{str(images)!r} holds {arr.dtype} of shape {arr.shape}: expected uint8 images (N, H, W), "
                              "at least one image of at least 1 x 1 pixels")
         self.size, self.path = size, images
+        n = arr.shape[0]
+        check_fits(12 * arr.size + 8 * n * size * size,  # the float64 copy, its float32 copy, the resized images
+                   f"{n:,} IDX images of {arr.shape[1]}x{arr.shape[2]} converted to float", "use a smaller file or --size")
         self.data = _grey_images(arr / 255.0, size)
         labels_path = images.with_name(images.name.replace("images-idx3", "labels-idx1"))
         if labels_path != images and labels_path.is_file():
@@ -560,6 +570,8 @@ def _resize_crop(arr: np.ndarray, size: int) -> np.ndarray:
     h, w = arr.shape[:2]
     s = size / min(w, h)
     new = (max(size, round(w * s)), max(size, round(h * s)))
+    if new[0] * new[1] > MAX_PIXELS:  # a 4,000,000 x 1 strip would be resized to 128,000,000 x 32 first
+        raise _Skip("too large", f"{w}x{h} pixels would be resized to {new[0]}x{new[1]} > {MAX_PIXELS}")
     left, top = (new[0] - size) // 2, (new[1] - size) // 2
     box = (left, top, left + size, top + size)
     chans = [np.asarray(Image.fromarray(arr[:, :, c]).resize(new, Image.Resampling.BICUBIC).crop(box))

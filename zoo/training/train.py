@@ -32,7 +32,8 @@ from zoo.samplers import ddim_sample
 from zoo.files import atomic_write, clean_partials, output_lock, staged_dir, write_synced
 from zoo.images import save_grid
 from zoo.registry import build, parameter_count
-from zoo.resources import check_fits
+from zoo.configs import DenoiserConfig
+from zoo.resources import activation_bytes, check_fits
 from zoo.schedules import make_schedule
 from zoo.training import NonFiniteLossError
 from zoo.training.config import TrainConfig
@@ -186,6 +187,9 @@ class _TrainLoop:
         if cfg.batch % self.world:
             raise ValueError(f"batch={cfg.batch} must be divisible by the number of processes ({self.world})")
         self.device = _device(cfg.device)
+        hidden = cfg.model_config.get("hidden", DenoiserConfig.hidden)
+        check_fits(activation_bytes(cfg.batch // self.world, 3, hidden, cfg.size, cfg.size),
+                   f"a training batch of {cfg.batch} at {cfg.size}x{cfg.size} (hidden={hidden})", "use a smaller --batch or --size")
         self.data = open_dataset(cfg.data, cfg.size, train=True, seed=cfg.seed)
         self.model, self.schedule = self._build()
         saved = self._saved_state(resume)

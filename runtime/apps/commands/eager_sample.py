@@ -28,6 +28,10 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_out(out, channels=args.channels)
+    from zoo.resources import activation_bytes, check_fits
+
+    check_fits(activation_bytes(args.n, args.channels, args.hidden, args.size, args.size),
+               f"eager sampling of {args.n} images at {args.size}x{args.size}", "sample fewer images (--n) or a smaller --size")
     torch.manual_seed(args.seed)  # the random init, reproducible by seed
     model = zoo.build(args.model, hidden=args.hidden, channels=args.channels, kernel_size=args.kernel_size).eval()
     schedule = zoo.make_schedule(args.schedule, num_train_timesteps=model.config.num_train_timesteps)
