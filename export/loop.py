@@ -154,3 +154,20 @@ def _sampler(fused: onnx.ModelProto, body: onnx.GraphProto, dims: list, multiste
     model = helper.make_model(graph, opset_imports=list(fused.opset_import), ir_version=fused.ir_version)
     model.producer_name = "diffzoo"
     return model
+
+
+def loop_is_bounded(sampler: onnx.ModelProto) -> bool:
+    """True if a whole-loop graph runs exactly len(timesteps) steps, as ``build_sampler_graph`` builds it.
+
+    Its top graph has one ``Loop`` whose trip count is ``Squeeze(Shape(timesteps))``: a graph that
+    passed its hash but loops on a constant (or a value of its own) could run without end.
+    """
+    g = sampler.graph
+    loops = [n for n in g.node if n.op_type == "Loop"]
+    producer = {out: n for n in g.node for out in n.output}
+    if len(loops) != 1 or not loops[0].input:
+        return False
+    squeeze = producer.get(loops[0].input[0])
+    shape = producer.get(squeeze.input[0]) if squeeze is not None and squeeze.op_type == "Squeeze" and squeeze.input else None
+    return shape is not None and shape.op_type == "Shape" and list(shape.input) == ["timesteps"]
+

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from export.format.artifacts import MODE_KINDS, carried, select
 from export.format.manifest import BundleError, check_identity, load_manifest, read_verified
+from export.loop import build_sampler_graph, loop_is_bounded
 from runtime.noise import image_noise
 from runtime.providers import CudaOptions, ProviderUnavailableError, resolve_provider, session_providers
 from runtime.requests import MODES, PRECISIONS, Mode, SampleRequest, check_settings
@@ -147,10 +149,6 @@ class Sampler:
         """
         import tempfile
 
-        import onnx
-
-        from export.loop import build_sampler_graph
-
         entry = self.manifest["artifacts"][artifact]
         self._onnx_bytes(artifact)  # not run, but its identity names the body it was built around
         fused = self._onnx_bytes(entry["body"])
@@ -158,16 +156,19 @@ class Sampler:
             so = self._options()
             so.optimized_model_filepath = str(Path(tmp) / "fused.onnx")
             so.log_severity_level = 3  # its "hardware specific" warning is the point: built here, used here
+            try:  # the optimised copy is about the graph's size: a full disk or a file-size limit shows here, named
+                Path(so.optimized_model_filepath).write_bytes(fused)
+            except OSError as e:
+                raise OSError(f"cannot write the CPU-optimised loop body to the temporary file "
+                              f"{so.optimized_model_filepath!r}: {e.strerror or e}") from None
             try:
                 ort.InferenceSession(fused, sess_options=so, providers=["CPUExecutionProvider"])
                 body = onnx.load(so.optimized_model_filepath)
             except ORT_ERRORS as e:
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
                 raise BundleError(f"the {entry['body']!r} graph of the bundle {str(self.path)!r} cannot be loaded by "
-                                  f"onnxruntime: {first}") from None
-            except OSError as e:  # the optimised copy could not be written (disk full, a file-size limit)
-                raise OSError(f"cannot write the CPU-optimised loop body to the temporary file "
-                              f"{so.optimized_model_filepath!r}: {e.strerror or e}") from None
+                                  f"onnxruntime, or its CPU-optimised copy not written to {so.optimized_model_filepath!r}: "
+                                  f"{first}") from None
         return build_sampler_graph(body, stochastic=entry["stochastic"]).SerializeToString()
 
     def artifact(self, kind: str, solver: str | None = None, stochastic: bool = False) -> str:
@@ -194,10 +195,14 @@ class Sampler:
         return self._sessions[key]
 
     def _new_session(self, artifact: str, cuda_graph: bool) -> ort.InferenceSession:
-        if self.device == "cpu" and self.manifest["artifacts"][artifact]["kind"] == "sampler" and self.optimize_cpu_loop:
-            model: bytes = self._cpu_loop_model(artifact)
+        loop = self.manifest["artifacts"][artifact]["kind"] == "sampler"
+        if self.device == "cpu" and loop and self.optimize_cpu_loop:
+            model: bytes = self._cpu_loop_model(artifact)  # its Loop is built here, bounded by the timesteps
         else:
             model = self._onnx_bytes(artifact)
+            if loop and not loop_is_bounded(onnx.load_model_from_string(model)):
+                raise BundleError(f"the {artifact!r} graph of the bundle {str(self.path)!r} does not bound its Loop by the "
+                                  "timesteps it is given: not a graph diffzoo exported; refused")
         try:
             return ort.InferenceSession(model, sess_options=self._options(),
                                         providers=session_providers(self.device, self.cuda, cuda_graph))

@@ -546,3 +546,42 @@ def test_image_and_data_files_too_large_to_hold_are_skipped_or_refused(tmp_path,
     monkeypatch.setattr("zoo.resources.available_memory", lambda: 5_000_000)  # a machine with 5 MB free
     with pytest.raises(InsufficientMemoryError, match="1,000 IDX images of 28x28 converted to float needs about"):
         IdxImages(idx, 28)
+
+
+def test_a_shipped_loop_graph_must_be_bounded_by_its_timesteps(bundles, tmp_path):
+    import onnx
+    from onnx import helper
+
+    from export.format.manifest import sha256_file
+    from export.loop import loop_is_bounded
+
+    shipped = onnx.load(str(bundles["conv"].path / "sampler.onnx"))
+    assert loop_is_bounded(shipped)
+    loop = next(n for n in shipped.graph.node if n.op_type == "Loop")
+    shipped.graph.initializer.append(helper.make_tensor("forever", onnx.TensorProto.INT64, [], [2**62]))
+    loop.input[0] = "forever"  # a hash-passing graph that loops on a constant of its own
+    assert not loop_is_bounded(shipped)
+
+    def replace(m):
+        f = tmp_path / "copy" / "sampler.onnx"
+        onnx.save(shipped, str(f))
+        m["files"][f.name] = {"sha256": sha256_file(f), "size": f.stat().st_size}
+
+    path = _copy(bundles["conv"], tmp_path, replace)
+    s = runtime.load(path, provider="cpu")
+    s.optimize_cpu_loop = False  # run the shipped Loop, as the CUDA provider does
+    with pytest.raises(BundleError, match="does not bound its Loop by the timesteps it is given"):
+        s.sample(1, num_steps=2)
+
+
+def test_a_file_size_limit_during_the_cpu_loop_rebuild_names_the_temporary_file(bundles, tmp_path):
+    import subprocess
+    import sys
+
+    path = max((b.path for b in bundles.values()), key=lambda p: (p / "fused_step.onnx").stat().st_size)
+    limit_kb = (path / "fused_step.onnx").stat().st_size // 1024 // 2  # half the graph: its optimised copy cannot fit
+    cmd = (f"ulimit -f {limit_kb}; {sys.executable} -m runtime.apps.cli sample {path} --provider cpu --n 1 --steps 2 "
+           f"--out {tmp_path / 'x.npy'}")
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "cannot write the CPU-optimised loop body to the temporary file" in r.stderr and "File too large" in r.stderr

@@ -176,7 +176,7 @@ def test_a_bad_state_file_is_one_line_naming_it(tmp_path, capsys, content, match
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("seed", -1, r"seed=-1 is invalid: expected an integer >= 0"),
+    ("seed", -1, r"seed=-1 is invalid: expected an integer in 0..4294967295"),
     ("sample_every", -5, r"sample_every=-5 is invalid: expected an integer >= 0"),
     ("lr", float("inf"), r"lr=inf is invalid: expected a finite number > 0"),
     ("ema_decay", float("nan"), r"ema_decay=nan is invalid: expected a finite number >= 0"),

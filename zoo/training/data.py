@@ -99,6 +99,7 @@ class SyntheticImages(ImageDataset):
         if size < 4 or n < 1:
             raise ValueError(f"size={size!r} and n={n!r} are invalid: expected size >= 4 and n >= 1")
         self.size, self.n, self.seed = size, n, seed
+        check_fits(24 * size * size, f"synthetic {size}x{size} coordinate grids", "choose a smaller --size")
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1)
         self._yy, self._xx = yy, xx
 

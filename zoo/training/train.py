@@ -187,9 +187,6 @@ class _TrainLoop:
         if cfg.batch % self.world:
             raise ValueError(f"batch={cfg.batch} must be divisible by the number of processes ({self.world})")
         self.device = _device(cfg.device)
-        hidden = cfg.model_config.get("hidden", DenoiserConfig.hidden)
-        check_fits(activation_bytes(cfg.batch // self.world, 3, hidden, cfg.size, cfg.size),
-                   f"a training batch of {cfg.batch} at {cfg.size}x{cfg.size} (hidden={hidden})", "use a smaller --batch or --size")
         self.data = open_dataset(cfg.data, cfg.size, train=True, seed=cfg.seed)
         self.model, self.schedule = self._build()
         saved = self._saved_state(resume)
@@ -232,6 +229,9 @@ class _TrainLoop:
         n = parameter_count(cfg.model, **model_config)
         check_fits(20 * n, f"training {cfg.model!r} ({n:,} parameters, each with a gradient, two AdamW moments and an EMA "
                    "copy in float32)", "choose a smaller width (--hidden)")
+        hidden = model_config.get("hidden", DenoiserConfig.hidden)
+        check_fits(activation_bytes(cfg.batch // self.world, channels, hidden, cfg.size, cfg.size),
+                   f"a training batch of {cfg.batch} at {cfg.size}x{cfg.size} (hidden={hidden})", "use a smaller --batch or --size")
         model = build(cfg.model, **model_config)
         return model, make_schedule(cfg.schedule, num_train_timesteps=model.config.num_train_timesteps, **cfg.schedule_params)
 
