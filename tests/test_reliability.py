@@ -118,6 +118,12 @@ def test_a_lock_directory_that_is_not_private_or_a_planted_link_is_refused(tmp_p
         with output_lock(tmp_path / "out"):
             pass
     lock_dir.chmod(0o700)
+    if os.getuid() == 0:  # root can play the other user: a directory they pre-created and own
+        os.chown(lock_dir, 12345, 12345)
+        with pytest.raises(PermissionError, match="is owned by uid 12345"):
+            with output_lock(tmp_path / "out"):
+                pass
+        os.chown(lock_dir, 0, 0)
     with output_lock(tmp_path / "out") as lock:  # a private directory of ours: fine
         assert stat.S_IMODE(lock.stat().st_mode) == 0o600
     victim = tmp_path / "victim"
@@ -149,6 +155,9 @@ def test_an_output_that_is_not_a_regular_file_is_refused(bundles, tmp_path, caps
 
     with pytest.raises(FileExistsError, match="not a regular file"):
         atomic_write(fifo, b"x")  # the library's own writer refuses too (eval --json, images, checkpoints)
+    with pytest.raises(FileExistsError, match="is a device, FIFO or socket"):
+        atomic_write("/dev/null", b"x")  # refused before anything is written: /dev/null stays a device
+    assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
 
 
 # --- 11. the Python API's math on the wrong dtype --------------------------------------------------------
