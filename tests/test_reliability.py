@@ -594,3 +594,35 @@ def test_a_file_size_limit_during_the_cpu_loop_rebuild_names_the_temporary_file(
     r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "cannot write the CPU-optimised loop body to the temporary file" in r.stderr and "File too large" in r.stderr
+
+
+def test_a_hash_passing_graph_asking_for_terabytes_is_one_line(bundles, tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from export.format.manifest import IDENTITY_KEY, sha256_file
+
+    original = onnx.load(str(bundles["conv"].path / "fused_step.onnx"))
+    identity = next(p.value for p in original.metadata_props if p.key == IDENTITY_KEY)
+    nodes = [  # x_prev = x_t + 0 * sum(zeros(2^40)): 4 TB of float32 asked for on the way
+        helper.make_node("ConstantOfShape", ["huge_shape"], ["huge"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
+        helper.make_node("ReduceSum", ["huge"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+        helper.make_node("Add", ["x_t", "nothing"], ["x_prev"]),
+    ]
+    inits = [helper.make_tensor("huge_shape", TensorProto.INT64, [1], [2**40]), helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])]
+    graph = helper.make_graph(nodes, "g", list(original.graph.input), list(original.graph.output), initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.metadata_props.add(key=IDENTITY_KEY, value=identity)
+
+    def replace(m):
+        f = tmp_path / "copy" / "fused_step.onnx"
+        f.write_bytes(model.SerializeToString())
+        m["files"][f.name] = {"sha256": sha256_file(f), "size": f.stat().st_size}
+
+    path = _copy(bundles["conv"], tmp_path, replace)
+    rc = main(["sample", str(path), "--provider", "cpu", "--mode", "fused", "--n", "1", "--steps", "2",
+               "--out", str(tmp_path / "x.npy")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc in (1, 2) and len(err) == 1 and "diffzoo sample: error:" in err[0], err
+    assert not (tmp_path / "x.npy").exists()
