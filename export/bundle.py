@@ -81,6 +81,10 @@ def _check_args(model, out_dir, o: ExportOptions, schedule: Schedule, example_sh
     """Every argument checked before any work is done; returns the output path."""
     if not (isinstance(getattr(model, "name", None), str) and dataclasses.is_dataclass(getattr(model, "config", None))):
         raise TypeError(f"export_bundle needs a zoo model (built by zoo.build); got {type(model).__name__}")
+    if getattr(model, "null_class", None) is not None:
+        raise ValueError(f"the {model.name!r} model is class-conditional (num_classes={model.config.num_classes}): its "
+                         "graphs would need labels and guidance inputs, which bundles do not have yet; sample it eagerly "
+                         "with zoo.sample(..., labels=..., guidance=...)")
     bad = [f for f in o.formats if f not in FORMATS]
     if bad or not o.formats:
         raise ValueError(f"unknown format(s) {bad or list(o.formats)!r}: accepted are {list(FORMATS)}")

@@ -437,7 +437,6 @@ def test_hash_passing_graphs_that_onnxruntime_refuses_name_the_artifact(bundles,
 # --- 8. one bad image no longer aborts a folder ----------------------------------------------------------
 
 def test_every_decode_failure_is_skipped_counted_and_named(tmp_path, caplog):
-    import zlib
 
     import numpy as np
     from PIL import Image, PngImagePlugin
@@ -530,7 +529,6 @@ def test_a_weights_header_with_an_absurd_T_is_one_line(tmp_path):
 
 
 def test_image_and_data_files_too_large_to_hold_are_skipped_or_refused(tmp_path, monkeypatch):
-    import numpy as np
     from PIL import Image
 
     from zoo.resources import InsufficientMemoryError

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from zoo.schedules import MAX_TRAIN_TIMESTEPS
 
-__all__ = ["DenoiserConfig", "ConvConfig", "ResidualConfig", "UNetConfig", "MAX_BLOCKS"]
+__all__ = ["DenoiserConfig", "ConvConfig", "ResidualConfig", "UNetConfig", "MAX_BLOCKS", "MAX_CLASSES"]
 
 MAX_BLOCKS = 64  # residual blocks per U-Net level: far past any useful depth, and counted in milliseconds
+MAX_CLASSES = 10_000  # a class count beyond this is a corrupt label file, not a data set
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,13 @@ class DenoiserConfig:
     kernel_size: int = 3  # odd, "same" padding keeps H x W
     num_train_timesteps: int = 1000  # T of the schedule; the time channel holds t / T
 
+    _may_be_zero = ()  # fields where 0 means "none" (a ClassVar: not a config field)
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"{f.name}={v!r} is invalid: expected an integer >= 1")
+            v, low = getattr(self, f.name), 0 if f.name in self._may_be_zero else 1
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+                raise ValueError(f"{f.name}={v!r} is invalid: expected an integer >= {low}")
             object.__setattr__(self, f.name, int(v))  # numpy integers are accepted, stored as int (JSON, hashing)
         if self.num_train_timesteps > MAX_TRAIN_TIMESTEPS:
             raise ValueError(f"num_train_timesteps={self.num_train_timesteps} is invalid: expected at most "
@@ -56,6 +59,9 @@ class UNetConfig(DenoiserConfig):
     levels: int = 2  # resolutions: 1 = no downsampling, 2 = H and H/2, 3 = H, H/2, H/4
     blocks: int = 1  # residual blocks per level on the way down (one more on the way up)
     groups: int = 4  # GroupNorm groups; must divide hidden (and so 2 * hidden)
+    num_classes: int = 0  # K > 0: class-conditional, classes 0..K-1 and the null class K; 0: unconditional
+
+    _may_be_zero = ("num_classes",)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,5 +69,7 @@ class UNetConfig(DenoiserConfig):
             raise ValueError(f"levels={self.levels!r} is invalid: expected 1, 2, 3 or 4")
         if self.blocks > MAX_BLOCKS:
             raise ValueError(f"blocks={self.blocks} is invalid: expected at most {MAX_BLOCKS} residual blocks per level")
+        if self.num_classes > MAX_CLASSES:
+            raise ValueError(f"num_classes={self.num_classes} is invalid: expected at most {MAX_CLASSES:,}")
         if self.hidden % self.groups:
             raise ValueError(f"groups={self.groups!r} must divide hidden={self.hidden!r} (GroupNorm)")

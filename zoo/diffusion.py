@@ -14,6 +14,7 @@ Notation (one table for the whole module):
     x0                predicted x_0, "clipped denoised" to [-clip_range, clip_range]
     sigma             sigma_t(eta), DDIM eq. 16
     noise             z ~ N(0, I), always supplied by the caller
+    w                 the guidance scale of classifier-free guidance (``guide``)
     x0_last           DPM-Solver++(2M): the x0 predicted at the previous step's timestep
     alpha_bar_last    alpha-bar at that timestep (0 on the first step: there is none)
     lambda            log(alpha_t / sigma_t) = 0.5 log(alpha_bar / (1 - alpha_bar)), the log-SNR
@@ -47,6 +48,8 @@ __all__ = [
     "Spacing",
     "ddim_timesteps",
     "make_training_sample",
+    "guide",
+    "guided_eps",
     "ddim_step",
     "dpmpp_2m_step",
     "step_pairs",
@@ -170,6 +173,28 @@ def _check_alpha(name: str, a: Any, low: float, high: float, closed: str) -> Non
     hi_ok = v <= high if "]" in closed else v < high
     if not (np.isfinite(v).all() and lo_ok.all() and hi_ok.all()):
         raise ValueError(f"{name}={a!r} is invalid: expected finite values in {closed[0]}{low:g}, {high:g}{closed[1]}")
+
+
+def guide(eps_cond: Any, eps_uncond: Any, guidance: Any) -> Any:
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6): ``eps_uncond + w (eps_cond - eps_uncond)``.
+
+    ``guidance`` w is a number or per sample (B,): 1 is the conditional prediction, 0 the
+    unconditional one, w > 1 pushes towards the class. torch or numpy, like the steps.
+    """
+    w = _coef(guidance, eps_cond)
+    return eps_uncond + w * (eps_cond - eps_uncond)
+
+
+def guided_eps(predict: Any, x: Any, t: Any, labels: Any, null_class: int, guidance: Any) -> Any:
+    """The guided noise prediction from one network call on a 2B batch: (x, labels) and (x, the null class).
+
+    ``predict(x, t, labels) -> eps`` is the network (a torch module, or an exported graph run on
+    numpy arrays); ``t`` and ``labels`` are (B,) int64; the two halves are combined by ``guide``.
+    """
+    xp = _xp(x)
+    b = x.shape[0]
+    eps = predict(xp.concatenate([x, x]), xp.concatenate([t, t]), xp.concatenate([labels, xp.full_like(labels, null_class)]))
+    return guide(eps[:b], eps[b:], guidance)  # (B, C, H, W)
 
 
 def make_training_sample(x0: Any, eps: Any, alpha_bar_t: Any) -> tuple[Any, Any]:

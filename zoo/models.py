@@ -59,6 +59,18 @@ def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, padding=k // 2)
 
 
+def check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    """Refuse labels outside 0..num_classes (num_classes: the null class) in eager calls; skipped while exporting."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.ndim != 1:
+        raise TypeError(f"labels must be a (B,) int64 tensor; got {type(labels).__name__} "
+                        f"{getattr(labels, 'dtype', '')} {tuple(getattr(labels, 'shape', ()))}")
+    if labels.device.type == "cpu" and labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) <= num_classes:
+        raise ValueError(f"labels {labels.tolist()[:8]} are invalid: expected classes 0..{num_classes - 1}, or "
+                         f"{num_classes} for the null class")
+
+
 class _Denoiser(nn.Module):
     name: str  # the registry name (zoo.registry registers each built-in model under it)
     config_class: type[DenoiserConfig]
@@ -207,10 +219,29 @@ class UNetDenoiser(_Denoiser):
                 self.upsample.append(_conv(cur, cur, k))
         self.out_norm = nn.GroupNorm(g, cur)
         self.out = _conv(cur, c, k)
+        if config.num_classes:  # made last: an unconditional U-Net draws exactly the weights it always did
+            self.class_emb = nn.Embedding(config.num_classes + 1, tdim)  # row K: the null class (classifier-free guidance)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    @property
+    def null_class(self) -> int | None:
+        """The label of the unconditional branch (K), or None for an unconditional model."""
+        return self.config.num_classes or None
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """eps for (x, t) and, for a class-conditional model, ``labels`` (B,) int64 in 0..K (K: the null class).
+
+        A conditional model without labels predicts for the null class; labels for an unconditional
+        model are refused.
+        """
         check_timesteps(t, self.config.num_train_timesteps)
         temb = self.time_mlp(timestep_embedding(t, self.config.hidden, x.dtype))  # (B, 4 * hidden)
+        if self.config.num_classes:
+            if labels is None:
+                labels = torch.full_like(t, self.config.num_classes)
+            check_labels(labels, self.config.num_classes)
+            temb = temb + self.class_emb(labels)  # (B, 4 * hidden): the class added to the time embedding
+        elif labels is not None:
+            raise ValueError("labels were given to an unconditional model (num_classes=0): build it with num_classes=K")
         h = self.stem(x)  # (B, hidden, H, W)
         skips = [h]
         for level, blocks in enumerate(self.down):

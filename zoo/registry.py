@@ -74,6 +74,10 @@ def _config(name: str, config: dict[str, Any]):
     cls = _MODELS[name]
     accepted = [f.name for f in dataclasses.fields(cls.config_class)]
     unknown = sorted(set(config) - set(accepted))
+    if "num_classes" in unknown and config["num_classes"]:
+        conditional = sorted(n for n, c in _MODELS.items() if "num_classes" in {f.name for f in dataclasses.fields(c.config_class)})
+        raise ValueError(f"the {name!r} model is unconditional, as the seed specifies it: num_classes={config['num_classes']!r} "
+                         f"needs a class-conditional model ({', '.join(repr(n) for n in conditional)})")
     if unknown:
         raise TypeError(f"unknown config key(s) {unknown} for model {name!r}: accepted keys are {accepted}")
     return cls, cls.config_class(**config)

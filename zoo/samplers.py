@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from zoo.diffusion import Spacing, ddim_timesteps
+from zoo.diffusion import Spacing, ddim_timesteps, guided_eps
 from zoo.schedules import Schedule
 from zoo.solvers import SOLVER_TABLE, Solver, check_eta, get_solver, solve
 from zoo.validate import check_real
@@ -19,8 +19,37 @@ from zoo.validate import check_real
 __all__ = ["ddim_sample", "dpmpp_2m_sample", "sample"]
 
 
+def _conditioning(model: Any, x_T: Any, labels: Any, guidance: Any) -> tuple[Any, Any]:
+    """``labels`` and ``guidance`` as (B,) tensors on x_T's device, checked against the model; (None, None) to go without.
+
+    A class-conditional model samples its null class (unconditionally) when no labels are given.
+    """
+    null = getattr(model, "null_class", None)
+    if null is None:
+        if labels is not None or guidance is not None:
+            raise ValueError("labels and guidance need a class-conditional model (unet with num_classes=K); this one is "
+                             "unconditional")
+        return None, None
+    if labels is None:
+        if guidance is not None:
+            raise ValueError("guidance needs labels: the class of each image (or one for all)")
+        return None, None
+    b = x_T.shape[0]
+    labels = torch.as_tensor(labels, device=x_T.device)
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.ndim > 1 or labels.numel() not in (1, b):
+        raise ValueError(f"labels must be one integer or {b} integers (one per image); got {labels.tolist()}")
+    labels = labels.to(torch.int64).reshape(-1).expand(b).contiguous()
+    if not 0 <= int(labels.min()) <= int(labels.max()) < null:
+        raise ValueError(f"labels {labels.tolist()[:8]} are invalid: expected classes 0..{null - 1}")
+    w = torch.as_tensor(1.0 if guidance is None else guidance, dtype=x_T.dtype, device=x_T.device).reshape(-1)
+    if w.numel() not in (1, b) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError(f"guidance {w.tolist()[:8]} is invalid: expected one finite number >= 0 or {b} (one per image)")
+    return labels, w.expand(b).contiguous()
+
+
 def _eager(solver: Solver, model: Any, schedule: Schedule, x_T: Any, num_steps: int, spacing: str, eta: float,
-           noise: Any, progress: bool, clip_range: float | None, callback: Any) -> Any:
+           noise: Any, progress: bool, clip_range: float | None, callback: Any, labels: Any = None,
+           guidance: Any = None) -> Any:
     """An eager torch sampler: checks, the float32 alpha-bar table on x_T's device, the model under inference mode."""
     from zoo.allocator import tune_allocator
 
@@ -45,8 +74,13 @@ def _eager(solver: Solver, model: Any, schedule: Schedule, x_T: Any, num_steps: 
             return noise[i]
         return torch.randn(x_T.shape, generator=noise, dtype=x_T.dtype, device=x_T.device)
 
+    labels, w = _conditioning(model, x_T, labels, guidance)
+
     def denoise(x: Any, t: int) -> Any:
-        return model(x, torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device))
+        tt = torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device)
+        if labels is None:
+            return model(x, tt)
+        return guided_eps(model, x, tt, labels, model.null_class, w)  # one call on the 2B batch
 
     with torch.inference_mode():
         return solve(solver, denoise, x_T, timesteps, alphas, eta=eta, noise=draw, clip_range=clip_range, progress=progress,
@@ -64,6 +98,8 @@ def ddim_sample(
     progress: bool = False,
     clip_range: float | None = 1.0,
     callback: Any = None,
+    labels: Any = None,
+    guidance: Any = None,
 ) -> torch.Tensor:
     """The eager reference DDIM sampler: the ground truth every exported path is compared to.
 
@@ -78,6 +114,10 @@ def ddim_sample(
         progress: show a tqdm bar.
         clip_range: see ``ddim_step``.
         callback: optional ``callback(i, t, eps, x_prev)`` after every step (for parity reports).
+        labels: for a class-conditional model, the class of every image (one integer, or (B,));
+            None samples the null class (unconditional).
+        guidance: classifier-free guidance w (a number or (B,), default 1: conditional only),
+            ``zoo.diffusion.guide``; each step calls the model once on a 2B batch.
 
     Returns:
         x_0 of shape (B, C, H, W), in [-clip_range, clip_range].
@@ -86,7 +126,8 @@ def ddim_sample(
         NonFiniteSampleError: a step produced NaN or inf (named in the message); never returned.
     """
     eta = check_real("eta", eta, 0.0, 1.0, hint="0 = DDIM, 1 = DDPM-like")
-    return _eager(SOLVER_TABLE["ddim"], model, schedule, x_T, num_steps, spacing, eta, noise, progress, clip_range, callback)
+    return _eager(SOLVER_TABLE["ddim"], model, schedule, x_T, num_steps, spacing, eta, noise, progress, clip_range, callback,
+                  labels, guidance)
 
 
 def dpmpp_2m_sample(
@@ -98,6 +139,8 @@ def dpmpp_2m_sample(
     progress: bool = False,
     clip_range: float | None = 1.0,
     callback: Any = None,
+    labels: Any = None,
+    guidance: Any = None,
 ) -> torch.Tensor:
     """The eager reference DPM-Solver++(2M) sampler; the contract of ``ddim_sample`` (deterministic: no eta).
 
@@ -107,7 +150,8 @@ def dpmpp_2m_sample(
     Raises:
         NonFiniteSampleError: a step produced NaN or inf (named in the message); never returned.
     """
-    return _eager(SOLVER_TABLE["dpmpp_2m"], model, schedule, x_T, num_steps, spacing, 0.0, None, progress, clip_range, callback)
+    return _eager(SOLVER_TABLE["dpmpp_2m"], model, schedule, x_T, num_steps, spacing, 0.0, None, progress, clip_range, callback,
+                  labels, guidance)
 
 
 def sample(
@@ -123,9 +167,11 @@ def sample(
     progress: bool = False,
     clip_range: float | None = 1.0,
     callback: Any = None,
+    labels: Any = None,
+    guidance: Any = None,
 ) -> torch.Tensor:
     """The eager sampler of ``solver`` (``zoo.solvers.SOLVERS``); a deterministic solver refuses eta > 0."""
     entry = get_solver(solver)
     eta = check_eta(solver, eta)
     return _eager(entry, model, schedule, x_T, num_steps, spacing, eta, noise if entry.takes_eta else None, progress,
-                  clip_range, callback)
+                  clip_range, callback, labels, guidance)

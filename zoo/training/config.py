@@ -34,6 +34,8 @@ class TrainConfig:
     sample_steps: int = 20  # DDIM steps for those grids
     log_every: int = 10
     device: str = "auto"  # auto | cpu | cuda
+    conditional: bool = False  # class-conditional: the model's num_classes from the data's labels (unet)
+    cond_drop: float = 0.1  # conditional runs: each label replaced by the null class with this probability
 
     def __post_init__(self) -> None:
         # numpy scalars are welcome and stored as Python numbers (the config is written as JSON)
@@ -45,6 +47,9 @@ class TrainConfig:
         for name, low, open_low in (("lr", 0.0, True), ("weight_decay", 0.0, False), ("grad_clip", 0.0, True),
                                     ("ema_decay", 0.0, False)):
             object.__setattr__(self, name, check_real(name, getattr(self, name), low, open_low=open_low))
+        object.__setattr__(self, "cond_drop", check_real("cond_drop", self.cond_drop, 0.0, 1.0))
+        if not isinstance(self.conditional, bool):
+            raise ValueError(f"conditional={self.conditional!r} is invalid: expected True or False")
         if not self.ema_decay < 1:
             raise ValueError(f"ema_decay={self.ema_decay!r} is invalid: expected 0 <= ema_decay < 1")
         if self.lr_schedule not in LR_SCHEDULES:

@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from zoo.configs import MAX_CLASSES  # a label beyond it is a corrupt file, not a class
 from zoo.resources import check_fits
 from zoo.validate import check_int
 
@@ -52,6 +53,11 @@ class ImageDataset(torch.utils.data.Dataset):
     size: int
     num_classes = 0  # > 0 where the source knows a class per image (then ``batch_labels`` works)
     labels: np.ndarray | None = None  # (N,) int64 class per image, where stored
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The name of every class, index order (the source's own names where it has them)."""
+        return tuple(getattr(self, "class_names", None) or (str(i) for i in range(self.num_classes)))
 
     def batch(self, indices: Sequence[int]) -> torch.Tensor:
         """(B, C, H, W) for the given indices."""
@@ -253,6 +259,7 @@ class Cifar10(ImageDataset):
 
     size = 32
     num_classes = 10
+    class_names = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
     def __init__(self, path: str | os.PathLike, train: bool = True, verify_md5: bool = False):
         path = Path(path)
@@ -402,9 +409,6 @@ def read_idx(path: str | os.PathLike, max_bytes: int = MAX_IDX_BYTES) -> np.ndar
     return np.frombuffer(payload, dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
-MAX_CLASSES = 10_000  # a label beyond this is a corrupt file, not a class (it would size the classifier's head)
-
-
 class IdxImages(_InMemoryImages):
     """Greyscale images from IDX files: MNIST, Fashion-MNIST and their kin.
 
@@ -458,7 +462,8 @@ MAX_PIXELS = 64_000_000  # larger images (or decompression bombs) are skipped be
 
 
 class ImageFolder(ImageDataset):
-    """Images under ``root`` (flat, or ``root/<class>/*``), RGB, resized and centre-cropped to ``size``.
+    """Images under ``root`` (flat, or ``root/<class>/*``: then labelled, classes in sorted order), RGB,
+    resized and centre-cropped to ``size``.
 
     Every image is decoded once at scan time (EXIF orientation applied): files any decoder step
     fails on, truncated, empty or enormous files, files of an unknown pixel range and unreadable
@@ -496,6 +501,20 @@ class ImageFolder(ImageDataset):
                         ", ".join(f"{v} {k}" for k, v in self.skipped.items() if v), first)
         if not self.files:
             raise ValueError(f"image folder {str(self.root)!r} has no usable image ({', '.join(IMAGE_EXTENSIONS)})")
+        self._find_classes()
+
+    def _find_classes(self) -> None:
+        """One class per subfolder of ``root`` (sorted names, as torchvision's ``ImageFolder``), when every image is in one."""
+        tops = [p.relative_to(self.root).parts for p in self.files]
+        if any(len(parts) < 2 for parts in tops):
+            return  # images directly under root: no classes (a flat folder stays unconditional)
+        self.class_names = tuple(sorted({parts[0] for parts in tops}))
+        if len(self.class_names) < 2:
+            self.class_names = ()
+            return
+        index = {name: i for i, name in enumerate(self.class_names)}
+        self.labels = np.asarray([index[parts[0]] for parts in tops], np.int64)
+        self.num_classes = len(self.class_names)
 
     def _candidates(self) -> list[Path]:
         def unreadable(e: OSError) -> None:

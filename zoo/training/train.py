@@ -103,20 +103,24 @@ def _compatible(saved: Any, cfg: TrainConfig) -> None:
     missing = [k for k in keys if not isinstance(saved, dict) or k not in saved]
     if missing:
         raise ValueError(f"--resume: the checkpoint's config lacks {missing}: not a state this diffzoo wrote")
-    for key in keys:
-        if saved[key] != getattr(cfg, key):
+    newer = {"conditional": False, "cond_drop": 0.1}  # fields added later: an older run's state has their defaults
+    for key in (*keys, *newer):
+        if saved.get(key, newer.get(key)) != getattr(cfg, key):
             raise ValueError(
-                f"--resume: the checkpoint has {key}={saved[key]!r} but this run asks for {key}={getattr(cfg, key)!r}"
+                f"--resume: the checkpoint has {key}={saved.get(key, newer.get(key))!r} but this run asks for "
+                f"{key}={getattr(cfg, key)!r}"
             )
 
 
-def _write_checkpoint(out: Path, step: int, model: nn.Module, ema: AveragedModel, opt, cfg: TrainConfig, schedule, losses) -> Path:
+def _write_checkpoint(out: Path, step: int, model: nn.Module, ema: AveragedModel, opt, cfg: TrainConfig, schedule, losses,
+                      classes: tuple[str, ...] = ()) -> Path:
     ckpts = out / "checkpoints"
     ckpts.mkdir(exist_ok=True)
     final = ckpts / f"step_{step:07d}"
     with staged_dir(final) as tmp:
-        save_weights(tmp / CHECKPOINT_WEIGHTS, ema.module, schedule, data={"shape": [model.config.channels, cfg.size, cfg.size],
-                     "range": [-1.0, 1.0], "source": cfg.data}, train={"step": step})
+        data = {"shape": [model.config.channels, cfg.size, cfg.size], "range": [-1.0, 1.0], "source": cfg.data,
+                **({"classes": {"names": list(classes), "null": len(classes)}} if classes else {})}
+        save_weights(tmp / CHECKPOINT_WEIGHTS, ema.module, schedule, data=data, train={"step": step})
         state = {"step": step, "config": dataclasses.asdict(cfg), "model": model.state_dict(), "ema": ema.state_dict(),
                  "optimizer": opt.state_dict(), "rng": {"scheme": "per-step generator seeded by (seed, step)", "seed": cfg.seed},
                  "losses": [list(x) for x in losses]}
@@ -226,6 +230,14 @@ class _TrainLoop:
             raise ValueError(f"channels={cfg.model_config['channels']} does not match the data {cfg.data!r}, which has "
                              f"{channels} channel(s): leave --channels out, the data decides")
         model_config = {**cfg.model_config, "channels": channels}
+        if cfg.conditional:  # the classes come from the data; a stated num_classes must agree with it
+            k = self.data.num_classes
+            if k < 2:
+                raise ValueError(f"--conditional needs a labelled data source; {cfg.data!r} has no class labels")
+            if model_config.get("num_classes", k) != k:
+                raise ValueError(f"num_classes={model_config['num_classes']} does not match the data {cfg.data!r}, which has "
+                                 f"{k} classes: leave num_classes out, the data decides")
+            model_config["num_classes"] = k
         n = parameter_count(cfg.model, **model_config)
         check_fits(20 * n, f"training {cfg.model!r} ({n:,} parameters, each with a gradient, two AdamW moments and an EMA "
                    "copy in float32)", "choose a smaller width (--hidden)")
@@ -257,7 +269,13 @@ class _TrainLoop:
         mine = slice(self.rank * local, (self.rank + 1) * local)
         x0 = data.batch(idx[mine].tolist()).to(device)
         x_t, target = make_training_sample(x0, eps[mine].to(device), self.alphas[t[mine]].to(device))
-        loss = F.mse_loss(self.net(x_t, t[mine].to(device)), target)
+        if cfg.conditional:  # drawn after everything else of the step: unconditional runs draw exactly as before
+            labels = torch.from_numpy(data.batch_labels(idx.tolist()))
+            drop = torch.rand(cfg.batch, generator=g) < cfg.cond_drop  # classifier-free guidance's null-class training
+            labels = torch.where(drop, self.model.null_class, labels)
+            loss = F.mse_loss(self.net(x_t, t[mine].to(device), labels[mine].to(device)), target)
+        else:
+            loss = F.mse_loss(self.net(x_t, t[mine].to(device)), target)
         for group in self.opt.param_groups:
             group["lr"] = lr_at(cfg, step)
         self.opt.zero_grad(set_to_none=True)
@@ -288,13 +306,18 @@ class _TrainLoop:
                 bar.set_postfix(loss=f"{float(mean):.4f}", img_s=f"{images_per_s:.0f}")
 
     def checkpoint(self, done: int) -> None:
-        self.last_ckpt = _write_checkpoint(self.out, done, self.model, self.ema, self.opt, self.cfg, self.schedule, self.losses)
+        classes = self.data.classes if self.cfg.conditional else ()
+        self.last_ckpt = _write_checkpoint(self.out, done, self.model, self.ema, self.opt, self.cfg, self.schedule, self.losses,
+                                           classes)
 
     def sample(self, done: int) -> None:
         """A grid of the EMA model's samples from fixed noise, ``samples/step_N.png``."""
         self.ema.module.eval()
         steps = min(self.cfg.sample_steps, self.schedule.num_train_timesteps)  # a model with T < 20 samples T steps
-        x = ddim_sample(self.ema.module, self.schedule, self.x_fixed.to(self.device), num_steps=steps)
+        labels = None  # a conditional run's grid: the classes in turn, guidance 1 (conditional prediction)
+        if self.cfg.conditional:
+            labels = torch.arange(len(self.x_fixed)) % self.model.null_class
+        x = ddim_sample(self.ema.module, self.schedule, self.x_fixed.to(self.device), num_steps=steps, labels=labels)
         save_grid(self.out / "samples" / f"step_{done:07d}.png", x)
 
     def finish(self, stop: int, seconds: float) -> TrainResult:

@@ -43,6 +43,10 @@ def register(sub) -> None:
     p.add_argument("--checkpoint-every", type=positive_int, default=T.checkpoint_every,
                    help=f"steps between checkpoints (default {T.checkpoint_every})")
     p.add_argument("--sample-every", type=int, default=T.sample_every, help="steps between EMA sample grids (0: at the end only)")
+    p.add_argument("--conditional", action="store_true",
+                   help="class-conditional (unet): classes from the data's labels, kept with the run")
+    p.add_argument("--cond-drop", type=float, default=T.cond_drop,
+                   help=f"with --conditional: probability of training a label as the null class (default {T.cond_drop})")
     p.add_argument("--device", choices=DEVICES, default=T.device, help=f"{T.device} (default): CUDA if torch sees it")
     p.add_argument("--out", required=True, help="run directory (checkpoints, samples, log)")
     p.add_argument("--resume", action="store_true", help="continue exactly from the run's last checkpoint")
@@ -59,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, size=args.size, steps=args.steps, batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, ema_decay=args.ema_decay, schedule=args.schedule, seed=args.seed,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, device=args.device,
+        conditional=args.conditional, cond_drop=args.cond_drop,
     )
     r = train(cfg, args.out, resume=args.resume, progress=True)
     if int(os.environ.get("RANK", "0")) == 0:
