@@ -66,3 +66,23 @@ def test_unlabelled_source_is_refused(tmp_path):
         Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / f"{i}.png")
     with pytest.raises(ValueError, match="has no class labels"):
         reference_classifier(f"folder:{tmp_path}", 8, steps=1)
+
+
+def test_conditional_accuracy_beside_its_real_data_floor(digits_classifier):
+    held = open_dataset("digits", 8, train=False)
+    x = held.batch(range(len(held)))
+    right = quality_report(x, "digits", classifier=digits_classifier, labels=held.labels)
+    assert right.conditional_accuracy == pytest.approx(right.accuracy_floor) and right.accuracy_floor > 0.9
+    assert right.conditional_accuracy_per_class == right.accuracy_floor_per_class and len(right.accuracy_floor_per_class) == 10
+    assert right.met and "conditional accuracy" in right.format()
+    wrong = quality_report(x, "digits", classifier=digits_classifier, labels=(held.labels + 1) % 10)  # every label off by one
+    assert wrong.conditional_accuracy < 0.1 and wrong.accuracy_floor == right.accuracy_floor
+    threes = np.flatnonzero(held.labels == 3)
+    asked = quality_report(held.batch(threes.tolist()), "digits", classifier=digits_classifier,
+                           labels=np.full(len(threes), 3))
+    assert asked.targets["classes"]  # only threes asked for: the class shares follow the labels, not the data
+    assert np.isnan(asked.conditional_accuracy_per_class[0]) and asked.conditional_accuracy_per_class[3] > 0.9
+    with pytest.raises(ValueError, match="labels must be 360 integers, one per sample"):
+        quality_report(x, "digits", classifier=digits_classifier, labels=[1, 2])
+    with pytest.raises(ValueError, match="labels 0..10 are invalid: 'digits' has classes 0..9"):
+        quality_report(x, "digits", classifier=digits_classifier, labels=np.arange(360) % 11)

@@ -159,6 +159,12 @@ class QualityReport:
     class_share_data: list[float]  # by the labels of the training split
     fd_ratio: float  # fd_samples / fd_floor
     targets: dict[str, bool]
+    # with labels (the class each sample was asked for): the share the classifier assigns to that class,
+    # overall and per class, beside the classifier's accuracy on real held-out images (the floor)
+    conditional_accuracy: float | None = None
+    conditional_accuracy_per_class: list[float] | None = None
+    accuracy_floor: float | None = None
+    accuracy_floor_per_class: list[float] | None = None
 
     @property
     def met(self) -> bool:
@@ -179,8 +185,15 @@ class QualityReport:
                                       f"| noise {self.confidence_noise:.2f}"),
             ("  recognised like real data", f"{yes[self.targets['confidence']]} (needs >= {self.confidence_data - CONFIDENCE_MARGIN:.2f})"),
             ("class shares of samples", shares),
-            ("  every class present", f"{yes[self.targets['classes']]} (each within {lo}x-{hi}x its share in real data)"),
+            ("  every class present", f"{yes[self.targets['classes']]} (each within {lo}x-{hi}x its share in "
+                                      f"{'the labels asked for' if self.conditional_accuracy is not None else 'real data'})"),
         ]
+        if self.conditional_accuracy is not None:
+            per = " ".join(f"{v:.0%}" for v in self.conditional_accuracy_per_class)
+            floor = " ".join(f"{v:.0%}" for v in self.accuracy_floor_per_class)
+            rows += [("conditional accuracy", f"samples {self.conditional_accuracy:.3f} | real held-out (floor) "
+                                              f"{self.accuracy_floor:.3f}"),
+                     ("  per class, samples", per), ("  per class, real held-out", floor)]
         w = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
@@ -196,16 +209,22 @@ def _as_tensor(x: Any) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def _predict(clf: FeatureClassifier, x: torch.Tensor) -> tuple[float, np.ndarray]:
+def _predict(clf: FeatureClassifier, x: torch.Tensor) -> tuple[float, np.ndarray, np.ndarray]:
+    """(mean confidence, class shares, predicted class per image) of the classifier on ``x``."""
     probs = torch.cat([F.softmax(clf.logits(b), dim=1) for b in x.split(512)])
-    share = np.bincount(probs.argmax(1).numpy(), minlength=clf.num_classes) / len(x)
-    return float(probs.max(1).values.mean()), share
+    pred = probs.argmax(1).numpy()
+    return float(probs.max(1).values.mean()), np.bincount(pred, minlength=clf.num_classes) / len(x), pred
 
 
 def quality_report(
-    samples: Any, data: str, classifier: FeatureClassifier | None = None, seed: int = 0, max_reference: int = 20_000
+    samples: Any, data: str, classifier: FeatureClassifier | None = None, seed: int = 0, max_reference: int = 20_000,
+    labels: Any = None,
 ) -> QualityReport:
     """Measure ``samples`` (N, C, H, W) in [-1, 1] against the real data ``data`` (a data spec).
+
+    ``labels`` (N,): the class each sample was asked for (guided generation). Then the report adds
+    the conditional accuracy, overall and per class, beside the classifier's accuracy on the real
+    held-out images (the floor), and the class-share target compares with the labels' own shares.
 
     The reference statistics are the training split's (up to ``max_reference`` images); the floor
     is as many real held-out images as there are samples (the Frechet distance is biased by the
@@ -217,7 +236,13 @@ def quality_report(
 
     x = _as_tensor(samples)
     size = x.shape[-1]
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (len(x),) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must be {len(x)} integers, one per sample; got {labels.dtype} {labels.shape}")
     clf = classifier or reference_classifier(data, size, seed=seed)
+    if labels is not None and (labels.min() < 0 or labels.max() >= clf.num_classes):
+        raise ValueError(f"labels {labels.min()}..{labels.max()} are invalid: {data!r} has classes 0..{clf.num_classes - 1}")
     if x.shape[1] != clf.channels:
         raise ValueError(f"the samples have {x.shape[1]} channels but {data!r} images have {clf.channels}")
     train_set = open_dataset(data, size, train=True, seed=seed)
@@ -239,17 +264,34 @@ def quality_report(
             fd.reset()
             fd.update(imgs, real=False)
             scores[name] = float(fd.compute())
-    conf_s, share_s = _predict(clf, x)
-    conf_d, _ = _predict(clf, held.batch(range(len(held))) if len(held) <= max_reference else real)
-    conf_n, _ = _predict(clf, noise)
-    # the classes' shares in the data: the training split's (labels, as many as the reference holds)
-    share_d = np.bincount(train_set.batch_labels(ref_idx), minlength=clf.num_classes) / len(ref_idx)
+    conf_s, share_s, pred_s = _predict(clf, x)
+    held_idx = range(len(held)) if len(held) <= max_reference else range(n)
+    conf_d, _, pred_d = _predict(clf, held.batch(held_idx))
+    conf_n, _, _ = _predict(clf, noise)
+    # the classes' shares expected: those of the labels asked for, else the training split's (as many as the reference holds)
+    if labels is not None:
+        share_d = np.bincount(labels, minlength=clf.num_classes) / len(labels)
+    else:
+        share_d = np.bincount(train_set.batch_labels(ref_idx), minlength=clf.num_classes) / len(ref_idx)
     lo, hi = CLASS_BAND
     ratio = scores["samples"] / max(scores["floor"], 1e-12)
     targets = {
         "fd": ratio <= FD_TARGET_RATIO,
         "confidence": conf_s >= conf_d - CONFIDENCE_MARGIN,
-        "classes": bool(np.all((share_s >= lo * share_d) & (share_s <= hi * share_d))),
+        # every class expected (in the data, or asked for) within the band of its share
+        "classes": bool(np.all(((share_s >= lo * share_d) & (share_s <= hi * share_d))[share_d > 0])),
     }
-    return QualityReport(data, n, scores["samples"], scores["floor"], scores["noise"], conf_s, conf_d, conf_n,
-                         [round(float(v), 4) for v in share_s], [round(float(v), 4) for v in share_d], ratio, targets)
+    report = QualityReport(data, n, scores["samples"], scores["floor"], scores["noise"], conf_s, conf_d, conf_n,
+                           [round(float(v), 4) for v in share_s], [round(float(v), 4) for v in share_d], ratio, targets)
+    if labels is not None:
+        truth = held.batch_labels(list(held_idx))
+        report.conditional_accuracy, report.conditional_accuracy_per_class = _accuracy(pred_s, labels, clf.num_classes)
+        report.accuracy_floor, report.accuracy_floor_per_class = _accuracy(pred_d, truth, clf.num_classes)
+    return report
+
+
+def _accuracy(pred: np.ndarray, truth: np.ndarray, k: int) -> tuple[float, list[float]]:
+    """The share of ``pred`` equal to ``truth``, overall and per class of ``truth`` (NaN for a class never asked for)."""
+    hit = pred == truth
+    per = [float(hit[truth == c].mean()) if (truth == c).any() else float("nan") for c in range(k)]
+    return float(hit.mean()), [round(v, 4) for v in per]
