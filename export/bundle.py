@@ -81,10 +81,9 @@ def _check_args(model, out_dir, o: ExportOptions, schedule: Schedule, example_sh
     """Every argument checked before any work is done; returns the output path."""
     if not (isinstance(getattr(model, "name", None), str) and dataclasses.is_dataclass(getattr(model, "config", None))):
         raise TypeError(f"export_bundle needs a zoo model (built by zoo.build); got {type(model).__name__}")
-    if getattr(model, "null_class", None) is not None:
-        raise ValueError(f"the {model.name!r} model is class-conditional (num_classes={model.config.num_classes}): its "
-                         "graphs would need labels and guidance inputs, which bundles do not have yet; sample it eagerly "
-                         "with zoo.sample(..., labels=..., guidance=...)")
+    k = getattr(model.config, "num_classes", 0)
+    if o.class_names is not None and (not k or len(o.class_names) != k):
+        raise ValueError(f"class_names has {len(o.class_names)} names but the model has num_classes={k}")
     bad = [f for f in o.formats if f not in FORMATS]
     if bad or not o.formats:
         raise ValueError(f"unknown format(s) {bad or list(o.formats)!r}: accepted are {list(FORMATS)}")
@@ -210,6 +209,8 @@ class ExportOptions:
             float64 on the same inputs (``export.verify.derived_atol``); both are recorded.
         data_source: the data spec the model was trained on (``"digits"``...), recorded in the
             manifest so that ``diffzoo eval`` knows what to measure against.
+        class_names: a class-conditional model's class names, recorded in the manifest's
+            ``classes`` (count, names, null index) with the labels and guidance inputs of its graphs.
     """
 
     schedule: Schedule | None = None
@@ -225,6 +226,7 @@ class ExportOptions:
     int8: bool = False
     atol: float | None = None
     data_source: str | None = None
+    class_names: tuple[str, ...] | None = None  # a class-conditional model's class names (default "0", "1", ...)
 
     def __post_init__(self) -> None:
         for name in ("formats", "solvers"):  # any iterable, stored as a tuple
@@ -252,7 +254,7 @@ def export_bundle(model: torch.nn.Module, out_dir: str | os.PathLike, options: E
     out = _check_args(model, out_dir, o, schedule, example_shape)
     o = dataclasses.replace(o, schedule=schedule, example_shape=tuple(int(v) for v in example_shape), opset=int(o.opset))
     model = copy.deepcopy(model).float().cpu().eval()
-    specs = [s for s in artifact_specs(model.config.channels, o.int8).values()
+    specs = [s for s in artifact_specs(model.config.channels, o.int8, conditional=bool(getattr(model.config, "num_classes", 0))).values()
              if set(s.formats) & set(o.formats) and s.solver in (None, *o.solvers)]
     out.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(out):  # a second export into the same directory is refused, not raced
@@ -281,6 +283,10 @@ class _Export:
     @property
     def example_shape(self) -> tuple[int, int, int]:
         return self.o.example_shape
+
+    @property
+    def num_classes(self) -> int:
+        return getattr(self.model.config, "num_classes", 0)
 
     @property
     def example_sizes(self) -> dict[str, int]:
@@ -316,7 +322,7 @@ def _export_artifact(ex: _Export, spec: ArtifactSpec) -> tuple[dict[str, str], l
     ref = reference(spec, ex.model, ex.schedule, ex.o.clip_range)
     is_loop = spec.kind == "sampler"
     sizes = {**_verify_sizes(ex.example_shape), "steps": VERIFY_STEPS} if is_loop else _verify_sizes(ex.example_shape)
-    inputs = make_inputs(spec, sizes, ex.schedule.alphas_cumprod, ex.g)
+    inputs = make_inputs(spec, sizes, ex.schedule.alphas_cumprod, ex.g, num_classes=ex.num_classes)
     expected = _outputs(spec, ref, inputs)
     ref_err, source = None, None
     if spec.precision == "int8":
@@ -340,7 +346,7 @@ def _export_artifact(ex: _Export, spec: ArtifactSpec) -> tuple[dict[str, str], l
 
 
 def _write_torchscript(ex: _Export, spec: ArtifactSpec, ref, path: Path, inputs) -> dict[str, np.ndarray]:
-    example = make_inputs(spec, ex.example_sizes, ex.schedule.alphas_cumprod, ex.g)
+    example = make_inputs(spec, ex.example_sizes, ex.schedule.alphas_cumprod, ex.g, num_classes=ex.num_classes)
     save_traced(ref, tuple(example.values()), path)
     return _outputs(spec, load_traced(path), inputs)
 
@@ -355,7 +361,7 @@ def _write_onnx(ex: _Export, spec: ArtifactSpec, ref, path: Path, inputs) -> dic
             ex.calibration = calibration_states(ex.model, ex.schedule, ex.example_shape, ex.o.seed, ex.o.clip_range)
         proto = quantize_int8(ex.protos[spec.base], _calibration_feeds(spec, ex.calibration))
     else:
-        example = make_inputs(spec, ex.example_sizes, ex.schedule.alphas_cumprod, ex.g)
+        example = make_inputs(spec, ex.example_sizes, ex.schedule.alphas_cumprod, ex.g, num_classes=ex.num_classes)
         proto = export_onnx(ref, spec, example, ex.o.opset)
     ex.protos[spec.name] = proto
     check_onnx(proto)
@@ -397,6 +403,8 @@ def _manifest(ex: _Export, specs: list[ArtifactSpec], files, checks: list[Check]
         },
         "verification": [c.to_dict() for c in checks],
         "extra": ex.o.extra or {},
+        **({"classes": {"count": ex.num_classes, "null": ex.num_classes,
+                        "names": list(ex.o.class_names or (str(i) for i in range(ex.num_classes)))}} if ex.num_classes else {}),
     }
 
 

@@ -13,13 +13,15 @@ __all__ = ["make_inputs"]
 
 
 def make_inputs(
-    spec: ArtifactSpec, sizes: dict[str, int], alphas_cumprod: np.ndarray, generator: torch.Generator, eta: float = 0.7
+    spec: ArtifactSpec, sizes: dict[str, int], alphas_cumprod: np.ndarray, generator: torch.Generator, eta: float = 0.7,
+    num_classes: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Random but valid inputs for ``spec`` at the given axis sizes (batch, height, width, steps).
 
     Timesteps are spread over [0, T) with ``t_prev = -1`` (the last step) for the last sample and
     ``t_last = -1`` (the first step) for the first; the alpha-bar inputs are the schedule's values
-    at those timesteps. With a batch of 3 or more, every solver path is exercised.
+    at those timesteps. With a batch of 3 or more, every solver path is exercised. For a
+    class-conditional model (``num_classes``), labels and guidance values are mixed across the batch.
     """
     T = len(alphas_cumprod)
     ab = torch.from_numpy(np.array(alphas_cumprod, dtype=np.float64)).float()
@@ -41,6 +43,9 @@ def make_inputs(
         "alpha_bar_last": a_last,
         "eta": torch.tensor(eta, dtype=torch.float32),
     }
+    if num_classes:  # mixed labels (the denoiser also sees the null class) and mixed guidance, 0 to 4
+        values["labels"] = torch.randint(0, num_classes + (spec.kind == "denoiser"), (b,), generator=generator)
+        values["guidance"] = torch.rand(b, generator=generator) * 4
     if "steps" in sizes:
         values["timesteps"] = torch.from_numpy(ddim_timesteps(T, sizes["steps"], "leading"))
     out = {}

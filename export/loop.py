@@ -28,6 +28,7 @@ _SIGNATURES = {
     False: (["x_t", "t", "t_prev"], ["x_prev"]),
     True: (["x_t", "x0_last", "t", "t_prev", "t_last"], ["x_prev", "x0"]),
 }
+_GUIDED = ("labels", "guidance")  # a class-conditional model's fused step takes these next: the same on every step
 
 
 def build_sampler_graph(fused: onnx.ModelProto, stochastic: bool) -> onnx.ModelProto:
@@ -37,28 +38,28 @@ def build_sampler_graph(fused: onnx.ModelProto, stochastic: bool) -> onnx.ModelP
     t_prev, t_last) -> (x_prev, x0)`` (DPM-Solver++(2M)); ``timesteps`` is the descending int64
     list of the run (S,), and ``noise`` has shape (S, B, C, H, W) for the stochastic variant.
     """
-    multistep = _check_fused(fused, stochastic)
-    body, dims = _loop_body(fused.graph, multistep, stochastic)
-    return _sampler(fused, body, dims, multistep, stochastic)
+    multistep, guided = _check_fused(fused, stochastic)
+    body, dims = _loop_body(fused.graph, multistep, stochastic, guided)
+    return _sampler(fused, body, dims, multistep, stochastic, guided)
 
 
-def _check_fused(fused: onnx.ModelProto, stochastic: bool) -> bool:
-    """Refuse anything but a flat fused step graph; True for the multistep (DPM-Solver++) signature."""
+def _check_fused(fused: onnx.ModelProto, stochastic: bool) -> tuple[bool, bool]:
+    """Refuse anything but a flat fused step graph; (multistep: the DPM-Solver++ signature, guided: labels and guidance)."""
     g = fused.graph
     got, outs = [i.name for i in g.input], [o.name for o in g.output]
-    multistep = "x0_last" in got
+    multistep, guided = "x0_last" in got, "labels" in got
     expected, expected_out = _SIGNATURES[multistep]
-    expected = expected + (["noise", "eta"] if stochastic else [])
+    expected = expected + (list(_GUIDED) if guided else []) + (["noise", "eta"] if stochastic else [])
     if got != expected or outs != expected_out:
         raise ValueError(f"not a fused step graph: inputs {got}, outputs {outs}; expected {expected} -> {expected_out}")
     if fused.functions:
         raise ValueError("the fused step must be inlined (no local functions)")
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for node in g.node for a in node.attribute):
         raise ValueError("the fused step must not hold subgraphs")
-    return multistep
+    return multistep, guided
 
 
-def _loop_body(g: onnx.GraphProto, multistep: bool, stochastic: bool) -> tuple[onnx.GraphProto, list]:
+def _loop_body(g: onnx.GraphProto, multistep: bool, stochastic: bool, guided: bool = False) -> tuple[onnx.GraphProto, list]:
     """The Loop body: (iter, cond, x[, x0]) -> (cond, x_prev[, x0]), the step's nodes renamed into it,
     reading ``timesteps``, ``timesteps_prev`` (and ``timesteps_last``, ``noise``, ``eta``) from the outer scope."""
     body_nodes = [
@@ -82,6 +83,8 @@ def _loop_body(g: onnx.GraphProto, multistep: bool, stochastic: bool) -> tuple[o
             helper.make_node("Gather", ["noise", "iter"], ["step/noise"], axis=0),  # (B, C, H, W)
             helper.make_node("Identity", ["eta"], ["step/eta"]),
         ]
+    if guided:  # per-image labels and guidance, read from the outer scope on every step
+        body_nodes += [helper.make_node("Identity", [name], [f"step/{name}"]) for name in _GUIDED]
     for node in g.node:
         new = onnx.NodeProto()
         new.CopyFrom(node)
@@ -105,7 +108,8 @@ def _loop_body(g: onnx.GraphProto, multistep: bool, stochastic: bool) -> tuple[o
     return body, dims
 
 
-def _sampler(fused: onnx.ModelProto, body: onnx.GraphProto, dims: list, multistep: bool, stochastic: bool) -> onnx.ModelProto:
+def _sampler(fused: onnx.ModelProto, body: onnx.GraphProto, dims: list, multistep: bool, stochastic: bool,
+             guided: bool = False) -> onnx.ModelProto:
     """The outer graph: trip count and the shifted timestep lists, then the Loop; the weights live here, once."""
     g = fused.graph
     weights = []
@@ -142,6 +146,9 @@ def _sampler(fused: onnx.ModelProto, body: onnx.GraphProto, dims: list, multiste
         helper.make_tensor_value_info("x_T", TensorProto.FLOAT, dims),
         helper.make_tensor_value_info("timesteps", TensorProto.INT64, ["steps"]),
     ]
+    if guided:
+        inputs += [helper.make_tensor_value_info("labels", TensorProto.INT64, [dims[0]]),
+                   helper.make_tensor_value_info("guidance", TensorProto.FLOAT, [dims[0]])]
     if stochastic:
         inputs += [
             helper.make_tensor_value_info("noise", TensorProto.FLOAT, ["steps", *dims]),

@@ -12,12 +12,13 @@ import torch
 from torch import nn
 
 from export.format.artifacts import ArtifactSpec
-from zoo.diffusion import ddim_step, dpmpp_2m_step
+from zoo.diffusion import ddim_step, dpmpp_2m_step, guided_eps
 from zoo.samplers import sample
 from zoo.schedules import Schedule
 from zoo.solvers import alpha_bars
 
-__all__ = ["DDIMStep", "FusedStep", "DPMStep", "FusedDPMStep", "WRAPPERS", "reference"]
+__all__ = ["DDIMStep", "FusedStep", "DPMStep", "FusedDPMStep", "GuidedFusedStep", "GuidedFusedDPMStep", "WRAPPERS",
+           "reference"]
 
 
 class DDIMStep(nn.Module):
@@ -89,10 +90,33 @@ class FusedDPMStep(nn.Module):
         return self.step(x_t, eps, x0_last, a_t, a_prev, a_last)
 
 
-# Each solver's step and fused-step modules (their forward signatures are the artifact table's inputs).
-WRAPPERS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
-    "ddim": (DDIMStep, FusedStep),
-    "dpmpp_2m": (DPMStep, FusedDPMStep),
+class GuidedFusedStep(FusedStep):
+    """``(x_t, t, t_prev, labels, guidance[, noise, eta]) -> x_prev``: a class-conditional model's fused DDIM step.
+
+    The guided prediction (``zoo.diffusion.guided_eps``: one call on the 2B batch of the labels and
+    the null class) replaces eps; everything else is ``FusedStep``.
+    """
+
+    def forward(self, x_t, t, t_prev, labels, guidance, noise=None, eta=None):
+        a_t, a_prev, _ = alpha_bars(self.alphas_cumprod, t, t_prev)  # (B,) each
+        eps = guided_eps(self.model, x_t, t, labels, self.model.null_class, guidance)
+        return self.step(x_t, eps, a_t, a_prev, noise, eta)
+
+
+class GuidedFusedDPMStep(FusedDPMStep):
+    """``(x_t, x0_last, t, t_prev, t_last, labels, guidance) -> (x_prev, x0)``: the guided DPM-Solver++(2M) fused step."""
+
+    def forward(self, x_t, x0_last, t, t_prev, t_last, labels, guidance):
+        a_t, a_prev, a_last = alpha_bars(self.alphas_cumprod, t, t_prev, t_last)  # (B,) each
+        eps = guided_eps(self.model, x_t, t, labels, self.model.null_class, guidance)
+        return self.step(x_t, eps, x0_last, a_t, a_prev, a_last)
+
+
+# Each solver's step module and fused-step modules, unconditional and guided (their forward
+# signatures are the artifact table's inputs).
+WRAPPERS: dict[str, tuple[type[nn.Module], type[nn.Module], type[nn.Module]]] = {
+    "ddim": (DDIMStep, FusedStep, GuidedFusedStep),
+    "dpmpp_2m": (DPMStep, FusedDPMStep, GuidedFusedDPMStep),
 }
 
 
@@ -100,14 +124,19 @@ def reference(spec: ArtifactSpec, model: nn.Module, schedule: Schedule, clip_ran
     """The eager torch callable an artifact must reproduce, by its kind and solver."""
     if spec.kind == "denoiser":
         return model
-    step, fused = WRAPPERS[spec.solver]
+    guided = getattr(model, "null_class", None) is not None
+    step, fused, guided_fused = WRAPPERS[spec.solver]
     if spec.kind == "step":
         return step(spec.stochastic, clip_range)
     if spec.kind == "fused_step":
-        return fused(model, schedule.alphas_cumprod, spec.stochastic, clip_range).eval()
+        return (guided_fused if guided else fused)(model, schedule.alphas_cumprod, spec.stochastic, clip_range).eval()
 
-    def sampler(x_T, timesteps, noise=None, eta=None):
+    def sampler(x_T, timesteps, *rest):  # then [labels, guidance][, noise, eta]: the spec's inputs, in order
+        extra = list(rest)
+        labels, guidance = (extra.pop(0), extra.pop(0)) if guided else (None, None)
+        noise, eta = (extra + [None, None])[:2]
         return sample(model, schedule, x_T, num_steps=len(timesteps), solver=spec.solver, spacing="leading",
-                      eta=0.0 if eta is None else float(eta), noise=noise, clip_range=clip_range)
+                      eta=0.0 if eta is None else float(eta), noise=noise, clip_range=clip_range, labels=labels,
+                      guidance=guidance)
 
     return sampler

@@ -14,13 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
+import numpy as np
+
 from export.format.artifacts import MODE_KINDS, select
 from zoo.diffusion import SPACINGS
 from zoo.files import check_replaceable
 from zoo.solvers import check_eta, get_solver
 from zoo.validate import check_int
 
-__all__ = ["Mode", "MODES", "PRECISIONS", "SampleRequest", "check_settings", "check_choices", "check_output", "IMAGE_SUFFIXES"]
+__all__ = ["Mode", "MODES", "PRECISIONS", "SampleRequest", "check_settings", "check_choices", "check_classes", "check_output",
+           "IMAGE_SUFFIXES"]
 
 Mode = Literal["loop", "fused", "step"]
 MODES: tuple[str, ...] = tuple(MODE_KINDS)  # ("loop", "fused", "step")
@@ -78,6 +81,43 @@ def check_choices(*, solver: str = "ddim", eta: float = 0.0, spacing: str = "lea
         raise ValueError(f"unknown precision {precision!r}: expected one of {list(PRECISIONS)}")
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}: expected one of {sorted(SPACINGS)}")
+
+
+def check_classes(manifest: dict[str, Any], n: int, labels: Any = None,
+                  guidance: Any = None) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+    """A request's labels and guidance as (n,) int64 / float32 arrays for a class-conditional bundle.
+
+    ``labels``: one class or one per image, as indices or the manifest's class names; none samples
+    the null class (unconditional). ``guidance``: one number >= 0 or one per image (default 1).
+    An unconditional bundle refuses both. ``ValueError`` naming the bad value and what is accepted.
+    """
+    classes = manifest.get("classes")
+    if not classes:
+        if labels is not None or guidance is not None:
+            raise ValueError("labels and guidance need a class-conditional bundle; this one is unconditional "
+                             "(exported from a model without num_classes)")
+        return None, None
+    k, names = classes["count"], list(classes["names"])
+    if labels is None:
+        if guidance is not None:
+            raise ValueError("guidance needs labels: the class of each image (or one for all)")
+        return np.full(n, classes["null"], np.int64), np.ones(n, np.float32)  # both branches the null class
+    raw = np.atleast_1d(np.asarray(labels, dtype=object))
+    if raw.ndim != 1 or len(raw) not in (1, n):
+        raise ValueError(f"labels must be one class or {n} (one per image); got {len(raw)}")
+    out = []
+    for v in raw:
+        if isinstance(v, str) and v in names:
+            out.append(names.index(v))
+        elif isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < k:
+            out.append(int(v))
+        else:
+            raise ValueError(f"label {v!r} is invalid: expected a class index 0..{k - 1} or one of the names {names}")
+    w = np.atleast_1d(np.asarray(1.0 if guidance is None else guidance, dtype=np.float64))
+    if w.ndim != 1 or len(w) not in (1, n) or not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"guidance {w.tolist()[:8]} is invalid: expected one finite number >= 0 or {n} (one per image)")
+    return (np.broadcast_to(np.asarray(out, np.int64), (n,)).copy(),
+            np.broadcast_to(w.astype(np.float32), (n,)).copy())
 
 
 def check_output(path: str | os.PathLike, *, suffixes: Iterable[str] | None = IMAGE_SUFFIXES, channels: int | None = None) -> Path:

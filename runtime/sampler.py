@@ -24,8 +24,8 @@ from export.format.manifest import BundleError, check_identity, load_manifest, r
 from export.loop import build_sampler_graph, loop_is_bounded
 from runtime.noise import image_noise
 from runtime.providers import CudaOptions, ProviderUnavailableError, resolve_provider, session_providers
-from runtime.requests import MODES, PRECISIONS, Mode, SampleRequest, check_settings
-from zoo.diffusion import check_finite, ddim_timesteps, step_pairs
+from runtime.requests import MODES, PRECISIONS, Mode, SampleRequest, check_classes, check_settings
+from zoo.diffusion import check_finite, ddim_timesteps, guided_eps, step_pairs
 from zoo.resources import check_fits
 from zoo.schedules import make_schedule
 from zoo.solvers import alpha_bars
@@ -238,15 +238,22 @@ class Sampler:
         start: int = 0,
         progress: bool = False,
         solver: str = "ddim",
+        labels: Any = None,
+        guidance: Any = None,
     ) -> np.ndarray:
         """Sample images ``start .. start+n-1`` of the stream ``seed``.
+
+        For a class-conditional bundle, ``labels`` (one class or one per image, indices or the
+        manifest's class names; none: the null class) and ``guidance`` (one w >= 0 or one per
+        image, default 1) steer each image (``runtime.requests.check_classes``).
 
         ``solver`` is "ddim" (any eta) or "dpmpp_2m" (DPM-Solver++(2M), deterministic: eta = 0;
         about 3x fewer steps for the same quality, docs/BENCHMARKS.md).
 
         Returns:
             float32 array (n, C, H, W) in [-1, 1]. Image k depends only on (seed, k, solver,
-            num_steps, eta, spacing), never on the batch size, the mode or which shard computed it.
+            num_steps, eta, spacing, its label and guidance), never on the batch size, the mode or which
+            shard computed it.
 
         Raises:
             NonFiniteSampleError: a batch came out with NaN or inf (never returned silently).
@@ -254,6 +261,7 @@ class Sampler:
         n, seed, start = check_int("n", n, 1), check_int("seed", seed, 0), check_int("start", start, 0)
         batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
         self.check(num_steps, eta, spacing, mode, solver)
+        labels, guidance = check_classes(self.manifest, n, labels, guidance)
         num_steps, eta = int(num_steps), float(eta)
         ts = self.timesteps(num_steps, spacing)
         bs = min(n, batch_size or DEFAULT_BATCH_SIZE)
@@ -270,26 +278,34 @@ class Sampler:
         for b0 in starts:
             idx = range(b0, min(b0 + bs, start + n))
             x_T, noise = image_noise(seed, idx, self.shape, len(ts), stochastic=eta > 0)
-            x = self.run_batch(x_T, ts, noise, eta, mode, solver=solver)
+            part = slice(idx.start - start, idx.stop - start)
+            x = self.run_batch(x_T, ts, noise, eta, mode, solver=solver, labels=None if labels is None else labels[part],
+                               guidance=None if guidance is None else guidance[part])
             check_finite(x, f"images {idx.start}..{idx.stop - 1} ({solver}, {mode} mode, {num_steps} steps)")
             out.append(x)
         return np.concatenate(out)
 
     def run_batch(
         self, x_T: np.ndarray, timesteps: np.ndarray, noise: np.ndarray | None, eta: float, mode: Mode,
-        callback: StepCallback | None = None, solver: str = "ddim",
+        callback: StepCallback | None = None, solver: str = "ddim", labels: np.ndarray | None = None,
+        guidance: np.ndarray | None = None,
     ) -> np.ndarray:
         """One batch through ``mode``: x_T (B, C, H, W) float32, noise (S, B, C, H, W) float32 when eta > 0.
 
         ``timesteps``: S distinct, descending integers in 0..T-1 (``Sampler.timesteps`` gives them).
+        A class-conditional bundle takes ``labels`` (B,) and ``guidance`` (B,) (``check_classes``).
         """
         stochastic = eta > 0
         self.check(len(timesteps), eta, "leading", mode, solver)  # raises, naming the bad value
         x_T, timesteps, noise = self._check_batch(x_T, timesteps, noise, stochastic)
+        cond = {}
+        if self.manifest.get("classes") or labels is not None or guidance is not None:
+            labels, guidance = check_classes(self.manifest, len(x_T), labels, guidance)
+            cond = {"labels": labels, "guidance": guidance}
         artifact = self.artifact(MODE_KINDS[mode], solver, stochastic)
         if mode == "loop":
             sess = self.session(artifact)
-            feed = {"x_T": x_T, "timesteps": timesteps}
+            feed = {"x_T": x_T, "timesteps": timesteps, **cond}
             if stochastic:
                 feed.update(noise=noise, eta=np.array(eta, np.float32))
             (x0,) = sess.run(["x_0"], _by_name(sess, feed))
@@ -297,9 +313,9 @@ class Sampler:
                 callback(len(timesteps) - 1, int(timesteps[-1]), None, x0)
             return self._checked_output(x0, x_T, artifact)
         if mode == "fused" and self.device == "cuda" and self.cuda.cuda_graph:
-            x = self._run_fused_cuda_graph(artifact, solver, x_T, timesteps, noise, eta, callback)
+            x = self._run_fused_cuda_graph(artifact, solver, x_T, timesteps, noise, eta, callback, cond)
         else:
-            x = self._run_per_step(artifact, solver, x_T, timesteps, noise, eta, mode, callback)
+            x = self._run_per_step(artifact, solver, x_T, timesteps, noise, eta, mode, callback, cond)
         return self._checked_output(x, x_T, artifact)
 
     def _checked_output(self, x: np.ndarray, x_T: np.ndarray, artifact: str) -> np.ndarray:
@@ -327,7 +343,7 @@ class Sampler:
                 raise TypeError(f"noise is {got}: eta > 0 needs float32 noise of shape (S, B, C, H, W) = {want}")
         return np.ascontiguousarray(x_T), ts.astype(np.int64), noise
 
-    def _run_per_step(self, artifact, solver, x_T, timesteps, noise, eta, mode, callback) -> np.ndarray:
+    def _run_per_step(self, artifact, solver, x_T, timesteps, noise, eta, mode, callback, cond) -> np.ndarray:
         """``fused``: the fused step per timestep; ``step``: the denoiser, then the solver step.
 
         The carried values (x, and DPM-Solver++'s x0 prediction) stay on the device between steps.
@@ -345,9 +361,14 @@ class Sampler:
             io_den = den.io_binding()
         steps = step_list(timesteps)
         for i, t in enumerate(timesteps):
-            host = step_feeds(i, steps, b, inputs, self.alphas_cumprod, noise, eta)
+            host = step_feeds(i, steps, b, inputs, self.alphas_cumprod, noise, eta, cond)
             eps_host = None
-            if mode == "step":
+            if mode == "step" and cond:  # the guided prediction on the host: the denoiser on the 2B batch, then guide
+                eps_host = guided_eps(lambda xx, tt, ll: den.run(["eps"], {"x": xx, "t": tt, "labels": ll})[0],
+                                      state["x_t"].numpy(), np.full(b, t, np.int64), cond["labels"],
+                                      self.manifest["classes"]["null"], cond["guidance"])
+                _bind(io, state, {**host, "eps": eps_host})
+            elif mode == "step":
                 _bind(io_den, {"x": state["x_t"]}, {"t": np.full(b, t, np.int64)})
                 io_den.bind_output("eps", dev, dev_id)
                 den.run_with_iobinding(io_den)
@@ -365,7 +386,7 @@ class Sampler:
                 callback(i, int(t), eps_host, state["x_t"].numpy())
         return state["x_t"].numpy()
 
-    def _run_fused_cuda_graph(self, artifact, solver, x_T, timesteps, noise, eta, callback) -> np.ndarray:
+    def _run_fused_cuda_graph(self, artifact, solver, x_T, timesteps, noise, eta, callback, cond) -> np.ndarray:
         """The fused step replayed as CUDA graphs: fixed device buffers, two graphs ping-ponging the state.
 
         onnxruntime captures a graph on its first run per ``gpu_graph_id`` and replays it after;
@@ -383,7 +404,7 @@ class Sampler:
         first = {"x_t": x_T, **{i: np.zeros_like(x_T) for i, _ in pairs[1:]}}  # the state starts at zeros
         bufs = {i: [dev_array(first[i]), dev_array(np.empty_like(x_T))] for i, _ in pairs}
         steps = step_list(timesteps)
-        host0 = step_feeds(0, steps, b, inputs, self.alphas_cumprod, noise, eta)
+        host0 = step_feeds(0, steps, b, inputs, self.alphas_cumprod, noise, eta, cond)
         shared = {n: dev_array(v) for n, v in host0.items()}  # t, t_prev[, t_last, noise, eta], updated in place
         runs = []
         for g in range(2):  # graph g reads buffer g and writes buffer 1 - g
@@ -396,8 +417,8 @@ class Sampler:
             ro.add_run_config_entry("gpu_graph_id", str(g + 1))
             runs.append((io, ro))
         for i, t in enumerate(timesteps):
-            for name, v in step_feeds(i, steps, b, inputs, self.alphas_cumprod, noise, eta).items():
-                if name != "eta":  # a constant of the run
+            for name, v in step_feeds(i, steps, b, inputs, self.alphas_cumprod, noise, eta, cond).items():
+                if name not in ("eta", *cond):  # constants of the run
                     shared[name].update_inplace(np.ascontiguousarray(v))
             io, ro = runs[i % 2]
             sess.run_with_iobinding(io, ro)
@@ -427,8 +448,11 @@ def step_list(timesteps: np.ndarray) -> list[tuple[int, int, int]]:
 
 
 def step_feeds(i: int, steps: list[tuple[int, int, int]], b: int, names: list[str], alphas: np.ndarray,
-               noise: np.ndarray | None, eta: float) -> dict[str, np.ndarray]:
-    """The host inputs of step i that ``names`` (a step graph's inputs) asks for, for a batch of b images."""
+               noise: np.ndarray | None, eta: float, cond: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The host inputs of step i that ``names`` (a step graph's inputs) asks for, for a batch of b images.
+
+    ``cond``: a class-conditional bundle's ``labels`` and ``guidance`` (B,), the same on every step.
+    """
     t, tp, tl = steps[i]
     a_t, a_prev, a_last = alpha_bars(alphas, t, tp, tl)
     values = {
@@ -440,6 +464,7 @@ def step_feeds(i: int, steps: list[tuple[int, int, int]], b: int, names: list[st
         "alpha_bar_last": lambda: np.full(b, a_last, np.float32),
         "noise": lambda: noise[i],
         "eta": lambda: np.array(eta, np.float32),
+        **{k: (lambda v=v: v) for k, v in (cond or {}).items()},
     }
     return {n: values[n]() for n in names if n in values}
 

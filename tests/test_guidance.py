@@ -127,8 +127,7 @@ def test_conditional_training_keeps_classes_and_resumes_exactly(tmp_path):
     assert model.config.num_classes == 10 and model.null_class == 10
 
 
-def test_conditional_training_needs_labels_and_export_says_what_is_missing(tmp_path):
-    import export
+def test_conditional_training_needs_labels(tmp_path):
     from PIL import Image
 
     from zoo.training.train import TrainConfig, train
@@ -140,8 +139,6 @@ def test_conditional_training_needs_labels_and_export_says_what_is_missing(tmp_p
     with pytest.raises(ValueError, match="--conditional needs a labelled data source"):
         train(TrainConfig(model="unet", model_config={"hidden": 8}, data=f"folder:{folder}", size=8, steps=1, batch=2,
                           conditional=True), tmp_path / "run", progress=False)
-    with pytest.raises(ValueError, match="is class-conditional .* sample it eagerly"):
-        export.export_bundle(_cond(), tmp_path / "b", example_shape=(1, 8, 8))
 
 
 def test_image_folders_with_one_subfolder_per_class_are_labelled(tmp_path):
@@ -157,3 +154,111 @@ def test_image_folders_with_one_subfolder_per_class_are_labelled(tmp_path):
     assert ds.classes == ("cats", "dogs") and ds.labels.tolist() == [0, 0, 1, 1]  # sorted names, as torchvision
     Image.new("RGB", (8, 8)).save(tmp_path / "loose.png")
     assert ImageFolder(tmp_path, 8).num_classes == 0  # an image directly under the root: unconditional
+
+
+# --- bundles: labels and guidance through every artifact and mode -------------------------------------------
+
+@pytest.fixture(scope="module")
+def guided_bundle(tmp_path_factory):
+    import export
+
+    b = export.export_bundle(_cond(seed=1), tmp_path_factory.mktemp("guided") / "b", example_shape=(1, 8, 8),
+                             formats=("onnx",), class_names=("zero", "one", "two"))
+    return b
+
+
+def test_a_conditional_bundle_records_its_classes_and_inputs(guided_bundle):
+    m = guided_bundle.manifest
+    assert m["classes"] == {"count": 3, "null": 3, "names": ["zero", "one", "two"]}
+    names = {a: [i["name"] for i in e["inputs"]] for a, e in m["artifacts"].items()}
+    assert names["denoiser"] == ["x", "t", "labels"]
+    assert names["fused_step"] == ["x_t", "t", "t_prev", "labels", "guidance"]
+    assert names["fused_step_eta"] == ["x_t", "t", "t_prev", "labels", "guidance", "noise", "eta"]
+    assert names["fused_step_dpmpp"] == ["x_t", "x0_last", "t", "t_prev", "t_last", "labels", "guidance"]
+    assert names["sampler_eta"] == ["x_T", "timesteps", "labels", "guidance", "noise", "eta"]
+    assert names["ddim_step"] == ["x_t", "eps", "alpha_bar_t", "alpha_bar_prev"]  # no network: unchanged
+    assert all(c["max_abs_diff"] <= c["atol"] for c in guided_bundle.checks)  # verified with mixed labels and guidance
+
+
+@pytest.mark.parametrize("solver,eta", [("ddim", 0.0), ("ddim", 0.5), ("dpmpp_2m", 0.0)])
+def test_every_mode_samples_the_guided_images_of_eager_torch(guided_bundle, solver, eta):
+    import runtime
+    from export.bundle import load_model
+    from export.verify import derived_atol
+    from runtime.noise import image_noise
+
+    s = runtime.load(guided_bundle.path, provider="cpu")
+    labels, w = ["two", 0, 1, "one"], [0.0, 1.5, 4.0, 1.0]  # names and indices; guidance per image
+    ts = s.timesteps(6)
+    x_T, noise = image_noise(3, range(4), s.shape, len(ts), stochastic=eta > 0)
+    model, sched, _ = load_model(guided_bundle.path)
+
+    def eager(dtype):
+        m = model.to(dtype)
+        kw = {"noise": torch.from_numpy(noise).to(dtype)} if eta else {}
+        return zoo.sample(m, sched, torch.from_numpy(x_T).to(dtype), num_steps=6, solver=solver, eta=eta,
+                          labels=[2, 0, 1, 1], guidance=w, **kw).double().numpy()
+
+    ref32 = eager(torch.float32)
+    bound, _ = derived_atol({"x": ref32}, {"x": eager(torch.float64)})
+    for mode in ("loop", "fused", "step"):
+        got = s.sample(4, num_steps=6, seed=3, eta=eta, mode=mode, solver=solver, labels=labels, guidance=w)
+        assert np.abs(got - ref32).max() <= bound, (mode, np.abs(got - ref32).max(), bound)
+    mixed = s.sample(4, num_steps=6, seed=3, eta=eta, solver=solver, labels=labels, guidance=w)
+    for k in range(4):  # image k depends only on (seed, k, its label, its guidance): a mixed batch is the separate runs
+        one = s.sample(1, num_steps=6, seed=3, start=k, eta=eta, solver=solver, labels=labels[k], guidance=w[k])
+        # within float32's own error (the derived bound): onnxruntime may sum in another order at batch 1 than at 4
+        np.testing.assert_allclose(one, mixed[k:k + 1], rtol=0, atol=bound)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"labels": [3]}, r"label 3 is invalid: expected a class index 0..2 or one of the names \['zero', 'one', 'two'\]"),
+    ({"labels": ["cat"]}, "label 'cat' is invalid"),
+    ({"labels": [0, 1]}, "labels must be one class or 4"),
+    ({"labels": 1, "guidance": float("nan")}, "guidance .* is invalid"),
+    ({"labels": 1, "guidance": -2.0}, "guidance .* is invalid"),
+    ({"guidance": 2.0}, "guidance needs labels"),
+])
+def test_bad_labels_and_guidance_are_refused_by_the_runtime(guided_bundle, kwargs, match):
+    import runtime
+
+    with pytest.raises(ValueError, match=match):
+        runtime.load(guided_bundle.path, provider="cpu").sample(4, num_steps=2, **kwargs)
+
+
+def test_labels_for_an_unconditional_bundle_are_refused(bundles):
+    import runtime
+
+    with pytest.raises(ValueError, match="labels and guidance need a class-conditional bundle"):
+        runtime.load(bundles["unet"].path, provider="cpu").sample(2, num_steps=2, labels=1)
+
+
+def test_cli_sample_takes_classes_by_name_or_index_and_guidance(guided_bundle, tmp_path, capsys):
+    from runtime.apps.cli import main
+
+    out = tmp_path / "x.npy"
+    args = ["sample", str(guided_bundle.path), "--provider", "cpu", "--n", "4", "--steps", "3", "--out", str(out)]
+    assert main([*args, "--class", "two,0,1,one", "--guidance", "0,1.5,4,1"]) == 0
+    import runtime
+
+    expected = runtime.load(guided_bundle.path, provider="cpu").sample(4, num_steps=3, labels=[2, 0, 1, 1],
+                                                                       guidance=[0, 1.5, 4, 1])
+    np.testing.assert_array_equal(np.load(out), expected)
+    for bad, match in ((["--class", "7"], "label 7 is invalid"), (["--class", "1", "--guidance", "x"], "--guidance 'x' is invalid"),
+                       (["--guidance", "2"], "guidance needs labels")):
+        assert main([*args, *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert match in err[-1] and len([line for line in err if "error" in line]) == 1
+
+
+def test_export_of_a_conditional_run_keeps_its_class_names(tmp_path):
+    import json
+
+    from runtime.apps.cli import main
+
+    run, bundle = tmp_path / "run", tmp_path / "b"
+    assert main(["train", "--model", "unet", "--hidden", "8", "--data", "digits", "--size", "8", "--steps", "2", "--batch", "8",
+                 "--conditional", "--out", str(run)]) == 0
+    assert main(["export", "--checkpoint", str(run), "--formats", "onnx", "--solvers", "ddim", "--out", str(bundle)]) == 0
+    classes = json.loads((bundle / "manifest.json").read_text())["classes"]
+    assert classes == {"count": 10, "null": 10, "names": [str(d) for d in range(10)]}

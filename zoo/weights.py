@@ -21,7 +21,7 @@ from zoo.registry import build
 from zoo.schedules import Schedule
 from zoo.weights_header import HEADER_KEY, read_weights_metadata
 
-__all__ = ["save_weights", "load_weights", "read_weights_metadata"]
+__all__ = ["save_weights", "load_weights", "read_weights_metadata", "class_names"]
 
 
 def save_weights(path: str | os.PathLike, model: torch.nn.Module, schedule: Schedule, **extra: Any) -> Path:
@@ -47,3 +47,10 @@ def load_weights(path: str | os.PathLike) -> tuple[torch.nn.Module, Schedule, di
         first = str(e).strip().splitlines()[0]
         raise ValueError(f"weights in {str(path)!r} do not match the {meta['model']['name']!r} config: {first}") from None
     return model.eval(), Schedule.from_dict(meta["schedule"]), meta
+
+
+def class_names(meta: dict[str, Any]) -> tuple[str, ...] | None:
+    """The class names a conditional run kept in its weights header (``data.classes.names``), or None."""
+    classes = (meta.get("data") or {}).get("classes")
+    return tuple(classes["names"]) if isinstance(classes, dict) and isinstance(classes.get("names"), list) else None
+

@@ -68,27 +68,36 @@ def carried(solver: str | None) -> tuple[tuple[str, str], ...]:
     return (("x_t", "x_prev"),) + (SOLVER_TABLE[solver].state if solver else ())
 
 
-def artifact_specs(channels: int, int8: bool = False) -> dict[str, ArtifactSpec]:
-    """The bundle's artifacts by name; with ``int8``, also the int8 variants (ONNX only)."""
+def artifact_specs(channels: int, int8: bool = False, conditional: bool = False) -> dict[str, ArtifactSpec]:
+    """The bundle's artifacts by name; with ``int8``, also the int8 variants (ONNX only).
+
+    ``conditional``: a class-conditional model's artifacts. The denoiser takes ``labels`` (B,) int64;
+    the fused steps and the whole-loop graphs take ``labels`` and ``guidance`` (B,) float32 and make
+    the guided prediction inside (``zoo.diffusion.guided_eps``: one network call on a 2B batch).
+    """
     img = ("batch", channels, "height", "width")
     f32, i64 = "float32", "int64"
     batch = ("batch",)
+    labels = (IOSpec("labels", i64, batch),) if conditional else ()
+    cond = labels + ((IOSpec("guidance", f32, batch),) if conditional else ())
     noise = (IOSpec("noise", f32, img), IOSpec("eta", f32, ()))
     step_in = (IOSpec("x_t", f32, img), IOSpec("eps", f32, img), IOSpec("alpha_bar_t", f32, batch), IOSpec("alpha_bar_prev", f32, batch))
     fused_in = (IOSpec("x_t", f32, img), IOSpec("t", i64, batch), IOSpec("t_prev", i64, batch))
-    loop_in = (IOSpec("x_T", f32, img), IOSpec("timesteps", i64, ("steps",)))
+    loop_in = (IOSpec("x_T", f32, img), IOSpec("timesteps", i64, ("steps",))) + cond
     loop_noise = (IOSpec("noise", f32, ("steps", *img)), IOSpec("eta", f32, ()))
     x_prev = (IOSpec("x_prev", f32, img),)
     # DPM-Solver++(2M) carries the previous x0 prediction and needs the previous step's timestep.
     dpm_state, dpm_out = (IOSpec("x0_last", f32, img),), x_prev + (IOSpec("x0", f32, img),)
     dpm_step_in = step_in[:2] + dpm_state + step_in[2:] + (IOSpec("alpha_bar_last", f32, batch),)
-    dpm_fused_in = fused_in[:1] + dpm_state + fused_in[1:] + (IOSpec("t_last", i64, batch),)
+    dpm_fused_in = fused_in[:1] + dpm_state + fused_in[1:] + (IOSpec("t_last", i64, batch),) + cond
+    fused_in = fused_in + cond
     x_0 = (IOSpec("x_0", f32, img),)
     both, onnx_only = ("onnx", "torchscript"), ("onnx",)
     A = ArtifactSpec
     specs = [
-        A("denoiser", (IOSpec("x", f32, img), IOSpec("t", i64, batch)), (IOSpec("eps", f32, img),), both, False,
-          "the epsilon predictor, time channel inside"),
+        A("denoiser", (IOSpec("x", f32, img), IOSpec("t", i64, batch)) + labels, (IOSpec("eps", f32, img),), both, False,
+          "the epsilon predictor, time channel inside" + ("; labels (the null class for the unconditional branch)"
+                                                          if conditional else "")),
         A("ddim_step", step_in, x_prev, both, False, "one deterministic DDIM update (eta = 0)", kind="step", solver="ddim"),
         A("ddim_step_eta", step_in + noise, x_prev, both, True, "one DDIM update with eta and noise inputs",
           kind="step", solver="ddim"),

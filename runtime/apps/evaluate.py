@@ -35,14 +35,15 @@ def bundle_for(target: Path, tmp: Path, progress: bool, solvers: tuple[str, ...]
     if (target / MANIFEST_NAME).is_file():
         return target
     import export
-    from zoo.weights import load_weights
+    from zoo.weights import class_names, load_weights
     from zoo.training.runs import run_weights
 
     model, schedule, meta = load_weights(run_weights(target))
     shape = tuple(meta["data"]["shape"])
     log.info("exporting %s to a temporary bundle", target)
     export.export_bundle(model, tmp / "bundle", schedule=schedule, example_shape=shape, formats=("onnx",),
-                         data_source=meta["data"].get("source"), progress=progress, solvers=solvers)
+                         data_source=meta["data"].get("source"), progress=progress, solvers=solvers,
+                         class_names=class_names(meta))
     return tmp / "bundle"
 
 

@@ -32,7 +32,7 @@ def register(sub) -> None:
 
 
 def load_or_build(args: argparse.Namespace):
-    """(model, schedule, example_shape, data source) from --checkpoint, or a seeded random init from --model."""
+    """(model, schedule, example_shape, weights metadata) from --checkpoint, or a seeded random init from --model."""
     import torch
 
     import zoo
@@ -45,11 +45,11 @@ def load_or_build(args: argparse.Namespace):
             raise ValueError(f"--checkpoint {args.checkpoint} already names its model: drop --model {args.model}")
         model, schedule, meta = load_weights(run_weights(args.checkpoint))
         shape = tuple(meta.get("data", {}).get("shape") or (model.config.channels, args.size, args.size))
-        return model, schedule, shape, meta.get("data", {}).get("source")
+        return model, schedule, shape, meta
     torch.manual_seed(args.seed)
     model = zoo.build(args.model or "residual", hidden=args.hidden, channels=args.channels, kernel_size=args.kernel_size)
     schedule = zoo.make_schedule(args.schedule, num_train_timesteps=model.config.num_train_timesteps)
-    return model, schedule, (args.channels, args.size, args.size), None
+    return model, schedule, (args.channels, args.size, args.size), {}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,12 +57,15 @@ def run(args: argparse.Namespace) -> int:
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     solvers = [s.strip() for s in args.solvers.split(",") if s.strip()]
-    model, schedule, shape, source = load_or_build(args)
+    from zoo.weights import class_names
+
+    model, schedule, shape, meta = load_or_build(args)
     t0 = time.perf_counter()
     try:
         bundle = export.export_bundle(
             model, args.out, schedule=schedule, example_shape=shape, formats=formats, force=args.force, seed=args.seed,
-            progress=True, int8=args.int8, atol=args.atol, data_source=source, solvers=solvers,
+            progress=True, int8=args.int8, atol=args.atol, data_source=meta.get("data", {}).get("source"), solvers=solvers,
+            class_names=class_names(meta),
             **({} if args.opset is None else {"opset": args.opset}),
         )
     except export.ExportVerificationError as e:

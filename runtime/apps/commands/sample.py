@@ -35,8 +35,27 @@ def register(sub) -> None:
     p.add_argument("--cuda-graph", action="store_true", help="fused mode on CUDA: replay the step as a CUDA graph")
     p.add_argument("--precision", choices=PRECISIONS, default=SampleRequest.precision,
                    help="fp32 (default) or int8: the bundle's int8 variants (export --int8), CPU provider")
+    p.add_argument("--class", dest="classes", default=None,
+                   help="class-conditional bundles: the class of every image, an index or a name (3, sneaker), or "
+                        "one per image, comma-separated; default: the null class (unconditional)")
+    p.add_argument("--guidance", default=None,
+                   help="classifier-free guidance w >= 0 with --class (default 1: conditional), or one per image, "
+                        "comma-separated")
     p.add_argument("--out", required=True, help="output file: .png grid, .ppm first image, .npy array")
     p.set_defaults(func=run)
+
+
+def conditioning(bundle: str, n: int, classes: str | None, guidance: str | None):
+    """--class and --guidance as the (n,) arrays ``Sampler.sample`` takes, checked against the bundle's manifest."""
+    from export.format.manifest import load_manifest
+    from runtime.requests import check_classes
+
+    labels = None if classes is None else [int(v) if v.strip().isdigit() else v.strip() for v in classes.split(",")]
+    try:
+        w = None if guidance is None else [float(v) for v in guidance.split(",")]
+    except ValueError:
+        raise ValueError(f"--guidance {guidance!r} is invalid: expected a number >= 0, or one per image, comma-separated") from None
+    return check_classes(load_manifest(bundle, verify=False), n, labels, w)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cuda_graph and args.mode != "fused":
         raise ValueError(f"--cuda-graph replays the fused step on CUDA: it needs --mode fused (here: --mode {args.mode})")
     check_request(args.bundle, args.steps, [args.mode], args.eta, args.spacing, args.solver, args.precision)
+    labels, guidance = conditioning(args.bundle, args.n, args.classes, args.guidance)
     sampler = runtime.load(args.bundle, provider=args.provider, strict=args.provider == "cuda", threads=args.threads,
                            cuda=runtime.CudaOptions(cuda_graph=args.cuda_graph), precision=args.precision)
     check_out(out, channels=sampler.shape[0])
@@ -57,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--cuda-graph replays the fused step on CUDA: it needs the CUDA provider (here: {sampler.providers[0]})")
     t0 = time.perf_counter()
     x = sampler.sample(stop - start, num_steps=args.steps, seed=args.seed, eta=args.eta, spacing=args.spacing,
-                       mode=args.mode, batch_size=args.batch_size, start=start, progress=True, solver=args.solver)
+                       mode=args.mode, batch_size=args.batch_size, start=start, progress=True, solver=args.solver,
+                       labels=None if labels is None else labels[start:stop],
+                       guidance=None if guidance is None else guidance[start:stop])
     dt = time.perf_counter() - t0
     write_images(out, x)
     shard = f" (shard {i}/{n_shards}: images {start}..{stop - 1})" if n_shards > 1 else ""
