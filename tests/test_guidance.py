@@ -262,3 +262,21 @@ def test_export_of_a_conditional_run_keeps_its_class_names(tmp_path):
     assert main(["export", "--checkpoint", str(run), "--formats", "onnx", "--solvers", "ddim", "--out", str(bundle)]) == 0
     classes = json.loads((bundle / "manifest.json").read_text())["classes"]
     assert classes == {"count": 10, "null": 10, "names": [str(d) for d in range(10)]}
+
+
+@pytest.mark.parametrize("classes", [{"count": 4, "null": 4, "names": ["a", "b", "c", "d"]}, {"count": 3, "null": 3, "names": [1, 2, 3]},
+                                     ["a", "b", "c"]])
+def test_an_edited_classes_table_is_refused(guided_bundle, tmp_path, classes):
+    import json
+    import shutil
+
+    import runtime
+    from export.format.manifest import BundleError
+
+    path = tmp_path / "b"
+    shutil.copytree(guided_bundle.path, path)
+    m = json.loads((path / "manifest.json").read_text())
+    m["classes"] = classes
+    (path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="classes = .* is invalid"):
+        runtime.load(path, provider="cpu")

@@ -143,6 +143,14 @@ def _check_schema(manifest: dict[str, Any], path: Path) -> None:
     shape = manifest["data"]["shape"]
     if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape):
         raise BundleError(f"{str(path)!r}: data.shape = {shape!r} is invalid: expected [C, H, W] positive integers")
+    classes = manifest.get("classes")
+    if classes is not None:  # a class-conditional bundle: as many names as classes, the null class after them
+        k = manifest["model"]["config"].get("num_classes")
+        if not (isinstance(classes, dict) and classes.get("count") == k and classes.get("null") == k
+                and isinstance(classes.get("names"), list) and len(classes["names"]) == k
+                and all(isinstance(n, str) for n in classes["names"])):
+            raise BundleError(f"{str(path)!r}: classes = {classes!r} is invalid: expected count and null equal to the "
+                              f"model's num_classes ({k!r}) and that many names")
     for name, info in manifest["files"].items():
         check(info, "sha256", str, f"files.{name}.")
         check(info, "size", int, f"files.{name}.")
