@@ -280,3 +280,22 @@ def test_an_edited_classes_table_is_refused(guided_bundle, tmp_path, classes):
     (path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="classes = .* is invalid"):
         runtime.load(path, provider="cpu")
+
+
+def test_cli_class_all_writes_a_row_per_class_with_its_name(guided_bundle, tmp_path, capsys):
+    from PIL import Image
+
+    from runtime.apps.cli import main
+    from zoo.images import grid_array
+
+    out = tmp_path / "all.png"
+    args = ["sample", str(guided_bundle.path), "--provider", "cpu", "--n", "2", "--steps", "3", "--class", "all"]
+    assert main([*args, "--guidance", "2", "--out", str(out)]) == 0
+    assert "6 images" in capsys.readouterr().out  # --n 2 of each of the 3 classes
+    grid = grid_array(np.zeros((6, 1, 8, 8), np.float32), nrow=2, scale=8, pad_value=96)
+    w, h = Image.open(out).size
+    assert h == grid.shape[0] and w > grid.shape[1]  # three rows; a margin at the left holds the names
+    margin = np.asarray(Image.open(out).convert("L"))[:, : w - grid.shape[1]]
+    assert (margin < 128).any()  # the names are drawn there
+    assert main([*args, "--out", str(tmp_path / "all.npy")]) == 2
+    assert "--class all writes one .png grid" in capsys.readouterr().err

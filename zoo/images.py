@@ -17,7 +17,7 @@ import numpy as np
 from zoo.files import atomic_write
 from zoo.validate import check_int
 
-__all__ = ["to_uint8", "write_ppm", "grid_array", "save_image", "save_grid", "save_side_by_side"]
+__all__ = ["to_uint8", "write_ppm", "grid_array", "save_image", "save_grid", "save_side_by_side", "save_labelled_rows"]
 
 
 def _as_batch(batch: Any) -> np.ndarray:
@@ -116,3 +116,24 @@ def save_side_by_side(path: str | os.PathLike, batches: list[Any], scale: int = 
         if i + 1 < len(grids):
             parts.append(np.full((h, gap, c), 255, np.uint8))
     return save_image(path, np.concatenate(parts, axis=1))
+
+
+def save_labelled_rows(path: str | os.PathLike, batch: Any, names: list[str], scale: int = 1, pad_value: int = 96) -> Path:
+    """One row per name: ``batch`` holds ``len(names)`` rows of equally many images, each row's name at its left."""
+    from PIL import Image, ImageDraw
+
+    per_row, rem = divmod(len(batch), max(len(names), 1))
+    if not names or rem or per_row < 1:
+        raise ValueError(f"{len(batch)} images cannot fill {len(names)} rows evenly")
+    grid = grid_array(batch, nrow=per_row, scale=scale, pad_value=pad_value)
+    rgb = np.broadcast_to(grid, (*grid.shape[:2], 3)) if grid.shape[2] == 1 else grid
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    margin = 8 + max(int(draw.textlength(n)) for n in names)
+    canvas = Image.new("RGB", (margin + rgb.shape[1], rgb.shape[0]), (255, 255, 255))
+    canvas.paste(Image.fromarray(np.ascontiguousarray(rgb)), (margin, 0))
+    draw = ImageDraw.Draw(canvas)
+    row_h = (rgb.shape[0] - 2) / len(names)
+    for i, name in enumerate(names):
+        draw.text((4, int(2 + (i + 0.5) * row_h) - 5), name, fill=(0, 0, 0))
+    return save_image(path, np.asarray(canvas))
+

@@ -36,8 +36,9 @@ def register(sub) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default=SampleRequest.precision,
                    help="fp32 (default) or int8: the bundle's int8 variants (export --int8), CPU provider")
     p.add_argument("--class", dest="classes", default=None,
-                   help="class-conditional bundles: the class of every image, an index or a name (3, sneaker), or "
-                        "one per image, comma-separated; default: the null class (unconditional)")
+                   help="class-conditional bundles: the class of every image, an index or a name (3, sneaker), one per "
+                        "image comma-separated, or 'all' (--n images of every class: a .png grid, a row per class, "
+                        "named); default: the null class (unconditional)")
     p.add_argument("--guidance", default=None,
                    help="classifier-free guidance w >= 0 with --class (default 1: conditional), or one per image, "
                         "comma-separated")
@@ -46,30 +47,45 @@ def register(sub) -> None:
 
 
 def conditioning(bundle: str, n: int, classes: str | None, guidance: str | None):
-    """--class and --guidance as the (n,) arrays ``Sampler.sample`` takes, checked against the bundle's manifest."""
+    """--class and --guidance as the (n,) arrays ``Sampler.sample`` takes, checked against the bundle's manifest.
+
+    ``--class all``: ``n`` images of every class in turn (the caller samples n x K images).
+    """
     from export.format.manifest import load_manifest
     from runtime.requests import check_classes
 
+    manifest = load_manifest(bundle, verify=False)
+    if classes == "all":
+        if not manifest.get("classes"):
+            raise ValueError("--class all needs a class-conditional bundle; this one is unconditional")
+        k = manifest["classes"]["count"]
+        return check_classes(manifest, n * k, [c for c in range(k) for _ in range(n)], _guidance(guidance))
     labels = None if classes is None else [int(v) if v.strip().isdigit() else v.strip() for v in classes.split(",")]
+    return check_classes(manifest, n, labels, _guidance(guidance))
+
+
+def _guidance(guidance: str | None) -> list[float] | None:
     try:
-        w = None if guidance is None else [float(v) for v in guidance.split(",")]
+        return None if guidance is None else [float(v) for v in guidance.split(",")]
     except ValueError:
         raise ValueError(f"--guidance {guidance!r} is invalid: expected a number >= 0, or one per image, comma-separated") from None
-    return check_classes(load_manifest(bundle, verify=False), n, labels, w)
 
 
 def run(args: argparse.Namespace) -> int:
     import runtime
 
     out = check_out(args.out)
+    labels, guidance = conditioning(args.bundle, args.n, args.classes, args.guidance)
+    total = args.n if labels is None else len(labels)  # --class all: n of every class
+    if args.classes == "all" and (out.suffix.lower() != ".png" or args.shard != (0, 1)):
+        raise ValueError("--class all writes one .png grid with a row per class: use a .png --out and no --shard")
     i, n_shards = args.shard
-    start, stop = i * args.n // n_shards, (i + 1) * args.n // n_shards
+    start, stop = i * total // n_shards, (i + 1) * total // n_shards
     if stop == start:
-        raise ValueError(f"shard {i}/{n_shards} of --n {args.n} images is empty: use fewer shards than images")
+        raise ValueError(f"shard {i}/{n_shards} of {total} images is empty: use fewer shards than images")
     if args.cuda_graph and args.mode != "fused":
         raise ValueError(f"--cuda-graph replays the fused step on CUDA: it needs --mode fused (here: --mode {args.mode})")
     check_request(args.bundle, args.steps, [args.mode], args.eta, args.spacing, args.solver, args.precision)
-    labels, guidance = conditioning(args.bundle, args.n, args.classes, args.guidance)
     sampler = runtime.load(args.bundle, provider=args.provider, strict=args.provider == "cuda", threads=args.threads,
                            cuda=runtime.CudaOptions(cuda_graph=args.cuda_graph), precision=args.precision)
     check_out(out, channels=sampler.shape[0])
@@ -81,7 +97,12 @@ def run(args: argparse.Namespace) -> int:
                        labels=None if labels is None else labels[start:stop],
                        guidance=None if guidance is None else guidance[start:stop])
     dt = time.perf_counter() - t0
-    write_images(out, x)
+    if args.classes == "all":
+        from zoo.images import save_labelled_rows
+
+        save_labelled_rows(out, x, sampler.manifest["classes"]["names"], scale=max(1, 64 // x.shape[-1]))
+    else:
+        write_images(out, x)
     shard = f" (shard {i}/{n_shards}: images {start}..{stop - 1})" if n_shards > 1 else ""
     print(f"{len(x)} images{shard}, {args.solver} {args.steps} steps, mode {args.mode}, {args.precision}, {sampler.providers[0]}: "
           f"{dt:.2f} s ({len(x) / dt:.1f} img/s) -> {out}")
