@@ -35,10 +35,24 @@ from export.format.manifest import (
 )
 from export.inputs import make_inputs
 from export.loop import build_sampler_graph
-from export.onnx_export import DEFAULT_OPSET, EXPORTER, SUPPORTED_OPSETS, check_onnx, export_onnx
+from export.onnx_export import (
+    DEFAULT_OPSET,
+    EXPORTER,
+    SUPPORTED_OPSETS,
+    check_onnx,
+    export_onnx,
+)
 from export.quantize import calibration_states, quantize_int8
 from export.torchscript import load_traced, save_traced
-from export.verify import INT8_LOOP_RTOL, INT8_STEP_RTOL, Check, check_atol, compare_outputs, derived_atol, raise_on_failures
+from export.verify import (
+    INT8_LOOP_RTOL,
+    INT8_STEP_RTOL,
+    Check,
+    check_atol,
+    compare_outputs,
+    derived_atol,
+    raise_on_failures,
+)
 from export.wrappers import reference
 from zoo.files import clean_leftovers, output_lock, staged_dir
 from zoo.resources import activation_bytes, check_fits

@@ -88,7 +88,12 @@ def quantize_int8(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) ->
     Weights int8 per output channel, activations uint8 with ranges from ``feeds`` (min/max), the
     combination onnxruntime's x86 kernels are built for (u8 x s8 products).
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="diffzoo-int8-") as tmp:

@@ -10,7 +10,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from runtime.providers import CudaOptions, ProviderUnavailableError, cuda_unavailable_reason
+from runtime.providers import (
+    CudaOptions,
+    ProviderUnavailableError,
+    cuda_unavailable_reason,
+)
 from runtime.requests import MODES, PRECISIONS, SampleRequest, check_settings
 from runtime.sampler import Sampler, load
 

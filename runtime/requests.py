@@ -17,7 +17,7 @@ from typing import Any, Iterable, Literal
 import numpy as np
 
 from export.format.artifacts import MODE_KINDS, select
-from zoo.diffusion import SPACINGS
+from zoo.diffusion import SPACINGS, check_guidance
 from zoo.files import check_replaceable
 from zoo.solvers import check_eta, get_solver
 from zoo.validate import check_int
@@ -98,9 +98,8 @@ def check_classes(manifest: dict[str, Any], n: int, labels: Any = None,
                              "(exported from a model without num_classes)")
         return None, None
     k, names = classes["count"], list(classes["names"])
+    w = check_guidance(guidance, n, labels is not None)
     if labels is None:
-        if guidance is not None:
-            raise ValueError("guidance needs labels: the class of each image (or one for all)")
         return np.full(n, classes["null"], np.int64), np.ones(n, np.float32)  # both branches the null class
     raw = np.atleast_1d(np.asarray(labels, dtype=object))
     if raw.ndim != 1 or len(raw) not in (1, n):
@@ -113,11 +112,7 @@ def check_classes(manifest: dict[str, Any], n: int, labels: Any = None,
             out.append(int(v))
         else:
             raise ValueError(f"label {v!r} is invalid: expected a class index 0..{k - 1} or one of the names {names}")
-    w = np.atleast_1d(np.asarray(1.0 if guidance is None else guidance, dtype=np.float64))
-    if w.ndim != 1 or len(w) not in (1, n) or not np.isfinite(w).all() or (w < 0).any():
-        raise ValueError(f"guidance {w.tolist()[:8]} is invalid: expected one finite number >= 0 or {n} (one per image)")
-    return (np.broadcast_to(np.asarray(out, np.int64), (n,)).copy(),
-            np.broadcast_to(w.astype(np.float32), (n,)).copy())
+    return np.broadcast_to(np.asarray(out, np.int64), (n,)).copy(), w
 
 
 def check_output(path: str | os.PathLike, *, suffixes: Iterable[str] | None = IMAGE_SUFFIXES, channels: int | None = None) -> Path:

@@ -20,16 +20,33 @@ import onnx
 import onnxruntime as ort
 
 from export.format.artifacts import MODE_KINDS, carried, select
-from export.format.manifest import BundleError, check_identity, load_manifest, read_verified
+from export.format.manifest import (
+    BundleError,
+    check_identity,
+    load_manifest,
+    read_verified,
+)
 from export.loop import build_sampler_graph, loop_is_bounded
 from runtime.noise import image_noise
-from runtime.providers import CudaOptions, ProviderUnavailableError, resolve_provider, session_providers
-from runtime.requests import MODES, PRECISIONS, Mode, SampleRequest, check_classes, check_settings
+from runtime.providers import (
+    CudaOptions,
+    ProviderUnavailableError,
+    resolve_provider,
+    session_providers,
+)
+from runtime.requests import (
+    MODES,
+    PRECISIONS,
+    Mode,
+    SampleRequest,
+    check_classes,
+    check_settings,
+)
 from zoo.diffusion import check_finite, ddim_timesteps, guided_eps, step_pairs
 from zoo.resources import check_fits
 from zoo.schedules import make_schedule
 from zoo.solvers import alpha_bars
-from zoo.validate import check_int
+from zoo.validate import check_int, first_line
 
 __all__ = ["MODES", "Mode", "PRECISIONS", "Sampler", "load", "check_settings", "DEFAULT_BATCH_SIZE", "step_list", "step_feeds",
            "fused_on_host"]
@@ -165,7 +182,7 @@ class Sampler:
                 ort.InferenceSession(fused, sess_options=so, providers=["CPUExecutionProvider"])
                 body = onnx.load(so.optimized_model_filepath)
             except ORT_ERRORS as e:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                first = first_line(e, 300)
                 raise BundleError(f"the {entry['body']!r} graph of the bundle {str(self.path)!r} cannot be loaded by "
                                   f"onnxruntime, or its CPU-optimised copy not written to {so.optimized_model_filepath!r}: "
                                   f"{first}") from None
@@ -207,7 +224,7 @@ class Sampler:
             return ort.InferenceSession(model, sess_options=self._options(),
                                         providers=session_providers(self.device, self.cuda, cuda_graph))
         except ORT_ERRORS as e:  # a graph that passed its hash but not onnxruntime: an unknown op, a bad model
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            first = first_line(e, 300)
             raise BundleError(f"the {artifact!r} graph of the bundle {str(self.path)!r} cannot be loaded by onnxruntime: "
                               f"{first}") from None
 

@@ -9,7 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from zoo.training.data import Cifar10, ImageFolder, SyntheticImages, UnsafePickleError, open_dataset, restricted_load
+from zoo.training.data import (
+    Cifar10,
+    ImageFolder,
+    SyntheticImages,
+    UnsafePickleError,
+    open_dataset,
+    restricted_load,
+)
 
 
 def test_synthetic_is_deterministic_and_in_range():

@@ -8,7 +8,13 @@ import pytest
 from PIL import Image
 
 import zoo
-from runtime.apps.bench.speed import BenchConfig, conv_flops, format_results, key_ratios, run_bench
+from runtime.apps.bench.speed import (
+    BenchConfig,
+    conv_flops,
+    format_results,
+    key_ratios,
+    run_bench,
+)
 from runtime.apps.cli import main
 from runtime.apps.commands.demo import FAST, MARKER, format_summary, run_demo
 

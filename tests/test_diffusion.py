@@ -9,7 +9,6 @@ import zoo
 from zoo.diffusion import ddim_step, ddim_timesteps, dpmpp_2m_step, make_training_sample
 from zoo.samplers import ddim_sample
 
-
 # --- schedules ------------------------------------------------------------------------------
 
 def test_linear_schedule_golden():

@@ -9,8 +9,8 @@ import pytest
 
 import export
 from runtime.apps.cli import main
-from zoo.weights import load_weights
 from zoo.training.train import TrainConfig, train
+from zoo.weights import load_weights
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,12 @@ def test_time_to_quality_measures_every_solver_and_backend(digits_bundle):
     import numpy as np
 
     import runtime
-    from runtime.apps.bench.time_to_quality import CONFIGS, STEPS, format_time_to_quality, run_time_to_quality
+    from runtime.apps.bench.time_to_quality import (
+        CONFIGS,
+        STEPS,
+        format_time_to_quality,
+        run_time_to_quality,
+    )
     from zoo.training.metrics import quality_report
 
     res = run_time_to_quality(digits_bundle.path, "digits", n=24, batch=4, repeats=1, backends=("eager", "ort-loop"))

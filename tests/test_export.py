@@ -10,8 +10,8 @@ import torch
 import export
 import zoo
 from export.bundle import reference_outputs
-from export.format.manifest import sha256_file
 from export.format.artifacts import ARTIFACT_NAMES, artifact_specs
+from export.format.manifest import sha256_file
 from export.inputs import make_inputs
 from export.torchscript import load_traced
 from export.verify import FP32_FACTOR, derived_atol
@@ -234,8 +234,8 @@ def test_derived_atol_is_the_reference_error_times_the_factor_with_a_floor():
 
 
 def _trained(name, seed, tmp_path):
-    from zoo.weights import load_weights
     from zoo.training.train import TrainConfig, train
+    from zoo.weights import load_weights
 
     cfg = TrainConfig(model=name, model_config={"hidden": 8}, data="synthetic", size=8, steps=60, batch=16, lr=3e-3,
                       schedule="cosine", seed=seed, checkpoint_every=60, log_every=60)

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import INT8_MODELS
 
 import export
 import runtime
@@ -14,8 +15,6 @@ import zoo
 from export.quantize import calibration_states, inner_nodes
 from export.verify import INT8_LOOP_RTOL, INT8_STEP_RTOL, compare_outputs, relative_rms
 from runtime.apps.cli import main
-
-from conftest import INT8_MODELS
 
 # (quantized hidden x hidden convolutions, fp32 convolutions) per zoo model
 CONVS = {"residual": (4, 2), "conv": (2, 2)}

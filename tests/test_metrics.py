@@ -7,6 +7,7 @@ import torch
 from zoo.training.data import open_dataset
 from zoo.training.metrics import FeatureClassifier, quality_report, reference_classifier
 
+
 @pytest.fixture(scope="module")
 def digits_classifier():
     return reference_classifier("digits", 8)  # the one `diffzoo eval` uses; trained once per session, then cached

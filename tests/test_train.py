@@ -12,9 +12,9 @@ import torch
 import export
 import zoo
 from runtime.apps.cli import main
-from zoo.weights import load_weights
 from zoo.training.runs import CHECKPOINT_STATE, load_state
 from zoo.training.train import TrainConfig, check_replicas, train, weights_digest
+from zoo.weights import load_weights
 
 TINY = dict(model_config={"hidden": 8}, size=8, batch=16, lr=2e-3, log_every=5)
 

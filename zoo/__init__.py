@@ -15,9 +15,9 @@ from typing import Any
 
 from zoo import diffusion, images, schedules, solvers
 from zoo.diffusion import ddim_step, ddim_timesteps, dpmpp_2m_step, make_training_sample
-from zoo.solvers import SOLVERS
 from zoo.images import save_grid, write_ppm
 from zoo.schedules import Schedule, cosine_schedule, linear_schedule, make_schedule
+from zoo.solvers import SOLVERS
 
 __all__ = [
     "build",

@@ -35,7 +35,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from zoo.schedules import SCHEDULES, Schedule, cosine_schedule, linear_schedule, make_schedule
+from zoo.schedules import (
+    SCHEDULES,
+    Schedule,
+    cosine_schedule,
+    linear_schedule,
+    make_schedule,
+)
 from zoo.validate import check_int, check_real
 
 __all__ = [
@@ -50,6 +56,7 @@ __all__ = [
     "make_training_sample",
     "guide",
     "guided_eps",
+    "check_guidance",
     "ddim_step",
     "dpmpp_2m_step",
     "step_pairs",
@@ -183,6 +190,22 @@ def guide(eps_cond: Any, eps_uncond: Any, guidance: Any) -> Any:
     """
     w = _coef(guidance, eps_cond)
     return eps_uncond + w * (eps_cond - eps_uncond)
+
+
+def check_guidance(guidance: Any, n: int, has_labels: bool) -> np.ndarray | None:
+    """Guidance w for n images as a (n,) float32 array (default 1), or None without labels; ``ValueError`` naming it.
+
+    The one guidance check of the eager samplers and the runtime: one finite w >= 0 or one per image,
+    and only with labels (guidance steers towards a class).
+    """
+    if not has_labels:
+        if guidance is not None:
+            raise ValueError("guidance needs labels: the class of each image (or one for all)")
+        return None
+    w = np.atleast_1d(np.asarray(1.0 if guidance is None else guidance, dtype=np.float64))
+    if w.ndim != 1 or len(w) not in (1, n) or not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"guidance {w.tolist()[:8]} is invalid: expected one finite number >= 0 or {n} (one per image)")
+    return np.broadcast_to(w.astype(np.float32), (n,)).copy()
 
 
 def guided_eps(predict: Any, x: Any, t: Any, labels: Any, null_class: int, guidance: Any) -> Any:

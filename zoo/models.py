@@ -16,7 +16,6 @@ from torch import nn
 
 from zoo.configs import ConvConfig, DenoiserConfig, ResidualConfig, UNetConfig
 
-
 __all__ = [
     "DenoiserConfig", "ConvConfig", "ResidualConfig", "UNetConfig", "ConvDenoiser", "ResidualDenoiser", "UNetDenoiser",
     "append_time_channel", "timestep_embedding",

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from zoo.diffusion import Spacing, ddim_timesteps, guided_eps
+from zoo.diffusion import Spacing, check_guidance, ddim_timesteps, guided_eps
 from zoo.schedules import Schedule
 from zoo.solvers import SOLVER_TABLE, Solver, check_eta, get_solver, solve
 from zoo.validate import check_real
@@ -30,21 +30,17 @@ def _conditioning(model: Any, x_T: Any, labels: Any, guidance: Any) -> tuple[Any
             raise ValueError("labels and guidance need a class-conditional model (unet with num_classes=K); this one is "
                              "unconditional")
         return None, None
-    if labels is None:
-        if guidance is not None:
-            raise ValueError("guidance needs labels: the class of each image (or one for all)")
-        return None, None
     b = x_T.shape[0]
+    w = check_guidance(guidance, b, labels is not None)
+    if labels is None:
+        return None, None
     labels = torch.as_tensor(labels, device=x_T.device)
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.ndim > 1 or labels.numel() not in (1, b):
         raise ValueError(f"labels must be one integer or {b} integers (one per image); got {labels.tolist()}")
     labels = labels.to(torch.int64).reshape(-1).expand(b).contiguous()
     if not 0 <= int(labels.min()) <= int(labels.max()) < null:
         raise ValueError(f"labels {labels.tolist()[:8]} are invalid: expected classes 0..{null - 1}")
-    w = torch.as_tensor(1.0 if guidance is None else guidance, dtype=x_T.dtype, device=x_T.device).reshape(-1)
-    if w.numel() not in (1, b) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
-        raise ValueError(f"guidance {w.tolist()[:8]} is invalid: expected one finite number >= 0 or {b} (one per image)")
-    return labels, w.expand(b).contiguous()
+    return labels, torch.from_numpy(w).to(dtype=x_T.dtype, device=x_T.device)
 
 
 def _eager(solver: Solver, model: Any, schedule: Schedule, x_T: Any, num_steps: int, spacing: str, eta: float,

@@ -16,7 +16,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from zoo.diffusion import _is_torch, _xp, check_finite, ddim_step, dpmpp_2m_step, step_pairs
+from zoo.diffusion import (
+    _is_torch,
+    _xp,
+    check_finite,
+    ddim_step,
+    dpmpp_2m_step,
+    step_pairs,
+)
 from zoo.validate import check_real
 
 __all__ = ["Solver", "SOLVERS", "SOLVER_TABLE", "get_solver", "check_eta", "alpha_bars", "solve"]
@@ -35,7 +42,6 @@ class Solver:
     label: str  # for messages and reports
     state: tuple[tuple[str, str], ...]  # carried between steps besides x: (graph input, graph output) names
     takes_eta: bool  # stochastic variants (eta > 0, per-step noise) exist
-    default_steps: int  # the eager sampler's default step count
     step: Callable[..., Any]  # the pure step function of zoo.diffusion
 
     def update(self, x: Any, eps: Any, state: Any, a_t: Any, a_prev: Any, a_last: Any, *, eta: Any = 0.0, noise: Any = None,
@@ -49,8 +55,8 @@ class Solver:
 SOLVER_TABLE: dict[str, Solver] = {
     s.name: s
     for s in (
-        Solver("ddim", "DDIM", state=(), takes_eta=True, default_steps=50, step=ddim_step),
-        Solver("dpmpp_2m", "DPM-Solver++(2M)", state=(("x0_last", "x0"),), takes_eta=False, default_steps=20, step=dpmpp_2m_step),
+        Solver("ddim", "DDIM", state=(), takes_eta=True, step=ddim_step),
+        Solver("dpmpp_2m", "DPM-Solver++(2M)", state=(("x0_last", "x0"),), takes_eta=False, step=dpmpp_2m_step),
     )
 }
 SOLVERS = tuple(SOLVER_TABLE)  # ("ddim", "dpmpp_2m")

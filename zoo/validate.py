@@ -11,7 +11,7 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["check_int", "check_real"]
+__all__ = ["check_int", "check_real", "first_line"]
 
 
 def check_int(name: str, v: Any, low: int | None = None, high: int | None = None) -> int:
@@ -47,3 +47,9 @@ def _range(low, high, low_op: str = "<=") -> str:
     if low is not None:
         return f">= {low}" if low_op == "<=" else f"> {low}"
     return f"<= {high}" if high is not None else ""
+
+
+def first_line(e: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type's name if it has none): what a one-line error quotes."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+

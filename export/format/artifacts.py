@@ -57,11 +57,6 @@ class ArtifactSpec:
         """The fp32 artifact this one is derived from (itself for fp32)."""
         return self.fp32 or self.name
 
-    @property
-    def state(self) -> tuple[tuple[str, str], ...]:
-        """A step's (input, output) pairs carried from one step to the next: x, and its solver's state."""
-        return carried(self.solver)
-
 
 def carried(solver: str | None) -> tuple[tuple[str, str], ...]:
     """(input, output) names of what a step of ``solver`` carries to the next: x, then the solver table's state."""

@@ -91,10 +91,9 @@ def _exit_status(e: Exception) -> int | None:
     """1 for a run that failed (diverged, failed verification), 2 for bad input, None for a bug (a traceback)."""
     from export.verify import ExportVerificationError
     from runtime.providers import ProviderUnavailableError
+    from runtime.sampler import ORT_ERRORS
     from zoo.diffusion import NonFiniteSampleError
     from zoo.training import NonFiniteLossError
-
-    from runtime.sampler import ORT_ERRORS
 
     if isinstance(e, (NonFiniteSampleError, NonFiniteLossError, ExportVerificationError, *ORT_ERRORS)):
         return 1  # ORT_ERRORS: a graph that loaded but failed while running (out of memory, a bad op)

@@ -35,8 +35,8 @@ def bundle_for(target: Path, tmp: Path, progress: bool, solvers: tuple[str, ...]
     if (target / MANIFEST_NAME).is_file():
         return target
     import export
-    from zoo.weights import class_names, load_weights
     from zoo.training.runs import run_weights
+    from zoo.weights import class_names, load_weights
 
     model, schedule, meta = load_weights(run_weights(target))
     shape = tuple(meta["data"]["shape"])
@@ -67,8 +67,8 @@ def evaluate(
     import runtime
     from export.format.manifest import load_manifest
     from runtime.requests import check_choices
-    from zoo.training.metrics import quality_report
     from zoo.training.distributed import init_distributed
+    from zoo.training.metrics import quality_report
 
     check_choices(solver=solver, eta=eta, spacing=spacing, mode=mode)  # before a run is exported; the bundle's own after
     target = Path(target)

@@ -136,8 +136,8 @@ def parity(
     import torch
 
     from zoo.resources import activation_bytes, check_fits
-    from zoo.weights import load_weights
     from zoo.validate import check_int, check_real
+    from zoo.weights import load_weights
 
     modes = list(modes)
     bad = [m for m in modes if m not in MODES]

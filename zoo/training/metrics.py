@@ -102,8 +102,8 @@ def reference_classifier(
     """
     from safetensors.torch import load_file, save
 
-    from zoo.training.data import open_dataset
     from zoo.files import atomic_write
+    from zoo.training.data import open_dataset
 
     train_set = open_dataset(data, size, train=True, seed=seed)
     if train_set.num_classes < 2:

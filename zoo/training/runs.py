@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from zoo.validate import first_line
+
 __all__ = ["CHECKPOINT_WEIGHTS", "CHECKPOINT_STATE", "run_weights", "load_state"]
 
 CHECKPOINT_WEIGHTS = "ema.safetensors"  # the EMA weights: what you sample from and export
@@ -36,7 +38,7 @@ def load_state(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint state {str(path)!r} is missing: nothing to resume") from None
     except Exception as e:  # noqa: BLE001  torch raises UnpicklingError, RuntimeError, EOFError... for a bad file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ValueError(f"{str(path)!r} is not a diffzoo training state (truncated, empty, or holding objects a "
                          f"weights-only load refuses): {first}") from None
     missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]

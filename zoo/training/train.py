@@ -17,9 +17,9 @@ import math
 import os
 import shutil
 import time
-from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,19 +27,26 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from zoo.allocator import tune_allocator
+from zoo.configs import DenoiserConfig
 from zoo.diffusion import make_training_sample
-from zoo.samplers import ddim_sample
-from zoo.files import atomic_write, clean_partials, output_lock, staged_dir, write_synced
+from zoo.files import (
+    atomic_write,
+    clean_partials,
+    output_lock,
+    staged_dir,
+    write_synced,
+)
 from zoo.images import save_grid
 from zoo.registry import build, parameter_count
-from zoo.configs import DenoiserConfig
 from zoo.resources import activation_bytes, check_fits
+from zoo.samplers import ddim_sample
 from zoo.schedules import make_schedule
 from zoo.training import NonFiniteLossError
 from zoo.training.config import TrainConfig
 from zoo.training.data import open_dataset
 from zoo.training.distributed import init_distributed
 from zoo.training.runs import CHECKPOINT_STATE, CHECKPOINT_WEIGHTS, load_state
+from zoo.validate import first_line
 from zoo.weights import save_weights
 
 __all__ = ["TrainConfig", "TrainResult", "train", "lr_at", "weights_digest", "check_replicas"]
@@ -210,7 +217,7 @@ class _TrainLoop:
                 self.opt.load_state_dict(saved["optimizer"])
                 self.losses = [tuple(x) for x in saved.get("losses", [])]
             except (RuntimeError, ValueError, KeyError, TypeError) as e:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                first = first_line(e)
                 raise ValueError(f"--resume: the checkpoint's weights do not fit this {cfg.model!r} model: {first}") from None
         self.net: nn.Module = self.model
         if self.world > 1:

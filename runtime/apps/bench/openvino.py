@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.format.manifest import check_identity, load_manifest, read_verified
 from export.format.artifacts import MODE_KINDS, select
+from export.format.manifest import check_identity, load_manifest, read_verified
 from runtime.sampler import fused_on_host
 from zoo.diffusion import ddim_timesteps
 from zoo.schedules import make_schedule

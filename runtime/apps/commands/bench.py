@@ -67,8 +67,11 @@ def _quality(args: argparse.Namespace) -> dict:
     import tempfile
 
     from export.format.manifest import load_manifest
+    from runtime.apps.bench.time_to_quality import (
+        format_time_to_quality,
+        run_time_to_quality,
+    )
     from runtime.apps.evaluate import bundle_for, data_source_of
-    from runtime.apps.bench.time_to_quality import format_time_to_quality, run_time_to_quality
 
     if not args.checkpoint:
         raise ValueError("--quality needs a trained model: --checkpoint RUN_DIR (or a bundle directory)")
@@ -88,9 +91,15 @@ def _quality(args: argparse.Namespace) -> dict:
 
 def _choose_backends(args: argparse.Namespace) -> tuple[tuple[str, ...], dict[str, str]]:
     """The backends to run and those skipped here, with the reason (explicitly named ones are never skipped)."""
-    from runtime.apps.bench.speed import CPU_BACKENDS, CUDA_BACKENDS, INT8_BACKENDS, OPENVINO_BACKENDS, has_bf16
     from export.format.artifacts import artifact_specs
     from runtime.apps.bench.openvino import openvino_unavailable_reason
+    from runtime.apps.bench.speed import (
+        CPU_BACKENDS,
+        CUDA_BACKENDS,
+        INT8_BACKENDS,
+        OPENVINO_BACKENDS,
+        has_bf16,
+    )
 
     known = CPU_BACKENDS + CUDA_BACKENDS
     named = tuple(b.strip() for b in args.backends.split(",") if b.strip()) if args.backends else None
@@ -116,15 +125,22 @@ def _choose_backends(args: argparse.Namespace) -> tuple[tuple[str, ...], dict[st
 
 
 def _backends(args: argparse.Namespace) -> dict:
-    from runtime.apps.bench.speed import BenchConfig, format_results, format_sweeps, key_ratios, run_bench, run_sweeps
+    from runtime.apps.bench.speed import (
+        BenchConfig,
+        format_results,
+        format_sweeps,
+        key_ratios,
+        run_bench,
+        run_sweeps,
+    )
 
     backends, skipped = _choose_backends(args)
     size, checkpoint = args.size, None
     if args.checkpoint:
         if args.sweep:
             raise ValueError("--sweep varies the model's width, which a --checkpoint fixes: run the sweep without --checkpoint")
-        from zoo.weights import read_weights_metadata
         from zoo.training.runs import run_weights
+        from zoo.weights import read_weights_metadata
 
         checkpoint = str(run_weights(args.checkpoint))
         size = size or (read_weights_metadata(checkpoint).get("data", {}).get("shape") or [0, 32])[-1]

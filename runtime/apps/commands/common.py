@@ -127,10 +127,11 @@ def write_json(path: str, obj, what: str = "results") -> None:
 
 
 def check_request(bundle: str, steps: int, modes, eta: float = 0.0, spacing: str = "leading", solver: str = "ddim",
-                  precision: str = "fp32") -> None:
+                  precision: str = "fp32") -> dict:
     """Check a sampling request against the bundle's manifest before a provider is chosen or anything runs.
 
-    The manifest is read for this check only; ``runtime.load`` verifies it and every hash after.
+    Returns the manifest, read unverified for the request's checks only; ``runtime.load`` verifies it
+    and every hash after.
     """
     from export.format.manifest import load_manifest
     from runtime.requests import check_settings
@@ -138,3 +139,4 @@ def check_request(bundle: str, steps: int, modes, eta: float = 0.0, spacing: str
     manifest = load_manifest(bundle, verify=False)
     for mode in modes:
         check_settings(manifest, bundle, steps, eta, spacing, mode, solver, precision)
+    return manifest

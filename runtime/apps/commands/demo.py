@@ -129,8 +129,8 @@ def _export(tmp: Path, cfg: DemoConfig, checkpoint: Path, summary: dict, progres
 
 def _sample(tmp: Path, cfg: DemoConfig, provider: str, summary: dict, progress: bool, say) -> np.ndarray:
     import runtime
-    from zoo.training.data import open_dataset
     from zoo.images import save_side_by_side, write_ppm
+    from zoo.training.data import open_dataset
 
     say("3/5 sampling with onnxruntime")
     sampler = runtime.load(tmp / "bundle", provider=provider)

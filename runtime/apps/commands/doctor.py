@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 
-
 __all__ = ["diagnose", "register", "run"]
 
 

@@ -6,7 +6,14 @@ import argparse
 import time
 from pathlib import Path
 
-from runtime.apps.commands.common import check_out, eta, model_args, positive_int, solver_arg, write_images
+from runtime.apps.commands.common import (
+    check_out,
+    eta,
+    model_args,
+    positive_int,
+    solver_arg,
+    write_images,
+)
 
 
 def register(sub) -> None:

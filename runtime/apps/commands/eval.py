@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from runtime.apps.commands.common import check_out, grid_scale, positive_int, request_args, write_json
+from runtime.apps.commands.common import (
+    check_out,
+    grid_scale,
+    positive_int,
+    request_args,
+    write_json,
+)
 
 
 def register(sub) -> None:

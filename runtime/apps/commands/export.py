@@ -38,8 +38,8 @@ def load_or_build(args: argparse.Namespace):
     import zoo
 
     if args.checkpoint:
-        from zoo.weights import load_weights
         from zoo.training.runs import run_weights
+        from zoo.weights import load_weights
 
         if args.model is not None:
             raise ValueError(f"--checkpoint {args.checkpoint} already names its model: drop --model {args.model}")

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from runtime.apps.commands.common import check_out, check_request, positive_int, request_args, write_images
+from runtime.apps.commands.common import (
+    check_out,
+    check_request,
+    positive_int,
+    request_args,
+    write_images,
+)
 
 
 def _shard(s: str) -> tuple[int, int]:
@@ -46,15 +52,13 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def conditioning(bundle: str, n: int, classes: str | None, guidance: str | None):
+def conditioning(manifest: dict, n: int, classes: str | None, guidance: str | None):
     """--class and --guidance as the (n,) arrays ``Sampler.sample`` takes, checked against the bundle's manifest.
 
     ``--class all``: ``n`` images of every class in turn (the caller samples n x K images).
     """
-    from export.format.manifest import load_manifest
     from runtime.requests import check_classes
 
-    manifest = load_manifest(bundle, verify=False)
     if classes == "all":
         if not manifest.get("classes"):
             raise ValueError("--class all needs a class-conditional bundle; this one is unconditional")
@@ -75,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     import runtime
 
     out = check_out(args.out)
-    labels, guidance = conditioning(args.bundle, args.n, args.classes, args.guidance)
+    manifest = check_request(args.bundle, args.steps, [args.mode], args.eta, args.spacing, args.solver, args.precision)
+    labels, guidance = conditioning(manifest, args.n, args.classes, args.guidance)
     total = args.n if labels is None else len(labels)  # --class all: n of every class
     if args.classes == "all" and (out.suffix.lower() != ".png" or args.shard != (0, 1)):
         raise ValueError("--class all writes one .png grid with a row per class: use a .png --out and no --shard")
@@ -85,7 +90,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"shard {i}/{n_shards} of {total} images is empty: use fewer shards than images")
     if args.cuda_graph and args.mode != "fused":
         raise ValueError(f"--cuda-graph replays the fused step on CUDA: it needs --mode fused (here: --mode {args.mode})")
-    check_request(args.bundle, args.steps, [args.mode], args.eta, args.spacing, args.solver, args.precision)
     sampler = runtime.load(args.bundle, provider=args.provider, strict=args.provider == "cuda", threads=args.threads,
                            cuda=runtime.CudaOptions(cuda_graph=args.cuda_graph), precision=args.precision)
     check_out(out, channels=sampler.shape[0])
