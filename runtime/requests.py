@@ -17,7 +17,7 @@ from typing import Any, Iterable, Literal
 import numpy as np
 
 from export.format.artifacts import MODE_KINDS, select
-from zoo.diffusion import SPACINGS, check_guidance
+from zoo.diffusion import SPACINGS, check_guidance, check_labels
 from zoo.files import check_replaceable
 from zoo.solvers import check_eta, get_solver
 from zoo.validate import check_int
@@ -87,8 +87,9 @@ def check_classes(manifest: dict[str, Any], n: int, labels: Any = None,
                   guidance: Any = None) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
     """A request's labels and guidance as (n,) int64 / float32 arrays for a class-conditional bundle.
 
-    ``labels``: one class or one per image, as indices or the manifest's class names; none samples
-    the null class (unconditional). ``guidance``: one number >= 0 or one per image (default 1).
+    ``labels``: one class or one per image, as indices or the manifest's class names; none (returns
+    ``(None, None)``) samples the null class: unconditional (``Sampler.run_batch`` feeds the graphs
+    the null class then). ``guidance``: one number >= 0 or one per image (default 1), only with labels.
     An unconditional bundle refuses both. ``ValueError`` naming the bad value and what is accepted.
     """
     classes = manifest.get("classes")
@@ -97,22 +98,11 @@ def check_classes(manifest: dict[str, Any], n: int, labels: Any = None,
             raise ValueError("labels and guidance need a class-conditional bundle; this one is unconditional "
                              "(exported from a model without num_classes)")
         return None, None
-    k, names = classes["count"], list(classes["names"])
+    k, names = classes["count"], classes["names"]
     w = check_guidance(guidance, n, labels is not None)
     if labels is None:
-        return np.full(n, classes["null"], np.int64), np.ones(n, np.float32)  # both branches the null class
-    raw = np.atleast_1d(np.asarray(labels, dtype=object))
-    if raw.ndim != 1 or len(raw) not in (1, n):
-        raise ValueError(f"labels must be one class or {n} (one per image); got {len(raw)}")
-    out = []
-    for v in raw:
-        if isinstance(v, str) and v in names:
-            out.append(names.index(v))
-        elif isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < k:
-            out.append(int(v))
-        else:
-            raise ValueError(f"label {v!r} is invalid: expected a class index 0..{k - 1} or one of the names {names}")
-    return np.broadcast_to(np.asarray(out, np.int64), (n,)).copy(), w
+        return None, None
+    return check_labels(labels, n, k, names), w
 
 
 def check_output(path: str | os.PathLike, *, suffixes: Iterable[str] | None = IMAGE_SUFFIXES, channels: int | None = None) -> Path:

@@ -87,10 +87,11 @@ def test_a_batch_mixing_labels_and_guidance_is_the_separate_runs(solver, eta):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"labels": [3]}, r"labels \[3, 3, 3\] are invalid: expected classes 0..2"),
-    ({"labels": [0, 1, -1]}, r"labels \[0, 1, -1\] are invalid"),
-    ({"labels": [0, 1]}, "labels must be one integer or 3 integers"),
-    ({"labels": [0.5]}, "labels must be one integer"),
+    ({"labels": [3]}, r"label 3 is invalid: expected a class index 0..2$"),  # 3 is the null class: not asked for
+    ({"labels": torch.tensor([0, 1, -1])}, r"label -1 is invalid"),
+    ({"labels": [0, 1]}, r"labels must be one class or 3 \(one per image\)"),
+    ({"labels": [0.5]}, "label 0.5 is invalid"),
+    ({"labels": [True]}, "label True is invalid"),
     ({"labels": 1, "guidance": float("nan")}, "guidance .* is invalid: expected one finite number >= 0"),
     ({"labels": 1, "guidance": float("inf")}, "guidance .* is invalid"),
     ({"labels": 1, "guidance": -1.0}, "guidance .* is invalid"),
@@ -299,3 +300,18 @@ def test_cli_class_all_writes_a_row_per_class_with_its_name(guided_bundle, tmp_p
     assert (margin < 128).any()  # the names are drawn there
     assert main([*args, "--out", str(tmp_path / "all.npy")]) == 2
     assert "--class all writes one .png grid" in capsys.readouterr().err
+
+
+def test_parity_of_guided_sampling_in_every_mode(guided_bundle, capsys):
+    """parity takes labels and guidance; both sides sample them (a side that ignored them would differ)."""
+    import runtime
+    from runtime.apps.cli import main
+
+    rep = runtime.parity(guided_bundle.path, provider="cpu", num_steps=4, batch=3, labels=["two", 0, 1], guidance=[0.0, 2.0, 1.0])
+    assert rep.passed and [m.mode for m in rep.modes] == ["loop", "fused", "step"]
+    assert rep.labels == [2, 0, 1] and rep.guidance == [0.0, 2.0, 1.0]
+    args = ["parity", str(guided_bundle.path), "--provider", "cpu", "--steps", "3", "--batch", "4", "--modes", "loop"]
+    assert main([*args, "--class", "all", "--guidance", "2"]) == 0
+    assert "labels [0, 1, 2, 0], guidance [2.0, 2.0, 2.0, 2.0]" in capsys.readouterr().out
+    assert main([*args, "--class", "zebra"]) == 2
+    assert "label 'zebra' is invalid" in capsys.readouterr().err

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import numbers
 import sys
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
@@ -57,6 +57,7 @@ __all__ = [
     "guide",
     "guided_eps",
     "check_guidance",
+    "check_labels",
     "ddim_step",
     "dpmpp_2m_step",
     "step_pairs",
@@ -206,6 +207,30 @@ def check_guidance(guidance: Any, n: int, has_labels: bool) -> np.ndarray | None
     if w.ndim != 1 or len(w) not in (1, n) or not np.isfinite(w).all() or (w < 0).any():
         raise ValueError(f"guidance {w.tolist()[:8]} is invalid: expected one finite number >= 0 or {n} (one per image)")
     return np.broadcast_to(w.astype(np.float32), (n,)).copy()
+
+
+def check_labels(labels: Any, n: int, count: int, names: Sequence[str] = ()) -> np.ndarray:
+    """Labels for n images as a (n,) int64 array: one class or one per image; ``ValueError`` naming the bad value.
+
+    The one label check of the eager samplers and the runtime: each label a class index 0..count-1,
+    or one of ``names`` (a bundle's class names); the null class is not a label one asks for.
+    """
+    if hasattr(labels, "tolist"):  # a torch tensor or numpy array, without importing torch
+        labels = labels.tolist()
+    raw = labels if isinstance(labels, (list, tuple)) else [labels]
+    if any(isinstance(v, (list, tuple)) for v in raw) or len(raw) not in (1, n):
+        raise ValueError(f"labels must be one class or {n} (one per image); got {labels!r}"[:200])
+    names = list(names)
+    out = []
+    for v in raw:
+        if isinstance(v, str) and v in names:
+            out.append(names.index(v))
+        elif isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v < count:
+            out.append(int(v))
+        else:
+            accepted = f"a class index 0..{count - 1}" + (f" or one of the names {names}" if names else "")
+            raise ValueError(f"label {v!r} is invalid: expected {accepted}")
+    return np.broadcast_to(np.asarray(out, np.int64), (n,)).copy()
 
 
 def guided_eps(predict: Any, x: Any, t: Any, labels: Any, null_class: int, guidance: Any) -> Any:

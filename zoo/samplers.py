@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from zoo.diffusion import Spacing, check_guidance, ddim_timesteps, guided_eps
+from zoo.diffusion import Spacing, check_guidance, check_labels, ddim_timesteps, guided_eps
 from zoo.schedules import Schedule
 from zoo.solvers import SOLVER_TABLE, Solver, check_eta, get_solver, solve
 from zoo.validate import check_real
@@ -34,12 +34,7 @@ def _conditioning(model: Any, x_T: Any, labels: Any, guidance: Any) -> tuple[Any
     w = check_guidance(guidance, b, labels is not None)
     if labels is None:
         return None, None
-    labels = torch.as_tensor(labels, device=x_T.device)
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.ndim > 1 or labels.numel() not in (1, b):
-        raise ValueError(f"labels must be one integer or {b} integers (one per image); got {labels.tolist()}")
-    labels = labels.to(torch.int64).reshape(-1).expand(b).contiguous()
-    if not 0 <= int(labels.min()) <= int(labels.max()) < null:
-        raise ValueError(f"labels {labels.tolist()[:8]} are invalid: expected classes 0..{null - 1}")
+    labels = torch.from_numpy(check_labels(labels, b, null)).to(x_T.device)
     return labels, torch.from_numpy(w).to(dtype=x_T.dtype, device=x_T.device)
 
 

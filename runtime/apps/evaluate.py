@@ -18,7 +18,7 @@ import numpy as np
 
 from zoo.solvers import SOLVERS
 
-__all__ = ["evaluate", "data_source_of", "bundle_for"]
+__all__ = ["evaluate", "every_class", "class_feeds", "format_curve", "data_source_of", "bundle_for"]
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +59,28 @@ def evaluate(
     provider: str = "auto",
     progress: bool = False,
     solver: str = "ddim",
+    labels: Any = None,
+    guidance: Any = None,
 ) -> tuple[dict[str, Any] | None, np.ndarray | None]:
     """Sample ``n`` images from a bundle or run directory with ``solver`` and measure them against ``data``.
 
-    Returns ``(report dict, samples)`` on rank 0 and ``(None, None)`` on other ranks.
+    A class-conditional bundle takes ``labels`` as ``Sampler.sample`` does, or ``"all"`` (every
+    class in turn: image k asks for class k mod K; the default when ``guidance`` is given); without
+    labels it samples the null class. ``guidance``: one w, or several: the trade-off curve, the same
+    ``n`` images (seeds and labels) sampled at each w and measured with the conditional accuracy.
+
+    Returns ``(report dict, samples)`` on rank 0 (with a curve: ``report["curve"]``, one report per
+    w, and the samples of every w stacked, (len(w), n, C, H, W)) and ``(None, None)`` on other ranks.
     """
     import runtime
     from export.format.manifest import load_manifest
-    from runtime.requests import check_choices
+    from runtime.requests import check_choices, check_classes
+    from zoo.diffusion import check_guidance
     from zoo.training.distributed import init_distributed
     from zoo.training.metrics import quality_report
 
     check_choices(solver=solver, eta=eta, spacing=spacing, mode=mode)  # before a run is exported; the bundle's own after
+    ws = None if guidance is None else check_guidance(list(np.atleast_1d(guidance)), len(np.atleast_1d(guidance)), True)
     target = Path(target)
     if not target.is_dir():
         raise FileNotFoundError(f"{str(target)!r} is neither a bundle nor a training run directory")
@@ -82,26 +92,76 @@ def evaluate(
         if world > 1:
             bundle = _broadcast_bundle(bundle, target, Path(tmp), rank)
         manifest = load_manifest(bundle)
+        if manifest.get("classes") and (labels is None and ws is not None or isinstance(labels, str) and labels == "all"):
+            labels = every_class(manifest, n)
+        labels, _ = check_classes(manifest, n, labels, None if ws is None else ws[0])  # none: the null class
         data = data or data_source_of(manifest)
         if data is None:
             raise ValueError(f"{str(target)!r} does not record its training data: pass --data (e.g. digits)")
         threads = max(1, (os.cpu_count() or 1) // world)
         sampler = runtime.load(bundle, provider=provider, threads=threads)
         start, stop = rank * n // world, (rank + 1) * n // world
-        x = sampler.sample(stop - start, num_steps=num_steps, seed=seed, eta=eta, spacing=spacing, mode=mode,
-                           start=start, progress=progress and rank == 0, solver=solver)
-        if world > 1:
-            import torch.distributed as dist
+        xs = []
+        for w in ([None] if ws is None else ws.tolist()):
+            x = sampler.sample(stop - start, num_steps=num_steps, seed=seed, eta=eta, spacing=spacing, mode=mode,
+                               start=start, progress=progress and rank == 0, solver=solver,
+                               labels=None if labels is None else labels[start:stop], guidance=w)
+            if world > 1:
+                import torch.distributed as dist
 
-            parts: list[Any] = [None] * world
-            dist.all_gather_object(parts, x)
-            x = np.concatenate(parts)
+                parts: list[Any] = [None] * world
+                dist.all_gather_object(parts, x)
+                x = np.concatenate(parts)
+            xs.append(x)
         if rank != 0:
             return None, None
-        report = quality_report(x, data, seed=0)
         info = {"target": str(target), "data": data, "samples": n, "solver": solver, "steps": num_steps, "spacing": spacing, "eta": eta,
-                "seed": seed, "mode": mode, "provider": sampler.providers[0], "processes": world}
-        return {**info, "quality": report.to_dict(), "text": report.format()}, x
+                "seed": seed, "mode": mode, "provider": sampler.providers[0], "processes": world,
+                "labels": _describe(labels, manifest)}
+        reports = [quality_report(x, data, seed=0, labels=labels) for x in xs]
+        if ws is None or len(ws) == 1:
+            return {**info, "guidance": None if ws is None else float(ws[0]), "quality": reports[0].to_dict(),
+                    "text": reports[0].format()}, xs[0]
+        curve = [{"guidance": float(w), "quality": r.to_dict(), "text": r.format()} for w, r in zip(ws, reports)]
+        return {**info, "curve": curve, "text": format_curve(curve)}, np.stack(xs)
+
+
+def every_class(manifest: dict[str, Any], n: int) -> np.ndarray:
+    """n labels, every class of a class-conditional bundle in turn (image k asks for class k mod K)."""
+    return np.arange(n, dtype=np.int64) % manifest["classes"]["count"]
+
+
+def class_feeds(manifest: dict[str, Any], n: int, guidance: float) -> dict[str, np.ndarray]:
+    """A bench's conditioning for n images: every class in turn at ``guidance`` ({} for an unconditional bundle).
+
+    The keys are the graphs' inputs and ``Sampler.run_batch``'s arguments alike.
+    """
+    if not manifest.get("classes"):
+        return {}
+    return {"labels": every_class(manifest, n), "guidance": np.full(n, guidance, np.float32)}
+
+
+def _describe(labels: np.ndarray | None, manifest: dict[str, Any]) -> str:
+    if labels is None:
+        return "null class (unconditional)" if manifest.get("classes") else "none (an unconditional bundle)"
+    k = manifest["classes"]["count"]
+    if len(labels) >= k and np.array_equal(labels, np.arange(len(labels)) % k):
+        return f"every class in turn ({k} classes)"
+    names = manifest["classes"]["names"]
+    return ", ".join(sorted({names[i] for i in labels.tolist()}))
+
+
+def format_curve(curve: list[dict[str, Any]]) -> str:
+    """The guidance trade-off: per w, Frechet distance (with the floor), conditional accuracy, worst class, confidence."""
+    q0 = curve[0]["quality"]
+    lines = [f"{'guidance':>8}  {'Frechet':>8}  {'x floor':>7}  {'cond. acc':>9}  {'worst class':>11}  {'confidence':>10}  targets",
+             *(f"{c['guidance']:>8g}  {c['quality']['fd_samples']:>8.2f}  {c['quality']['fd_ratio']:>6.2f}x  "
+               f"{c['quality']['conditional_accuracy']:>9.3f}  {min(c['quality']['conditional_accuracy_per_class']):>11.3f}  "
+               f"{c['quality']['confidence_samples']:>10.3f}  {'met' if c['quality']['met'] else 'NOT met'}" for c in curve),
+             f"floor: Frechet {q0['fd_floor']:.2f} (real held-out), noise {q0['fd_noise']:.2f}; the classifier on real "
+             f"held-out images: accuracy {q0['accuracy_floor']:.3f}, worst class {min(q0['accuracy_floor_per_class']):.3f}, "
+             f"confidence {q0['confidence_data']:.3f}"]
+    return "\n".join(lines)
 
 
 def _broadcast_bundle(bundle: Path | None, target: Path, tmp: Path, rank: int) -> Path:

@@ -16,6 +16,7 @@ import numpy as np
 from export.verify import check_atol, derived_atol
 from runtime.noise import image_noise
 from runtime.providers import CudaOptions
+from runtime.requests import check_classes
 from runtime.sampler import MODES, load
 
 __all__ = ["parity", "ParityReport", "ModeParity", "StepDiff"]
@@ -53,6 +54,8 @@ class ParityReport:
     seed: int
     eta: float
     solver: str = "ddim"
+    labels: list[int] | None = None  # a class-conditional bundle's label per image (the null class when none was asked)
+    guidance: list[float] | None = None  # and guidance w per image
     modes: list[ModeParity] = field(default_factory=list)
 
     @property
@@ -67,6 +70,7 @@ class ParityReport:
         lines = [
             f"parity of {self.bundle}: onnxruntime {self.providers[0]} vs eager torch on {self.eager_device}",
             f"{self.solver}, {self.num_steps} steps, batch {self.batch}, eta {self.eta}, seed {self.seed}; {self.tf32}",
+            *([f"labels {self.labels}, guidance {self.guidance}"] if self.labels is not None else []),
             "",
             f"{'mode':<6} {'step':>4} {'t':>5} {'max|d eps|':>11} {'mean|d eps|':>11} {'max|d x|':>10} {'mean|d x|':>10}",
         ]
@@ -124,10 +128,14 @@ def parity(
     strict: bool = False,
     atol: float | None = None,
     solver: str = "ddim",
+    labels: Any = None,
+    guidance: Any = None,
 ) -> ParityReport:
     """Run the eager sampler (``zoo.sample``) and the onnxruntime sampler side by side; see ``ParityReport``.
 
-    ``solver`` is "ddim" or "dpmpp_2m" (deterministic: eta must be 0).
+    ``solver`` is "ddim" or "dpmpp_2m" (deterministic: eta must be 0). A class-conditional bundle
+    takes ``labels`` and ``guidance`` as ``Sampler.sample`` does (one for all or one per image; none:
+    the null class), and both sides sample them.
 
     Each mode's final image must lie within ``atol`` of eager float32: by default the bound is
     derived from eager float32's own error against eager float64 on the same inputs
@@ -150,6 +158,7 @@ def parity(
     sampler = load(bundle_dir, provider=provider, strict=strict, cuda=CudaOptions(tf32=False))
     for mode in modes:
         sampler.check(num_steps, eta, spacing, mode, solver)
+    labels, guidance = check_classes(sampler.manifest, batch, labels, guidance)  # none: both sides sample the null class
     ts = sampler.timesteps(num_steps, spacing)
     c, h, w = sampler.shape
     hidden = sampler.manifest["model"]["config"].get("hidden", c)
@@ -161,12 +170,14 @@ def parity(
     x_T, noise = image_noise(seed, range(batch), sampler.shape, len(ts), stochastic=eta > 0)
     device = "cuda" if sampler.device == "cuda" and torch.cuda.is_available() else "cpu"
     tf32_note = "TF32 off (onnxruntime use_tf32=0, torch allow_tf32=False)" if sampler.device == "cuda" else "fp32 on CPU (no TF32)"
+    cond = {"labels": labels, "guidance": guidance}
     x0, x0_64, eager_eps, eager_x = _eager(model, schedule, x_T, noise, device,
-                                           dict(num_steps=num_steps, solver=solver, eta=eta, spacing=spacing))
+                                           dict(num_steps=num_steps, solver=solver, eta=eta, spacing=spacing, **cond))
     bound, ref_err = derived_atol({"x_0": x0}, {"x_0": x0_64})
     bound = bound if atol is None else float(atol)
 
-    report = ParityReport(str(bundle_dir), sampler.providers, device, tf32_note, ref_err, num_steps, batch, seed, eta, solver)
+    report = ParityReport(str(bundle_dir), sampler.providers, device, tf32_note, ref_err, num_steps, batch, seed, eta, solver,
+                          None if labels is None else labels.tolist(), None if guidance is None else guidance.tolist())
     for mode in modes:
         steps: list[StepDiff] = []
 
@@ -174,7 +185,7 @@ def parity(
             e = _diff(eps, eager_eps[i]) if eps is not None else (None, None)
             steps.append(StepDiff(i, t, *e, *_diff(x, eager_x[i])))
 
-        out = sampler.run_batch(x_T, ts, noise, eta, mode, callback=record, solver=solver)
+        out = sampler.run_batch(x_T, ts, noise, eta, mode, callback=record, solver=solver, **cond)
         fmax, fmean = _diff(out, x0)
         report.modes.append(ModeParity(mode, steps, fmax, fmean, bound, bool(np.isfinite(fmax) and fmax <= bound)))
     return report

@@ -6,7 +6,10 @@ import argparse
 
 from runtime.apps.commands.common import (
     check_out,
+    class_args,
     grid_scale,
+    parse_classes,
+    parse_guidance,
     positive_int,
     request_args,
     write_json,
@@ -25,6 +28,9 @@ def register(sub) -> None:
     request_args(p)
     p.add_argument("--mode", choices=MODES, default=SampleRequest.mode, help=f"runtime mode (default {SampleRequest.mode})")
     p.add_argument("--provider", choices=PROVIDERS, default="auto", help="auto (default): CUDA if it loads, else CPU")
+    class_args(p, all_help="every class in turn, the default with --guidance",
+               guidance_help="classifier-free guidance w >= 0 (default 1 with --class), or several comma-separated: the "
+                             "trade-off curve (the same samples at each w), e.g. 0,1,2,3,5")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
     p.add_argument("--grid", default=None, help="also write up to 64 samples as a PNG grid (scaled up)")
     p.set_defaults(func=run)
@@ -38,18 +44,26 @@ def run(args: argparse.Namespace) -> int:
     if args.grid:
         check_out(args.grid)
     res, x = evaluate(args.target, data=args.data, n=args.samples, num_steps=args.steps, spacing=args.spacing, eta=args.eta,
-                      seed=args.seed, mode=args.mode, provider=args.provider, progress=True, solver=args.solver)
+                      seed=args.seed, mode=args.mode, provider=args.provider, progress=True, solver=args.solver,
+                      labels=parse_classes(args.classes), guidance=parse_guidance(args.guidance))
     if res is None:  # not rank 0 under torchrun
         return 0
     print(f"quality of {res['target']}: {res['samples']} samples, {res['solver']} {res['steps']} steps ({res['spacing']}), eta {res['eta']}, "
-          f"{res['mode']} mode on {res['provider']}, {res['processes']} process(es); against {res['data']}")
+          f"{res['mode']} mode on {res['provider']}, {res['processes']} process(es); against {res['data']}; "
+          f"labels: {res['labels']}")
     print(res.pop("text"))
-    print("targets met" if res["quality"]["met"] else "targets NOT met")
+    if "quality" in res:
+        print("targets met" if res["quality"]["met"] else "targets NOT met")
     if args.json:
         write_json(args.json, res, "report")
     if args.grid:
-        from zoo.images import save_grid
+        from zoo.images import save_grid, save_labelled_rows
 
-        save_grid(args.grid, x[:64], scale=grid_scale(x), pad_value=96)
+        if "curve" in res:  # a row per guidance value, the same seeds and labels in every row
+            per = min(x.shape[1], 20)
+            save_labelled_rows(args.grid, x[:, :per].reshape(-1, *x.shape[2:]), [f"w={c['guidance']:g}" for c in res["curve"]],
+                               scale=grid_scale(x))
+        else:
+            save_grid(args.grid, x[:64], scale=grid_scale(x), pad_value=96)
         print(f"samples written to {args.grid}")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from runtime.apps.commands.common import check_request, positive_int, request_args
+from runtime.apps.commands.common import check_request, class_args, parse_classes, parse_guidance, positive_int, request_args
 
 
 def register(sub) -> None:
@@ -17,6 +17,7 @@ def register(sub) -> None:
     request_args(p)
     p.add_argument("--batch", type=positive_int, default=4, help="images compared (default 4)")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)} (default all)")
+    class_args(p, all_help="every class in turn over the --batch images")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(func=run)
 
@@ -27,9 +28,16 @@ def run(args: argparse.Namespace) -> int:
     import runtime
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    check_request(args.bundle, args.steps, modes, args.eta, args.spacing, args.solver)
+    from runtime.apps.evaluate import every_class
+    from runtime.requests import check_classes
+
+    manifest = check_request(args.bundle, args.steps, modes, args.eta, args.spacing, args.solver)
+    labels, guidance = parse_classes(args.classes), parse_guidance(args.guidance)
+    if labels == "all" and manifest.get("classes"):
+        labels = every_class(manifest, args.batch)
+    check_classes(manifest, args.batch, labels, guidance)  # before any session is made
     report = runtime.parity(args.bundle, provider=args.provider, num_steps=args.steps, batch=args.batch, seed=args.seed,
                             modes=modes, eta=args.eta, strict=args.provider == "cuda", solver=args.solver,
-                            spacing=args.spacing)
+                            spacing=args.spacing, labels=labels, guidance=guidance)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_table())
     return 0 if report.passed else 1

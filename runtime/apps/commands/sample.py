@@ -8,6 +8,8 @@ import time
 from runtime.apps.commands.common import (
     check_out,
     check_request,
+    class_args,
+    conditioning,
     positive_int,
     request_args,
     write_images,
@@ -41,38 +43,9 @@ def register(sub) -> None:
     p.add_argument("--cuda-graph", action="store_true", help="fused mode on CUDA: replay the step as a CUDA graph")
     p.add_argument("--precision", choices=PRECISIONS, default=SampleRequest.precision,
                    help="fp32 (default) or int8: the bundle's int8 variants (export --int8), CPU provider")
-    p.add_argument("--class", dest="classes", default=None,
-                   help="class-conditional bundles: the class of every image, an index or a name (3, sneaker), one per "
-                        "image comma-separated, or 'all' (--n images of every class: a .png grid, a row per class, "
-                        "named); default: the null class (unconditional)")
-    p.add_argument("--guidance", default=None,
-                   help="classifier-free guidance w >= 0 with --class (default 1: conditional), or one per image, "
-                        "comma-separated")
+    class_args(p, all_help="--n images of every class: a .png grid, a row per class, named")
     p.add_argument("--out", required=True, help="output file: .png grid, .ppm first image, .npy array")
     p.set_defaults(func=run)
-
-
-def conditioning(manifest: dict, n: int, classes: str | None, guidance: str | None):
-    """--class and --guidance as the (n,) arrays ``Sampler.sample`` takes, checked against the bundle's manifest.
-
-    ``--class all``: ``n`` images of every class in turn (the caller samples n x K images).
-    """
-    from runtime.requests import check_classes
-
-    if classes == "all":
-        if not manifest.get("classes"):
-            raise ValueError("--class all needs a class-conditional bundle; this one is unconditional")
-        k = manifest["classes"]["count"]
-        return check_classes(manifest, n * k, [c for c in range(k) for _ in range(n)], _guidance(guidance))
-    labels = None if classes is None else [int(v) if v.strip().isdigit() else v.strip() for v in classes.split(",")]
-    return check_classes(manifest, n, labels, _guidance(guidance))
-
-
-def _guidance(guidance: str | None) -> list[float] | None:
-    try:
-        return None if guidance is None else [float(v) for v in guidance.split(",")]
-    except ValueError:
-        raise ValueError(f"--guidance {guidance!r} is invalid: expected a number >= 0, or one per image, comma-separated") from None
 
 
 def run(args: argparse.Namespace) -> int:
