@@ -316,9 +316,11 @@ class Sampler:
         self.check(len(timesteps), eta, "leading", mode, solver)  # raises, naming the bad value
         x_T, timesteps, noise = self._check_batch(x_T, timesteps, noise, stochastic)
         cond = {}
-        if self.manifest.get("classes") or labels is not None or guidance is not None:
-            labels, guidance = check_classes(self.manifest, len(x_T), labels, guidance)
-            cond = {"labels": labels, "guidance": guidance}
+        labels, guidance = check_classes(self.manifest, len(x_T), labels, guidance)
+        if self.manifest.get("classes"):  # the graphs take labels and guidance; none asked: the null class
+            null = self.manifest["classes"]["null"]
+            cond = {"labels": np.full(len(x_T), null, np.int64) if labels is None else labels,
+                    "guidance": np.ones(len(x_T), np.float32) if guidance is None else guidance}
         artifact = self.artifact(MODE_KINDS[mode], solver, stochastic)
         if mode == "loop":
             sess = self.session(artifact)
@@ -488,8 +490,10 @@ def step_feeds(i: int, steps: list[tuple[int, int, int]], b: int, names: list[st
 
 def fused_on_host(run: Callable[[dict[str, np.ndarray], list[str]], list[np.ndarray]], solver: str, inputs: list[str],
                   x_T: np.ndarray, timesteps: np.ndarray, alphas: np.ndarray, noise: np.ndarray | None = None,
-                  eta: float = 0.0) -> np.ndarray:
+                  eta: float = 0.0, cond: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """A fused step's loop with every value on the host: ``run(feed, output_names) -> outputs``.
+
+    ``cond``: a class-conditional bundle's ``labels`` and ``guidance`` (B,) (``step_feeds``).
 
     What a session without IO binding runs (OpenVINO, a plain onnxruntime session in the bench);
     the runtime's own modes keep the state on the device instead.
@@ -498,6 +502,6 @@ def fused_on_host(run: Callable[[dict[str, np.ndarray], list[str]], list[np.ndar
     state = {"x_t": x_T, **{i: np.zeros_like(x_T) for i, _ in pairs[1:]}}  # the state starts at zeros
     steps = step_list(timesteps)
     for i in range(len(steps)):
-        feed = {**state, **step_feeds(i, steps, len(x_T), inputs, alphas, noise, eta)}
+        feed = {**state, **step_feeds(i, steps, len(x_T), inputs, alphas, noise, eta, cond)}
         state = dict(zip((name for name, _ in pairs), run(feed, [o for _, o in pairs]), strict=True))
     return state["x_t"]

@@ -4,6 +4,7 @@ import importlib.util
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -24,21 +25,29 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
     assert main(["demo", "--fast", "--provider", "cpu", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     for row in ("training loss", "parity vs eager", "Frechet distance", "real held-out (floor)", "classifier confidence",
-                "quality target", "sampling", "picture:"):
+                "quality target", "sampling", "picture:", "guided targets", "conditional accuracy", "the null class"):
         assert row in text
     summary = json.loads((out / MARKER).read_text())
     assert summary["parity_passed"] and summary["sample"]["provider"] == "CPUExecutionProvider"
     assert summary["config"]["data"] == "digits" and summary["config"]["model"] == "unet"
-    # samples beside as many real digits, each 8 px image scaled 8x: (4 x 64 + 5 * 2) px per grid, and a gap
-    assert Image.open(out / "samples.png").size == (2 * (4 * 64 + 5 * 2) + 16, 4 * 64 + 5 * 2)
+    assert summary["sample"]["guidance"] == FAST.guidance
+    g = summary["guided"]
+    assert len(g["conditional_accuracy_per_class"]) == 10 and set(g["guided_targets"]) == {"conditional_accuracy",
+                                                                                           "worst_class", "fd_ratio"}
+    # a row per digit: 2 samples asked for it, a gap, 2 real held-out digits of it (8 px scaled 8x, 2 px lines), names left
+    w, h = Image.open(out / "samples.png").size
+    assert h == 10 * 64 + 11 * 2 and w > 2 * (2 * 64 + 3 * 2) + 16
     assert (out / "sample.ppm").read_text().startswith("P2\n8 8\n")  # one grey digit
     assert (out / "bundle" / "manifest.json").exists() and (out / "run" / "last" / "ema.safetensors").exists()
     q = summary["quality"]
     assert q["fd_floor"] < q["fd_noise"]  # real digits are closer to real digits than noise is
     assert ("MET" if q["met"] else "NOT MET") in text.split("quality target")[1].splitlines()[0]
-    # A second demo replaces the first (a conv: the replacement does not depend on the model, and exports faster)
-    second = run_demo(out, replace(FAST, model="conv"), provider="cpu", progress=False)
+    # A second demo replaces the first (an unconditional conv: the replacement does not depend on the model, and
+    # exports faster); its picture: 16 samples beside as many real digits, (4 x 64 + 5 * 2) px per grid, and a gap
+    second = run_demo(out, replace(FAST, model="conv", conditional=False), provider="cpu", progress=False)
     assert json.loads((out / MARKER).read_text())["config"]["model"] == second["config"]["model"] == "conv"
+    assert "guided" not in second and Image.open(out / "samples.png").size == (2 * (4 * 64 + 5 * 2) + 16, 4 * 64 + 5 * 2)
+    assert "guided targets" not in format_summary(second)
     # a foreign directory is refused
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
     foreign = tmp_path / "mine"
@@ -132,6 +141,31 @@ def test_bench_dpmpp_every_backend_computes_the_same_images():
     for name, r in res["backends"].items():  # every backend runs the same solver: eager's images
         assert r["drift_vs_eager"] < 1e-3, name
     assert "4 dpmpp_2m steps" in format_results(res)
+
+
+def test_bench_of_a_conditional_model_is_guided_and_times_the_unguided_twin(capsys):
+    """Every backend samples every class in turn at w; the runtime modes and eager run again without classes."""
+    backends = ("eager", "torchscript", "ort-numpy-step", "ort-step", "ort-fused", "ort-loop", "ort-loop-shipped")
+    cfg = BenchConfig(model="unet", hidden=8, size=8, batch=3, steps=3, repeats=1, threads=1, backends=backends, classes=3,
+                      guidance=3.0)
+    res = run_bench(cfg)
+    b = res["backends"]
+    assert list(b) == [*backends, "eager-unguided", "ort-step-unguided", "ort-fused-unguided", "ort-loop-unguided"]
+    for name in backends:  # every backend runs the guided sampler: eager's guided images
+        assert b[name]["drift_vs_eager"] < 1e-4, name
+    assert b["ort-loop-unguided"]["drift_vs_eager"] < 1e-4  # against its own eager
+    ratio = dict(key_ratios(res))["guided step vs the same network without classes (every class in turn, w=3)"]
+    for k in ("eager", "ort-step", "ort-fused", "ort-loop"):
+        assert f"{k} {b[k]['median_s'] / b[k + '-unguided']['median_s']:.2f}x the time" in ratio
+    assert "every class in turn at guidance 3" in format_results(res)
+    # and the labels matter on this model: the null class's images are far from the guided ones the backends match
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    model = zoo.build("unet", hidden=8, num_classes=3).eval()
+    x_T = torch.from_numpy(np.random.default_rng(cfg.seed).standard_normal((3, 3, 8, 8), dtype=np.float32))
+    guided = zoo.sample(model, zoo.linear_schedule(1000), x_T, num_steps=3, labels=[0, 1, 2], guidance=3.0)
+    assert (guided - zoo.sample(model, zoo.linear_schedule(1000), x_T, num_steps=3)).abs().max() > 1e-2
 
 
 def test_cli_bench_skips_what_cannot_run_here_with_the_reason(capsys, monkeypatch):

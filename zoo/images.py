@@ -106,7 +106,11 @@ def save_side_by_side(path: str | os.PathLike, batches: list[Any], scale: int = 
 
     Images are separated by grey (``pad_value``) lines, visible on black and white backgrounds alike.
     """
-    grids = [grid_array(b, scale=scale, pad_value=pad_value) for b in batches]
+    return save_image(path, _side_by_side([grid_array(b, scale=scale, pad_value=pad_value) for b in batches], gap))
+
+
+def _side_by_side(grids: list[np.ndarray], gap: int) -> np.ndarray:
+    """(H, W, C) uint8 grids in one array, top-aligned, ``gap`` white columns between them."""
     h = max(g.shape[0] for g in grids)
     c = max(g.shape[2] for g in grids)
     parts = []
@@ -115,17 +119,25 @@ def save_side_by_side(path: str | os.PathLike, batches: list[Any], scale: int = 
         parts.append(np.pad(g, ((0, h - g.shape[0]), (0, 0), (0, 0))))
         if i + 1 < len(grids):
             parts.append(np.full((h, gap, c), 255, np.uint8))
-    return save_image(path, np.concatenate(parts, axis=1))
+    return np.concatenate(parts, axis=1)
 
 
-def save_labelled_rows(path: str | os.PathLike, batch: Any, names: list[str], scale: int = 1, pad_value: int = 96) -> Path:
-    """One row per name: ``batch`` holds ``len(names)`` rows of equally many images, each row's name at its left."""
+def save_labelled_rows(path: str | os.PathLike, batch: Any, names: list[str], scale: int = 1, pad_value: int = 96,
+                       beside: Any = None, gap: int = 16) -> Path:
+    """One row per name: ``batch`` holds ``len(names)`` rows of equally many images, each row's name at its left.
+
+    ``beside``: another batch of ``len(names)`` rows (e.g. real images of each row's class), drawn to
+    the right, ``gap`` white pixels apart.
+    """
     from PIL import Image, ImageDraw
 
-    per_row, rem = divmod(len(batch), max(len(names), 1))
-    if not names or rem or per_row < 1:
-        raise ValueError(f"{len(batch)} images cannot fill {len(names)} rows evenly")
-    grid = grid_array(batch, nrow=per_row, scale=scale, pad_value=pad_value)
+    grids = []
+    for b in [batch] if beside is None else [batch, beside]:
+        per_row, rem = divmod(len(b), max(len(names), 1))
+        if not names or rem or per_row < 1:
+            raise ValueError(f"{len(b)} images cannot fill {len(names)} rows evenly")
+        grids.append(grid_array(b, nrow=per_row, scale=scale, pad_value=pad_value))
+    grid = _side_by_side(grids, gap)
     rgb = np.broadcast_to(grid, (*grid.shape[:2], 3)) if grid.shape[2] == 1 else grid
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     margin = 8 + max(int(draw.textlength(n)) for n in names)
@@ -136,4 +148,3 @@ def save_labelled_rows(path: str | os.PathLike, batch: Any, names: list[str], sc
     for i, name in enumerate(names):
         draw.text((4, int(2 + (i + 0.5) * row_h) - 5), name, fill=(0, 0, 0))
     return save_image(path, np.asarray(canvas))
-

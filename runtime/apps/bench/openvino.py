@@ -56,12 +56,16 @@ class OpenVINOSampler:
     def timesteps(self, num_steps: int, spacing: str = "leading") -> np.ndarray:
         return ddim_timesteps(self.schedule.num_train_timesteps, num_steps, spacing)
 
-    def run_batch(self, x_T: np.ndarray, timesteps: np.ndarray, solver: str = "ddim", mode: str = "fused") -> np.ndarray:
-        """One deterministic batch: ``fused`` (the fused step per timestep) or ``loop`` (the whole-loop graph)."""
+    def run_batch(self, x_T: np.ndarray, timesteps: np.ndarray, solver: str = "ddim", mode: str = "fused",
+                  cond: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """One deterministic batch: ``fused`` (the fused step per timestep) or ``loop`` (the whole-loop graph).
+
+        ``cond``: a class-conditional bundle's ``labels`` and ``guidance`` (B,) (``runtime.apps.evaluate.class_feeds``).
+        """
         artifact = select(self.manifest["artifacts"], MODE_KINDS[mode], solver)
         req = self._request(artifact)
         if mode == "loop":
-            req.infer({"x_T": x_T, "timesteps": np.asarray(timesteps, np.int64)})
+            req.infer({"x_T": x_T, "timesteps": np.asarray(timesteps, np.int64), **(cond or {})})
             return req.get_output_tensor(0).data.copy()
 
         def run(feed: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
@@ -69,4 +73,4 @@ class OpenVINOSampler:
             return [req.get_tensor(name).data.copy() for name in outputs]
 
         inputs = [i["name"] for i in self.manifest["artifacts"][artifact]["inputs"]]
-        return fused_on_host(run, solver, inputs, x_T, timesteps, self.schedule.alphas_cumprod.astype(np.float32))
+        return fused_on_host(run, solver, inputs, x_T, timesteps, self.schedule.alphas_cumprod.astype(np.float32), cond=cond)

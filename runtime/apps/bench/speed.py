@@ -54,6 +54,14 @@ class BenchConfig:
     seed: int = 0
     checkpoint: str | None = None  # a weights .safetensors: a trained model instead of a random init (model/hidden ignored)
     solver: str = "ddim"  # or "dpmpp_2m": every backend runs that solver
+    classes: int = 0  # > 0: the random init is class-conditional with that many classes (a checkpoint knows its own)
+    guidance: float = 1.0  # a class-conditional model: every backend samples every class in turn at this w
+
+
+# With a class-conditional model, these backends run again on the same network without classes (num_classes=0,
+# batch B where the guided graphs run 2B): the guided step's cost is the ratio of the two, side by side in one run.
+UNGUIDED_TWINS = ("eager", "ort-step", "ort-fused", "ort-loop")
+UNGUIDED = "-unguided"
 
 
 def conv_flops(model, height: int, width: int) -> int:
@@ -118,41 +126,62 @@ def _backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray):
     """name -> zero-argument callable that samples the whole batch and returns x_0 (numpy)."""
     import runtime
     import zoo
+    from runtime.apps.evaluate import class_feeds
 
     ts = zoo.ddim_timesteps(schedule.num_train_timesteps, cfg.steps)
     alphas = schedule.alphas_cumprod.astype(np.float32)
     # the solver around a backend's denoiser (torch or numpy), as the eager samplers run it, unchecked like the graphs
     loop = functools.partial(solve, cfg.solver, timesteps=ts, alphas=alphas, check=False)
     manifest = load_manifest(bundle)  # hashed once; the backends read their graphs' verified bytes with it
-    out = {**_torch_backends(cfg, bundle, manifest, model, schedule, x_T, loop),
-           **_ort_backends(cfg, bundle, manifest, x_T, ts, loop)}
+    cond = class_feeds(manifest, len(x_T), cfg.guidance)  # {} for an unconditional model
+    out = {**_torch_backends(cfg, bundle, manifest, model, schedule, x_T, loop, cond),
+           **_ort_backends(cfg, bundle, manifest, x_T, ts, loop, cond)}
     if any(b in cfg.backends for b in OPENVINO_BACKENDS):
         from runtime.apps.bench.openvino import OpenVINOSampler
 
         ov = OpenVINOSampler(bundle, threads=cfg.threads)
         for mode in ("fused", "loop"):
-            out[f"openvino-{mode}"] = (lambda m: lambda: ov.run_batch(x_T, ts, cfg.solver, m))(mode)
+            out[f"openvino-{mode}"] = (lambda m: lambda: ov.run_batch(x_T, ts, cfg.solver, m, cond=cond))(mode)
     import torch
 
     if torch.cuda.is_available() and runtime.cuda_unavailable_reason() is None:
-        out.update(_cuda_backends(cfg, bundle, model, schedule, x_T, ts))
+        out.update(_cuda_backends(cfg, bundle, model, schedule, x_T, ts, cond))
     return {k: v for k, v in out.items() if k in cfg.backends}
 
 
-def _torch_backends(cfg: BenchConfig, bundle: Path, manifest: dict, model, schedule, x_T: np.ndarray, loop) -> dict[str, Callable]:
+def _unguided_backends(cfg: BenchConfig, tmp: Path, model, schedule, x_T: np.ndarray) -> dict[str, Callable]:
+    """``UNGUIDED_TWINS`` on the same architecture without classes (its own random init: only the cost is compared)."""
+    import zoo
+
+    twin = zoo.build(model.name, **{**asdict(model.config), "num_classes": 0}).eval()
+    bundle = export_twin(twin, tmp / "unguided", schedule, x_T.shape[1:], cfg.solver)
+    plain = replace(cfg, backends=UNGUIDED_TWINS, classes=0)
+    return {f"{k}{UNGUIDED}": v for k, v in _backends(plain, bundle, twin, schedule, x_T).items()}
+
+
+def export_twin(model, out: Path, schedule, shape, solver: str) -> Path:
+    import export
+
+    return export.export_bundle(model, out, schedule=schedule, example_shape=tuple(shape), formats=("onnx",),
+                                solvers=(solver,)).path
+
+
+def _torch_backends(cfg: BenchConfig, bundle: Path, manifest: dict, model, schedule, x_T: np.ndarray, loop,
+                    cond: dict[str, np.ndarray]) -> dict[str, Callable]:
     """Eager torch (fp32, bf16 autocast, torch.compile) and the bundle's TorchScript denoiser and step."""
     import torch
 
     import zoo
+    from zoo.diffusion import guided_eps
 
     xt = torch.from_numpy(x_T)
 
     def eager(m):
-        return lambda: zoo.sample(m, schedule, xt, num_steps=cfg.steps, solver=cfg.solver).cpu().numpy()
+        return lambda: zoo.sample(m, schedule, xt, num_steps=cfg.steps, solver=cfg.solver, **cond).cpu().numpy()
 
     def bf16():
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            return zoo.sample(model, schedule, xt, num_steps=cfg.steps, solver=cfg.solver).float().numpy()
+            return zoo.sample(model, schedule, xt, num_steps=cfg.steps, solver=cfg.solver, **cond).float().numpy()
 
     out = {"eager": eager(model), "eager-bf16": bf16}
     if "compile" in cfg.backends:
@@ -173,19 +202,28 @@ def _torch_backends(cfg: BenchConfig, bundle: Path, manifest: dict, model, sched
                 return step(x, eps, state, full(a_t), full(a_prev), full(a_last))
             return step(x, eps, full(a_t), full(a_prev)), state
 
+        def denoise(x, t):
+            tt = torch.full((len(x),), t)
+            if not cond:
+                return den(x, tt)
+            labels, w = (torch.from_numpy(cond[k]) for k in ("labels", "guidance"))
+            return guided_eps(den, x, tt, labels, manifest["classes"]["null"], w)
+
         def torchscript():
             with torch.inference_mode():
-                return loop(lambda x, t: den(x, torch.full((len(x),), t)), xt, update=ts_update).numpy()
+                return loop(denoise, xt, update=ts_update).numpy()
 
         out["torchscript"] = torchscript
     return out
 
 
-def _ort_backends(cfg: BenchConfig, bundle: Path, manifest: dict, x_T: np.ndarray, ts: np.ndarray, loop) -> dict[str, Callable]:
+def _ort_backends(cfg: BenchConfig, bundle: Path, manifest: dict, x_T: np.ndarray, ts: np.ndarray, loop,
+                  cond: dict[str, np.ndarray]) -> dict[str, Callable]:
     """onnxruntime on the CPU: the denoiser under a numpy solver, every runtime mode, the shipped loop, int8."""
     import onnxruntime as ort
 
     import runtime
+    from zoo.diffusion import guided_eps
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = cfg.threads
@@ -193,13 +231,21 @@ def _ort_backends(cfg: BenchConfig, bundle: Path, manifest: dict, x_T: np.ndarra
     denoiser = read_verified(bundle, manifest, manifest["artifacts"][name]["files"]["onnx"])
     check_identity(denoiser, name, manifest, bundle)
     plain = ort.InferenceSession(denoiser, so, providers=["CPUExecutionProvider"])
-    out = {"ort-numpy-step": lambda: loop(lambda x, t: plain.run(None, {"x": x, "t": np.full(len(x), t, np.int64)})[0], x_T)}
+
+    def predict(x, t, labels=None):
+        return plain.run(None, {"x": x, "t": t, **({} if labels is None else {"labels": labels})})[0]
+
+    def numpy_eps(x, t):
+        tt = np.full(len(x), t, np.int64)
+        return guided_eps(predict, x, tt, cond["labels"], manifest["classes"]["null"], cond["guidance"]) if cond else predict(x, tt)
+
+    out = {"ort-numpy-step": lambda: loop(numpy_eps, x_T)}
     cpu = runtime.load(bundle, provider="cpu", threads=cfg.threads)
     for mode in ("step", "fused", "loop"):
-        out[f"ort-{mode}"] = (lambda m: lambda: cpu.run_batch(x_T, ts, None, 0.0, m, solver=cfg.solver))(mode)
+        out[f"ort-{mode}"] = (lambda m: lambda: cpu.run_batch(x_T, ts, None, 0.0, m, solver=cfg.solver, **cond))(mode)
     shipped = runtime.load(bundle, provider="cpu", threads=cfg.threads)
     shipped.optimize_cpu_loop = False  # the bundle's sampler.onnx as exported: no NCHWc inside the Loop body
-    out["ort-loop-shipped"] = lambda: shipped.run_batch(x_T, ts, None, 0.0, "loop", solver=cfg.solver)
+    out["ort-loop-shipped"] = lambda: shipped.run_batch(x_T, ts, None, 0.0, "loop", solver=cfg.solver, **cond)
     if any(b in cfg.backends for b in INT8_BACKENDS):
         int8 = runtime.load(bundle, provider="cpu", threads=cfg.threads, precision="int8")
         for mode in ("step", "fused", "loop"):
@@ -207,7 +253,8 @@ def _ort_backends(cfg: BenchConfig, bundle: Path, manifest: dict, x_T: np.ndarra
     return out
 
 
-def _cuda_backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray, ts) -> dict[str, Callable]:
+def _cuda_backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray, ts,
+                   cond: dict[str, np.ndarray]) -> dict[str, Callable]:
     """Eager torch on CUDA and onnxruntime's CUDA provider: fused with and without IO binding, CUDA graph, loop."""
     import copy
 
@@ -225,14 +272,15 @@ def _cuda_backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndar
     inputs = [i.name for i in fused.get_inputs()]
 
     def host_fused():  # no IO binding: x goes to the GPU and back every step
-        return fused_on_host(lambda feed, outputs: fused.run(outputs, feed), solver, inputs, x_T, ts, gpu.alphas_cumprod)
+        return fused_on_host(lambda feed, outputs: fused.run(outputs, feed), solver, inputs, x_T, ts, gpu.alphas_cumprod,
+                             cond=cond)
 
     return {
-        "eager-cuda": lambda: zoo.sample(dev_model, schedule, x_dev, num_steps=cfg.steps, solver=solver).cpu().numpy(),
+        "eager-cuda": lambda: zoo.sample(dev_model, schedule, x_dev, num_steps=cfg.steps, solver=solver, **cond).cpu().numpy(),
         "ort-cuda-fused-host": host_fused,
-        "ort-cuda-fused": lambda: gpu.run_batch(x_T, ts, None, 0.0, "fused", solver=solver),
-        "ort-cuda-fused-graph": lambda: graph.run_batch(x_T, ts, None, 0.0, "fused", solver=solver),
-        "ort-cuda-loop": lambda: gpu.run_batch(x_T, ts, None, 0.0, "loop", solver=solver),
+        "ort-cuda-fused": lambda: gpu.run_batch(x_T, ts, None, 0.0, "fused", solver=solver, **cond),
+        "ort-cuda-fused-graph": lambda: graph.run_batch(x_T, ts, None, 0.0, "fused", solver=solver, **cond),
+        "ort-cuda-loop": lambda: gpu.run_batch(x_T, ts, None, 0.0, "loop", solver=solver, **cond),
     }
 
 
@@ -331,8 +379,9 @@ def _run_bench(cfg: BenchConfig, progress: Callable[[str], None]) -> dict[str, A
         model, schedule, _ = load_weights(cfg.checkpoint)
         cfg = replace(cfg, model=model.name, hidden=model.config.hidden)  # the header names what ran
     else:
-        model = zoo.build(cfg.model, hidden=cfg.hidden).eval()
+        model = zoo.build(cfg.model, hidden=cfg.hidden, **({"num_classes": cfg.classes} if cfg.classes else {})).eval()
         schedule = zoo.linear_schedule(model.config.num_train_timesteps)
+    conditional = getattr(model, "null_class", None) is not None
     c = model.config.channels
     gflops_mm = matmul_gflops(cfg.threads)
     flops_step = conv_flops(model, cfg.size, cfg.size)
@@ -346,12 +395,16 @@ def _run_bench(cfg: BenchConfig, progress: Callable[[str], None]) -> dict[str, A
                                       formats=("onnx", "torchscript") if "torchscript" in cfg.backends else ("onnx",))
         results["export_seconds"] = bundle.seconds
         backends = _backends(cfg, bundle.path, model, schedule, x_T)
+        if conditional:
+            backends.update(_unguided_backends(cfg, Path(tmp), model, schedule, x_T))
+            results["guidance"] = cfg.guidance
         outputs, warm, rss, times = _time_backends(backends, cfg.repeats, progress)
         matmul_after = matmul_gflops(cfg.threads)
         results["matmul_gflops_after"] = matmul_after
-        reference = np.asarray(outputs["eager"], np.float64)
         step_errors = _step_errors(cfg, bundle.path, model, schedule, x_T, [b for b in backends if b in REDUCED_BACKENDS])
         for name in backends:
+            # drift against eager on the same network: the unguided twins have their own
+            reference = np.asarray(outputs["eager" + (UNGUIDED if name.endswith(UNGUIDED) else "")], np.float64)
             med = statistics.median(times[name])
             results["backends"][name] = {
                 "median_s": med, "min_s": min(times[name]), "max_s": max(times[name]), "warmup_s": warm[name],
@@ -373,7 +426,9 @@ def format_results(res: dict[str, Any]) -> str:
     c, m = res["config"], res["machine"]
     lines = [
         f"{c['model']} hidden={c['hidden']}, {c['size']}x{c['size']}, batch {c['batch']}, {c['steps']} {c.get('solver', 'ddim')} steps, fp32, "
-        f"{c['threads']} threads, median of {c['repeats']} after a warm-up",
+        f"{c['threads']} threads, median of {c['repeats']} after a warm-up"
+        + (f"; class-conditional: every class in turn at guidance {res['guidance']:g} (-unguided: the same network "
+           "without classes)" if "guidance" in res else ""),
         f"machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']}, onnxruntime {m['onnxruntime']}"
         + (f", GPU {m['gpu']}" if m["gpu"] else ""),
         f"fp32 matmul rate (best of torch/numpy 2048^3, same run): {res['matmul_gflops']:.1f} GFLOP/s before, "
@@ -458,6 +513,10 @@ def key_ratios(res: dict[str, Any], sweeps: list[dict[str, Any]] | None = None) 
                         f"{best} {b[best]['images_per_s'] / b[fastest]['images_per_s']:.2f}x {fastest} (per-step error "
                         f"{b[best]['step_error_rel_rms']:.1%}, image drift {b[best]['drift_rel_rms']:.1%} relative RMS); "
                         + _int8_ceiling()))
+    twins = [k for k in UNGUIDED_TWINS if k in b and k + UNGUIDED in b]
+    if twins:
+        out.append((f"guided step vs the same network without classes (every class in turn, w={res.get('guidance', 1.0):g})",
+                    ", ".join(f"{k} {b[k]['median_s'] / b[k + UNGUIDED]['median_s']:.2f}x the time" for k in twins)))
     if "eager-bf16" in b:
         out.append(("eager bf16 autocast vs eager fp32",
                     f"{b['eager-bf16']['vs_eager']:.2f}x, image drift {b['eager-bf16']['drift_rel_rms']:.1%} relative RMS; "

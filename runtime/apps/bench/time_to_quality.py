@@ -12,6 +12,9 @@ quality metric of ``zoo.training.metrics`` (Frechet distance of a data-specific 
    batch at that step count, timed side by side in one run (round-robin repeats);
 4. the cost of one step of each solver in each backend (the graphs' overhead per step).
 
+A class-conditional bundle samples every class in turn at the given guidance (``class_feeds``), in
+the figures and in every backend, and its quality rows add the conditional accuracy.
+
 Benchmarks measure; nothing here asserts a timing.
 """
 
@@ -37,18 +40,21 @@ def _label(solver: str, spacing: str) -> str:
     return f"{solver} {spacing}"
 
 
-def _quality(sampler, data: str, n: int, solver: str, spacing: str, steps: int, seed: int, classifier) -> dict[str, float]:
+def _quality(sampler, data: str, n: int, solver: str, spacing: str, steps: int, seed: int, classifier,
+             guidance: float) -> dict[str, float]:
+    from runtime.apps.evaluate import class_feeds
     from zoo.training.metrics import quality_report
 
-    x = sampler.sample(n, num_steps=steps, seed=seed, spacing=spacing, solver=solver, mode="loop")
-    rep = quality_report(x, data, classifier=classifier)
+    cond = class_feeds(sampler.manifest, n, guidance)
+    x = sampler.sample(n, num_steps=steps, seed=seed, spacing=spacing, solver=solver, mode="loop", **cond)
+    rep = quality_report(x, data, classifier=classifier, labels=cond.get("labels"))
     d = rep.to_dict()
     return {"fd": d["fd_samples"], "floor": d["fd_floor"], "noise": d["fd_noise"], "confidence": d["confidence_samples"],
-            "met": rep.met}
+            "conditional_accuracy": d["conditional_accuracy"], "met": rep.met}
 
 
-def _backends(bundle: Path, threads: int, names: tuple[str, ...]) -> dict[str, Callable[..., np.ndarray]]:
-    """name -> f(x_T, solver, spacing, steps) sampling one batch; the bundle's own graphs and weights."""
+def _backends(bundle: Path, threads: int, names: tuple[str, ...], cond: dict[str, np.ndarray]) -> dict[str, Callable[..., np.ndarray]]:
+    """name -> f(x_T, solver, spacing, steps) sampling one batch with ``cond``; the bundle's own graphs and weights."""
     import torch
 
     import runtime
@@ -61,12 +67,13 @@ def _backends(bundle: Path, threads: int, names: tuple[str, ...]) -> dict[str, C
     out: dict[str, Callable[..., np.ndarray]] = {}
 
     def eager(x_T, solver, spacing, steps):
-        return zoo.sample(model, schedule, torch.from_numpy(x_T), num_steps=steps, solver=solver, spacing=spacing).numpy()
+        return zoo.sample(model, schedule, torch.from_numpy(x_T), num_steps=steps, solver=solver, spacing=spacing,
+                          **cond).numpy()
 
     out["eager"] = eager
     for mode in ("step", "fused", "loop"):
         out[f"ort-{mode}"] = (lambda m: lambda x_T, solver, spacing, steps: cpu.run_batch(
-            x_T, cpu.timesteps(steps, spacing), None, 0.0, m, solver=solver))(mode)
+            x_T, cpu.timesteps(steps, spacing), None, 0.0, m, solver=solver, **cond))(mode)
     if torch.cuda.is_available() and runtime.cuda_unavailable_reason() is None and any("cuda" in n for n in names):
         import copy
 
@@ -75,21 +82,22 @@ def _backends(bundle: Path, threads: int, names: tuple[str, ...]) -> dict[str, C
         graph = runtime.load(bundle, provider="cuda", cuda=runtime.CudaOptions(cuda_graph=True))
 
         def eager_cuda(x_T, solver, spacing, steps):
-            x = zoo.sample(gpu_model, schedule, torch.from_numpy(x_T).cuda(), num_steps=steps, solver=solver, spacing=spacing)
+            x = zoo.sample(gpu_model, schedule, torch.from_numpy(x_T).cuda(), num_steps=steps, solver=solver, spacing=spacing,
+                           **cond)
             return x.cpu().numpy()
 
         out["eager-cuda"] = eager_cuda
         for name, s, mode in (("ort-cuda-fused", gpu, "fused"), ("ort-cuda-fused-graph", graph, "fused"),
                               ("ort-cuda-loop", gpu, "loop")):
             out[name] = (lambda s, m: lambda x_T, solver, spacing, steps: s.run_batch(
-                x_T, s.timesteps(steps, spacing), None, 0.0, m, solver=solver))(s, mode)
+                x_T, s.timesteps(steps, spacing), None, 0.0, m, solver=solver, **cond))(s, mode)
     from runtime.apps.bench.openvino import OpenVINOSampler, openvino_unavailable_reason
 
     if openvino_unavailable_reason() is None:
         ov = OpenVINOSampler(bundle, threads=threads)
         for mode in ("fused", "loop"):
             out[f"openvino-{mode}"] = (lambda m: lambda x_T, solver, spacing, steps: ov.run_batch(
-                x_T, ov.timesteps(steps, spacing), solver, m))(mode)
+                x_T, ov.timesteps(steps, spacing), solver, m, cond=cond))(mode)
     return {k: v for k, v in out.items() if k in names}
 
 
@@ -102,29 +110,34 @@ def run_time_to_quality(
     repeats: int = 3,
     backends: tuple[str, ...] = ("eager", "ort-step", "ort-fused", "ort-loop", "openvino-fused", "openvino-loop"),
     progress: Callable[[str], None] = lambda s: None,
+    guidance: float = 1.0,
 ) -> dict[str, Any]:
     """Quality against steps for every configuration, then the time each backend needs to reach the stated quality.
 
-    Backends that cannot run here (no GPU, no ``openvino``) are listed under ``"skipped"``.
+    A class-conditional bundle samples every class in turn at ``guidance``. Backends that cannot
+    run here (no GPU, no ``openvino``) are listed under ``"skipped"``.
     """
     import torch
 
     threads_before = torch.get_num_threads()
     try:
-        return _run(Path(bundle), data, n, batch, threads, repeats, backends, progress)
+        return _run(Path(bundle), data, n, batch, threads, repeats, backends, progress, guidance)
     finally:
         torch.set_num_threads(threads_before)  # process-global: give it back
 
 
 def _run(bundle: Path, data: str, n: int, batch: int, threads: int, repeats: int, backends: tuple[str, ...],
-         progress: Callable[[str], None]) -> dict[str, Any]:
+         progress: Callable[[str], None], guidance: float) -> dict[str, Any]:
     import torch
 
     import runtime
     from export.format.manifest import load_manifest
+    from runtime.apps.evaluate import class_feeds
+    from zoo.diffusion import check_guidance
     from zoo.training.metrics import reference_classifier
 
     manifest = load_manifest(bundle)
+    check_guidance(guidance, 1, True)  # one finite w >= 0
     torch.set_num_threads(threads)
     shape = manifest["data"]["shape"]
     classifier = reference_classifier(data, size=shape[-1])
@@ -134,15 +147,16 @@ def _run(bundle: Path, data: str, n: int, batch: int, threads: int, repeats: int
         quality[_label(solver, spacing)] = {}
         for steps in STEPS:
             progress(f"quality: {solver} {spacing} {steps} steps")
-            quality[_label(solver, spacing)][steps] = _quality(sampler, data, n, solver, spacing, steps, 0, classifier)
+            quality[_label(solver, spacing)][steps] = _quality(sampler, data, n, solver, spacing, steps, 0, classifier, guidance)
     ref_solver, ref_spacing, ref_steps = REFERENCE
     ref = quality[_label(ref_solver, ref_spacing)][ref_steps]["fd"]
-    others = [_quality(sampler, data, n, ref_solver, ref_spacing, ref_steps, s, classifier)["fd"] for s in SPREAD_SEEDS]
+    others = [_quality(sampler, data, n, ref_solver, ref_spacing, ref_steps, s, classifier, guidance)["fd"] for s in SPREAD_SEEDS]
     spread = max(abs(f - ref) for f in others)
     target = ref + spread
     reach = {label: next((s for s in STEPS if q[s]["fd"] <= target), None) for label, q in quality.items()}
 
-    fns = _backends(bundle, threads, backends)
+    cond = class_feeds(manifest, batch, guidance)
+    fns = _backends(bundle, threads, backends, cond)
     x_T = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
     ref_label = _label(ref_solver, ref_spacing)
     runs = [(b, ref_label, ref_steps) for b in fns]  # the reference run itself: what "x less time" is against
@@ -166,6 +180,7 @@ def _run(bundle: Path, data: str, n: int, batch: int, threads: int, repeats: int
     per_step = {b: {s: med[(b, _label(s, "trailing"), COST_STEPS)] / COST_STEPS * 1e3 for s in ("ddim", "dpmpp_2m")} for b in fns}
     return {
         "bundle": str(bundle), "data": data, "samples": n, "batch": batch, "threads": threads, "repeats": repeats,
+        "guidance": guidance if cond else None,
         "quality": {label: {str(s): q for s, q in rows.items()} for label, rows in quality.items()},
         "reference": {"config": list(REFERENCE), "fd": ref, "fd_other_seeds": others, "spread": spread, "target": target},
         "steps_to_target": reach, "seconds_to_target": seconds, "reference_seconds": reference_seconds,
@@ -178,13 +193,19 @@ def format_time_to_quality(res: dict[str, Any]) -> str:
     ref = res["reference"]
     lines = [
         f"time to quality: {res['bundle']} against {res['data']}, {res['samples']} samples per figure; timings: batch "
-        f"{res['batch']}, {res['threads']} threads, median of {res['repeats']} round-robin repeats after a warm-up",
+        f"{res['batch']}, {res['threads']} threads, median of {res['repeats']} round-robin repeats after a warm-up"
+        + (f"; every class in turn at guidance {res['guidance']:g}" if res.get("guidance") is not None else ""),
         "",
         "Frechet distance (classifier features; lower is better) by solver steps, the same x_T for every cell",
         f"{'solver':<20}" + "".join(f"{s:>8}" for s in STEPS),
     ]
     for label, rows in res["quality"].items():
         lines.append(f"{label:<20}" + "".join(f"{rows[str(s)]['fd']:>8.2f}" for s in STEPS))
+    if res.get("guidance") is not None:
+        lines += ["", "conditional accuracy (share of samples the classifier assigns to the class asked for)",
+                  f"{'solver':<20}" + "".join(f"{s:>8}" for s in STEPS)]
+        for label, rows in res["quality"].items():
+            lines.append(f"{label:<20}" + "".join(f"{rows[str(s)]['conditional_accuracy']:>8.3f}" for s in STEPS))
     floor = next(iter(next(iter(res["quality"].values())).values()))
     lines += [
         f"real held-out data (floor) {floor['floor']:.2f}, pure noise {floor['noise']:.2f}",

@@ -34,6 +34,11 @@ def register(sub) -> None:
                    help="training images/s of the demo's model: fresh process vs warmed up vs allocator tuning off")
     p.add_argument("--data", default=None, help="with --quality: data spec to measure against (default: the run's)")
     p.add_argument("--samples", type=positive_int, default=360, help="with --quality: samples per figure (default 360)")
+    p.add_argument("--guidance", type=float, default=1.0,
+                   help="a class-conditional model: every backend samples every class in turn at this w (default 1); "
+                        "the plain bench adds the same network without classes (-unguided backends): the guided cost")
+    p.add_argument("--classes", type=positive_int, default=None,
+                   help="the random-init model class-conditional with this many classes (unet; a --checkpoint knows its own)")
     p.add_argument("--json", default=None, help="write every figure to this JSON file")
     p.set_defaults(func=run)
 
@@ -84,7 +89,7 @@ def _quality(args: argparse.Namespace) -> dict:
             raise ValueError(f"{args.checkpoint!r} does not record its training data: pass --data (e.g. digits)")
         _command_line()
         res = run_time_to_quality(bundle, data, n=args.samples, batch=args.batch, threads=args.threads,
-                                  repeats=args.repeats, backends=backends, progress=say)
+                                  repeats=args.repeats, backends=backends, progress=say, guidance=args.guidance)
     print(format_time_to_quality(res))
     return res
 
@@ -145,7 +150,8 @@ def _backends(args: argparse.Namespace) -> dict:
         checkpoint = str(run_weights(args.checkpoint))
         size = size or (read_weights_metadata(checkpoint).get("data", {}).get("shape") or [0, 32])[-1]
     cfg = BenchConfig(model=args.model, hidden=args.hidden, size=size or 32, batch=args.batch, steps=args.steps,
-                      threads=args.threads, repeats=args.repeats, backends=backends, checkpoint=checkpoint, solver=args.solver)
+                      threads=args.threads, repeats=args.repeats, backends=backends, checkpoint=checkpoint, solver=args.solver,
+                      classes=args.classes or 0, guidance=args.guidance)
     _command_line()
     for b, reason in skipped.items():
         print(f"skipped {b}: {reason}")
