@@ -175,6 +175,10 @@ def test_cli_bench_skips_what_cannot_run_here_with_the_reason(capsys, monkeypatc
     assert "'openvino-fused' cannot run here: the openvino package is not installed" in capsys.readouterr().err
     assert main([*args, "--backends", "ort-int8-fused", "--solver", "dpmpp_2m"]) == 2
     assert "no int8 graphs of dpmpp_2m" in capsys.readouterr().err
+    assert main([*args, "--classes", "3", "--guidance", "nan"]) == 2
+    assert "guidance [nan] is invalid" in capsys.readouterr().err
+    assert main([*args, "--classes", "3", "--checkpoint", "run"]) == 2
+    assert "a --checkpoint knows its own classes" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="the openvino package is not installed (optional)")

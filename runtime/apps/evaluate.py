@@ -80,7 +80,7 @@ def evaluate(
     from zoo.training.metrics import quality_report
 
     check_choices(solver=solver, eta=eta, spacing=spacing, mode=mode)  # before a run is exported; the bundle's own after
-    ws = None if guidance is None else check_guidance(list(np.atleast_1d(guidance)), len(np.atleast_1d(guidance)), True)
+    ws = None if guidance is None else check_guidance(guidance, np.size(guidance), True)  # the w of each report
     target = Path(target)
     if not target.is_dir():
         raise FileNotFoundError(f"{str(target)!r} is neither a bundle nor a training run directory")

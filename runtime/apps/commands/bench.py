@@ -44,8 +44,13 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from zoo.diffusion import check_guidance
+
     if args.quality and args.allocator:
         raise ValueError("--quality and --allocator are separate benchmarks: choose one")
+    if args.classes and args.checkpoint:
+        raise ValueError("--classes makes the random init class-conditional; a --checkpoint knows its own classes")
+    check_guidance(args.guidance, 1, True)
     if args.json and not Path(args.json).absolute().parent.is_dir():
         raise FileNotFoundError(f"the directory of {args.json!r} does not exist")
     res = _quality(args) if args.quality else _allocator(args) if args.allocator else _backends(args)
