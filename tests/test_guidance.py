@@ -245,6 +245,18 @@ def test_cli_sample_takes_classes_by_name_or_index_and_guidance(guided_bundle, t
     expected = runtime.load(guided_bundle.path, provider="cpu").sample(4, num_steps=3, labels=[2, 0, 1, 1],
                                                                        guidance=[0, 1.5, 4, 1])
     np.testing.assert_array_equal(np.load(out), expected)
+    # without --class: the null class (unconditional), as eager torch samples a conditional model without labels
+    assert main(args) == 0
+    from export.bundle import load_model
+
+    model, sched, _ = load_model(guided_bundle.path)
+    s = runtime.load(guided_bundle.path, provider="cpu")
+    from runtime.noise import image_noise
+
+    x_T, _ = image_noise(0, range(4), s.shape, 3, stochastic=False)
+    eager = zoo.sample(model, sched, torch.from_numpy(x_T), num_steps=3).numpy()
+    assert np.abs(np.load(out) - eager).max() < 1e-4
+    assert np.abs(np.load(out) - expected).max() > 1e-3  # not the guided images
     for bad, match in ((["--class", "7"], "label 7 is invalid"), (["--class", "1", "--guidance", "x"], "--guidance 'x' is invalid"),
                        (["--guidance", "2"], "guidance needs labels")):
         assert main([*args, *bad]) == 2
