@@ -98,6 +98,9 @@ def _check_args(model, out_dir, o: ExportOptions, schedule: Schedule, example_sh
     k = getattr(model.config, "num_classes", 0)
     if o.class_names is not None and (not k or len(o.class_names) != k):
         raise ValueError(f"class_names has {len(o.class_names)} names but the model has num_classes={k}")
+    if o.class_names is not None and (len(set(o.class_names)) != len(o.class_names) or not all(
+            isinstance(n, str) and n.strip() for n in o.class_names)):
+        raise ValueError(f"class_names {list(o.class_names)} are invalid: expected distinct, non-empty names")
     bad = [f for f in o.formats if f not in FORMATS]
     if bad or not o.formats:
         raise ValueError(f"unknown format(s) {bad or list(o.formats)!r}: accepted are {list(FORMATS)}")

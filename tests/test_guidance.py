@@ -275,6 +275,13 @@ def test_export_of_a_conditional_run_keeps_its_class_names(tmp_path):
     assert main(["export", "--checkpoint", str(run), "--formats", "onnx", "--solvers", "ddim", "--out", str(bundle)]) == 0
     classes = json.loads((bundle / "manifest.json").read_text())["classes"]
     assert classes == {"count": 10, "null": 10, "names": [str(d) for d in range(10)]}
+    names = "zero,one,two,three,four,five,six,seven,eight,nine"
+    assert main(["export", "--checkpoint", str(run), "--formats", "onnx", "--solvers", "ddim", "--out", str(tmp_path / "named"),
+                 "--class-names", names]) == 0
+    assert json.loads((tmp_path / "named" / "manifest.json").read_text())["classes"]["names"] == names.split(",")
+    for bad in ("a,b", "a,a,b,c,d,e,f,g,h,i", "a,,b,c,d,e,f,g,h,i"):  # the count, duplicates, an empty name
+        assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "bad"), "--class-names", bad]) == 2
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("classes", [{"count": 4, "null": 4, "names": ["a", "b", "c", "d"]}, {"count": 3, "null": 3, "names": [1, 2, 3]},

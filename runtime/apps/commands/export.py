@@ -28,6 +28,9 @@ def register(sub) -> None:
     p.add_argument("--atol", type=float, default=None,
                    help="override every fp32 artifact's bound on max |diff| (default: derived per artifact from eager "
                         "float32's own error against float64, recorded in the manifest)")
+    p.add_argument("--class-names", default=None,
+                   help="a class-conditional model's class names, comma-separated in index order (default: the run's, "
+                        "e.g. the data's own; IDX files have none, so 0, 1, ...): what `sample --class NAME` accepts")
     p.set_defaults(func=run, model=None)
 
 
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         bundle = export.export_bundle(
             model, args.out, schedule=schedule, example_shape=shape, formats=formats, force=args.force, seed=args.seed,
             progress=True, int8=args.int8, atol=args.atol, data_source=meta.get("data", {}).get("source"), solvers=solvers,
-            class_names=class_names(meta),
+            class_names=tuple(n.strip() for n in args.class_names.split(",")) if args.class_names else class_names(meta),
             **({} if args.opset is None else {"opset": args.opset}),
         )
     except export.ExportVerificationError as e:
