@@ -151,19 +151,14 @@ def _backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray):
 
 def _unguided_backends(cfg: BenchConfig, tmp: Path, model, schedule, x_T: np.ndarray) -> dict[str, Callable]:
     """``UNGUIDED_TWINS`` on the same architecture without classes (its own random init: only the cost is compared)."""
+    import export
     import zoo
 
     twin = zoo.build(model.name, **{**asdict(model.config), "num_classes": 0}).eval()
-    bundle = export_twin(twin, tmp / "unguided", schedule, x_T.shape[1:], cfg.solver)
+    bundle = export.export_bundle(twin, tmp / "unguided", schedule=schedule, example_shape=x_T.shape[1:], formats=("onnx",),
+                                  solvers=(cfg.solver,)).path
     plain = replace(cfg, backends=UNGUIDED_TWINS, classes=0)
     return {f"{k}{UNGUIDED}": v for k, v in _backends(plain, bundle, twin, schedule, x_T).items()}
-
-
-def export_twin(model, out: Path, schedule, shape, solver: str) -> Path:
-    import export
-
-    return export.export_bundle(model, out, schedule=schedule, example_shape=tuple(shape), formats=("onnx",),
-                                solvers=(solver,)).path
 
 
 def _torch_backends(cfg: BenchConfig, bundle: Path, manifest: dict, model, schedule, x_T: np.ndarray, loop,
