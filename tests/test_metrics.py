@@ -14,10 +14,18 @@ def digits_classifier():
 
 
 def test_feature_classifier_shapes():
-    clf = FeatureClassifier(3, 6)
-    for shape in [(2, 3, 8, 8), (1, 3, 13, 9)]:
-        x = torch.randn(shape)
-        assert clf(x).shape == (shape[0], 64) and clf.logits(x).shape == (shape[0], 6)
+    for clf in (FeatureClassifier(3, 6), FeatureClassifier(3, 6, pooled=True)):
+        for shape in [(2, 3, 8, 8), (1, 3, 13, 9), (2, 3, 28, 28)]:
+            x = torch.randn(shape)
+            assert clf(x).shape == (shape[0], 64) and clf.logits(x).shape == (shape[0], 6)
+
+
+def test_classifier_recipe_keeps_small_images_as_they_were_and_pools_large_ones():
+    from zoo.training.metrics import POOLED_FROM, classifier_recipe
+
+    assert classifier_recipe(8) == (False, 1500, 20_000)  # the digits' (and 16 px shapes') published figures
+    assert classifier_recipe(POOLED_FROM - 1)[0] is False
+    assert classifier_recipe(28) == (True, 3000, 60_000) and classifier_recipe(28, steps=10)[1] == 10
 
 
 def test_classifier_is_deterministic_and_cached(digits_classifier, tmp_path, monkeypatch):

@@ -25,27 +25,35 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "FeatureClassifier", "QualityReport", "reference_classifier", "quality_report", "CLASSIFIER_VERSION", "CLASSIFIER_STEPS",
+    "FeatureClassifier", "QualityReport", "reference_classifier", "quality_report", "classifier_recipe", "CLASSIFIER_VERSION",
+    "CLASSIFIER_STEPS", "POOLED_FROM",
 ]
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER_VERSION = 1  # bump when the network or its training changes: cached classifiers are keyed by it
+CLASSIFIER_VERSION = 2  # bump when the network or its training changes: cached classifiers are keyed by it
 FD_TARGET_RATIO = 3.0  # samples' Frechet distance at most this many times the data-vs-data floor
 CONFIDENCE_MARGIN = 0.05  # samples recognised about as confidently as real held-out images
 CLASS_BAND = (0.5, 1.5)  # every class between these multiples of its share in the real data
 
 
-class FeatureClassifier(nn.Module):
-    """conv(32) -> conv(64, /2) -> conv(64, /2) -> global mean -> 64 features -> linear: any H x W >= 4.
+POOLED_FROM = 24  # images this large (28x28 Fashion-MNIST, 32x32 CIFAR-10) keep a 4x4 layout in the features
 
+
+class FeatureClassifier(nn.Module):
+    """conv(32) -> conv(64, /2) -> conv(64, /2) -> 64 features -> linear: any H x W >= 4.
+
+    The 64 features are the global mean of the last map, or, with ``pooled`` (images of at least
+    ``POOLED_FROM`` px), a 4x4 average pool flattened through a linear layer: at 28 px a global mean
+    keeps only local texture, and a shirt and a T-shirt differ in shape (measured on Fashion-MNIST:
+    75.3% held-out accuracy with the global mean, 88.2% pooled, docs/QUALITY.md).
     ``forward`` returns the 64 features (what torchmetrics' Frechet distance reads); ``logits``
     the class scores. Inputs are images in [-1, 1].
     """
 
     num_features = 64
 
-    def __init__(self, channels: int, num_classes: int) -> None:
+    def __init__(self, channels: int, num_classes: int, pooled: bool = False) -> None:
         super().__init__()
         self.channels, self.num_classes = channels, num_classes
         self.body = nn.Sequential(
@@ -53,10 +61,13 @@ class FeatureClassifier(nn.Module):
             nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU(),
         )
+        self.pool = (nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64 * 16, self.num_features), nn.ReLU())
+                     if pooled else None)
         self.head = nn.Linear(self.num_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x).mean(dim=(2, 3))  # (B, 64)
+        h = self.body(x)  # (B, 64, H/4, W/4)
+        return h.mean(dim=(2, 3)) if self.pool is None else self.pool(h)  # (B, 64)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self(x))  # (B, num_classes)
@@ -66,9 +77,10 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("DIFFZOO_CACHE") or Path.home() / ".cache" / "diffzoo") / "classifiers"
 
 
-def _cache_key(data: str, size: int, seed: int, steps: int) -> str:
+def _cache_key(data: str, size: int, seed: int, steps: int, max_images: int) -> str:
     kind, _, arg = data.partition(":")
-    ident: dict[str, Any] = {"data": data, "size": size, "seed": seed, "steps": steps, "version": CLASSIFIER_VERSION}
+    ident: dict[str, Any] = {"data": data, "size": size, "seed": seed, "steps": steps, "max_images": max_images,
+                             "version": CLASSIFIER_VERSION}
     if arg:  # a path: a changed file is another dataset
         p = Path(arg)
         files = sorted(p.rglob("*")) if p.is_dir() else [p]
@@ -92,10 +104,24 @@ def _shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 CLASSIFIER_STEPS = 1500  # ~30 s on 2 cores for the digits; then cached
 
 
+def classifier_recipe(size: int, steps: int | None = None, max_images: int | None = None) -> tuple[bool, int, int]:
+    """(pooled, steps, max_images) of the reference classifier at ``size``: the one place that sizes it.
+
+    Below ``POOLED_FROM`` px: global-mean features, 1,500 steps on up to 20,000 images (the digits'
+    and the shapes' published figures). From it on: pooled features, 3,000 steps on up to 60,000
+    (Fashion-MNIST's whole training split: 88.2% on its held-out images, against 85.2% at 1,500
+    steps on 20,000). ``steps`` / ``max_images`` override.
+    """
+    pooled = size >= POOLED_FROM
+    return pooled, steps or (3000 if pooled else CLASSIFIER_STEPS), max_images or (60_000 if pooled else 20_000)
+
+
 def reference_classifier(
-    data: str, size: int, seed: int = 0, steps: int = CLASSIFIER_STEPS, max_images: int = 20_000, progress: bool = False
+    data: str, size: int, seed: int = 0, steps: int | None = None, max_images: int | None = None, progress: bool = False
 ) -> FeatureClassifier:
     """The classifier of ``data`` at ``size``: trained once on the labelled training split, then cached.
+
+    Its network and training budget follow from ``size`` (``classifier_recipe``).
 
     Deterministic for (data, size, seed); cached under ``$DIFFZOO_CACHE`` (default
     ``~/.cache/diffzoo``) as safetensors, so later reports reuse the same network.
@@ -109,10 +135,11 @@ def reference_classifier(
     if train_set.num_classes < 2:
         raise ValueError(f"data source {data!r} has no class labels: the classifier metric needs a labelled source "
                          "(synthetic, digits, idx:PATH with its labels file, cifar10:PATH)")
-    path = _cache_dir() / f"{_cache_key(data, size, seed, steps)}.safetensors"
+    pooled, steps, max_images = classifier_recipe(size, steps, max_images)
+    path = _cache_dir() / f"{_cache_key(data, size, seed, steps, max_images)}.safetensors"
     with torch.random.fork_rng(devices=[]):  # the caller's global RNG state is left as it was
         torch.manual_seed(seed)
-        model = FeatureClassifier(train_set.channels, train_set.num_classes)
+        model = FeatureClassifier(train_set.channels, train_set.num_classes, pooled=pooled)
         if path.is_file():
             model.load_state_dict(load_file(str(path)))
             return model.eval()
