@@ -18,7 +18,7 @@ import numpy as np
 
 from zoo.solvers import SOLVERS
 
-__all__ = ["evaluate", "every_class", "class_feeds", "format_curve", "data_source_of", "bundle_for"]
+__all__ = ["evaluate", "requested_labels", "every_class", "class_feeds", "format_curve", "data_source_of", "bundle_for"]
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,7 @@ def evaluate(
         if world > 1:
             bundle = _broadcast_bundle(bundle, target, Path(tmp), rank)
         manifest = load_manifest(bundle)
-        if manifest.get("classes") and (labels is None and ws is not None or isinstance(labels, str) and labels == "all"):
-            labels = every_class(manifest, n)
+        labels = requested_labels(manifest, n, "all" if labels is None and ws is not None else labels)
         labels, _ = check_classes(manifest, n, labels, None if ws is None else ws[0])  # none: the null class
         data = data or data_source_of(manifest)
         if data is None:
@@ -124,6 +123,13 @@ def evaluate(
                     "text": reports[0].format()}, xs[0]
         curve = [{"guidance": float(w), "quality": r.to_dict(), "text": r.format()} for w, r in zip(ws, reports)]
         return {**info, "curve": curve, "text": format_curve(curve)}, np.stack(xs)
+
+
+def requested_labels(manifest: dict[str, Any], n: int, labels: Any) -> Any:
+    """``"all"`` on a class-conditional bundle: every class in turn over n images; other labels as given (checked later)."""
+    if isinstance(labels, str) and labels == "all" and manifest.get("classes"):
+        return every_class(manifest, n)
+    return labels
 
 
 def every_class(manifest: dict[str, Any], n: int) -> np.ndarray:

@@ -54,7 +54,7 @@ class ParityReport:
     seed: int
     eta: float
     solver: str = "ddim"
-    labels: list[int] | None = None  # a class-conditional bundle's label per image (the null class when none was asked)
+    labels: list[int] | None = None  # a class-conditional bundle's label per image (None: the null class)
     guidance: list[float] | None = None  # and guidance w per image
     modes: list[ModeParity] = field(default_factory=list)
 

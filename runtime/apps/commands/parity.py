@@ -28,13 +28,11 @@ def run(args: argparse.Namespace) -> int:
     import runtime
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    from runtime.apps.evaluate import every_class
+    from runtime.apps.evaluate import requested_labels
     from runtime.requests import check_classes
 
     manifest = check_request(args.bundle, args.steps, modes, args.eta, args.spacing, args.solver)
-    labels, guidance = parse_classes(args.classes), parse_guidance(args.guidance)
-    if labels == "all" and manifest.get("classes"):
-        labels = every_class(manifest, args.batch)
+    labels, guidance = requested_labels(manifest, args.batch, parse_classes(args.classes)), parse_guidance(args.guidance)
     check_classes(manifest, args.batch, labels, guidance)  # before any session is made
     report = runtime.parity(args.bundle, provider=args.provider, num_steps=args.steps, batch=args.batch, seed=args.seed,
                             modes=modes, eta=args.eta, strict=args.provider == "cuda", solver=args.solver,
