@@ -154,6 +154,8 @@ def test_bench_of_a_conditional_model_is_guided_and_times_the_unguided_twin(caps
     for name in backends:  # every backend runs the guided sampler: eager's guided images
         assert b[name]["drift_vs_eager"] < 1e-4, name
     assert b["ort-loop-unguided"]["drift_vs_eager"] < 1e-4  # against its own eager
+    work = {k: b[k]["gflops"] * b[k]["median_s"] for k in ("ort-loop", "ort-loop-unguided")}  # GFLOP of the run
+    assert work["ort-loop"] == pytest.approx(2 * work["ort-loop-unguided"])  # the guided network runs on 2B images
     ratio = dict(key_ratios(res))["guided step vs the same network without classes (every class in turn, w=3)"]
     for k in ("eager", "ort-step", "ort-fused", "ort-loop"):
         assert f"{k} {b[k]['median_s'] / b[k + '-unguided']['median_s']:.2f}x the time" in ratio

@@ -404,7 +404,9 @@ def _run_bench(cfg: BenchConfig, progress: Callable[[str], None]) -> dict[str, A
             results["backends"][name] = {
                 "median_s": med, "min_s": min(times[name]), "max_s": max(times[name]), "warmup_s": warm[name],
                 "images_per_s": cfg.batch / med, "ms_per_step": med / cfg.steps * 1e3,
-                "gflops": flops_step * cfg.batch * cfg.steps / med / 1e9,
+                # a guided backend runs the network on 2B images per step (its -unguided twin on B)
+                "gflops": flops_step * cfg.batch * cfg.steps * (2 if conditional and not name.endswith(UNGUIDED) else 1)
+                / med / 1e9,
                 "drift_vs_eager": float(np.abs(np.asarray(outputs[name], np.float64) - reference).max()),
                 "drift_rel_rms": relative_rms(outputs[name], reference),
                 **step_errors.get(name, {}),
