@@ -493,10 +493,9 @@ def fused_on_host(run: Callable[[dict[str, np.ndarray], list[str]], list[np.ndar
                   eta: float = 0.0, cond: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """A fused step's loop with every value on the host: ``run(feed, output_names) -> outputs``.
 
-    ``cond``: a class-conditional bundle's ``labels`` and ``guidance`` (B,) (``step_feeds``).
-
     What a session without IO binding runs (OpenVINO, a plain onnxruntime session in the bench);
-    the runtime's own modes keep the state on the device instead.
+    the runtime's own modes keep the state on the device instead. ``cond``: a class-conditional
+    bundle's ``labels`` and ``guidance`` (B,) (``step_feeds``).
     """
     pairs = carried(solver)
     state = {"x_t": x_T, **{i: np.zeros_like(x_T) for i, _ in pairs[1:]}}  # the state starts at zeros

@@ -80,7 +80,11 @@ def evaluate(
     from zoo.training.metrics import quality_report
 
     check_choices(solver=solver, eta=eta, spacing=spacing, mode=mode)  # before a run is exported; the bundle's own after
-    ws = None if guidance is None else check_guidance(guidance, np.size(guidance), True)  # the w of each report
+    try:  # the w of each report: every one finite and >= 0
+        ws = None if guidance is None else check_guidance(guidance, np.size(guidance), True)
+    except ValueError:
+        raise ValueError(f"guidance {np.atleast_1d(guidance).tolist()} is invalid: expected finite numbers >= 0, one per "
+                         "point of the trade-off curve") from None
     target = Path(target)
     if not target.is_dir():
         raise FileNotFoundError(f"{str(target)!r} is neither a bundle nor a training run directory")

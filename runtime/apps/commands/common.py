@@ -143,29 +143,13 @@ def check_request(bundle: str, steps: int, modes, eta: float = 0.0, spacing: str
 
 
 def class_args(p: argparse.ArgumentParser, all_help: str, guidance_help: str | None = None) -> None:
-    """--class and --guidance of a class-conditional bundle's request (read by ``conditioning``)."""
+    """--class and --guidance of a class-conditional bundle's request (read by ``parse_classes``, ``parse_guidance``)."""
     p.add_argument("--class", dest="classes", default=None,
                    help="class-conditional bundles: the class of every image, an index or a name (3, sneaker), one per "
                         f"image comma-separated, or 'all' ({all_help}); default: the null class (unconditional)")
     p.add_argument("--guidance", default=None,
                    help=guidance_help or "classifier-free guidance w >= 0 with --class (default 1: conditional), or one "
                                          "per image, comma-separated")
-
-
-def conditioning(manifest: dict, n: int, classes: str | None, guidance: str | None):
-    """--class and --guidance as the (n,) arrays ``Sampler.sample`` takes, checked against the bundle's manifest.
-
-    ``--class all``: ``n`` images of every class in turn (the caller samples n x K images).
-    """
-    from runtime.requests import check_classes
-
-    labels = parse_classes(classes)
-    if labels == "all":
-        if not manifest.get("classes"):
-            raise ValueError("--class all needs a class-conditional bundle; this one is unconditional")
-        k = manifest["classes"]["count"]
-        return check_classes(manifest, n * k, [c for c in range(k) for _ in range(n)], parse_guidance(guidance))
-    return check_classes(manifest, n, labels, parse_guidance(guidance))
 
 
 def parse_classes(classes: str | None) -> str | list[int | str] | None:

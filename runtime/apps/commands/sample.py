@@ -9,7 +9,8 @@ from runtime.apps.commands.common import (
     check_out,
     check_request,
     class_args,
-    conditioning,
+    parse_classes,
+    parse_guidance,
     positive_int,
     request_args,
     write_images,
@@ -46,6 +47,22 @@ def register(sub) -> None:
     class_args(p, all_help="--n images of every class: a .png grid, a row per class, named")
     p.add_argument("--out", required=True, help="output file: .png grid, .ppm first image, .npy array")
     p.set_defaults(func=run)
+
+
+def conditioning(manifest: dict, n: int, classes: str | None, guidance: str | None):
+    """--class and --guidance as the (n,) arrays ``Sampler.sample`` takes, checked against the bundle's manifest.
+
+    ``--class all``: ``n`` images of every class in turn (the caller samples n x K images).
+    """
+    from runtime.requests import check_classes
+
+    labels = parse_classes(classes)
+    if labels == "all":
+        if not manifest.get("classes"):
+            raise ValueError("--class all needs a class-conditional bundle; this one is unconditional")
+        k = manifest["classes"]["count"]
+        return check_classes(manifest, n * k, [c for c in range(k) for _ in range(n)], parse_guidance(guidance))
+    return check_classes(manifest, n, labels, parse_guidance(guidance))
 
 
 def run(args: argparse.Namespace) -> int:
