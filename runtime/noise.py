@@ -11,15 +11,22 @@ from typing import Iterable
 
 import numpy as np
 
-__all__ = ["image_noise"]
+__all__ = ["image_noise", "row_noise"]
 
 
 def image_noise(
     seed: int, indices: Iterable[int], shape: tuple[int, int, int], num_steps: int, stochastic: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """x_T (B, C, H, W) and, if ``stochastic``, per-step noise (S, B, C, H, W), float32."""
+    return row_noise([(seed, k) for k in indices], shape, num_steps, stochastic)
+
+
+def row_noise(
+    rows: Iterable[tuple[int, int]], shape: tuple[int, int, int], num_steps: int, stochastic: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``image_noise`` of rows that each name their own (seed, index): a served batch mixes streams."""
     xs, zs = [], []
-    for k in indices:
+    for seed, k in rows:
         rng = np.random.default_rng([seed, k])
         xs.append(rng.standard_normal(shape, dtype=np.float32))
         if stochastic:

@@ -14,10 +14,15 @@ import logging
 import os
 import sys
 
+from runtime.apps.commands.common import Terminated
+
 EXIT_USER_ERROR = 2
+# What the `torch` extra installs (pyproject.toml): training, export, eager sampling and the quality metric.
+# `sample`, `serve` and `request` run without it (the deployment core imports no torch: tests/test_layers.py).
+TORCH_EXTRA = ("torch", "onnxscript", "safetensors", "sklearn", "torchmetrics")
 
 # command modules in the order `diffzoo --help` lists them; each has register(subparsers) and run(args)
-COMMANDS = ("eager_sample", "export", "sample", "parity", "eval", "train", "demo", "bench", "doctor")
+COMMANDS = ("eager_sample", "export", "sample", "serve", "request", "parity", "eval", "train", "demo", "bench", "doctor")
 
 
 class Parser(argparse.ArgumentParser):
@@ -51,10 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that every ``finally`` and staged-output cleanup runs."""
-
-
 def _terminate(signum, frame):  # noqa: ARG001
     raise Terminated()
 
@@ -70,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return args.func(args)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in TORCH_EXTRA or os.environ.get("DIFFZOO_DEBUG"):
+            raise
+        print(f"diffzoo {args.command}: error: this command needs {e.name.split('.')[0]}, which the deploy-only install "
+              f"leaves out: pip install 'diffzoo[torch]' (README: set-up)", file=sys.stderr)
+        return EXIT_USER_ERROR
     except Exception as e:  # noqa: BLE001  sorted below: a user error or a failure is one line, a bug a traceback
         status = _exit_status(e)
         if status is None or os.environ.get("DIFFZOO_DEBUG"):
@@ -90,12 +97,16 @@ def main(argv: list[str] | None = None) -> int:
 def _exit_status(e: Exception) -> int | None:
     """1 for a run that failed (diverged, failed verification), 2 for bad input, None for a bug (a traceback)."""
     from export.verify import ExportVerificationError
+    from runtime.apps.serve.client import ServerError
+    from runtime.apps.serve.server import ServeError
     from runtime.providers import ProviderUnavailableError
     from runtime.sampler import ORT_ERRORS
     from zoo.diffusion import NonFiniteSampleError
     from zoo.training import NonFiniteLossError
 
-    if isinstance(e, (NonFiniteSampleError, NonFiniteLossError, ExportVerificationError, *ORT_ERRORS)):
+    if isinstance(e, ServerError):  # the server refused the request (400) or failed on it
+        return EXIT_USER_ERROR if e.status == 400 else 1
+    if isinstance(e, (NonFiniteSampleError, NonFiniteLossError, ExportVerificationError, ServeError, *ORT_ERRORS)):
         return 1  # ORT_ERRORS: a graph that loaded but failed while running (out of memory, a bad op)
     if isinstance(e, (ValueError, TypeError, OSError, ProviderUnavailableError)):
         return EXIT_USER_ERROR

@@ -9,6 +9,13 @@ from pathlib import Path
 from runtime.requests import IMAGE_SUFFIXES
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread (``cli.main``) so that every ``finally`` and staged-output cleanup runs.
+
+    Here, not in ``cli``, so that a command catches the same class when the CLI runs as ``python -m``.
+    """
+
+
 def positive_int(s: str) -> int:
     try:
         v = int(s)
@@ -89,20 +96,23 @@ def check_out(path: str | Path, channels: int | None = None, suffixes=IMAGE_SUFF
     return check_output(path, suffixes=suffixes, channels=channels)
 
 
-def write_images(path: Path, x) -> None:
+def write_images(path: Path, x, rows: list[str] | None = None) -> None:
     """Write a batch by suffix: .ppm/.pgm the first image, .npy the raw array, else a PNG-style grid.
 
     Grids of images under 64 px are enlarged (nearest neighbour) so that a person can see them.
+    ``rows``: class names, one row of the grid per class, named (``--class all``).
     """
     import io
 
     import numpy as np
 
     from zoo.files import atomic_write
-    from zoo.images import save_grid, write_ppm
+    from zoo.images import save_grid, save_labelled_rows, write_ppm
 
     suffix = path.suffix.lower()
-    if suffix in (".ppm", ".pgm"):
+    if rows is not None:
+        save_labelled_rows(path, x, rows, scale=grid_scale(x))
+    elif suffix in (".ppm", ".pgm"):
         write_ppm(path, x)
     elif suffix == ".npy":
         buf = io.BytesIO()
@@ -165,3 +175,19 @@ def parse_guidance(guidance: str | None) -> list[float] | None:
         return None if guidance is None else [float(v) for v in guidance.split(",")]
     except ValueError:
         raise ValueError(f"--guidance {guidance!r} is invalid: expected a number >= 0, or several comma-separated") from None
+
+
+def conditioning(manifest: dict, n: int, classes: str | None, guidance: str | None):
+    """--class and --guidance as the (n,) arrays ``Sampler.sample`` takes, checked against the bundle's manifest.
+
+    ``--class all``: ``n`` images of every class in turn (the caller samples n x K images).
+    """
+    from runtime.requests import check_classes
+
+    labels = parse_classes(classes)
+    if labels == "all":
+        if not manifest.get("classes"):
+            raise ValueError("--class all needs a class-conditional bundle; this one is unconditional")
+        k = manifest["classes"]["count"]
+        return check_classes(manifest, n * k, [c for c in range(k) for _ in range(n)], parse_guidance(guidance))
+    return check_classes(manifest, n, labels, parse_guidance(guidance))

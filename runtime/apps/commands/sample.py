@@ -9,8 +9,7 @@ from runtime.apps.commands.common import (
     check_out,
     check_request,
     class_args,
-    parse_classes,
-    parse_guidance,
+    conditioning,
     positive_int,
     request_args,
     write_images,
@@ -49,22 +48,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def conditioning(manifest: dict, n: int, classes: str | None, guidance: str | None):
-    """--class and --guidance as the (n,) arrays ``Sampler.sample`` takes, checked against the bundle's manifest.
-
-    ``--class all``: ``n`` images of every class in turn (the caller samples n x K images).
-    """
-    from runtime.requests import check_classes
-
-    labels = parse_classes(classes)
-    if labels == "all":
-        if not manifest.get("classes"):
-            raise ValueError("--class all needs a class-conditional bundle; this one is unconditional")
-        k = manifest["classes"]["count"]
-        return check_classes(manifest, n * k, [c for c in range(k) for _ in range(n)], parse_guidance(guidance))
-    return check_classes(manifest, n, labels, parse_guidance(guidance))
-
-
 def run(args: argparse.Namespace) -> int:
     import runtime
 
@@ -91,12 +74,7 @@ def run(args: argparse.Namespace) -> int:
                        labels=None if labels is None else labels[start:stop],
                        guidance=None if guidance is None else guidance[start:stop])
     dt = time.perf_counter() - t0
-    if args.classes == "all":
-        from zoo.images import save_labelled_rows
-
-        save_labelled_rows(out, x, sampler.manifest["classes"]["names"], scale=max(1, 64 // x.shape[-1]))
-    else:
-        write_images(out, x)
+    write_images(out, x, sampler.manifest["classes"]["names"] if args.classes == "all" else None)
     shard = f" (shard {i}/{n_shards}: images {start}..{stop - 1})" if n_shards > 1 else ""
     print(f"{len(x)} images{shard}, {args.solver} {args.steps} steps, mode {args.mode}, {args.precision}, {sampler.providers[0]}: "
           f"{dt:.2f} s ({len(x) / dt:.1f} img/s) -> {out}")

@@ -1,0 +1,140 @@
+"""The Triton Python-backend model that serves a bundle: ``execute`` answers each request on its own.
+
+Triton's dynamic batcher hands ``execute`` the requests of one batch. Each is read and checked
+alone (``protocol.read_rows``): a bad one gets its own INVALID_ARG error (HTTP 400) and the rest
+run. The good rows are grouped by ``Settings``, every group runs as one ``Sampler.run_batch``, and
+each request gets its rows back. Runs inside Triton's stub process (``pb_utils``), never imported
+by the rest of diffzoo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils  # provided by Triton's Python backend stub
+
+from runtime.apps.serve.protocol import OUTPUTS, Rows, Settings, check_memory, read_rows
+from runtime.noise import row_noise
+from runtime.providers import CudaOptions
+from runtime.sampler import load
+from zoo.diffusion import check_finite
+from zoo.images import to_uint8
+from zoo.solvers import SOLVERS
+from zoo.validate import first_line
+
+
+def _param(config: dict, key: str, default: str = "") -> str:
+    return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+class TritonPythonModel:
+    """One model instance: a verified bundle's sampler, its sessions built and warmed in ``initialize``."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        config = json.loads(args["model_config"])
+        self.mode = _param(config, "mode", "loop")
+        threads = int(_param(config, "threads", "0")) or None
+        device_id = int(args.get("model_instance_device_id") or 0) if args.get("model_instance_kind") == "GPU" else 0
+        cuda = CudaOptions(device_id=device_id, cuda_graph=_param(config, "cuda_graph") == "1")
+        provider = _param(config, "provider", "cpu")
+        self.path = _param(config, "bundle")
+        self.busy = Path(_param(config, "busy_dir")) / f"{os.getpid()}"  # exists while a batch runs (server.stop)
+        # verifies every hash: what the sessions run is exactly what was checked
+        self.sampler = load(self.path, provider, strict=provider == "cuda", cuda=cuda, threads=threads)
+        self.log = pb_utils.Logger
+        self.log.log_info(f"diffzoo: {args['model_instance_name']} loads {self.path} ({self.mode} mode, "
+                          f"{self.sampler.providers[0]})")
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Build and run every session this instance can be asked for, so that ready means ready."""
+        for solver in SOLVERS:
+            for eta in (0.0, 1.0):
+                try:
+                    self.sampler.check(2, eta, "leading", self.mode, solver)
+                except ValueError:
+                    continue  # not in this bundle (or a deterministic solver with eta > 0)
+                rows = Rows(np.zeros(1, np.int64), np.zeros(1, np.int64), [Settings(2, solver, eta, "leading", False)],
+                            None, None)
+                self._run(rows.settings[0], [(rows, 0)])
+
+    def execute(self, requests: list) -> list:
+        self.busy.touch()
+        try:
+            return self._execute(requests)
+        finally:
+            self.busy.unlink(missing_ok=True)
+
+    def _execute(self, requests: list) -> list:
+        responses: list = [None] * len(requests)
+        parsed: dict[int, Rows] = {}
+        groups: dict[Settings, list[tuple[int, int]]] = {}
+        for i, request in enumerate(requests):
+            try:
+                rows = read_rows(self.sampler.manifest, self.path, lambda name, r=request: _input(r, name),
+                                 self.mode, self.sampler.precision)
+                check_memory(self.sampler.shape, rows)
+            except ValueError as e:
+                responses[i] = _error(str(e), pb_utils.TritonError.INVALID_ARG)
+                continue
+            parsed[i] = rows
+            for j, s in enumerate(rows.settings):
+                groups.setdefault(s, []).append((i, j))
+        results = {i: np.empty((len(rows.seed), *self.sampler.shape), np.float32) for i, rows in parsed.items()}
+        for settings, members in groups.items():
+            live = [(i, j) for i, j in members if responses[i] is None]
+            if not live:
+                continue
+            try:
+                x = self._run(settings, [(parsed[i], j) for i, j in live])
+            except Exception as e:  # noqa: BLE001  a failed run fails its own requests, never the server
+                self.log.log_error(f"diffzoo: a batch of {len(live)} rows ({settings}) failed: {first_line(e, 500)}")
+                for i in {i for i, _ in live}:
+                    responses[i] = _error(f"the sampler failed on this request's rows: {first_line(e, 300)}",
+                                          pb_utils.TritonError.INTERNAL)
+                continue
+            for (i, j), image in zip(live, x):
+                results[i][j] = image
+        for i, x in results.items():
+            if responses[i] is None:
+                responses[i] = self._response(requests[i], x)
+        return responses
+
+    def _run(self, settings: Settings, members: list[tuple[Rows, int]]) -> np.ndarray:
+        """Rows that share ``settings`` (each its own seed, index, label and w) in one session call."""
+        ts = self.sampler.timesteps(settings.steps, settings.spacing)
+        stochastic = settings.eta > 0
+        x_T, noise = row_noise([(int(r.seed[j]), int(r.index[j])) for r, j in members], self.sampler.shape, len(ts), stochastic)
+        labels = guidance = None
+        if settings.conditional:
+            labels = np.array([r.labels[j] for r, j in members], np.int64)
+            guidance = np.array([r.guidance[j] for r, j in members], np.float32)
+        x = self.sampler.run_batch(x_T, ts, noise, settings.eta, self.mode, solver=settings.solver, labels=labels,
+                                   guidance=guidance)
+        check_finite(x, f"{len(members)} served images ({settings.solver}, {settings.steps} steps)")
+        return x
+
+    def _response(self, request, x: np.ndarray):
+        wanted = set(request.requested_output_names()) or set(OUTPUTS)
+        tensors = []
+        if "image" in wanted:
+            tensors.append(pb_utils.Tensor("image", to_uint8(x)))
+        if "sample" in wanted:
+            tensors.append(pb_utils.Tensor("sample", x))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+    def finalize(self) -> None:
+        self.log.log_info(f"diffzoo: {self.path} unloaded")
+
+
+def _input(request, name: str) -> np.ndarray | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+def _error(message: str, code) -> Any:
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))

@@ -1,0 +1,141 @@
+"""The served model's inputs and outputs (KServe v2), and what one request's rows mean: one place.
+
+The model configuration the server writes, the Triton model that reads requests and the client
+that builds them all read ``INPUTS`` and ``OUTPUTS``. A request holds rows, one per image: image
+``index`` of the stream ``seed`` (``runtime.noise``), so a served image is the one
+``diffzoo sample --seed`` gives at that index. Rows with the same ``Settings`` run together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from runtime.requests import SampleRequest, check_classes, check_settings
+from zoo.resources import check_fits
+from zoo.validate import check_int
+
+__all__ = ["Input", "INPUTS", "OUTPUTS", "Settings", "Rows", "read_rows", "check_memory"]
+
+
+@dataclass(frozen=True)
+class Input:
+    """One per-row input: its KServe datatype, and the request field it sets (None: required)."""
+
+    name: str
+    datatype: str  # KServe v2: INT64, FP32, BYTES
+    default: Any = None  # a missing optional input takes SampleRequest's default
+    conditional: bool = False  # only a class-conditional bundle's model has it
+    help: str = ""
+
+
+INPUTS: tuple[Input, ...] = (
+    Input("seed", "INT64", help="the noise stream (diffzoo sample --seed)"),
+    Input("index", "INT64", help="the image's index in that stream"),
+    Input("steps", "INT64", SampleRequest.num_steps, help="solver steps"),
+    Input("solver", "BYTES", SampleRequest.solver, help="ddim or dpmpp_2m"),
+    Input("eta", "FP32", SampleRequest.eta, help="0 = deterministic DDIM, 1 = DDPM-like"),
+    Input("spacing", "BYTES", SampleRequest.spacing, help="timestep spacing"),
+    Input("label", "INT64", conditional=True, help="the class index (absent: the null class, unconditional)"),
+    Input("guidance", "FP32", conditional=True, help="classifier-free guidance w >= 0 (absent: 1), with label"),
+)
+# name -> (datatype, dims of one row given the bundle's (C, H, W)); "image" is what the PNG writer writes
+OUTPUTS: dict[str, tuple[str, Callable[[tuple[int, int, int]], list[int]]]] = {
+    "image": ("UINT8", lambda chw: [chw[1], chw[2], chw[0]]),  # (H, W, C), zoo.images.to_uint8
+    "sample": ("FP32", lambda chw: list(chw)),  # (C, H, W) in [-1, 1], before the uint8 conversion
+}
+_NUMPY = {"INT64": np.int64, "FP32": np.float32}
+
+
+def inputs_of(manifest: dict[str, Any]) -> tuple[Input, ...]:
+    """The inputs a bundle's model takes: label and guidance only for a class-conditional one."""
+    return tuple(i for i in INPUTS if not i.conditional or manifest.get("classes"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What rows must share to run in one session call (their seeds, indices, labels and w may differ)."""
+
+    steps: int
+    solver: str
+    eta: float
+    spacing: str
+    conditional: bool  # rows with labels, or rows of the null class
+
+
+@dataclass
+class Rows:
+    """One request's rows, checked: per-row seeds, indices and settings, labels and guidance or None."""
+
+    seed: np.ndarray  # (B,) int64
+    index: np.ndarray  # (B,) int64
+    settings: list[Settings]  # one per row
+    labels: np.ndarray | None  # (B,) int64
+    guidance: np.ndarray | None  # (B,) float32
+
+
+def _column(name: str, datatype: str, value: Any, b: int) -> list:
+    """A (B,) or (B, 1) input as a list of B Python values; ``ValueError`` naming it otherwise."""
+    arr = np.asarray(value)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.shape != (b,):
+        raise ValueError(f"input {name!r} has shape {list(np.asarray(value).shape)}: expected [{b}, 1], one value per row "
+                         "(every input has the rows of 'seed')")
+    if datatype == "BYTES":
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.tolist()]
+    if arr.dtype != _NUMPY[datatype]:
+        raise ValueError(f"input {name!r} has datatype {arr.dtype}: expected {datatype}")
+    return arr.tolist()
+
+
+def read_rows(manifest: dict[str, Any], path: str, get: Callable[[str], Any], mode: str = "loop",
+              precision: str = "fp32") -> Rows:
+    """One request's inputs (``get(name)`` -> array or None) as checked ``Rows``, or one ``ValueError``.
+
+    Every value is checked as ``diffzoo sample`` checks it (``runtime.requests``); the message names
+    the input, the row and the value, and what is accepted.
+    """
+    seed = get("seed")
+    if seed is None:
+        raise ValueError("input 'seed' is missing: every request needs 'seed' and 'index', INT64, one per row")
+    b = int(np.asarray(seed).shape[0]) if np.asarray(seed).ndim else 0
+    if b < 1:
+        raise ValueError("input 'seed' has no rows: expected shape [B, 1] with B >= 1")
+    cols: dict[str, list] = {}
+    for spec in INPUTS:  # label and guidance too: an unconditional bundle refuses them below, by name
+        value = get(spec.name)
+        if value is None:
+            if spec.default is None and not spec.conditional:
+                raise ValueError(f"input {spec.name!r} is missing: every request needs 'seed' and 'index', INT64, one per row")
+            continue
+        cols[spec.name] = _column(spec.name, spec.datatype, value, b)
+    for name in ("seed", "index"):
+        for r, v in enumerate(cols[name]):
+            _row(r, lambda: check_int(name, v, 0))
+    settings = []
+    checked: set[Settings] = set()
+    for r in range(b):
+        s = Settings(*(cols[i.name][r] if i.name in cols else i.default for i in INPUTS[2:6]), conditional="label" in cols)
+        if s not in checked:
+            _row(r, lambda: check_settings(manifest, path, s.steps, s.eta, s.spacing, mode, s.solver, precision))
+            checked.add(s)
+        settings.append(s)
+    labels, guidance = check_classes(manifest, b, cols.get("label"), cols.get("guidance"))
+    return Rows(np.asarray(cols["seed"], np.int64), np.asarray(cols["index"], np.int64), settings, labels, guidance)
+
+
+def _row(r: int, check: Callable[[], Any]) -> None:
+    try:
+        check()
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"row {r}: {e}") from None
+
+
+def check_memory(shape: tuple[int, int, int], rows: Rows) -> None:
+    """Refuse a request whose rows' noise and results cannot fit in the memory available here."""
+    image = 4 * int(np.prod(shape))
+    need = sum(image * (4 + (s.steps if s.eta > 0 else 0)) for s in rows.settings)
+    check_fits(need, f"{len(rows.settings)} images of {shape}", "send fewer images per request")

@@ -1,0 +1,335 @@
+"""Serving: a real Triton server (nvidia-pytriton's tritonserver) on 127.0.0.1 and free ports, always stopped.
+
+Each test's requests are bounded in number and time (client timeouts); the fixtures stop their
+server whatever happens, and a test checks that nothing of it is left running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import export
+import runtime
+import zoo
+from runtime.apps.serve.client import Client, ServerError
+from runtime.apps.serve.protocol import read_rows
+from runtime.apps.serve.server import ServeOptions, TritonServer, free_port, triton_unavailable_reason
+from zoo.images import to_uint8
+
+pytestmark = pytest.mark.skipif(triton_unavailable_reason() is not None, reason=str(triton_unavailable_reason()))
+
+
+def _options(**kw) -> ServeOptions:
+    return ServeOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), exit_timeout_s=20, **kw)
+
+
+@pytest.fixture(scope="module")
+def cond_bundle(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = zoo.build("unet", hidden=8, num_classes=3, channels=1)
+    return export.export_bundle(model, tmp_path_factory.mktemp("served") / "cond", example_shape=(1, 8, 8),
+                                formats=["onnx"], class_names=["zero", "one", "two"]).path
+
+
+@pytest.fixture(scope="module")
+def server(bundles, tmp_path_factory):
+    with open(tmp_path_factory.mktemp("log") / "triton.log", "wb") as log, \
+            TritonServer(bundles["residual"].path, _options(max_batch=16), log_file=log) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def cond_server(cond_bundle, tmp_path_factory):
+    with open(tmp_path_factory.mktemp("log") / "triton.log", "wb") as log, \
+            TritonServer(cond_bundle, _options(max_batch=8), log_file=log) as s:
+        yield s
+
+
+def test_served_images_are_sample_s_images_and_mixed_settings_are_grouped(server, bundles):
+    """One request mixing three settings: each group equals `Sampler.sample` bit for bit, and image = to_uint8."""
+    sampler = runtime.load(bundles["residual"].path, "cpu")
+    groups = [dict(steps=10, solver="ddim", eta=0.0), dict(steps=6, solver="dpmpp_2m", eta=0.0),
+              dict(steps=8, solver="ddim", eta=1.0)]
+    rows = {"seed": 7, "index": np.arange(6), "steps": [g["steps"] for g in groups for _ in range(2)],
+            "solver": [g["solver"] for g in groups for _ in range(2)], "eta": [g["eta"] for g in groups for _ in range(2)]}
+    with Client(server.url) as c:
+        x = c.sample(rows, output="sample")
+        img = c.sample(rows, output="image")
+    assert x.dtype == np.float32 and x.shape == (6, *sampler.shape)
+    for k, g in enumerate(groups):
+        want = sampler.sample(2, num_steps=g["steps"], seed=7, eta=g["eta"], solver=g["solver"], start=2 * k)
+        np.testing.assert_array_equal(x[2 * k:2 * k + 2], want)
+    np.testing.assert_array_equal(img, to_uint8(x))
+    assert img.dtype == np.uint8 and img.shape == (6, 12, 12, 3)
+
+
+def test_a_request_larger_than_the_max_batch_is_split_by_the_client(server, bundles):
+    with Client(server.url) as c:
+        x = c.sample({"seed": 1, "index": np.arange(3, 23), "steps": 4}, output="sample")
+    want = runtime.load(bundles["residual"].path, "cpu").sample(20, num_steps=4, seed=1, start=3, batch_size=16)
+    np.testing.assert_allclose(x, want, atol=1e-5)  # batched 16 + 4 by the client, 16 + 4 here
+    assert len(x) == 20
+
+
+def test_conditional_rows_carry_their_label_and_guidance(cond_server, cond_bundle):
+    sampler = runtime.load(cond_bundle, "cpu")
+    labels, w = [0, 2, 1, 2], [1.0, 3.0, 0.0, 1.5]
+    with Client(cond_server.url) as c:
+        assert c.class_names == ["zero", "one", "two"]
+        x = c.sample({"seed": 4, "index": np.arange(4), "steps": 5, "label": labels, "guidance": w}, output="sample")
+        null = c.sample({"seed": 4, "index": np.arange(2), "steps": 5}, output="sample")
+    np.testing.assert_array_equal(x, sampler.sample(4, num_steps=5, seed=4, labels=labels, guidance=w))
+    np.testing.assert_array_equal(null, sampler.sample(2, num_steps=5, seed=4))
+
+
+def _raw_infer(url: str, inputs: dict[str, tuple[np.ndarray, str]], timeout: float = 60):
+    import tritonclient.http as http
+
+    c = http.InferenceServerClient(url.split("://")[1], network_timeout=timeout, connection_timeout=timeout)
+    try:
+        tensors = []
+        for name, (arr, dtype) in inputs.items():
+            t = http.InferInput(name, list(arr.shape), dtype)
+            t.set_data_from_numpy(arr)
+            tensors.append(t)
+        return c.infer("diffzoo", tensors)
+    finally:
+        c.close()
+
+
+def _col(v, dtype=np.int64, n=1):
+    return np.full((n, 1), v, dtype=dtype)
+
+
+def _s(v: str, n=1):
+    return np.array([[v.encode()]] * n, dtype=object)
+
+
+GOOD = {"seed": (_col(3), "INT64"), "index": (_col(1), "INT64"), "steps": (_col(4), "INT64")}
+# bad request -> a piece of the error message that names what was wrong
+BAD = [
+    ({**GOOD, "seed": (_col(3, np.int32), "INT32")}, "seed"),  # wrong datatype
+    ({**GOOD, "eta": (_col(1, np.int64), "INT64")}, "eta"),
+    ({"seed": (_col(3), "INT64"), "steps": (_col(4), "INT64")}, "index"),  # a missing input
+    ({**GOOD, "index": (np.zeros((1, 2), np.int64), "INT64")}, "index"),  # wrong shape
+    ({**GOOD, "index": (_col(-1), "INT64")}, "index"),
+    ({**GOOD, "solver": (_s("euler"), "BYTES")}, "euler"),
+    ({**GOOD, "spacing": (_s("log"), "BYTES")}, "log"),
+    ({**GOOD, "steps": (_col(0), "INT64")}, "num_steps=0"),
+    ({**GOOD, "steps": (_col(5000), "INT64")}, "num_steps=5000"),
+    ({**GOOD, "eta": (_col(1.5, np.float32), "FP32")}, "1.5"),
+    ({**GOOD, "eta": (_col(0.5, np.float32), "FP32"), "solver": (_s("dpmpp_2m"), "BYTES")}, "eta"),
+    ({**GOOD, "label": (_col(9), "INT64"), "guidance": (_col(1.0, np.float32), "FP32")}, "label 9"),
+    ({**GOOD, "label": (_col(1), "INT64"), "guidance": (_col(np.nan, np.float32), "FP32")}, "nan"),
+    ({**GOOD, "guidance": (_col(2.0, np.float32), "FP32")}, "guidance"),  # guidance without a label
+    ({k: (np.repeat(a, 9, axis=0), d) for k, (a, d) in GOOD.items()}, "<= 8"),  # more rows than --max-batch 8: Triton refuses them
+]
+
+
+def test_bad_requests_get_400_naming_the_value_and_good_ones_batched_with_them_succeed(cond_server, cond_bundle):
+    """Bad and good requests interleaved from several threads: every bad one 400, every good one right."""
+    want = runtime.load(cond_bundle, "cpu").sample(1, num_steps=4, seed=3, start=1)
+    errors: list[str] = []
+    results: list[tuple[str, object]] = []
+
+    def worker(k: int):
+        for j in range(len(BAD)):
+            bad, named = BAD[(j + k) % len(BAD)]
+            try:
+                _raw_infer(cond_server.url, bad)
+                errors.append(f"accepted a bad request naming {named!r}")
+            except Exception as e:  # noqa: BLE001  tritonclient's InferenceServerException
+                results.append(("bad", (e.status(), named, e.message())))
+            good = _raw_infer(cond_server.url, GOOD).as_numpy("sample")
+            results.append(("good", good))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads) and not errors
+    bad = [r for kind, r in results if kind == "bad"]
+    good = [r for kind, r in results if kind == "good"]
+    assert len(bad) == len(good) == 4 * len(BAD)
+    for status, named, message in bad:
+        assert status == "400", (named, status, message)
+        assert named.lower() in message.lower(), (named, message)
+    for x in good:
+        np.testing.assert_array_equal(x, want)
+    assert cond_server.ready()
+
+
+def test_past_max_queue_a_request_is_refused_at_once(bundles, tmp_path):
+    """--max-queue 1, batching off: of 12 concurrent slow requests some are refused (503), the rest served."""
+    with open(tmp_path / "log", "wb") as log, TritonServer(bundles["unet"].path, _options(max_batch=1, max_queue=1), log_file=log) as s:
+        outcomes: list[object] = []
+
+        def one(k: int):
+            try:
+                _raw_infer(s.url, {**GOOD, "steps": (_col(1000), "INT64"), "index": (_col(k), "INT64")})
+                outcomes.append("ok")
+            except Exception as e:  # noqa: BLE001
+                outcomes.append((e.status(), e.message()))
+
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        refused = [o for o in outcomes if o != "ok"]
+        assert refused and len(refused) < 12, outcomes
+        assert all(status == "503" and "queue" in message.lower() for status, message in refused), refused
+        assert s.ready()
+
+
+def test_a_client_that_times_out_does_not_wedge_the_server(server):
+    with Client(server.url, timeout_s=0.05) as c, pytest.raises(ConnectionError):
+        c.sample({"seed": 0, "index": np.arange(16), "steps": 1000, "eta": 1.0})
+    with Client(server.url) as c:
+        assert c.sample({"seed": 0, "index": [0], "steps": 2}).shape == (1, 12, 12, 3)
+
+
+def test_client_errors_are_one_line(server):
+    with Client(server.url) as c, pytest.raises(ServerError, match="400.*num_steps=0") as e:
+        c.sample({"seed": 0, "index": [0], "steps": 0})
+    assert e.value.status == 400 and "\n" not in str(e.value)
+    with Client(f"http://127.0.0.1:{free_port()}") as c, pytest.raises(ConnectionError, match="cannot reach"):
+        c.sample({"seed": 0, "index": [0]})
+
+
+def _diffzoo(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "runtime.apps.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, **kw)
+
+
+class _ServeCli:
+    """`diffzoo serve` as a user runs it, in its own process: ready once it prints its "serving" line."""
+
+    def __init__(self, bundle, env=None):
+        self.o = _options()
+        o = self.o
+        self.proc = subprocess.Popen([sys.executable, "-m", "runtime.apps.cli", "serve", str(bundle), "--http-port", str(o.http_port),
+                                      "--grpc-port", str(o.grpc_port), "--metrics-port", str(o.metrics_port)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.url = f"http://127.0.0.1:{o.http_port}"
+
+    def __enter__(self):
+        line = self.proc.stdout.readline()  # printed once ready
+        if not line.startswith("serving") or self.url not in line:
+            self.__exit__()
+            pytest.fail(f"diffzoo serve did not start: {line!r} {self.proc.stderr.read()}")
+        return self
+
+    def stop(self) -> tuple[int, str, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=120)
+        return self.proc.returncode, out, err
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_cli_serve_request_and_a_clean_stop_on_sigterm(cond_bundle, tmp_path):
+    """`diffzoo serve` ready after warm-up; `diffzoo request` writes sample's bytes; SIGTERM lets an in-flight
+    request finish, exits 0 and leaves no process of the server behind."""
+    with _ServeCli(cond_bundle) as served:
+        url = served.url
+        assert TritonServer(cond_bundle, served.o).ready()
+        r = _diffzoo("request", url, "--n", 2, "--class", "all", "--guidance", 2, "--steps", 6, "--out", tmp_path / "r.png")
+        s = _diffzoo("sample", cond_bundle, "--n", 2, "--class", "all", "--guidance", 2, "--steps", 6, "--out", tmp_path / "s.png")
+        assert r.returncode == 0 and s.returncode == 0, r.stderr + s.stderr
+        assert (tmp_path / "r.png").read_bytes() == (tmp_path / "s.png").read_bytes()
+        bad = _diffzoo("request", url, "--n", 2, "--class", "seven", "--out", tmp_path / "b.png")
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "seven" in bad.stderr
+        assert not (tmp_path / "b.png").exists()
+        inflight: dict[str, object] = {}
+
+        def slow():
+            with Client(url) as c:
+                inflight["x"] = c.sample({"seed": 1, "index": np.arange(8), "steps": 1000, "eta": 1.0}, output="sample")
+
+        t = threading.Thread(target=slow)
+        t.start()
+        time.sleep(0.5)
+        status, out, err = served.stop()
+        t.join(60)
+        assert status == 0 and "stopped" in out, (out, err)
+        assert inflight["x"].shape == (8, 1, 8, 8) and np.isfinite(inflight["x"]).all()
+        ps = subprocess.run(["ps", "-eo", "stat,args"], capture_output=True, text=True).stdout
+        left = [p for p in ps.splitlines() if f"--http-port={served.o.http_port}" in p and not p.startswith("Z")]
+        assert not left, left
+
+
+def test_cli_serve_refuses_bad_options_in_one_line(bundles, tmp_path):
+    busy = free_port()
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", busy))
+        s.listen()
+        cases = [
+            (["--http-port", busy], f"{busy}"),
+            (["--mode", "step", "--cuda-graph"], "--mode fused"),
+            (["--model-name", "a/b"], "a/b"),
+            (["--http-port", 9000, "--grpc-port", 9000], "differ"),
+        ]
+        for args, named in cases:
+            r = _diffzoo("serve", bundles["residual"].path, *args)
+            assert r.returncode == 2 and r.stderr.count("\n") == 1 and named in r.stderr, (args, r.stderr)
+    r = _diffzoo("serve", tmp_path / "missing")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "missing" in r.stderr, r.stderr
+    r = _diffzoo("request", f"http://127.0.0.1:{free_port()}", "--out", tmp_path / "x.png")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot reach" in r.stderr, r.stderr
+
+
+def test_read_rows_checks_every_row_before_any_runs(bundles):
+    """The request check alone (no server): the first bad row is named, with its value."""
+    from export.format.manifest import load_manifest
+
+    manifest = load_manifest(bundles["residual"].path)
+    inputs = {"seed": np.array([[1], [2]]), "index": np.array([[0], [1]]), "steps": np.array([[10], [0]])}
+    with pytest.raises(ValueError, match=r"row 1: num_steps=0"):
+        read_rows(manifest, "b", inputs.get)
+    rows = read_rows(manifest, "b", {**inputs, "steps": np.array([[10], [12]])}.get)
+    assert [s.steps for s in rows.settings] == [10, 12] and rows.labels is None
+    with pytest.raises(ValueError, match="labels and guidance need a class-conditional bundle"):
+        read_rows(manifest, "b", {**inputs, "steps": None, "label": np.array([[1], [1]])}.get)
+
+
+def test_sample_serve_and_request_run_without_torch(bundles, tmp_path):
+    """The deploy-only install: with torch (and the rest of the torch extra) unimportable, sample works and
+    train says in one line what to install."""
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'onnxscript', 'safetensors', 'sklearn', 'torchmetrics'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, _Block())\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(block), str(Path(runtime.__file__).parents[1])])}
+    r = _diffzoo("sample", bundles["residual"].path, "--n", 2, "--steps", 3, "--out", tmp_path / "a.npy", env=env)
+    assert r.returncode == 0, r.stderr
+    want = runtime.load(bundles["residual"].path, "cpu").sample(2, num_steps=3)
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), want)
+    r = _diffzoo("train", "--steps", 1, "--out", tmp_path / "run", env=env)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "pip install 'diffzoo[torch]'" in r.stderr, r.stderr
+    with _ServeCli(bundles["residual"].path, env=env) as served:  # its model instances inherit the blocked environment
+        r = _diffzoo("request", served.url, "--n", 2, "--steps", 3, "--out", tmp_path / "b.npy", env=env)
+        assert r.returncode == 0, r.stderr
+        assert served.stop()[0] == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), want)
