@@ -171,8 +171,8 @@ def test_bad_requests_get_400_naming_the_value_and_good_ones_batched_with_them_s
 
 
 def test_past_max_queue_a_request_is_refused_at_once(bundles, tmp_path):
-    """--max-queue 1, batching off: of 12 concurrent slow requests some are refused (503), the rest served."""
-    with open(tmp_path / "log", "wb") as log, TritonServer(bundles["unet"].path, _options(max_batch=1, max_queue=1), log_file=log) as s:
+    """--max-queue 1, batches of 2: of 12 concurrent slow requests some are refused (503), the rest served."""
+    with open(tmp_path / "log", "wb") as log, TritonServer(bundles["unet"].path, _options(max_batch=2, max_queue=1), log_file=log) as s:
         outcomes: list[object] = []
 
         def one(k: int):

@@ -32,6 +32,12 @@ def register(sub) -> None:
                         "to the quality DDIM reaches at 50 steps (needs --checkpoint of a trained run)")
     p.add_argument("--allocator", action="store_true",
                    help="training images/s of the demo's model: fresh process vs warmed up vs allocator tuning off")
+    p.add_argument("--serve", action="store_true",
+                   help="serving under load instead: `diffzoo serve` on loopback at concurrency 1/4/16/64, dynamic batching "
+                        "on and off, against Sampler.sample at the batch it formed (--checkpoint: a bundle or run; else the "
+                        "random init of --model/--hidden/--size; --steps, --solver, --repeats rounds, --requests)")
+    p.add_argument("--requests", type=positive_int, default=64,
+                   help="with --serve: requests per point, at least 4 per client (default 64)")
     p.add_argument("--data", default=None, help="with --quality: data spec to measure against (default: the run's)")
     p.add_argument("--samples", type=positive_int, default=360, help="with --quality: samples per figure (default 360)")
     p.add_argument("--guidance", type=float, default=1.0,
@@ -46,14 +52,15 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from zoo.diffusion import check_guidance
 
-    if args.quality and args.allocator:
-        raise ValueError("--quality and --allocator are separate benchmarks: choose one")
+    if sum((args.quality, args.allocator, args.serve)) > 1:
+        raise ValueError("--quality, --allocator and --serve are separate benchmarks: choose one")
     if args.classes and args.checkpoint:
         raise ValueError("--classes makes the random init class-conditional; a --checkpoint knows its own classes")
     check_guidance(args.guidance, 1, True)
     if args.json and not Path(args.json).absolute().parent.is_dir():
         raise FileNotFoundError(f"the directory of {args.json!r} does not exist")
-    res = _quality(args) if args.quality else _allocator(args) if args.allocator else _backends(args)
+    run_one = _quality if args.quality else _allocator if args.allocator else _serve if args.serve else _backends
+    res = run_one(args)
     if args.json:
         write_json(args.json, res)
     return 0
@@ -69,6 +76,38 @@ def _allocator(args: argparse.Namespace) -> dict:
     _command_line()
     res = run_allocator_bench(repeats=args.repeats, threads=args.threads, progress=say)
     print(format_allocator_bench(res))
+    return res
+
+
+def _serve(args: argparse.Namespace) -> dict:
+    """The served bundle under load (runtime.apps.bench.serving)."""
+    import tempfile
+
+    from runtime.apps.bench.serving import format_serve_bench, run_serve_bench
+    from runtime.apps.serve.server import triton_unavailable_reason
+
+    if reason := triton_unavailable_reason():
+        raise ValueError(f"--serve cannot run here: {reason}")
+    with tempfile.TemporaryDirectory(prefix="diffzoo-bench-") as tmp:
+        if args.checkpoint:
+            from runtime.apps.evaluate import bundle_for
+
+            bundle = bundle_for(Path(args.checkpoint), Path(tmp), progress=True)
+        else:
+            import torch
+
+            import export
+            import zoo
+
+            torch.manual_seed(0)
+            model = zoo.build(args.model, hidden=args.hidden)
+            say(f"exporting a random-init {args.model} (hidden {args.hidden}, {args.size or 32} px)")
+            bundle = export.export_bundle(model, Path(tmp) / "bundle", example_shape=(model.config.channels, args.size or 32,
+                                          args.size or 32), formats=("onnx",), solvers=(args.solver,)).path
+        _command_line()
+        res = run_serve_bench(bundle, steps=args.steps, solver=args.solver, requests=args.requests, rounds=args.repeats,
+                              threads=args.threads, progress=say)
+    print(format_serve_bench(res))
     return res
 
 

@@ -29,7 +29,8 @@ def register(sub) -> None:
     p.add_argument("--max-queue-delay-ms", type=float, default=O.max_queue_delay_ms,
                    help=f"how long the batcher waits for more images (default {O.max_queue_delay_ms:g} ms)")
     p.add_argument("--max-queue", type=positive_int, default=O.max_queue,
-                   help=f"queued requests beyond this are refused at once, HTTP 503 (default {O.max_queue})")
+                   help=f"queued requests beyond this are refused at once, HTTP 503 (default {O.max_queue}); the dynamic "
+                        "batcher's, so not with --max-batch 1")
     p.add_argument("--instances", type=positive_int, default=O.instances,
                    help=f"model instances, one process each: one per GPU or per core group (default {O.instances})")
     p.add_argument("--provider", choices=PROVIDERS, default=O.provider, help="auto (default): CUDA if it loads, else CPU")

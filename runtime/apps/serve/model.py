@@ -48,6 +48,7 @@ class TritonPythonModel:
         self.log = pb_utils.Logger
         self.log.log_info(f"diffzoo: {args['model_instance_name']} loads {self.path} ({self.mode} mode, "
                           f"{self.sampler.providers[0]})")
+        self.good_settings: set[Settings] = set()  # checked once per instance, not per request
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -76,7 +77,7 @@ class TritonPythonModel:
         for i, request in enumerate(requests):
             try:
                 rows = read_rows(self.sampler.manifest, self.path, lambda name, r=request: _input(r, name),
-                                 self.mode, self.sampler.precision)
+                                 self.mode, self.sampler.precision, self.good_settings)
                 check_memory(self.sampler.shape, rows)
             except ValueError as e:
                 responses[i] = _error(str(e), pb_utils.TritonError.INVALID_ARG)

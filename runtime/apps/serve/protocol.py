@@ -92,11 +92,12 @@ def _column(name: str, datatype: str, value: Any, b: int) -> list:
 
 
 def read_rows(manifest: dict[str, Any], path: str, get: Callable[[str], Any], mode: str = "loop",
-              precision: str = "fp32") -> Rows:
+              precision: str = "fp32", checked: set[Settings] | None = None) -> Rows:
     """One request's inputs (``get(name)`` -> array or None) as checked ``Rows``, or one ``ValueError``.
 
     Every value is checked as ``diffzoo sample`` checks it (``runtime.requests``); the message names
-    the input, the row and the value, and what is accepted.
+    the input, the row and the value, and what is accepted. ``checked``: settings already found
+    good for this bundle and mode (a server's instance keeps them), added to as rows pass.
     """
     seed = get("seed")
     if seed is None:
@@ -116,7 +117,7 @@ def read_rows(manifest: dict[str, Any], path: str, get: Callable[[str], Any], mo
         for r, v in enumerate(cols[name]):
             _row(r, lambda: check_int(name, v, 0))
     settings = []
-    checked: set[Settings] = set()
+    checked = set() if checked is None else checked
     for r in range(b):
         s = Settings(*(cols[i.name][r] if i.name in cols else i.default for i in INPUTS[2:6]), conditional="label" in cols)
         if s not in checked:

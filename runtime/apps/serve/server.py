@@ -54,7 +54,7 @@ class ServeOptions:
     model_name: str = "diffzoo"
     max_batch: int = 64  # rows (images) per batch and per request; 1 turns dynamic batching off
     max_queue_delay_ms: float = 5.0  # how long the batcher waits for more rows
-    max_queue: int = 256  # requests waiting beyond this are refused at once (HTTP 503)
+    max_queue: int = 256  # requests waiting beyond this are refused at once (HTTP 503); the dynamic batcher's
     instances: int = 1  # model instances (processes) in the server
     provider: str = "auto"  # runtime.providers.PROVIDERS
     mode: str = "loop"  # runtime.requests.MODES
@@ -74,6 +74,9 @@ class ServeOptions:
                              "(up to 64, starting with a letter or digit)")
         check_int("--max-batch", self.max_batch, 1, 65536)
         check_int("--max-queue", self.max_queue, 1)
+        if self.max_batch == 1 and self.max_queue != ServeOptions.max_queue:
+            raise ValueError(f"--max-queue {self.max_queue} bounds the dynamic batcher's queue, and --max-batch 1 runs without "
+                             "one (Triton's default scheduler): use --max-batch 2 or more, or leave --max-queue out")
         check_int("--instances", self.instances, 1, 256)
         if not 0 <= self.max_queue_delay_ms <= 60_000:
             raise ValueError(f"--max-queue-delay-ms {self.max_queue_delay_ms!r} is invalid: expected 0..60000")
@@ -148,14 +151,18 @@ def model_config(manifest: dict[str, Any], bundle: Path, options: ServeOptions, 
               "classes": json.dumps((manifest.get("classes") or {}).get("names") or []), "busy_dir": str(busy_dir)}
     parameters = ",\n".join(f'  {{ key: "{k}" value: {{ string_value: {json.dumps(v)} }} }}' for k, v in params.items())
     kind = "KIND_GPU" if provider == "cuda" else "KIND_CPU"
-    return f"""name: "{options.model_name}"
-backend: "python"
-max_batch_size: {options.max_batch}
-dynamic_batching {{
+    # --max-batch 1: no dynamic batcher at all (Triton's default scheduler, one request per execution). Its
+    # dynamic batcher at max_batch_size 1 stalled queued requests by ~0.5 s (p99 0.5-1.1 s at 4-16 clients
+    # against 0.04-0.13 s without it, measured): docs/BENCHMARKS.md "Serving".
+    batcher = "" if options.max_batch == 1 else f"""dynamic_batching {{
   max_queue_delay_microseconds: {int(options.max_queue_delay_ms * 1000)}
   default_queue_policy {{ max_queue_size: {options.max_queue} }}
 }}
-instance_group [ {{ count: {options.instances} kind: {kind} }} ]
+"""
+    return f"""name: "{options.model_name}"
+backend: "python"
+max_batch_size: {options.max_batch}
+{batcher}instance_group [ {{ count: {options.instances} kind: {kind} }} ]
 input [
 {inputs}
 ]
