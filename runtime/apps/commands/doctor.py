@@ -40,13 +40,19 @@ def diagnose() -> list[tuple[str, str]]:
         ("python", f"{platform.python_version()} ({sys.executable})"),
         ("platform", platform.platform()),
         ("onnxruntime", f"{ort.__version__} ({'GPU build: onnxruntime-gpu ' + gpu_build if gpu_build else 'CPU-only build'})"),
-        ("torch", _version("torch") or "not installed (not needed for sampling)"),
+        ("torch", _version("torch") or "not installed (not needed for sample, serve, request: pip install 'diffzoo[torch]' "
+                                       "for the rest)"),
         ("providers available", ", ".join(ort.get_available_providers())),
     ]
     reason = cuda_unavailable_reason()
     loadable = ["CPUExecutionProvider"] + (["CUDAExecutionProvider"] if reason is None else [])
     rows.append(("providers loadable", ", ".join(loadable)))
     rows.append(("CUDA", "loads" if reason is None else f"unavailable: {reason}"))
+    from runtime.apps.serve.server import triton_unavailable_reason
+
+    triton = triton_unavailable_reason()
+    rows.append(("triton server", f"nvidia-pytriton {_version('nvidia-pytriton')} (diffzoo serve)" if triton is None
+                 else f"unavailable: {triton}"))
     gpus = _gpu_names()
     rows.append(("GPU", ", ".join(gpus) if gpus else "none visible"))
     return rows

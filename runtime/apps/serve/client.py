@@ -89,6 +89,8 @@ class Client:
         unknown = sorted(set(rows) - set(_DTYPES))
         if unknown:
             raise ValueError(f"unknown input(s) {unknown}: expected some of {list(_DTYPES)}")
+        if "seed" not in rows or "index" not in rows:
+            raise ValueError(f"rows need 'seed' and 'index' (one index per image); got {sorted(rows)}")
         b = len(np.atleast_1d(rows["index"]))
         columns = {k: _column(k, v, b) for k, v in rows.items() if v is not None}
         chunk = max(1, int(self.config.get("max_batch_size") or b))

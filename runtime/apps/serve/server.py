@@ -23,7 +23,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -190,7 +190,9 @@ class TritonServer:
         self.verbose = verbose
         self.process: subprocess.Popen | None = None
         self.provider: str | None = None
-        self._work: Path | None = None
+        self._work: Path | None = None  # the model repository, backend directory and busy marks
+        self._own_log: IO | None = None  # the log file opened here when no log_file was given
+        self._shm_prefix = ""  # Triton's shared-memory regions of this server
 
     @property
     def url(self) -> str:
@@ -262,8 +264,9 @@ class TritonServer:
                 f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}"]
         if self.provider != "cuda":  # no pinned or device memory pools to set up (and no errors about them)
             args += ["--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0"]
-        out = self.log_file or open(work / "tritonserver.log", "wb")  # noqa: SIM115  closed in stop()
-        self._own_log = self.log_file is None and out
+        if self.log_file is None:
+            self._own_log = open(work / "tritonserver.log", "wb")  # noqa: SIM115  closed in stop()
+        out = self.log_file or self._own_log
         log.info("starting %s", " ".join(args))
         self.process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True, preexec_fn=_die_with_parent)
@@ -289,7 +292,7 @@ class TritonServer:
 
     def _log_error(self) -> str:
         """The server's first error line (its own log file), or where its lines went."""
-        if not self._own_log:
+        if self._own_log is None:
             return "see its log above"
         self._own_log.flush()
         text = (self._work / "tritonserver.log").read_text(errors="replace")
@@ -318,9 +321,10 @@ class TritonServer:
             except (ProcessLookupError, PermissionError):
                 pass
             p.wait()
-            for region in Path("/dev/shm").glob(f"{self._shm_prefix}*"):
-                region.unlink(missing_ok=True)
-        if getattr(self, "_own_log", None):
+            if self._shm_prefix:
+                for region in Path("/dev/shm").glob(f"{self._shm_prefix}*"):
+                    region.unlink(missing_ok=True)
+        if self._own_log is not None:
             self._own_log.close()
             self._own_log = None
         if self._work is not None:
@@ -356,9 +360,6 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-    def describe(self) -> dict[str, Any]:
-        return {"bundle": str(self.bundle), "url": self.url, "provider": self.provider, **asdict(self.options)}
 
 
 def _die_with_parent() -> None:
