@@ -116,6 +116,8 @@ class Sampler:
         self.alphas_cumprod = self.schedule.alphas_cumprod.astype(np.float32)  # cast once, as eager does
         self.shape: tuple[int, int, int] = tuple(manifest["data"]["shape"])
         self._sessions: dict[tuple[str, bool], ort.InferenceSession] = {}
+        # (artifact, batch size) -> the CUDA-graph path's device buffers and bound runs (_run_fused_cuda_graph)
+        self._graphs: dict[tuple[str, int], tuple] = {}
         self.optimize_cpu_loop = True  # see _cpu_loop_model; False runs the bundle's sampler.onnx as shipped
         self.precision = precision  # "int8" selects the bundle's int8 artifacts where it has them
 
@@ -234,6 +236,7 @@ class Sampler:
         log.warning("%s: falling back to the CPU provider", why)
         self.device = "cpu"
         self._sessions.clear()
+        self._graphs.clear()
 
     # --- sampling ---------------------------------------------------------------------------
     def check(self, num_steps: int, eta: float = 0.0, spacing: str = "leading", mode: Mode = "loop", solver: str = "ddim") -> None:
@@ -408,23 +411,46 @@ class Sampler:
     def _run_fused_cuda_graph(self, artifact, solver, x_T, timesteps, noise, eta, callback, cond) -> np.ndarray:
         """The fused step replayed as CUDA graphs: fixed device buffers, two graphs ping-ponging the state.
 
-        onnxruntime captures a graph on its first run per ``gpu_graph_id`` and replays it after;
-        inputs are updated in place (same device address), outputs land in pre-bound buffers.
+        onnxruntime captures a graph on its first run per ``gpu_graph_id`` and replays it after, on the
+        device addresses it was captured with. So each batch size gets its own two graph ids and its own
+        buffers, kept for the sampler's life (``_graphs``); every call writes its values into them in
+        place (x_T, the zero state, eta, labels and guidance; t and the noise per step).
         """
         sess = self.session(artifact, cuda_graph=True)
-        dev_id = self.cuda.device_id
         b = x_T.shape[0]
         inputs = [i.name for i in sess.get_inputs()]
         pairs = carried(solver)
+        steps = step_list(timesteps)
+        first = {"x_t": x_T, **{i: np.zeros_like(x_T) for i, _ in pairs[1:]}}  # the state starts at zeros
+        host0 = step_feeds(0, steps, b, inputs, self.alphas_cumprod, noise, eta, cond)
+        key = (artifact, b)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture_buffers(sess, pairs, first, host0, 2 * len(self._graphs))
+        bufs, shared, runs = self._graphs[key]
+        for i, _ in pairs:
+            bufs[i][0].update_inplace(np.ascontiguousarray(first[i]))
+        for name, v in host0.items():
+            shared[name].update_inplace(np.ascontiguousarray(v))
+        for i, t in enumerate(timesteps):
+            if i:
+                for name, v in step_feeds(i, steps, b, inputs, self.alphas_cumprod, noise, eta, cond).items():
+                    if name not in ("eta", *cond):  # constants of the run, written above
+                        shared[name].update_inplace(np.ascontiguousarray(v))
+            io, ro = runs[i % 2]
+            sess.run_with_iobinding(io, ro)
+            if callback is not None:
+                callback(i, int(t), None, bufs["x_t"][(i + 1) % 2].numpy())
+        return bufs["x_t"][len(timesteps) % 2].numpy()
+
+    def _capture_buffers(self, sess, pairs, first: dict[str, np.ndarray], host0: dict[str, np.ndarray], base_id: int):
+        """One batch size's device buffers and its two bound runs (graph ids base_id + 1, + 2)."""
+        dev_id = self.cuda.device_id
 
         def dev_array(a: np.ndarray) -> ort.OrtValue:
             return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), "cuda", dev_id)
 
-        first = {"x_t": x_T, **{i: np.zeros_like(x_T) for i, _ in pairs[1:]}}  # the state starts at zeros
-        bufs = {i: [dev_array(first[i]), dev_array(np.empty_like(x_T))] for i, _ in pairs}
-        steps = step_list(timesteps)
-        host0 = step_feeds(0, steps, b, inputs, self.alphas_cumprod, noise, eta, cond)
-        shared = {n: dev_array(v) for n, v in host0.items()}  # t, t_prev[, t_last, noise, eta], updated in place
+        bufs = {i: [dev_array(first[i]), dev_array(np.empty_like(first[i]))] for i, _ in pairs}
+        shared = {n: dev_array(v) for n, v in host0.items()}  # t, t_prev[, t_last, noise, eta, labels, guidance]
         runs = []
         for g in range(2):  # graph g reads buffer g and writes buffer 1 - g
             io = sess.io_binding()
@@ -433,17 +459,9 @@ class Sampler:
             for i, o in pairs:
                 io.bind_ortvalue_output(o, bufs[i][1 - g])
             ro = ort.RunOptions()
-            ro.add_run_config_entry("gpu_graph_id", str(g + 1))
+            ro.add_run_config_entry("gpu_graph_id", str(base_id + g + 1))
             runs.append((io, ro))
-        for i, t in enumerate(timesteps):
-            for name, v in step_feeds(i, steps, b, inputs, self.alphas_cumprod, noise, eta, cond).items():
-                if name not in ("eta", *cond):  # constants of the run
-                    shared[name].update_inplace(np.ascontiguousarray(v))
-            io, ro = runs[i % 2]
-            sess.run_with_iobinding(io, ro)
-            if callback is not None:
-                callback(i, int(t), None, bufs["x_t"][(i + 1) % 2].numpy())
-        return bufs["x_t"][len(timesteps) % 2].numpy()
+        return bufs, shared, runs
 
 
 def _by_name(sess: ort.InferenceSession, feed: dict[str, Any]) -> dict[str, Any]:

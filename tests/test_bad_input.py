@@ -201,5 +201,5 @@ def test_every_option_of_every_command_has_help(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--help"])
     listed = capsys.readouterr().out
-    assert all(name.replace("_", "-") in listed for name in COMMANDS) and len(COMMANDS) == 9
+    assert all(name.replace("_", "-") in listed for name in COMMANDS) and len(COMMANDS) == 11
 

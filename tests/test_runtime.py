@@ -214,6 +214,12 @@ def test_cuda_graph_fused_matches_plain_fused(bundle, solver, eta):
     bound = runtime.parity(bundle.path, provider="cuda", num_steps=10, batch=4, eta=eta, modes=["fused"],
                            solver=solver).modes[0].atol
     np.testing.assert_allclose(a, b, rtol=0, atol=bound)  # the same graph, replayed: float32 noise only
+    # replays on the buffers each batch size was captured with: a later call, another batch size (5 = 3 + 2),
+    # other seeds, and the first batch size again (a server's batches vary from call to call)
+    for n, seed in ((5, 1), (4, 2), (3, 3)):
+        want = plain.sample(n, num_steps=10, eta=eta, mode="fused", solver=solver, seed=seed, batch_size=3)
+        got = graph.sample(n, num_steps=10, eta=eta, mode="fused", solver=solver, seed=seed, batch_size=3)
+        np.testing.assert_allclose(got, want, rtol=0, atol=bound)
 
 
 # --- CLI ----------------------------------------------------------------------------------------
