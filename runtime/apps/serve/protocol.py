@@ -8,7 +8,7 @@ that builds them all read ``INPUTS`` and ``OUTPUTS``. A request holds rows, one 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 import numpy as np
@@ -65,6 +65,9 @@ class Settings:
     conditional: bool  # rows with labels, or rows of the null class
 
 
+_PER_ROW = tuple(f.name for f in fields(Settings) if f.name != "conditional")  # inputs of the same names
+
+
 @dataclass
 class Rows:
     """One request's rows, checked: per-row seeds, indices and settings, labels and guidance or None."""
@@ -118,8 +121,9 @@ def read_rows(manifest: dict[str, Any], path: str, get: Callable[[str], Any], mo
             _row(r, lambda: check_int(name, v, 0))
     settings = []
     checked = set() if checked is None else checked
+    defaults = {i.name: i.default for i in INPUTS}
     for r in range(b):
-        s = Settings(*(cols[i.name][r] if i.name in cols else i.default for i in INPUTS[2:6]), conditional="label" in cols)
+        s = Settings(**{k: cols[k][r] if k in cols else defaults[k] for k in _PER_ROW}, conditional="label" in cols)
         if s not in checked:
             _row(r, lambda: check_settings(manifest, path, s.steps, s.eta, s.spacing, mode, s.solver, precision))
             checked.add(s)
