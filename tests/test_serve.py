@@ -73,6 +73,33 @@ def test_served_images_are_sample_s_images_and_mixed_settings_are_grouped(server
     assert img.dtype == np.uint8 and img.shape == (6, 12, 12, 3)
 
 
+def test_rows_of_concurrent_requests_run_in_one_session_call(bundles, tmp_path):
+    """8 one-row requests at once, a long batching delay: Triton executes them as one batch of 8 (its statistics),
+    and each row is still its own (seed, index) image."""
+    import json
+    import urllib.request
+
+    with open(tmp_path / "log", "wb") as log, \
+            TritonServer(bundles["residual"].path, _options(max_batch=8, max_queue_delay_ms=2000), log_file=log) as s:
+        out: dict[int, np.ndarray] = {}
+
+        def one(k: int):
+            with Client(s.url) as c:
+                out[k] = c.sample({"seed": 9, "index": [k], "steps": 5}, output="sample")[0]
+
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        with urllib.request.urlopen(f"{s.url}/v2/models/diffzoo/stats", timeout=10) as r:
+            stats = json.load(r)["model_stats"][0]
+    assert stats["execution_count"] == 1 and stats["inference_count"] == 8, stats
+    assert [int(b["batch_size"]) for b in stats["batch_stats"]] == [8]
+    want = runtime.load(bundles["residual"].path, "cpu").sample(8, num_steps=5, seed=9)
+    np.testing.assert_allclose(np.stack([out[k] for k in range(8)]), want, rtol=0, atol=1e-6)  # any row order
+
+
 def test_a_request_larger_than_the_max_batch_is_split_by_the_client(server, bundles):
     with Client(server.url) as c:
         x = c.sample({"seed": 1, "index": np.arange(3, 23), "steps": 4}, output="sample")
@@ -271,6 +298,14 @@ def test_cli_serve_request_and_a_clean_stop_on_sigterm(cond_bundle, tmp_path):
         ps = subprocess.run(["ps", "-eo", "stat,args"], capture_output=True, text=True).stdout
         left = [p for p in ps.splitlines() if f"--http-port={served.o.http_port}" in p and not p.startswith("Z")]
         assert not left, left
+
+
+def test_cli_serve_stops_cleanly_on_ctrl_c(bundles):
+    with _ServeCli(bundles["residual"].path) as served:
+        served.proc.send_signal(signal.SIGINT)
+        out, err = served.proc.communicate(timeout=120)
+        assert served.proc.returncode == 0 and "stopped" in out, (out, err)
+        assert not TritonServer(bundles["residual"].path, served.o).ready()
 
 
 def test_cli_serve_refuses_bad_options_in_one_line(bundles, tmp_path):
