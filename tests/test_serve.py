@@ -100,6 +100,30 @@ def test_rows_of_concurrent_requests_run_in_one_session_call(bundles, tmp_path):
     np.testing.assert_allclose(np.stack([out[k] for k in range(8)]), want, rtol=0, atol=1e-6)  # any row order
 
 
+def test_grpc_requests_are_served_as_http_ones(server, bundles):
+    """KServe v2 over gRPC (Triton's own endpoint) gives the same images and the same 400s."""
+    import tritonclient.grpc as grpc
+    from tritonclient.utils import InferenceServerException
+
+    client = grpc.InferenceServerClient(server.grpc_url)
+    try:
+        def infer(steps: int):
+            inputs = []
+            for name, value in (("seed", 2), ("index", 3), ("steps", steps)):
+                tensor = grpc.InferInput(name, [1, 1], "INT64")
+                tensor.set_data_from_numpy(np.full((1, 1), value, np.int64))
+                inputs.append(tensor)
+            return client.infer("diffzoo", inputs, outputs=[grpc.InferRequestedOutput("sample")]).as_numpy("sample")
+
+        want = runtime.load(bundles["residual"].path, "cpu").sample(1, num_steps=6, seed=2, start=3)
+        np.testing.assert_array_equal(infer(6), want)
+        with pytest.raises(InferenceServerException, match="num_steps=0") as e:
+            infer(0)
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+    finally:
+        client.close()
+
+
 def test_a_request_larger_than_the_max_batch_is_split_by_the_client(server, bundles):
     with Client(server.url) as c:
         x = c.sample({"seed": 1, "index": np.arange(3, 23), "steps": 4}, output="sample")
