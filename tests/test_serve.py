@@ -332,6 +332,28 @@ def test_cli_serve_stops_cleanly_on_ctrl_c(bundles):
         assert not TritonServer(bundles["residual"].path, served.o).ready()
 
 
+def test_a_killed_serve_takes_its_server_with_it_and_the_next_one_tidies_up(bundles, tmp_path):
+    import tempfile
+
+    with _ServeCli(bundles["residual"].path) as served:
+        work = [d for d in Path(tempfile.gettempdir()).glob("diffzoo-serve-*")
+                if (d / "owner").is_file() and (d / "owner").read_text() == str(served.proc.pid)]
+        assert len(work) == 1
+        served.proc.kill()  # SIGKILL: no clean-up of its own
+        served.proc.wait(30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ps = subprocess.run(["ps", "-eo", "stat,args"], capture_output=True, text=True).stdout
+            if not [p for p in ps.splitlines() if f"--http-port={served.o.http_port}" in p and not p.startswith("Z")]:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("tritonserver outlived its killed parent")
+        assert work[0].exists()
+    with open(tmp_path / "log", "wb") as log, TritonServer(bundles["residual"].path, _options(), log_file=log):
+        assert not work[0].exists()
+
+
 def test_cli_serve_refuses_bad_options_in_one_line(bundles, tmp_path):
     busy = free_port()
     import socket

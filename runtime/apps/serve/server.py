@@ -225,7 +225,9 @@ class TritonServer:
             _check_port_free(o.host, port, flag)
         manifest = load_manifest(self.bundle)  # hashes checked here for a clear error; each instance checks again
         self.provider = resolve_provider(o.provider, strict=o.provider == "cuda" or o.cuda_graph)
-        self._work = Path(tempfile.mkdtemp(prefix="diffzoo-serve-"))
+        _remove_orphans()
+        self._work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
+        (self._work / "owner").write_text(str(os.getpid()))
         self._shm_prefix = f"diffzoo_{self._work.name.rsplit('-', 1)[-1]}_"  # its shared memory, removed by stop()
         try:
             self._launch(manifest)
@@ -360,6 +362,23 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+WORK_PREFIX = "diffzoo-serve-"
+
+
+def _remove_orphans() -> None:
+    """Remove the work directories of servers whose ``diffzoo serve`` was killed outright (SIGKILL: no ``stop``).
+
+    Their tritonserver got SIGTERM with its parent (``_die_with_parent``); only the directory is left.
+    """
+    for work in Path(tempfile.gettempdir()).glob(f"{WORK_PREFIX}*"):
+        try:
+            os.kill(int((work / "owner").read_text()), 0)
+        except ProcessLookupError:
+            shutil.rmtree(work, ignore_errors=True)
+        except (OSError, ValueError):
+            pass  # not ours to judge: unreadable, or another user's
 
 
 def _die_with_parent() -> None:
