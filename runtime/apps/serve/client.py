@@ -82,7 +82,7 @@ class Client:
     def sample(self, rows: dict[str, Any], output: str = "image") -> np.ndarray:
         """Send rows (input name -> one value per row, or one value for every row; ``seed`` and ``index``
         required) and return the ``output`` of each row: "image" (B, H, W, C) uint8 or "sample" (B, C, H, W)
-        float32 in [-1, 1]. Split into requests of at most the server's ``max_batch_size`` rows.
+        float32 (the sampler's values). Split into requests of at most the server's ``max_batch_size`` rows.
         """
         if output not in OUTPUTS:
             raise ValueError(f"unknown output {output!r}: expected one of {list(OUTPUTS)}")

@@ -44,7 +44,7 @@ INPUTS: tuple[Input, ...] = (
 # name -> (datatype, dims of one row given the bundle's (C, H, W)); "image" is what the PNG writer writes
 OUTPUTS: dict[str, tuple[str, Callable[[tuple[int, int, int]], list[int]]]] = {
     "image": ("UINT8", lambda chw: [chw[1], chw[2], chw[0]]),  # (H, W, C), zoo.images.to_uint8
-    "sample": ("FP32", lambda chw: list(chw)),  # (C, H, W) in [-1, 1], before the uint8 conversion
+    "sample": ("FP32", lambda chw: list(chw)),  # (C, H, W): the sampler's values, before the uint8 conversion
 }
 _NUMPY = {"INT64": np.int64, "FP32": np.float32}
 
