@@ -23,7 +23,7 @@ from zoo.solvers import check_eta, get_solver
 from zoo.validate import check_int
 
 __all__ = ["Mode", "MODES", "PRECISIONS", "SampleRequest", "check_settings", "check_choices", "check_classes", "check_output",
-           "IMAGE_SUFFIXES"]
+           "check_cuda_graph", "sample_bytes", "IMAGE_SUFFIXES"]
 
 Mode = Literal["loop", "fused", "step"]
 MODES: tuple[str, ...] = tuple(MODE_KINDS)  # ("loop", "fused", "step")
@@ -81,6 +81,23 @@ def check_choices(*, solver: str = "ddim", eta: float = 0.0, spacing: str = "lea
         raise ValueError(f"unknown precision {precision!r}: expected one of {list(PRECISIONS)}")
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}: expected one of {sorted(SPACINGS)}")
+
+
+def check_cuda_graph(cuda_graph: bool, mode: str, provider: str | None = None) -> None:
+    """The CUDA-graph path replays the fused step on CUDA: it needs ``mode`` "fused" and, once it is known, CUDA."""
+    if not cuda_graph:
+        return
+    if mode != "fused":
+        raise ValueError(f"--cuda-graph replays the fused step on CUDA: it needs --mode fused (here: --mode {mode})")
+    if provider is not None and provider not in ("cuda", "CUDAExecutionProvider"):
+        raise ValueError(f"--cuda-graph replays the fused step on CUDA: it needs the CUDA provider (here: {provider})")
+
+
+def sample_bytes(shape: tuple[int, ...], n: int, batch: int, num_steps: int, stochastic: bool) -> int:
+    """Host memory of sampling n images of ``shape`` in batches of ``batch``: the results (and their
+    concatenation) plus one batch's x_T, x, outputs and per-step noise; not the graphs' activations."""
+    image = 4 * int(np.prod(shape))  # bytes of one float32 image
+    return image * (2 * n + batch * (4 + (num_steps if stochastic else 0)))
 
 
 def check_classes(manifest: dict[str, Any], n: int, labels: Any = None,

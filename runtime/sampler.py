@@ -41,6 +41,7 @@ from runtime.requests import (
     SampleRequest,
     check_classes,
     check_settings,
+    sample_bytes,
 )
 from zoo.diffusion import check_finite, ddim_timesteps, guided_eps, step_pairs
 from zoo.resources import check_fits
@@ -285,9 +286,7 @@ class Sampler:
         num_steps, eta = int(num_steps), float(eta)
         ts = self.timesteps(num_steps, spacing)
         bs = min(n, batch_size or DEFAULT_BATCH_SIZE)
-        image = 4 * int(np.prod(self.shape))  # bytes of one float32 image
-        # the result (and its concatenation) plus one batch's x_T, x, outputs and per-step noise; not the graphs' activations
-        check_fits(image * (2 * n + bs * (4 + (len(ts) if eta > 0 else 0))),
+        check_fits(sample_bytes(self.shape, n, bs, len(ts), eta > 0),
                    f"{n} images of {self.shape} in batches of {bs}", "sample fewer images per call (--n, --shard, --batch-size)")
         starts = range(start, start + n, bs)
         if progress and len(starts) > 1:

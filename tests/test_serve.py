@@ -376,6 +376,26 @@ def test_cli_serve_refuses_bad_options_in_one_line(bundles, tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot reach" in r.stderr, r.stderr
 
 
+def test_bench_serve_measures_every_configuration_and_concurrency(bundles):
+    """`bench --serve`, bounded: every server configuration at each concurrency, the batches Triton formed and
+    offline sampling at them, the key ratios printed and no verdict (those live in docs/BENCHMARKS.md)."""
+    from runtime.apps.bench.serving import CONFIGS, DYNAMIC, format_serve_bench, run_serve_bench, serve_ratios
+
+    res = run_serve_bench(bundles["residual"].path, steps=2, requests=8, rounds=1, concurrencies=(1, 4), threads=1)
+    points = {(p["batching"], p["concurrency"]): p for p in res["points"]}
+    assert set(points) == {(name, c) for name in CONFIGS for c in (1, 4)}
+    for (name, c), p in points.items():
+        assert p["images_per_s"] > 0 and p["p50_ms"] <= p["p95_ms"] <= p["p99_ms"]
+        assert sum(b * n for b, n in p["batches"].items()) == max(8, 4 * c)  # every request, in batches Triton formed
+        assert (p["offline_images_per_s"] is not None) == (name in DYNAMIC)
+    assert set(points[("off", 4)]["batches"]) == {1}  # batching off: one request per execution
+    ratios = dict(serve_ratios(res, at=4))
+    assert len(ratios) == 3 * len(DYNAMIC) and all(v > 0 for v in ratios.values())
+    assert ratios["dynamic: batching / off, concurrency 4"] == (points[("dynamic", 4)]["images_per_s"]
+                                                                / points[("off", 4)]["images_per_s"])
+    assert "MET" not in format_serve_bench(res)  # measured here, judged in docs/BENCHMARKS.md
+
+
 def test_read_rows_checks_every_row_before_any_runs(bundles):
     """The request check alone (no server): the first bad row is named, with its value."""
     from export.format.manifest import load_manifest

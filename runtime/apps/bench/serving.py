@@ -24,7 +24,7 @@ import numpy as np
 from runtime.apps.serve.client import Client
 from runtime.apps.serve.server import ServeOptions, TritonServer, free_port
 
-__all__ = ["CONCURRENCIES", "run_serve_bench", "format_serve_bench", "serve_verdicts"]
+__all__ = ["CONCURRENCIES", "run_serve_bench", "format_serve_bench", "serve_ratios"]
 
 CONCURRENCIES = (1, 4, 16, 64)
 # name -> the server's options: the default server, the same with two single-threaded instances (each batch on
@@ -133,21 +133,21 @@ def _mean_batch(batches: dict[int, int]) -> int:
     return max(1, round(sum(b * n for b, n in batches.items()) / executions)) if executions else 1
 
 
-def serve_verdicts(res: dict[str, Any], at: int = 16) -> list[tuple[str, float, float, bool]]:
-    """(what, measured, target, met) of the CPU serving targets at concurrency ``at``, per dynamic configuration
-    (docs/BENCHMARKS.md)."""
+def serve_ratios(res: dict[str, Any], at: int = 16) -> list[tuple[str, float]]:
+    """(what, ratio) at concurrency ``at``, per dynamic configuration: what the serving targets are stated in.
+
+    Measured and printed here; the targets and their verdicts live in docs/BENCHMARKS.md, not in the product.
+    """
     by = {(p["batching"], p["concurrency"]): p for p in res["points"]}
     out = []
     for name in DYNAMIC:
         if (name, at) not in by or ("off", at) not in by:
             continue
         d, off = by[(name, at)], by[("off", at)]
-        vs_offline = d["images_per_s"] / d["offline_images_per_s"]
-        vs_off = d["images_per_s"] / off["images_per_s"]
-        tail = d["p99_ms"] / d["p50_ms"]
-        out += [(f"{name}: served / offline at batch {d['mean_batch']}, concurrency {at}", vs_offline, 0.9, vs_offline >= 0.9),
-                (f"{name}: batching / off, concurrency {at}", vs_off, 1.2, vs_off >= 1.2),
-                (f"{name}: p99 / p50, concurrency {at}", tail, 2.0, tail <= 2.0)]
+        out += [(f"{name}: served / offline at batch {d['mean_batch']}, concurrency {at}",
+                 d["images_per_s"] / d["offline_images_per_s"]),
+                (f"{name}: batching / off, concurrency {at}", d["images_per_s"] / off["images_per_s"]),
+                (f"{name}: p99 / p50, concurrency {at}", d["p99_ms"] / d["p50_ms"])]
     return out
 
 
@@ -161,10 +161,8 @@ def format_serve_bench(res: dict[str, Any]) -> str:
         sizes = ", ".join(f"{b}: {n}" for b, n in p["batches"].items())
         lines.append(f"{p['batching']:<12}{p['concurrency']:>5}{p['images_per_s']:>9.1f}{p['p50_ms']:>9.1f}{p['p95_ms']:>9.1f}"
                      f"{p['p99_ms']:>9.1f}{p['mean_batch']:>11}{off:>14}  {sizes}")
-    verdicts = serve_verdicts(res)
-    if verdicts:
-        lines.append("targets (docs/BENCHMARKS.md):")
-        for what, got, target, met in verdicts:
-            lines.append(f"  {what}: {got:.2f} (target {'>=' if 'p99' not in what else '<='} {target}) "
-                         f"{'MET' if met else 'NOT MET'}")
+    ratios = serve_ratios(res)
+    if ratios:
+        lines.append("key ratios (the targets they are judged against are in docs/BENCHMARKS.md):")
+        lines += [f"  {what}: {value:.2f}" for what, value in ratios]
     return "\n".join(lines)

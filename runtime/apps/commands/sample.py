@@ -50,6 +50,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import runtime
+    from runtime.requests import check_cuda_graph
 
     out = check_out(args.out)
     manifest = check_request(args.bundle, args.steps, [args.mode], args.eta, args.spacing, args.solver, args.precision)
@@ -61,13 +62,11 @@ def run(args: argparse.Namespace) -> int:
     start, stop = i * total // n_shards, (i + 1) * total // n_shards
     if stop == start:
         raise ValueError(f"shard {i}/{n_shards} of {total} images is empty: use fewer shards than images")
-    if args.cuda_graph and args.mode != "fused":
-        raise ValueError(f"--cuda-graph replays the fused step on CUDA: it needs --mode fused (here: --mode {args.mode})")
+    check_cuda_graph(args.cuda_graph, args.mode)
     sampler = runtime.load(args.bundle, provider=args.provider, strict=args.provider == "cuda", threads=args.threads,
                            cuda=runtime.CudaOptions(cuda_graph=args.cuda_graph), precision=args.precision)
     check_out(out, channels=sampler.shape[0])
-    if args.cuda_graph and sampler.device != "cuda":
-        raise ValueError(f"--cuda-graph replays the fused step on CUDA: it needs the CUDA provider (here: {sampler.providers[0]})")
+    check_cuda_graph(args.cuda_graph, args.mode, sampler.providers[0])
     t0 = time.perf_counter()
     x = sampler.sample(stop - start, num_steps=args.steps, seed=args.seed, eta=args.eta, spacing=args.spacing,
                        mode=args.mode, batch_size=args.batch_size, start=start, progress=True, solver=args.solver,

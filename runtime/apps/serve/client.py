@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.apps.serve.protocol import INPUTS, OUTPUTS
+from runtime.apps.serve.protocol import INPUTS, NUMPY_TYPES, OUTPUTS, REQUIRED
 
 __all__ = ["Client", "ServerError"]
 
@@ -89,8 +89,8 @@ class Client:
         unknown = sorted(set(rows) - set(_DTYPES))
         if unknown:
             raise ValueError(f"unknown input(s) {unknown}: expected some of {list(_DTYPES)}")
-        if "seed" not in rows or "index" not in rows:
-            raise ValueError(f"rows need 'seed' and 'index' (one index per image); got {sorted(rows)}")
+        if not set(REQUIRED) <= set(rows):
+            raise ValueError(f"rows need {' and '.join(map(repr, REQUIRED))} (one index per image); got {sorted(rows)}")
         b = len(np.atleast_1d(rows["index"]))
         columns = {k: _column(k, v, b) for k, v in rows.items() if v is not None}
         chunk = max(1, int(self.config.get("max_batch_size") or b))
@@ -110,13 +110,13 @@ class Client:
 
 
 def _column(name: str, value: Any, b: int) -> np.ndarray:
-    dtype = {"INT64": np.int64, "FP32": np.float32, "BYTES": object}[_DTYPES[name]]
+    dtype = NUMPY_TYPES[_DTYPES[name]]
     arr = np.asarray(value)
     if arr.ndim == 0:
         arr = np.full(b, value)
     if arr.shape != (b,):
         raise ValueError(f"{name!r} has {arr.shape[0] if arr.ndim else 1} values for {b} rows: give one, or one per row")
-    if dtype is object:
+    if dtype is np.object_:
         return np.array([str(v).encode() for v in arr], dtype=object)
     return arr.astype(dtype)
 

@@ -22,7 +22,6 @@ from runtime.noise import row_noise
 from runtime.providers import CudaOptions
 from runtime.sampler import load
 from zoo.diffusion import check_finite
-from zoo.images import to_uint8
 from zoo.solvers import SOLVERS
 from zoo.validate import first_line
 
@@ -121,12 +120,8 @@ class TritonPythonModel:
 
     def _response(self, request, x: np.ndarray):
         wanted = set(request.requested_output_names()) or set(OUTPUTS)
-        tensors = []
-        if "image" in wanted:
-            tensors.append(pb_utils.Tensor("image", to_uint8(x)))
-        if "sample" in wanted:
-            tensors.append(pb_utils.Tensor("sample", x))
-        return pb_utils.InferenceResponse(output_tensors=tensors)
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, out.value(x)) for name, out in OUTPUTS.items()
+                                                          if name in wanted])
 
     def finalize(self) -> None:
         self.log.log_info(f"diffzoo: {self.path} unloaded")

@@ -13,40 +13,58 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.requests import SampleRequest, check_classes, check_settings
+from runtime.requests import SampleRequest, check_classes, check_settings, sample_bytes
+from zoo.images import to_uint8
 from zoo.resources import check_fits
 from zoo.validate import check_int
 
-__all__ = ["Input", "INPUTS", "OUTPUTS", "Settings", "Rows", "read_rows", "check_memory"]
+__all__ = ["Input", "INPUTS", "REQUIRED", "Output", "OUTPUTS", "NUMPY_TYPES", "Settings", "Rows", "inputs_of", "read_rows",
+           "check_memory"]
+
+# KServe v2 datatype -> the numpy dtype of its arrays (tritonclient's and the Python backend's)
+NUMPY_TYPES: dict[str, Any] = {"INT64": np.int64, "FP32": np.float32, "BYTES": np.object_, "UINT8": np.uint8}
 
 
 @dataclass(frozen=True)
 class Input:
-    """One per-row input: its KServe datatype, and the request field it sets (None: required)."""
+    """One per-row input: its KServe datatype and, for an optional one, its default."""
 
     name: str
     datatype: str  # KServe v2: INT64, FP32, BYTES
     default: Any = None  # a missing optional input takes SampleRequest's default
-    conditional: bool = False  # only a class-conditional bundle's model has it
-    help: str = ""
+    conditional: bool = False  # only a class-conditional bundle's model has it (absent: the null class, w 1)
+
+    @property
+    def required(self) -> bool:
+        return self.default is None and not self.conditional
 
 
 INPUTS: tuple[Input, ...] = (
-    Input("seed", "INT64", help="the noise stream (diffzoo sample --seed)"),
-    Input("index", "INT64", help="the image's index in that stream"),
-    Input("steps", "INT64", SampleRequest.num_steps, help="solver steps"),
-    Input("solver", "BYTES", SampleRequest.solver, help="ddim or dpmpp_2m"),
-    Input("eta", "FP32", SampleRequest.eta, help="0 = deterministic DDIM, 1 = DDPM-like"),
-    Input("spacing", "BYTES", SampleRequest.spacing, help="timestep spacing"),
-    Input("label", "INT64", conditional=True, help="the class index (absent: the null class, unconditional)"),
-    Input("guidance", "FP32", conditional=True, help="classifier-free guidance w >= 0 (absent: 1), with label"),
+    Input("seed", "INT64"),  # the noise stream (diffzoo sample --seed)
+    Input("index", "INT64"),  # the image's index in that stream
+    Input("steps", "INT64", SampleRequest.num_steps),
+    Input("solver", "BYTES", SampleRequest.solver),
+    Input("eta", "FP32", SampleRequest.eta),
+    Input("spacing", "BYTES", SampleRequest.spacing),
+    Input("label", "INT64", conditional=True),  # the class index
+    Input("guidance", "FP32", conditional=True),  # classifier-free guidance w >= 0, with label
 )
-# name -> (datatype, dims of one row given the bundle's (C, H, W)); "image" is what the PNG writer writes
-OUTPUTS: dict[str, tuple[str, Callable[[tuple[int, int, int]], list[int]]]] = {
-    "image": ("UINT8", lambda chw: [chw[1], chw[2], chw[0]]),  # (H, W, C), zoo.images.to_uint8
-    "sample": ("FP32", lambda chw: list(chw)),  # (C, H, W): the sampler's values, before the uint8 conversion
+REQUIRED = tuple(i.name for i in INPUTS if i.required)
+
+
+@dataclass(frozen=True)
+class Output:
+    """One per-row output: its datatype, its dims given the bundle's (C, H, W), and its value from the samples."""
+
+    datatype: str
+    dims: Callable[[tuple[int, int, int]], list[int]]
+    value: Callable[[np.ndarray], np.ndarray]  # (B, C, H, W) float32 samples -> the output's (B, *dims)
+
+
+OUTPUTS: dict[str, Output] = {
+    "image": Output("UINT8", lambda chw: [chw[1], chw[2], chw[0]], to_uint8),  # (H, W, C), as the PNG writer converts
+    "sample": Output("FP32", lambda chw: list(chw), lambda x: x),  # (C, H, W): the sampler's values
 }
-_NUMPY = {"INT64": np.int64, "FP32": np.float32}
 
 
 def inputs_of(manifest: dict[str, Any]) -> tuple[Input, ...]:
@@ -89,7 +107,7 @@ def _column(name: str, datatype: str, value: Any, b: int) -> list:
                          "(every input has the rows of 'seed')")
     if datatype == "BYTES":
         return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.tolist()]
-    if arr.dtype != _NUMPY[datatype]:
+    if arr.dtype != NUMPY_TYPES[datatype]:
         raise ValueError(f"input {name!r} has datatype {arr.dtype}: expected {datatype}")
     return arr.tolist()
 
@@ -104,7 +122,7 @@ def read_rows(manifest: dict[str, Any], path: str, get: Callable[[str], Any], mo
     """
     seed = get("seed")
     if seed is None:
-        raise ValueError("input 'seed' is missing: every request needs 'seed' and 'index', INT64, one per row")
+        raise ValueError(f"input 'seed' is missing: every request needs {' and '.join(map(repr, REQUIRED))}, INT64, one per row")
     b = int(np.asarray(seed).shape[0]) if np.asarray(seed).ndim else 0
     if b < 1:
         raise ValueError("input 'seed' has no rows: expected shape [B, 1] with B >= 1")
@@ -112,11 +130,12 @@ def read_rows(manifest: dict[str, Any], path: str, get: Callable[[str], Any], mo
     for spec in INPUTS:  # label and guidance too: an unconditional bundle refuses them below, by name
         value = get(spec.name)
         if value is None:
-            if spec.default is None and not spec.conditional:
-                raise ValueError(f"input {spec.name!r} is missing: every request needs 'seed' and 'index', INT64, one per row")
+            if spec.required:
+                raise ValueError(f"input {spec.name!r} is missing: every request needs {' and '.join(map(repr, REQUIRED))}, "
+                                 "INT64, one per row")
             continue
         cols[spec.name] = _column(spec.name, spec.datatype, value, b)
-    for name in ("seed", "index"):
+    for name in REQUIRED:  # a stream and an index into it: integers >= 0
         for r, v in enumerate(cols[name]):
             _row(r, lambda: check_int(name, v, 0))
     settings = []
@@ -141,6 +160,5 @@ def _row(r: int, check: Callable[[], Any]) -> None:
 
 def check_memory(shape: tuple[int, int, int], rows: Rows) -> None:
     """Refuse a request whose rows' noise and results cannot fit in the memory available here."""
-    image = 4 * int(np.prod(shape))
-    need = sum(image * (4 + (s.steps if s.eta > 0 else 0)) for s in rows.settings)
+    need = sum(sample_bytes(shape, 1, 1, s.steps, s.eta > 0) for s in rows.settings)
     check_fits(need, f"{len(rows.settings)} images of {shape}", "send fewer images per request")

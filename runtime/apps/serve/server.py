@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from runtime.apps.serve.protocol import OUTPUTS, inputs_of
-from runtime.requests import MODES
+from runtime.requests import check_choices, check_cuda_graph
 from zoo.validate import check_int
 
 __all__ = ["ServeOptions", "ServeError", "TritonServer", "triton_unavailable_reason", "model_config", "free_port"]
@@ -80,10 +80,8 @@ class ServeOptions:
         check_int("--instances", self.instances, 1, 256)
         if not 0 <= self.max_queue_delay_ms <= 60_000:
             raise ValueError(f"--max-queue-delay-ms {self.max_queue_delay_ms!r} is invalid: expected 0..60000")
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}: expected one of {list(MODES)}")
-        if self.cuda_graph and self.mode != "fused":
-            raise ValueError(f"--cuda-graph replays the fused step on CUDA: it needs --mode fused (here: --mode {self.mode})")
+        check_choices(mode=self.mode)
+        check_cuda_graph(self.cuda_graph, self.mode, "cpu" if self.provider == "cpu" else None)
         if self.threads is not None:
             check_int("--threads", self.threads, 1)
 
@@ -143,9 +141,9 @@ def model_config(manifest: dict[str, Any], bundle: Path, options: ServeOptions, 
     """
     chw = tuple(manifest["data"]["shape"])
     inputs = ",\n".join(
-        f'  {{ name: "{i.name}" data_type: {_TYPES[i.datatype]} dims: [ 1 ]{" optional: true" if i.name not in ("seed", "index") else ""} }}'
+        f'  {{ name: "{i.name}" data_type: {_TYPES[i.datatype]} dims: [ 1 ]{"" if i.required else " optional: true"} }}'
         for i in inputs_of(manifest))
-    outputs = ",\n".join(f'  {{ name: "{name}" data_type: {_TYPES[dt]} dims: {dims(chw)} }}' for name, (dt, dims) in OUTPUTS.items())
+    outputs = ",\n".join(f'  {{ name: "{name}" data_type: {_TYPES[o.datatype]} dims: {o.dims(chw)} }}' for name, o in OUTPUTS.items())
     params = {"bundle": str(bundle.resolve()), "mode": options.mode, "provider": provider,
               "cuda_graph": "1" if options.cuda_graph else "0", "threads": str(options.threads or 0),
               "classes": json.dumps((manifest.get("classes") or {}).get("names") or []), "busy_dir": str(busy_dir)}
@@ -219,8 +217,6 @@ class TritonServer:
         if reason := triton_unavailable_reason():
             raise ServeError(reason)
         o = self.options
-        if o.cuda_graph and o.provider == "cpu":
-            raise ValueError("--cuda-graph needs the CUDA provider: use --provider cuda or auto")
         for flag, port in (("--http-port", o.http_port), ("--grpc-port", o.grpc_port), ("--metrics-port", o.metrics_port)):
             _check_port_free(o.host, port, flag)
         manifest = load_manifest(self.bundle)  # hashes checked here for a clear error; each instance checks again
@@ -278,7 +274,7 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServeError(f"the Triton server exited during start-up (status {self.process.returncode}): "
-                                   f"{self._log_error()}")
+                                 f"{self._log_error()}")
             if self.ready():
                 return
             time.sleep(0.1)
