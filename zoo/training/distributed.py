@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -19,5 +20,15 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
 
         if not dist.is_initialized():
             dist.init_process_group(backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+            # left to interpreter exit, the group's threads were sometimes destroyed still joinable: a rank
+            # aborted ("terminate called without an active exception") after its work was done (seen once in CI)
+            atexit.register(_leave)
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _leave() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
