@@ -85,10 +85,16 @@ class Bundle:
         return self.manifest["export"]["seconds"]
 
 
-def _verify_sizes(example_shape: tuple[int, int, int]) -> dict[str, int]:
-    """Axis sizes for verification: another batch and another, odd, H x W than the example."""
+def _verify_sizes(example_shape: tuple[int, int, int], multiple: int = 1) -> dict[str, int]:
+    """Axis sizes for verification: another batch and another H x W than the example (odd where the model allows:
+    ``multiple`` is the model's ``size_multiple``, what its height and width must divide by)."""
     _, h, w = example_shape
-    return {"batch": 3, "height": h // 2 + 3, "width": w // 2 + 1 if w // 2 + 1 != h // 2 + 3 else w // 2 + 2}
+
+    def up(v: int) -> int:
+        return -(-v // multiple) * multiple
+
+    height, width = up(h // 2 + 3), up(w // 2 + 1)
+    return {"batch": 3, "height": height, "width": width if width != height else width + multiple}
 
 
 def _check_args(model, out_dir, o: ExportOptions, schedule: Schedule, example_shape) -> Path:
@@ -119,6 +125,10 @@ def _check_args(model, out_dir, o: ExportOptions, schedule: Schedule, example_sh
     c, h, w = example_shape
     check_fits(activation_bytes(2, c, getattr(model.config, "hidden", c), h, w),
                f"exporting at the example shape {tuple(example_shape)}", "choose a smaller example shape (--size)")
+    multiple = getattr(model, "size_multiple", 1)
+    if h % multiple or w % multiple:
+        raise ValueError(f"example_shape={tuple(example_shape)} is invalid for this {model.name!r} model: its height and "
+                         f"width must be multiples of {multiple} (each down block but the last halves them)")
     if example_shape[0] != model.config.channels:
         raise ValueError(f"example_shape has C={example_shape[0]} but the model has channels={model.config.channels}")
     if schedule.num_train_timesteps != model.config.num_train_timesteps:
@@ -338,7 +348,8 @@ def _export_artifact(ex: _Export, spec: ArtifactSpec) -> tuple[dict[str, str], l
     """Write ``spec``'s files in the chosen formats into the staging directory, each checked against eager torch."""
     ref = reference(spec, ex.model, ex.schedule, ex.o.clip_range)
     is_loop = spec.kind == "sampler"
-    sizes = {**_verify_sizes(ex.example_shape), "steps": VERIFY_STEPS} if is_loop else _verify_sizes(ex.example_shape)
+    sizes = _verify_sizes(ex.example_shape, getattr(ex.model, "size_multiple", 1))
+    sizes = {**sizes, "steps": VERIFY_STEPS} if is_loop else sizes
     inputs = make_inputs(spec, sizes, ex.schedule.alphas_cumprod, ex.g, num_classes=ex.num_classes)
     expected = _outputs(spec, ref, inputs)
     ref_err, source = None, None

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 import zoo
+from conftest import ZOO_MODELS
 import zoo.resources
 from export.format.manifest import BundleError, load_manifest
 from runtime.apps.cli import build_parser, main
@@ -156,7 +157,7 @@ def test_numpy_scalars_are_accepted_where_python_numbers_are(bundles):
         zoo.ddim_step(x, x, 0.5, 0.6, eta=np.float32(1.5), noise=x)
 
 
-@pytest.mark.parametrize("name", zoo.available())
+@pytest.mark.parametrize("name", ZOO_MODELS)
 def test_eager_models_refuse_timesteps_outside_their_schedule(name):
     model = zoo.build(name, hidden=8).eval()
     x = torch.randn(2, 3, 8, 8)

@@ -34,7 +34,7 @@ def test_user_error_is_one_line_no_traceback(tmp_path):
     )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        "diffzoo eager-sample: error: unknown model 'unet3': available models are ['conv', 'residual', 'unet']"
+        "diffzoo eager-sample: error: unknown model 'unet3': available models are ['conv', 'diffusers_unet', 'residual', 'unet']"
     ]
     assert not out.exists()
 

@@ -9,6 +9,7 @@ import torch
 
 import export
 import zoo
+from conftest import ZOO_MODELS
 from export.bundle import reference_outputs
 from export.format.artifacts import ARTIFACT_NAMES, artifact_specs
 from export.format.manifest import sha256_file
@@ -244,7 +245,7 @@ def _trained(name, seed, tmp_path):
 
 
 @pytest.mark.parametrize("name,seed", [pytest.param(n, s, marks=[pytest.mark.slow] if s or n == "unet" else [])
-                                       for n in zoo.available() for s in (0, 1, 2)])
+                                       for n in ZOO_MODELS for s in (0, 1, 2)])
 def test_trained_models_export_within_their_derived_bounds(name, seed, tmp_path):
     """The quick start's failure (a trained model refused at a fixed atol) cannot come back.
 

@@ -14,7 +14,7 @@ def test_available_is_sorted_and_has_both_models():
 
 
 def test_unknown_name_lists_available():
-    with pytest.raises(ValueError, match=r"'resnet'.*\['conv', 'residual'"):
+    with pytest.raises(ValueError, match=r"'resnet'.*\['conv', 'diffusers_unet', 'residual'"):
         zoo.build("resnet")
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "ConvConfig",
     "ResidualConfig",
     "UNetConfig",
+    "DiffusersUNetConfig",
     "DenoiserConfig",
     "diffusion",
     "images",
@@ -59,6 +60,7 @@ _LAZY = {
     "ConvConfig": "zoo.configs",
     "ResidualConfig": "zoo.configs",
     "UNetConfig": "zoo.configs",
+    "DiffusersUNetConfig": "zoo.configs",
     "DenoiserConfig": "zoo.configs",
     "ddim_sample": "zoo.samplers",
     "dpmpp_2m_sample": "zoo.samplers",
@@ -67,7 +69,7 @@ _LAZY = {
 # Submodules loaded on first use, so that ``zoo.train.train(...)`` works after a plain ``import zoo``.
 _LAZY_MODULES = {
     **{name: f"zoo.{name}" for name in ("models", "registry", "samplers", "weights", "allocator", "files", "resources",
-                                         "validate", "training")},
+                                         "validate", "training", "diffusers_unet")},
     **{name: f"zoo.training.{name}" for name in ("train", "data", "metrics")},
 }
 

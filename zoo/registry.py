@@ -11,10 +11,11 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
+from zoo.diffusers_unet import DiffusersUNet
 from zoo.models import ConvDenoiser, ResidualDenoiser, UNetDenoiser
 from zoo.resources import check_fits
 
-__all__ = ["register", "build", "available", "parameter_count"]
+__all__ = ["register", "build", "available", "parameter_count", "config_fields"]
 
 _MODELS: dict[str, type[torch.nn.Module]] = {}
 
@@ -41,7 +42,7 @@ def register(name: str) -> Callable[[M], M]:
 
 
 # The built-in models: the registry imports the models, never the other way round.
-for _cls in (ConvDenoiser, ResidualDenoiser, UNetDenoiser):
+for _cls in (ConvDenoiser, ResidualDenoiser, UNetDenoiser, DiffusersUNet):
     register(_cls.name)(_cls)
 
 
@@ -68,11 +69,16 @@ def parameter_count(name: str, **config: Any) -> int:
     return _count(*_config(name, config))
 
 
-def _config(name: str, config: dict[str, Any]):
+def config_fields(name: str) -> list[str]:
+    """The config keys of a registered model (``ValueError`` naming ``available()`` for an unknown name)."""
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}: available models are {available()}")
+    return [f.name for f in dataclasses.fields(_MODELS[name].config_class)]
+
+
+def _config(name: str, config: dict[str, Any]):
+    accepted = config_fields(name)
     cls = _MODELS[name]
-    accepted = [f.name for f in dataclasses.fields(cls.config_class)]
     unknown = sorted(set(config) - set(accepted))
     if "num_classes" in unknown and config["num_classes"]:
         conditional = sorted(n for n, c in _MODELS.items() if "num_classes" in {f.name for f in dataclasses.fields(c.config_class)})

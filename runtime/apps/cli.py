@@ -72,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ModuleNotFoundError as e:
-        if (e.name or "").split(".")[0] not in TORCH_EXTRA or os.environ.get("DIFFZOO_DEBUG"):
+        top = (e.name or "").split(".")[0]
+        if top not in (*TORCH_EXTRA, "diffusers") or os.environ.get("DIFFZOO_DEBUG"):
             raise
-        print(f"diffzoo {args.command}: error: this command needs {e.name.split('.')[0]}, which the deploy-only install "
-              f"leaves out: pip install 'diffzoo[torch]' (README: set-up)", file=sys.stderr)
+        extra = "diffusers" if top == "diffusers" else "torch"
+        print(f"diffzoo {args.command}: error: this command needs {top}, which is not installed: "
+              f"pip install 'diffzoo[{extra}]' (README: set-up)", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as e:  # noqa: BLE001  sorted below: a user error or a failure is one line, a bug a traceback
         status = _exit_status(e)

@@ -39,7 +39,7 @@ def eta(s: str) -> float:
 def model_args(p: argparse.ArgumentParser, channels_from_data: bool = False) -> None:
     """--model, --hidden, --kernel-size, --channels, --size, --schedule; defaults from ``TrainConfig`` and ``DenoiserConfig``."""
     from zoo.configs import DenoiserConfig as D
-    from zoo.schedules import SCHEDULES
+    from zoo.schedules import NAMED_SCHEDULES
     from zoo.training.config import TrainConfig as T
 
     p.add_argument("--model", default=T.model, help=f"registry name (see `zoo.available()`); default: {T.model}")
@@ -50,7 +50,7 @@ def model_args(p: argparse.ArgumentParser, channels_from_data: bool = False) -> 
     else:
         p.add_argument("--channels", type=positive_int, default=D.channels, help=f"data channels (default {D.channels})")
     p.add_argument("--size", type=positive_int, default=T.size, help=f"image height and width in pixels (default {T.size})")
-    p.add_argument("--schedule", choices=sorted(SCHEDULES), default=T.schedule, help=f"noise schedule (default {T.schedule})")
+    p.add_argument("--schedule", choices=NAMED_SCHEDULES, default=T.schedule, help=f"noise schedule (default {T.schedule})")
 
 
 def solver_arg(p: argparse.ArgumentParser, help: str | None = None) -> None:

@@ -16,6 +16,12 @@ def register(sub) -> None:
     model_args(p)
     p.add_argument("--checkpoint", default=None,
                    help="a training run directory or weights .safetensors from `diffzoo train` (instead of --model)")
+    p.add_argument("--diffusers", default=None, metavar="DIR",
+                   help="a diffusers UNet2DModel folder (save_pretrained's config.json and .safetensors, optional "
+                        "scheduler_config.json; or a pipeline folder) instead of --model/--checkpoint")
+    p.add_argument("--to-diffusers", action="store_true",
+                   help="write a diffusers folder at --out instead of a bundle (UNet2DModel.save_pretrained and a DDIM "
+                        "scheduler_config.json): for a diffusers_unet run")
     p.add_argument("--out", required=True, help="bundle directory (absent or empty, unless --force); parents are created")
     p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)} (default all)")
     p.add_argument("--solvers", default="ddim,dpmpp_2m",
@@ -35,24 +41,35 @@ def register(sub) -> None:
 
 
 def load_or_build(args: argparse.Namespace):
-    """(model, schedule, example_shape, weights metadata) from --checkpoint, or a seeded random init from --model."""
+    """(model, schedule, example_shape, weights metadata, extra options) from --diffusers, --checkpoint, or a seeded
+    random init from --model."""
     import torch
 
     import zoo
 
+    given = [flag for flag, value in (("--diffusers", args.diffusers), ("--checkpoint", args.checkpoint),
+                                      ("--model", args.model)) if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"{' and '.join(given)} each name a model: give one")
+    if args.diffusers:
+        from zoo.diffusers_unet import load_pretrained
+
+        p = load_pretrained(args.diffusers)
+        size = p.model.config.unet.get("sample_size") or args.size
+        h, w = (size, size) if isinstance(size, int) else size
+        options = {"clip_range": p.clip_range, "extra": {"diffusers": p.source}}
+        return p.model, p.schedule, (p.model.config.channels, h, w), {}, options
     if args.checkpoint:
         from zoo.training.runs import run_weights
         from zoo.weights import load_weights
 
-        if args.model is not None:
-            raise ValueError(f"--checkpoint {args.checkpoint} already names its model: drop --model {args.model}")
         model, schedule, meta = load_weights(run_weights(args.checkpoint))
         shape = tuple(meta.get("data", {}).get("shape") or (model.config.channels, args.size, args.size))
-        return model, schedule, shape, meta
+        return model, schedule, shape, meta, {}
     torch.manual_seed(args.seed)
     model = zoo.build(args.model or "residual", hidden=args.hidden, channels=args.channels, kernel_size=args.kernel_size)
     schedule = zoo.make_schedule(args.schedule, num_train_timesteps=model.config.num_train_timesteps)
-    return model, schedule, (args.channels, args.size, args.size), {}
+    return model, schedule, (args.channels, args.size, args.size), {}, {}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,19 +79,29 @@ def run(args: argparse.Namespace) -> int:
     solvers = [s.strip() for s in args.solvers.split(",") if s.strip()]
     from zoo.weights import class_names
 
-    model, schedule, shape, meta = load_or_build(args)
+    model, schedule, shape, meta, options = load_or_build(args)
     t0 = time.perf_counter()
+    if args.to_diffusers:
+        from zoo.diffusers_unet import save_pretrained
+
+        out = save_pretrained(model, schedule, args.out, options.get("clip_range", 1.0), force=args.force)
+        print(f"diffusers folder written to {out} ({model.name}, {schedule.name} schedule): "
+              f"UNet2DModel.from_pretrained({str(out)!r}) and DDIMScheduler.from_pretrained({str(out)!r}) load it")
+        return 0
     try:
         bundle = export.export_bundle(
             model, args.out, schedule=schedule, example_shape=shape, formats=formats, force=args.force, seed=args.seed,
             progress=True, int8=args.int8, atol=args.atol, data_source=meta.get("data", {}).get("source"), solvers=solvers,
             class_names=tuple(n.strip() for n in args.class_names.split(",")) if args.class_names else class_names(meta),
-            **({} if args.opset is None else {"opset": args.opset}),
+            **({} if args.opset is None else {"opset": args.opset}), **options,
         )
     except export.ExportVerificationError as e:
         print(f"diffzoo export: error: {e} (nothing was written)", file=sys.stderr)
         return 1
     _print_checks(bundle, shape)
+    spacing = options.get("extra", {}).get("diffusers", {}).get("spacing")
+    if spacing and spacing != "leading":
+        print(f"the scheduler config samples with timestep_spacing {spacing!r}: pass --spacing {spacing} to diffzoo sample")
     print(f"bundle written to {bundle.path} in {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -10,17 +11,63 @@ from runtime.apps.commands.common import model_args, positive_int
 
 
 def _model_config(s: str) -> dict:
-    """``levels=2,blocks=1`` -> {"levels": 2, "blocks": 1} (integer config fields)."""
+    """``levels=2,blocks=1`` -> {"levels": 2, "blocks": 1} (integer config fields), or a JSON config file or
+    diffusers folder (its config.json) -> {FILE: the JSON object}, resolved against the model in ``run``."""
+    path = Path(s)
+    if "=" not in s and (path.is_file() or path.is_dir()):
+        from zoo.diffusers_unet import CONFIG_NAME
+
+        file = path / CONFIG_NAME if path.is_dir() else path
+        try:
+            data = json.loads(file.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise argparse.ArgumentTypeError(f"{str(file)!r} is not a readable JSON config: {e}") from None
+        if not isinstance(data, dict):
+            raise argparse.ArgumentTypeError(f"{str(file)!r} is not a config: expected a JSON object")
+        return {_FILE: (str(file), data)}
     out = {}
     for item in filter(None, (i.strip() for i in s.split(","))):
         key, sep, value = item.partition("=")
         if not sep:
-            raise argparse.ArgumentTypeError(f"{item!r} is not KEY=VALUE (e.g. levels=2,blocks=1)")
+            raise argparse.ArgumentTypeError(f"{item!r} is not KEY=VALUE (e.g. levels=2,blocks=1) nor an existing JSON "
+                                             "file or diffusers folder")
         try:
             out[key.strip()] = int(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{item!r}: {value!r} is not an integer") from None
     return out
+
+
+_FILE = "<file>"  # the key of a --model-config read from a file
+
+
+def _resolve_model_config(args: argparse.Namespace) -> dict:
+    """The model config the flags ask for: --hidden/--kernel-size where the model has them, then --model-config.
+
+    A JSON file is the model's config; for a model whose config wraps another library's (``diffusers_unet``'s
+    ``unet``), a file without that key is that inner config (a diffusers ``config.json``).
+    """
+    from zoo.configs import DenoiserConfig as D
+    from zoo.registry import config_fields
+
+    fields = config_fields(args.model)
+    out = {}
+    for key, flag in (("hidden", "--hidden"), ("kernel_size", "--kernel-size")):
+        value = getattr(args, key)
+        if key in fields:
+            out[key] = value
+        elif value != getattr(D, key):
+            raise ValueError(f"{flag} {value} does not apply to the {args.model!r} model: its config keys are {fields}")
+    given = dict(args.model_config)
+    if _FILE in given:
+        file, data = given.pop(_FILE)
+        if "unet" in fields and "unet" not in data:
+            data = {"unet": data}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValueError(f"{file!r}: unknown config key(s) {unknown} for the {args.model!r} model: accepted are {fields}")
+        given.update(data)
+    return {**out, **given}
 
 
 def register(sub) -> None:
@@ -30,7 +77,8 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train a model (data-parallel under torchrun)")
     model_args(p, channels_from_data=True)
     p.add_argument("--model-config", type=_model_config, default={},
-                   help="other integer config fields of the model, e.g. levels=2,blocks=1 for unet")
+                   help="other integer config fields of the model, e.g. levels=2,blocks=1 for unet; or a JSON config "
+                        "file: for diffusers_unet, a diffusers UNet2DModel config.json or its folder (the architecture)")
     p.add_argument("--data", default=T.data, help=f"a data source (zoo.data.DATA_SOURCES: digits, idx:PATH, ...; default {T.data})")
     p.add_argument("--steps", type=positive_int, default=T.steps, help=f"total optimizer steps (default {T.steps})")
     p.add_argument("--batch", type=positive_int, default=T.batch, help=f"global batch size (default {T.batch})")
@@ -59,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
     channels = {} if args.channels is None else {"channels": args.channels}  # the data decides; a mismatch is refused
     cfg = TrainConfig(
-        model=args.model, model_config={"hidden": args.hidden, "kernel_size": args.kernel_size, **channels, **args.model_config},
+        model=args.model, model_config={**_resolve_model_config(args), **channels},
         data=args.data, size=args.size, steps=args.steps, batch=args.batch, lr=args.lr, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, ema_decay=args.ema_decay, schedule=args.schedule, seed=args.seed,
         checkpoint_every=args.checkpoint_every, sample_every=args.sample_every, device=args.device,

@@ -1,0 +1,288 @@
+"""Bring your own model: diffusers UNet2DModel folders through the zoo entry, training, export, the runtime and back.
+
+A small UNet2DModel (two blocks, one with attention) saved with ``save_pretrained`` stands in for a
+user's folder; one bundle of it is exported per session (about a minute: the torch.export-based
+exporter traces diffusers' blocks). The full DDPM CIFAR-10 architecture is one slow test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers", reason="the diffusers extra (in the test extra) is not installed")
+from diffusers import (  # noqa: E402
+    DDIMPipeline,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    UNet2DModel,
+)
+
+import export  # noqa: E402
+import runtime  # noqa: E402
+import zoo  # noqa: E402
+from runtime.apps.cli import main  # noqa: E402
+from zoo.diffusers_unet import DDPM_CIFAR10, load_pretrained, save_pretrained, scheduler_schedule  # noqa: E402
+
+SMALL_UNET = dict(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
+                  down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                  norm_num_groups=8, attention_head_dim=8)
+
+
+def _folder(path, scheduler=None, seed=0, **unet):
+    torch.manual_seed(seed)
+    UNet2DModel(**{**SMALL_UNET, **unet}).save_pretrained(path)
+    if scheduler is not None:
+        scheduler.save_config(path)
+    return path
+
+
+def _ddim_images(folder, x_T: torch.Tensor, steps: int) -> np.ndarray:
+    """diffusers' own DDIMPipeline on the folder, from x_T (its generator draws x_T exactly as torch.randn does)."""
+    pipe = DDIMPipeline(UNet2DModel.from_pretrained(folder), DDIMScheduler.from_pretrained(folder))
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(batch_size=len(x_T), generator=torch.Generator().manual_seed(0), num_inference_steps=steps, eta=0.0,
+               output_type="np")
+    assert torch.equal(torch.randn(x_T.shape, generator=torch.Generator().manual_seed(0)), x_T)
+    return out.images.transpose(0, 3, 1, 2).astype(np.float64)  # (B, C, H, W) in [0, 1]
+
+
+def _to_unit(x) -> np.ndarray:
+    return (np.asarray(x, np.float64) / 2 + 0.5).clip(0, 1)
+
+
+def _fp64_drift(model, schedule, x_T, steps, clip_range) -> float:
+    """The eager sampler's own float32 error against float64 on these inputs: the yardstick of the bounds below."""
+    import copy
+
+    with torch.inference_mode():
+        x32 = zoo.sample(model, schedule, x_T, num_steps=steps, clip_range=clip_range)
+        x64 = zoo.sample(copy.deepcopy(model).double(), schedule, x_T.double(), num_steps=steps, clip_range=clip_range)
+    return float(np.abs(_to_unit(x32) - _to_unit(x64)).max())
+
+
+@pytest.fixture(scope="session")
+def folder(tmp_path_factory):
+    return _folder(tmp_path_factory.mktemp("diffusers") / "unet", DDIMScheduler(beta_schedule="squaredcos_cap_v2"))
+
+
+@pytest.fixture(scope="session")
+def diffusers_bundle(folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "diffusers"
+    assert main(["export", "--diffusers", str(folder), "--out", str(out)]) == 0
+    return out
+
+
+def test_a_folder_is_the_registered_entry_and_predicts_what_diffusers_predicts(folder):
+    p = load_pretrained(folder)
+    unet = UNet2DModel.from_pretrained(folder).eval()
+    x, t = torch.randn(3, 3, 8, 8), torch.tensor([0, 500, 999])
+    with torch.no_grad():
+        assert torch.equal(p.model(x, t), unet(x, t).sample)
+    assert p.model.name == "diffusers_unet" and "diffusers_unet" in zoo.available()
+    assert (p.schedule.name, p.clip_range, p.spacing) == ("cosine", 1.0, "leading")
+    config = dataclasses.asdict(p.model.config)  # what a manifest and a checkpoint store
+    assert json.loads(json.dumps(config)) == config
+    rebuilt = zoo.build("diffusers_unet", **config)
+    assert rebuilt.config == p.model.config and rebuilt.null_class is None
+    assert zoo.parameter_count("diffusers_unet", **config) == sum(q.numel() for q in unet.parameters())
+    with pytest.raises(ValueError, match=r"timesteps 0..1000 are out of range"):
+        p.model(x, torch.tensor([0, 1, 1000]))
+
+
+SCHEDULES = [
+    ({"beta_schedule": "linear"}, "linear"),
+    ({"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}, "scaled_linear"),
+    ({"beta_schedule": "squaredcos_cap_v2"}, "cosine"),
+    ({"trained_betas": np.linspace(1e-4, 0.03, 500).tolist(), "num_train_timesteps": 500}, "trained"),
+]
+
+
+@pytest.mark.parametrize("cls", [DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler])
+@pytest.mark.parametrize("kwargs,name", SCHEDULES)
+def test_scheduler_configs_map_onto_the_same_alpha_bars(cls, kwargs, name, tmp_path):
+    scheduler = cls(**kwargs)
+    scheduler.save_config(tmp_path)  # as a user's folder holds it: every key this diffusers version writes
+    schedule, clip, spacing = scheduler_schedule(json.loads((tmp_path / "scheduler_config.json").read_text()))
+    assert schedule.name == name and schedule.num_train_timesteps == scheduler.config.num_train_timesteps
+    # diffusers computes in float32, diffzoo in float64: they agree to float32's rounding
+    np.testing.assert_allclose(schedule.alphas_cumprod, scheduler.alphas_cumprod.double().numpy(), rtol=2e-6, atol=1e-7)
+    assert clip == (None if cls is DPMSolverMultistepScheduler else 1.0)
+    assert spacing == scheduler.config.timestep_spacing
+    assert scheduler_schedule({**scheduler.config, "clip_sample": False} if cls is not DPMSolverMultistepScheduler
+                              else dict(scheduler.config))[1] is None
+
+
+@pytest.mark.parametrize("change,key", [
+    ({"prediction_type": "v_prediction"}, "prediction_type"),
+    ({"prediction_type": "sample"}, "prediction_type"),
+    ({"beta_schedule": "sigmoid"}, "beta_schedule"),
+    ({"thresholding": True}, "thresholding"),
+    ({"_class_name": "PNDMScheduler"}, "_class_name"),
+    ({"timestep_spacing": "karras"}, "timestep_spacing"),
+    ({"steps_offset": 1}, "steps_offset"),
+    ({"skip_prk_steps": True}, "skip_prk_steps"),
+])
+def test_scheduler_keys_diffzoo_cannot_honour_are_refused_by_name(change, key):
+    config = {**DDIMScheduler().config, **change}
+    with pytest.raises(ValueError, match=rf"my.json: .*{key}"):
+        scheduler_schedule(config, "my.json")
+
+
+def test_export_from_a_folder_verifies_every_artifact_and_samples_in_every_mode(diffusers_bundle, folder):
+    m = export.load_manifest(diffusers_bundle)
+    assert m["model"]["name"] == "diffusers_unet" and m["schedule"]["name"] == "cosine" and m["clip_range"] == 1.0
+    assert m["extra"]["diffusers"]["spacing"] == "leading" and m["data"]["shape"] == [3, 8, 8]
+    assert len(m["verification"]) == 14 and all(c["passed"] and c["atol_source"] == "derived" for c in m["verification"])
+    for solver in ("ddim", "dpmpp_2m"):  # every mode against the eager UNet2DModel, within the derived bounds
+        report = runtime.parity(diffusers_bundle, provider="cpu", num_steps=6, batch=2, solver=solver)
+        assert report.passed, report.format_table()
+    model, schedule, _ = export.load_model(diffusers_bundle)
+    assert torch.equal(model.unet.conv_in.weight, UNet2DModel.from_pretrained(folder).conv_in.weight)
+
+
+def test_the_bundle_samples_the_images_diffusers_ddim_loop_samples(diffusers_bundle, folder):
+    x_T = torch.randn((4, 3, 8, 8), generator=torch.Generator().manual_seed(0))
+    theirs = _ddim_images(folder, x_T, steps=10)
+    sampler = runtime.load(diffusers_bundle, provider="cpu")
+    for mode in ("loop", "fused", "step"):
+        ours = _to_unit(sampler.run_batch(x_T.numpy(), sampler.timesteps(10), None, 0.0, mode))
+        p = load_pretrained(folder)
+        bound = 10 * _fp64_drift(p.model, p.schedule, x_T, 10, p.clip_range) + 1e-5
+        assert np.abs(ours - theirs).max() <= bound, (mode, np.abs(ours - theirs).max(), bound)
+
+
+def test_dpm_solver_matches_diffusers_multistep_scheduler(folder):
+    """diffzoo's DPM-Solver++(2M) on diffusers' timestep grid computes DPMSolverMultistepScheduler's images
+    (which clip nothing: clip_range None, as a DPM-Solver scheduler config maps to)."""
+    import copy
+
+    from zoo.solvers import solve
+
+    p = load_pretrained(folder)
+    s = DPMSolverMultistepScheduler.from_config(DDIMScheduler.load_config(folder))
+    s.set_timesteps(8)
+    x_T = torch.randn((2, 3, 8, 8), generator=torch.Generator().manual_seed(1))
+    x = x_T.clone()
+    with torch.inference_mode():
+        for t in s.timesteps:
+            x = s.step(p.model.unet(x, t).sample, t, x).prev_sample
+        ts = s.timesteps.numpy().astype(np.int64)
+        ours, ours64 = (solve("dpmpp_2m", lambda x, t, m=m: m(x, torch.full((len(x),), t)), x_T.to(dtype), ts,
+                              torch.tensor(p.schedule.alphas_cumprod).to(dtype), clip_range=None)
+                        for m, dtype in ((p.model, torch.float32), (copy.deepcopy(p.model).double(), torch.float64)))
+    bound = 10 * float((ours.double() - ours64).abs().max())  # the eager sampler's own float32 error, as for export
+    assert float((ours - x).abs().max()) <= bound, (float((ours - x).abs().max()), bound)
+
+
+def test_train_a_diffusers_unet_and_write_it_back_for_diffusers(folder, tmp_path, capsys):
+    run, out = tmp_path / "run", tmp_path / "back"
+    assert main(["train", "--model", "diffusers_unet", "--model-config", str(folder / "config.json"), "--data", "digits",
+                 "--size", "8", "--steps", "30", "--batch", "16", "--lr", "2e-3", "--out", str(run)]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model_config"]["unet"]["block_out_channels"] == [16, 32]
+    assert main(["export", "--checkpoint", str(run), "--to-diffusers", "--out", str(out)]) == 0
+    unet = UNet2DModel.from_pretrained(out).eval()
+    assert unet.config.in_channels == unet.config.out_channels == 1
+    model, schedule, _ = zoo.weights.load_weights(run / "last" / "ema.safetensors")
+    assert model.config.channels == 1  # the data decides: in_channels and out_channels follow it
+    assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), model.unet.state_dict().values(), strict=True))
+    x_T = torch.randn((4, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    theirs = _ddim_images(out, x_T, steps=20)
+    with torch.inference_mode():
+        ours = _to_unit(zoo.sample(model, schedule, x_T, num_steps=20))
+    bound = 10 * _fp64_drift(model, schedule, x_T, 20, 1.0) + 1e-5
+    assert np.abs(ours - theirs).max() <= bound, (np.abs(ours - theirs).max(), bound)
+    assert main(["export", "--checkpoint", str(run), "--to-diffusers", "--out", str(out)]) == 2  # never overwritten
+    assert "is not an empty directory" in capsys.readouterr().err
+
+
+def test_a_class_conditional_unet_takes_guided_generations_inputs(tmp_path):
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(SMALL_UNET))
+    assert main(["train", "--model", "diffusers_unet", "--model-config", str(config), "--data", "digits", "--conditional",
+                 "--size", "8", "--steps", "4", "--batch", "8", "--out", str(run)]) == 0
+    model, _, _ = zoo.weights.load_weights(run / "last" / "ema.safetensors")
+    assert model.config.num_classes == 10 and model.unet.config.num_class_embeds == 11 and model.null_class == 10
+    assert main(["export", "--checkpoint", str(run), "--out", str(bundle), "--formats", "onnx", "--solvers", "ddim"]) == 0
+    m = export.load_manifest(bundle)
+    assert m["classes"]["count"] == 10 and all(c["passed"] for c in m["verification"])
+    report = runtime.parity(bundle, provider="cpu", num_steps=4, batch=3, labels=np.array([0, 3, 9]),
+                            guidance=np.array([1.0, 3.0, 0.0], np.float32), modes=["loop", "fused"])
+    assert report.passed, report.format_table()
+
+
+def _bad(tmp_path, capsys, *argv) -> str:
+    assert main(["export", *argv, "--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and not (tmp_path / "never").exists(), err
+    return err
+
+
+def test_bad_folders_are_one_line_naming_the_file_and_key(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "empty/config.json' does not exist" in _bad(tmp_path, capsys, "--diffusers", str(empty))
+    for cls in ("UNet2DConditionModel", "AutoencoderKL"):
+        other = tmp_path / cls
+        other.mkdir()
+        (other / "config.json").write_text(json.dumps({"_class_name": cls, "in_channels": 4}))
+        err = _bad(tmp_path, capsys, "--diffusers", str(other))
+        assert f"{cls}/config.json': _class_name='{cls}' is not supported" in err
+    mismatched = _folder(tmp_path / "mismatched")
+    config = json.loads((mismatched / "config.json").read_text())
+    (mismatched / "config.json").write_text(json.dumps({**config, "block_out_channels": [16, 48]}))
+    err = _bad(tmp_path, capsys, "--diffusers", str(mismatched))
+    assert "diffusion_pytorch_model.safetensors' does not match" in err and "config.json" in err and "size mismatch" in err
+    vpred = _folder(tmp_path / "vpred", DDIMScheduler(prediction_type="v_prediction"))
+    err = _bad(tmp_path, capsys, "--diffusers", str(vpred))
+    assert "scheduler_config.json': prediction_type='v_prediction' is not supported" in err
+    pndm = _folder(tmp_path / "pndm")
+    (pndm / "scheduler_config.json").write_text(json.dumps({"_class_name": "PNDMScheduler", "beta_schedule": "linear"}))
+    assert "_class_name='PNDMScheduler' is not supported" in _bad(tmp_path, capsys, "--diffusers", str(pndm))
+    sigmoid = _folder(tmp_path / "sigmoid", DDPMScheduler(beta_schedule="sigmoid"))
+    assert "beta_schedule='sigmoid' is not supported" in _bad(tmp_path, capsys, "--diffusers", str(sigmoid))
+    pickled = _folder(tmp_path / "pickled")
+    (pickled / "diffusion_pytorch_model.safetensors").rename(pickled / "diffusion_pytorch_model.bin")
+    assert "a .bin is a pickle, which diffzoo does not load" in _bad(tmp_path, capsys, "--diffusers", str(pickled))
+    fourier = _folder(tmp_path / "fourier")
+    (fourier / "config.json").write_text(json.dumps({**config, "time_embedding_type": "fourier"}))
+    assert "time_embedding_type='fourier' is not supported" in _bad(tmp_path, capsys, "--diffusers", str(fourier))
+    assert "--diffusers and --checkpoint each name a model" in _bad(tmp_path, capsys, "--diffusers", str(vpred),
+                                                                    "--checkpoint", str(vpred))
+    with pytest.raises(ValueError, match="only a 'diffusers_unet' model can be written as a diffusers folder; this is 'unet'"):
+        save_pretrained(zoo.build("unet", hidden=8), zoo.linear_schedule(), tmp_path / "nope")
+    assert main(["train", "--model", "diffusers_unet", "--hidden", "32", "--out", str(tmp_path / "r")]) == 2
+    assert "--hidden 32 does not apply to the 'diffusers_unet' model" in capsys.readouterr().err
+
+
+def test_without_diffusers_the_cli_names_the_extra(folder, tmp_path):
+    code = ("import sys; sys.modules['diffusers'] = None\nfrom runtime.apps.cli import main\n"
+            f"sys.exit(main(['export', '--diffusers', {str(folder)!r}, '--out', {str(tmp_path / 'b')!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "pip install 'diffzoo[diffusers]'" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_the_ddpm_cifar10_architecture_exports_and_samples_in_every_mode(tmp_path):
+    """Full size: 35.7 M parameters, attention at 16x16, 32x32 RGB (random init: nothing can be downloaded here)."""
+    folder = tmp_path / "ddpm-cifar10"
+    torch.manual_seed(0)
+    UNet2DModel(**DDPM_CIFAR10).save_pretrained(folder)
+    DDPMScheduler().save_config(folder)
+    p = load_pretrained(folder)
+    assert zoo.parameter_count("diffusers_unet", **dataclasses.asdict(p.model.config)) == 35_746_307
+    b = export.export_bundle(p.model, tmp_path / "bundle", schedule=p.schedule, clip_range=p.clip_range,
+                             example_shape=(3, 32, 32), formats=["onnx"])
+    assert all(c["passed"] and c["atol_source"] == "derived" for c in b.checks)
+    for solver in ("ddim", "dpmpp_2m"):
+        report = runtime.parity(b.path, provider="cpu", num_steps=3, batch=1, solver=solver)
+        assert report.passed, report.format_table()

@@ -1,0 +1,336 @@
+"""Bring your own model: a diffusers ``UNet2DModel`` as the zoo's ``"diffusers_unet"`` entry, read from and written to folders.
+
+A folder is what ``UNet2DModel.save_pretrained`` writes (``config.json`` and
+``diffusion_pytorch_model.safetensors``), optionally with a ``scheduler_config.json`` beside it, or a
+pipeline folder (``model_index.json``, ``unet/``, ``scheduler/``). ``load_pretrained`` turns one into
+the zoo model, its ``Schedule`` and its x0 clip; ``save_pretrained`` writes a zoo model back as a
+folder that ``UNet2DModel.from_pretrained`` and diffusers' ``DDIMScheduler.from_pretrained`` load.
+
+Only epsilon prediction is supported: diffzoo's training loss, both solvers and every exported graph
+take the network's output as eps, so a "v_prediction" or "sample" model is refused with that reason
+rather than converted (the conversion needs the schedule inside the network, at a cost in precision
+near t = 0 for "sample"). Weights are read from safetensors only: a ``.bin`` file is a pickle.
+
+diffusers is imported on first use (the ``diffusers`` extra); without it, building this entry is
+one ``ModuleNotFoundError`` naming the extra.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoo.configs import DiffusersUNetConfig
+from zoo.diffusion import SPACINGS
+from zoo.files import output_lock, staged_dir
+from zoo.models import _Denoiser, check_labels, check_timesteps
+from zoo.schedules import Schedule, cosine_schedule, make_schedule
+
+__all__ = ["DiffusersUNet", "Pretrained", "load_pretrained", "save_pretrained", "scheduler_schedule", "SCHEDULERS",
+           "EXTRA", "CONFIG_NAME", "WEIGHTS_NAME", "SCHEDULER_NAME", "DDPM_CIFAR10"]
+
+EXTRA = "diffusers is not installed: pip install 'diffzoo[diffusers]' (or pip install diffusers)"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+SCHEDULER_NAME = "scheduler_config.json"
+
+# The DDPM CIFAR-10 architecture (Ho et al. 2020; google/ddpm-cifar10-32's config.json): 35,746,307 parameters,
+# self-attention at 16x16, 32x32 RGB. The full-size benchmark and slow test build it with a random init.
+DDPM_CIFAR10 = {
+    "sample_size": 32, "in_channels": 3, "out_channels": 3, "layers_per_block": 2,
+    "block_out_channels": [128, 256, 256, 256],
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+    "norm_num_groups": 32, "norm_eps": 1e-6, "downsample_padding": 0, "flip_sin_to_cos": False, "freq_shift": 1,
+    "attention_head_dim": None,
+}
+
+
+def _unet_class():
+    try:
+        from diffusers import UNet2DModel
+    except ImportError:
+        raise ModuleNotFoundError(EXTRA, name="diffusers") from None
+    return UNet2DModel
+
+
+class DiffusersUNet(_Denoiser):
+    """``forward(x, t[, labels]) -> eps``: a diffusers ``UNet2DModel`` (``self.unet``) under the zoo's model interface.
+
+    ``labels`` are class indices 0..K (K: the null class) for a class-conditional unet
+    (``num_class_embeds = K + 1``); a conditional model without labels predicts for the null class.
+    """
+
+    name = "diffusers_unet"
+    config_class = DiffusersUNetConfig
+    supports_int8 = False
+    int8_note = "its GroupNorm layers and attention sit between the convolutions (as for 'unet')"
+
+    def __init__(self, config: DiffusersUNetConfig) -> None:
+        super().__init__(config)
+        cls = _unet_class()
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(config.unet) - accepted)
+        if unknown:
+            raise ValueError(f"unknown UNet2DModel config key(s) {unknown} for diffusers "
+                             f"{_diffusers_version()}: accepted are {sorted(accepted)}")
+        try:
+            self.unet = cls(**config.unet)
+        except (TypeError, ValueError, AssertionError, AttributeError, KeyError) as e:
+            raise ValueError(f"the UNet2DModel config is invalid: {_first_line(e)}") from None
+
+    @property
+    def null_class(self) -> int | None:
+        return self.config.num_classes or None
+
+    @property
+    def size_multiple(self) -> int:
+        return self.config.size_multiple
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        check_timesteps(t, self.config.num_train_timesteps)
+        if self.config.num_classes:
+            if labels is None:
+                labels = torch.full_like(t, self.config.num_classes)
+            check_labels(labels, self.config.num_classes)
+        elif labels is not None:
+            raise ValueError("labels were given to an unconditional model (num_class_embeds is unset)")
+        return self.unet(x, t, class_labels=labels, return_dict=False)[0]  # (B, C, H, W)
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+# --- schedulers ---------------------------------------------------------------------------------------------
+
+# The diffusers schedulers whose configs map onto a diffzoo schedule, with the default of clip_sample
+# (the x0 clamp; DPM-Solver has none: its thresholding is refused below).
+SCHEDULERS = {"DDPMScheduler": True, "DDIMScheduler": True, "DPMSolverMultistepScheduler": None}
+
+# Keys diffzoo honours only at one value (the math its solvers implement); any other value is refused by name.
+_FIXED: dict[str, tuple[Any, str]] = {
+    "prediction_type": ("epsilon", "diffzoo's training loss, solvers and graphs take the network's output as eps; "
+                                   "'v_prediction' and 'sample' models are not supported"),
+    "thresholding": (False, "dynamic thresholding is not implemented; clip_sample is"),
+    "rescale_betas_zero_snr": (False, "zero-terminal-SNR rescaling is not implemented"),
+    "steps_offset": (0, "diffzoo's spacings start at timestep 0"),
+    "set_alpha_to_one": (True, "diffzoo's last DDIM step goes to alpha-bar 1"),
+    "variance_type": ("fixed_small", "diffzoo's eta = 1 DDIM is DDPM with the fixed_small variance"),
+    "solver_order": (2, "diffzoo's DPM-Solver++ is the second-order multistep (2M)"),
+    "algorithm_type": ("dpmsolver++", "diffzoo implements DPM-Solver++ (data prediction)"),
+    "solver_type": ("midpoint", "diffzoo's DPM-Solver++(2M) uses the midpoint update"),
+    "final_sigmas_type": ("zero", "diffzoo's last step goes to sigma 0"),
+    "euler_at_final": (False, "diffzoo's last DPM-Solver++ step is first order only because it is the last"),
+    "use_karras_sigmas": (False, "diffzoo's solvers step on the timestep grid"),
+    "use_exponential_sigmas": (False, "diffzoo's solvers step on the timestep grid"),
+    "use_beta_sigmas": (False, "diffzoo's solvers step on the timestep grid"),
+    "use_lu_lambdas": (False, "diffzoo's solvers step on the timestep grid"),
+    "use_flow_sigmas": (False, "flow-matching sigmas are not supported"),
+    "use_dynamic_shifting": (False, "dynamic shifting is not supported"),
+    "lambda_min_clipped": (-math.inf, "diffzoo does not clip lambda"),
+}
+# Keys that only matter with a setting refused above, or that every value of leaves the schedule as it is.
+_INERT = ("dynamic_thresholding_ratio", "sample_max_value", "flow_shift", "time_shift_type", "lower_order_final")
+_MAPPED = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "clip_sample",
+           "clip_sample_range", "timestep_spacing")
+# diffusers' beta_schedule -> diffzoo's schedule (squaredcos_cap_v2 is Improved DDPM's cosine, s 0.008, max_beta 0.999)
+_BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
+
+
+def scheduler_schedule(config: dict[str, Any], source: str = "scheduler config") -> tuple[Schedule, float | None, str]:
+    """``(schedule, clip_range, spacing)`` of a diffusers DDPM / DDIM / DPM-Solver scheduler config.
+
+    ``clip_range`` is the x0 clamp (``clip_sample_range``, or None without ``clip_sample``);
+    ``spacing`` the config's ``timestep_spacing``, which ``diffzoo sample --spacing`` reproduces.
+    Raises ``ValueError`` naming ``source`` and the key it cannot honour.
+    """
+    def bad(key: str, why: str) -> ValueError:
+        return ValueError(f"{source}: {key}={config.get(key)!r} is not supported: {why}")
+
+    cls = config.get("_class_name")
+    if cls is not None and cls not in SCHEDULERS:
+        raise bad("_class_name", f"expected one of {sorted(SCHEDULERS)}")
+    known = set(_FIXED) | set(_INERT) | set(_MAPPED)
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {unknown}: diffzoo understands {sorted(known)}")
+    for key, (value, why) in _FIXED.items():
+        got = config.get(key, value)
+        if key == "variance_type" and got is None:  # DPM-Solver's default
+            continue
+        if got != value:
+            raise bad(key, f"expected {value!r}: {why}")
+    T = config.get("num_train_timesteps", 1000)
+    try:
+        if config.get("trained_betas") is not None:
+            schedule = make_schedule("trained", betas=config["trained_betas"], num_train_timesteps=T)
+        else:
+            kind = config.get("beta_schedule", "linear")
+            if kind not in _BETA_SCHEDULES:
+                raise bad("beta_schedule", f"expected one of {sorted(_BETA_SCHEDULES)}, or trained_betas")
+            if kind == "squaredcos_cap_v2":
+                schedule = cosine_schedule(T, s=0.008, max_beta=0.999)
+            else:
+                schedule = make_schedule(_BETA_SCHEDULES[kind], num_train_timesteps=T, beta_start=config.get("beta_start", 0.0001),
+                                         beta_end=config.get("beta_end", 0.02))
+    except (TypeError, ValueError) as e:
+        if str(e).startswith(source):
+            raise
+        raise ValueError(f"{source}: {e}") from None
+    clip = config.get("clip_sample", SCHEDULERS.get(cls, True))
+    if clip and cls == "DPMSolverMultistepScheduler":
+        raise bad("clip_sample", "DPM-Solver has no clip_sample")
+    clip_range = float(config.get("clip_sample_range", 1.0)) if clip else None
+    if clip_range is not None and not clip_range > 0:
+        raise bad("clip_sample_range", "expected a positive number")
+    spacing = config.get("timestep_spacing", "linspace" if cls == "DPMSolverMultistepScheduler" else "leading")
+    if spacing not in SPACINGS:
+        raise bad("timestep_spacing", f"expected one of {sorted(SPACINGS)}")
+    return schedule, clip_range, spacing
+
+
+def _scheduler_config(schedule: Schedule, clip_range: float | None) -> dict[str, Any]:
+    """A DDIMScheduler config that computes ``schedule`` (named where diffusers has the name, else its betas)."""
+    p = schedule.params
+    if schedule.name in ("linear", "scaled_linear"):
+        betas = {"beta_schedule": schedule.name, "beta_start": p["beta_start"], "beta_end": p["beta_end"]}
+    elif schedule.name == "cosine" and (p["s"], p["max_beta"]) == (0.008, 0.999):
+        betas = {"beta_schedule": "squaredcos_cap_v2"}
+    else:
+        betas = {"trained_betas": schedule.betas.tolist()}
+    return {"num_train_timesteps": schedule.num_train_timesteps, **betas, "clip_sample": clip_range is not None,
+            "clip_sample_range": clip_range or 1.0, "prediction_type": "epsilon", "timestep_spacing": "leading",
+            "set_alpha_to_one": True, "steps_offset": 0}
+
+
+# --- folders -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """What a diffusers folder holds, as diffzoo uses it: the model, its schedule, x0 clip and default spacing."""
+
+    model: DiffusersUNet
+    schedule: Schedule
+    clip_range: float | None
+    spacing: str
+    source: dict[str, Any]  # where each part came from (recorded in a bundle's manifest)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{str(path)!r} is not a readable JSON config: {_first_line(e)}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{str(path)!r} is not a config: expected a JSON object")
+    return data
+
+
+def _layout(folder: Path) -> tuple[Path, Path | None]:
+    """(the UNet's folder, the scheduler config or None) of a UNet folder or a pipeline folder."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{str(folder)!r} is not a directory: expected a diffusers UNet2DModel folder "
+                                "(save_pretrained's config.json and diffusion_pytorch_model.safetensors)")
+    if (folder / "model_index.json").is_file() and (folder / "unet").is_dir():  # a pipeline: unet/ and scheduler/
+        unet, scheduler = folder / "unet", folder / "scheduler" / SCHEDULER_NAME
+    else:
+        unet, scheduler = folder, folder / SCHEDULER_NAME
+    if not (unet / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{str(unet / CONFIG_NAME)!r} does not exist: expected a diffusers UNet2DModel folder "
+                                "(save_pretrained's config.json and diffusion_pytorch_model.safetensors)")
+    return unet, scheduler if scheduler.is_file() else None
+
+
+def load_pretrained(folder: str | os.PathLike) -> Pretrained:
+    """A diffusers ``UNet2DModel`` folder (or pipeline folder) as the ``"diffusers_unet"`` zoo model, in eval mode.
+
+    The schedule comes from ``scheduler_config.json`` (DDPM, DDIM or DPM-Solver; see
+    ``scheduler_schedule``); without one, DDPMScheduler's defaults (linear 1e-4..0.02, T = 1000,
+    clip 1.0) as diffusers' ``DDPMPipeline`` would use. Every refusal is one ``ValueError`` (or
+    ``FileNotFoundError``) naming the file and the key.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    unet_dir, scheduler_path = _layout(Path(folder))
+    config_path = unet_dir / CONFIG_NAME
+    unet = _read_json(config_path)
+    cls = unet.get("_class_name", "UNet2DModel")
+    if cls != "UNet2DModel":
+        raise ValueError(f"{str(config_path)!r}: _class_name={cls!r} is not supported: diffzoo imports diffusers' "
+                         "'UNet2DModel' (a pixel-space epsilon predictor)")
+    if scheduler_path is not None:
+        schedule, clip_range, spacing = scheduler_schedule(_read_json(scheduler_path), repr(str(scheduler_path)))
+    else:
+        schedule, clip_range, spacing = scheduler_schedule({"_class_name": "DDPMScheduler"}, "DDPMScheduler's defaults")
+    weights = unet_dir / WEIGHTS_NAME
+    if not weights.is_file():
+        found = sorted(p.name for p in unet_dir.iterdir() if p.name.startswith("diffusion_pytorch_model"))
+        why = (f"only {found} there: a .bin is a pickle, which diffzoo does not load; re-save with "
+               "save_pretrained(..., safe_serialization=True)" if found else "save_pretrained writes it")
+        raise FileNotFoundError(f"{str(weights)!r} does not exist ({why})")
+    try:
+        config = DiffusersUNetConfig(unet=unet, num_train_timesteps=schedule.num_train_timesteps)
+        from zoo.registry import build
+
+        model = build("diffusers_unet", **dataclasses.asdict(config))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{str(config_path)!r}: {_first_line(e)}") from None
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{str(weights)!r} is not a readable safetensors file: {_first_line(e)}") from None
+    try:
+        model.unet.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:400]
+        raise ValueError(f"{str(weights)!r} does not match {str(config_path)!r}: {detail}") from None
+    source = {"diffusers": str(Path(folder).resolve()), "scheduler": str(scheduler_path) if scheduler_path else None,
+              "spacing": spacing, "diffusers_version": unet.get("_diffusers_version")}
+    return Pretrained(model.eval(), schedule, clip_range, spacing, source)
+
+
+def save_pretrained(model: torch.nn.Module, schedule: Schedule, out: str | os.PathLike, clip_range: float | None = 1.0,
+                    force: bool = False) -> Path:
+    """Write a ``"diffusers_unet"`` model as a diffusers folder: ``UNet2DModel.save_pretrained`` plus a DDIM
+    ``scheduler_config.json`` of ``schedule`` and ``clip_range``; staged and renamed, never partial.
+
+    diffusers' ``DDIMScheduler`` with that config and ``DDIMPipeline`` sample what diffzoo's DDIM
+    ("leading" spacing) samples, within float32 rounding (diffusers computes the betas in float32).
+    """
+    if getattr(model, "name", None) != DiffusersUNet.name:
+        raise ValueError(f"only a 'diffusers_unet' model can be written as a diffusers folder; this is "
+                         f"{getattr(model, 'name', type(model).__name__)!r} (export it as a bundle instead)")
+    if schedule.num_train_timesteps != model.config.num_train_timesteps:
+        raise ValueError(f"the schedule has T={schedule.num_train_timesteps} but the model was built for "
+                         f"num_train_timesteps={model.config.num_train_timesteps}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise FileExistsError(f"{str(out)!r} exists and is not an empty directory: choose another, or pass force=True (--force)")
+    if out.exists() and force and out.is_dir() and any(out.iterdir()) and not (out / CONFIG_NAME).is_file():
+        raise FileExistsError(f"{str(out)!r} is not a diffusers folder (no config.json): --force replaces those only, "
+                              "and nothing was deleted")
+    _unet_class()  # diffusers installed, or one error naming the extra
+    from diffusers import DDIMScheduler
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(out), staged_dir(out) as tmp:
+        model.unet.save_pretrained(tmp, safe_serialization=True)
+        DDIMScheduler(**_scheduler_config(schedule, clip_range)).save_config(tmp)
+    return out
