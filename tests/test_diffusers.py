@@ -286,3 +286,18 @@ def test_the_ddpm_cifar10_architecture_exports_and_samples_in_every_mode(tmp_pat
     for solver in ("ddim", "dpmpp_2m"):
         report = runtime.parity(b.path, provider="cpu", num_steps=3, batch=1, solver=solver)
         assert report.passed, report.format_table()
+
+
+@pytest.mark.slow
+def test_the_peer_bench_times_every_loop_on_diffusers_grid(folder, tmp_path, capsys):
+    out = tmp_path / "peer.json"
+    assert main(["bench", "--diffusers", str(folder), "--batches", "2", "--repeats", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    f = res["footprint"]
+    assert f["bundle_mb"] > 0 and f["export_peak_rss_mb"] > 0 and set(f["sample_peak_rss_mb"]) == {"loop", "fused", "step"}
+    assert [(r["batch"], r["solver"], r["steps"]) for r in res["runs"]] == [(2, "ddim", 50), (2, "dpmpp_2m", 20)]
+    for r in res["runs"]:
+        assert set(r["backends"]) == {"diffusers", "diffusers-compile", "diffzoo-loop", "diffzoo-fused", "diffzoo-step"}
+        assert r["backends"]["diffusers"]["vs_diffusers"] == 1.0
+        assert all(np.isfinite(b["drift_vs_diffusers"]) and b["median_s"] > 0 for b in r["backends"].values())
+    assert "fastest diffzoo mode" in capsys.readouterr().out

@@ -339,24 +339,32 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda s: None
         torch.set_num_threads(threads_before)  # the thread count is process-global: give it back
 
 
-def _time_backends(backends: dict[str, Callable[[], np.ndarray]], repeats: int, progress: Callable[[str], None]):
+def _time_backends(backends: dict[str, Callable[[], np.ndarray]], repeats: int, progress: Callable[[str], None],
+                   warm_ups: dict[str, Callable[[], Any]] | None = None):
     """(outputs, warm-up seconds, peak RSS, timed seconds per repeat) of each backend.
 
     Round-robin repeats: a change of load on this shared machine hits every backend alike,
-    instead of whichever backend happened to be running at the time.
+    instead of whichever backend happened to be running at the time. ``warm_ups``: a cheaper call
+    per backend that warms it as well (the same shapes on fewer steps); the outputs are then the
+    first timed run's.
     """
     warm, outputs, rss = {}, {}, {}
     for name, fn in backends.items():
         progress(f"{name}: warm-up")
         t0 = time.perf_counter()
-        outputs[name] = fn()  # compilation, session creation, autotuning: not counted
+        out = (warm_ups or {}).get(name, fn)()  # compilation, session creation, autotuning: not counted
         warm[name] = time.perf_counter() - t0
+        if warm_ups is None:
+            outputs[name] = out
         rss[name] = _peak_rss_mb()
     times: dict[str, list[float]] = {name: [] for name in backends}
     for r in range(repeats):
         progress(f"repeat {r + 1}/{repeats}")
         for name, fn in backends.items():
-            times[name].append(_timed(fn))
+            t0 = time.perf_counter()
+            out = fn()
+            times[name].append(time.perf_counter() - t0)
+            outputs.setdefault(name, out)
     return outputs, warm, rss, times
 
 

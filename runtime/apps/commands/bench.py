@@ -36,6 +36,12 @@ def register(sub) -> None:
                    help="serving under load instead: `diffzoo serve` on loopback at concurrency 1/4/16/64, dynamic batching "
                         "on and off, against Sampler.sample at the batch it formed (--checkpoint: a bundle or run; else the "
                         "random init of --model/--hidden/--size; --steps, --solver, --repeats rounds, --requests)")
+    p.add_argument("--diffusers", default=None, metavar="DIR",
+                   help="the peer benchmark instead: a diffusers UNet2DModel folder (or 'ddpm-cifar10': that architecture, "
+                        "random init) sampled by diffusers' own DDIM / DPM-Solver++ loops, torch.compile of them, and "
+                        "diffzoo's loop, fused and step modes; with export time, bundle size, session creation and peak "
+                        "memory (--batches, --repeats, --threads; DDIM 50 and DPM-Solver++ 20 steps)")
+    p.add_argument("--batches", default="1,16", help="with --diffusers: comma-separated batch sizes (default 1,16)")
     p.add_argument("--requests", type=positive_int, default=64,
                    help="with --serve: requests per point, at least 4 per client (default 64)")
     p.add_argument("--data", default=None, help="with --quality: data spec to measure against (default: the run's)")
@@ -52,14 +58,15 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from zoo.diffusion import check_guidance
 
-    if sum((args.quality, args.allocator, args.serve)) > 1:
-        raise ValueError("--quality, --allocator and --serve are separate benchmarks: choose one")
+    if sum((args.quality, args.allocator, args.serve, args.diffusers is not None)) > 1:
+        raise ValueError("--quality, --allocator, --serve and --diffusers are separate benchmarks: choose one")
     if args.classes and args.checkpoint:
         raise ValueError("--classes makes the random init class-conditional; a --checkpoint knows its own classes")
     check_guidance(args.guidance, 1, True)
     if args.json and not Path(args.json).absolute().parent.is_dir():
         raise FileNotFoundError(f"the directory of {args.json!r} does not exist")
-    run_one = _quality if args.quality else _allocator if args.allocator else _serve if args.serve else _backends
+    run_one = (_quality if args.quality else _allocator if args.allocator else _serve if args.serve
+               else _peer if args.diffusers is not None else _backends)
     res = run_one(args)
     if args.json:
         write_json(args.json, res)
@@ -76,6 +83,26 @@ def _allocator(args: argparse.Namespace) -> dict:
     _command_line()
     res = run_allocator_bench(repeats=args.repeats, threads=args.threads, progress=say)
     print(format_allocator_bench(res))
+    return res
+
+
+def _peer(args: argparse.Namespace) -> dict:
+    """diffusers' own sampling loops against the bundle of the same folder (runtime.apps.bench.peer)."""
+    from runtime.apps.bench.peer import DDPM_CIFAR10_SOURCE, PeerConfig, format_peer_bench, run_peer_bench
+
+    batches = []
+    for item in filter(None, (b.strip() for b in args.batches.split(","))):
+        if not item.isdigit() or int(item) < 1:
+            raise ValueError(f"--batches {args.batches!r} is invalid: expected comma-separated integers >= 1 (e.g. 1,16)")
+        batches.append(int(item))
+    if args.diffusers != DDPM_CIFAR10_SOURCE:
+        from zoo.diffusers_unet import load_pretrained
+
+        load_pretrained(args.diffusers)  # a refused folder is one line before any work
+    _command_line()
+    res = run_peer_bench(PeerConfig(source=args.diffusers, batches=tuple(batches or (1,)), threads=args.threads,
+                                    repeats=args.repeats), progress=say)
+    print(format_peer_bench(res))
     return res
 
 
