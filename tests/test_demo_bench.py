@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from PIL import Image
+import torch
 
 import zoo
 from runtime.apps.bench.speed import (
@@ -75,6 +76,11 @@ def test_conv_flops_counts_direct_convolution():
     per_pixel = 2 * 9 * (4 * 64 + 4 * 64 * 64 + 64 * 3)
     assert conv_flops(m, 32, 32) == per_pixel * 32 * 32
     assert conv_flops(zoo.build("conv", hidden=8, kernel_size=5), 4, 4) == 2 * 25 * (4 * 8 + 8 * 8 * 2 + 8 * 3) * 16
+    # a U-Net's lower level runs at a quarter of the pixels: its convolutions count there, not at full size
+    unet = zoo.build("unet", hidden=8, levels=2)
+    convs = [c for c in unet.modules() if isinstance(c, torch.nn.Conv2d)]
+    full_size = sum(2 * c.in_channels * c.out_channels * c.kernel_size[0] * c.kernel_size[1] * 64 for c in convs)
+    assert conv_flops(unet, 16, 16) == 4 * conv_flops(unet, 8, 8) and conv_flops(unet, 8, 8) < 0.6 * full_size
 
 
 def test_bench_reports_every_backend(tmp_path, capsys):

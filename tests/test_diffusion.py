@@ -42,7 +42,7 @@ def test_schedule_json_roundtrip(sched):
 
 
 def test_schedule_errors():
-    with pytest.raises(ValueError, match=r"unknown schedule 'sigmoid'.*\['cosine', 'linear'\]"):
+    with pytest.raises(ValueError, match=r"unknown schedule 'sigmoid'.*\['cosine', 'linear', 'scaled_linear', 'trained'\]"):
         zoo.make_schedule("sigmoid")
     with pytest.raises(TypeError, match=r"'beta'.*accepted"):
         zoo.make_schedule("linear", beta=1)
@@ -52,6 +52,17 @@ def test_schedule_errors():
         zoo.linear_schedule(10, beta_start=0.5, beta_end=0.1)
     with pytest.raises(ValueError, match="max_beta"):
         zoo.cosine_schedule(10, max_beta=1.0)
+    with pytest.raises(ValueError, match=r"betas=\[0.1, 1.5\] are invalid: expected a list of 1..100,000 numbers"):
+        zoo.make_schedule("trained", betas=[0.1, 1.5])
+    with pytest.raises(ValueError, match="num_train_timesteps=3 does not match the 2 betas given"):
+        zoo.make_schedule("trained", betas=[0.1, 0.2], num_train_timesteps=3)
+
+
+def test_scaled_linear_and_trained_schedules():
+    s = zoo.make_schedule("scaled_linear", num_train_timesteps=4, beta_start=0.01, beta_end=0.09)
+    np.testing.assert_allclose(s.betas, [0.01, (0.1 + 0.2 / 3) ** 2, (0.1 + 0.4 / 3) ** 2, 0.09], rtol=1e-12)
+    t = zoo.make_schedule(**zoo.make_schedule("trained", betas=[0.1, 0.2, 0.3]).to_dict())  # rebuilt from the manifest
+    assert t.num_train_timesteps == 3 and np.allclose(t.alphas_cumprod, [0.9, 0.72, 0.504])
 
 
 def test_schedule_is_immutable():

@@ -150,6 +150,15 @@ class DiffusersUNetConfig:
         return isinstance(other, DiffusersUNetConfig) and dataclasses.asdict(self) == dataclasses.asdict(other)
 
     @property
+    def sample_shape(self) -> tuple[int, int, int] | None:
+        """(C, H, W) of the unet's ``sample_size`` (an int or [H, W]); None when the config does not say."""
+        size = self.unet.get("sample_size")
+        if size is None:
+            return None
+        h, w = (size, size) if isinstance(size, int) else size
+        return self.channels, int(h), int(w)
+
+    @property
     def size_multiple(self) -> int:
         """Height and width must be multiples of this: every down block but the last halves them."""
         return 2 ** max(0, len(self.unet.get("down_block_types", [0] * 4)) - 1)

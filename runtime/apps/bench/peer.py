@@ -147,17 +147,15 @@ def run_peer_bench(cfg: PeerConfig, progress: Callable[[str], None] = lambda s: 
             folder = _folder(cfg, Path(tmp))
             p = load_pretrained(folder)  # the same folder checks as export: a refused folder stops here
             bundle = Path(tmp) / "bundle"
+            c, h, w = p.model.config.sample_shape or (p.model.config.channels, 32, 32)  # export's example shape too
             res: dict[str, Any] = {"config": asdict(cfg), "machine": machine(),
                                    "model": {"parameters": sum(q.numel() for q in p.model.parameters()),
-                                             "schedule": p.schedule.to_dict() | {"betas": "..."} if p.schedule.name == "trained"
-                                             else p.schedule.to_dict(), "clip_range": p.clip_range,
-                                             "shape": [p.model.config.channels, *_hw(p.model.config.unet)]},
+                                             "schedule": p.schedule.name, "clip_range": p.clip_range, "shape": [c, h, w]},
                                    "footprint": _footprint(folder, bundle, max(cfg.batches), cfg.threads, progress),
                                    "runs": []}
-            c, (h, w) = p.model.config.channels, _hw(p.model.config.unet)
             res["flops_per_image_step"] = conv_flops(p.model, h, w)  # the convolutions' share; attention not counted
             res["matmul_gflops"] = matmul_gflops(cfg.threads)
-            unet = UNet2DModel.from_pretrained(folder).eval()
+            unet = UNet2DModel.from_pretrained(folder, low_cpu_mem_usage=False).eval()  # (no accelerate needed)
             compiled = torch.compile(unet) if cfg.compile else None
             scheduler_config = json.loads((folder / "scheduler_config.json").read_text()) if (
                 folder / "scheduler_config.json").is_file() else {}
@@ -186,15 +184,10 @@ def run_peer_bench(cfg: PeerConfig, progress: Callable[[str], None] = lambda s: 
         torch.set_num_threads(threads_before)
 
 
-def _hw(unet: dict) -> tuple[int, int]:
-    size = unet.get("sample_size") or 32
-    return (size, size) if isinstance(size, int) else tuple(size)
-
-
 def format_peer_bench(res: dict[str, Any]) -> str:
     f, m = res["footprint"], res["model"]
     lines = [
-        f"model: diffusers UNet2DModel, {m['parameters']:,} parameters, {m['schedule']['name']} schedule, x0 clip "
+        f"model: diffusers UNet2DModel, {m['parameters']:,} parameters, {m['schedule']} schedule, x0 clip "
         f"{m['clip_range']}, images {'x'.join(map(str, m['shape']))}; {res['machine']['cpu']}, {res['config']['threads']} threads",
         f"export (child process): {f['export_s']:.1f} s, peak RSS {f['export_peak_rss_mb']:.0f} MB; bundle {f['bundle_mb']:.0f} MB "
         f"(ONNX: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(f["onnx_mb"].items())) + " MB)",

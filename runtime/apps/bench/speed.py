@@ -65,14 +65,27 @@ UNGUIDED = "-unguided"
 
 
 def conv_flops(model, height: int, width: int) -> int:
-    """Direct-convolution FLOPs of one forward pass on one image: 2 * Cin * Cout * k*k * H * W per conv."""
+    """Direct-convolution FLOPs of one forward pass on one image: 2 * Cin/groups * Cout * k*k * H_out * W_out per conv.
+
+    Each convolution counts at the size it really runs at (a U-Net's lower levels are smaller), read
+    from one forward pass on a (1, C, H, W) input at t = 0 (attention and linear layers not counted).
+    """
     import torch
 
     total = 0
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            kh, kw = m.kernel_size
-            total += 2 * m.in_channels * m.out_channels * kh * kw * height * width // m.groups
+
+    def count(m, _inputs, out) -> None:
+        nonlocal total
+        kh, kw = m.kernel_size
+        total += 2 * m.in_channels // m.groups * m.out_channels * kh * kw * out.shape[-2] * out.shape[-1]
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, model.config.channels, height, width), torch.zeros(1, dtype=torch.int64))
+    finally:
+        for h in hooks:
+            h.remove()
     return total
 
 

@@ -55,10 +55,8 @@ def load_or_build(args: argparse.Namespace):
         from zoo.diffusers_unet import load_pretrained
 
         p = load_pretrained(args.diffusers)
-        size = p.model.config.unet.get("sample_size") or args.size
-        h, w = (size, size) if isinstance(size, int) else size
-        options = {"clip_range": p.clip_range, "extra": {"diffusers": p.source}}
-        return p.model, p.schedule, (p.model.config.channels, h, w), {}, options
+        shape = p.model.config.sample_shape or (p.model.config.channels, args.size, args.size)
+        return p.model, p.schedule, shape, {}, {"clip_range": p.clip_range, "extra": {"diffusers": p.source}}
     if args.checkpoint:
         from zoo.training.runs import run_weights
         from zoo.weights import load_weights
