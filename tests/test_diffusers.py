@@ -115,7 +115,12 @@ def test_scheduler_configs_map_onto_the_same_alpha_bars(cls, kwargs, name, tmp_p
     # diffusers computes in float32, diffzoo in float64: they agree to float32's rounding
     np.testing.assert_allclose(schedule.alphas_cumprod, scheduler.alphas_cumprod.double().numpy(), rtol=2e-6, atol=1e-7)
     assert clip == (None if cls is DPMSolverMultistepScheduler else 1.0)
-    assert spacing == scheduler.config.timestep_spacing
+    for kind in ("leading", "trailing", "linspace"):  # the spacing returned builds the scheduler's own grid, or None
+        spaced = cls(**kwargs, timestep_spacing=kind)
+        spaced.set_timesteps(20)
+        got = scheduler_schedule({**spaced.config, "_class_name": cls.__name__})[2]  # as save_config writes it
+        same = np.array_equal(spaced.timesteps.numpy(), zoo.ddim_timesteps(schedule.num_train_timesteps, 20, kind))
+        assert got == (kind if same else None) and (same or cls is DPMSolverMultistepScheduler), (kind, got)
     assert scheduler_schedule({**scheduler.config, "clip_sample": False} if cls is not DPMSolverMultistepScheduler
                               else dict(scheduler.config))[1] is None
 

@@ -156,7 +156,9 @@ def scheduler_schedule(config: dict[str, Any], source: str = "scheduler config")
     """``(schedule, clip_range, spacing)`` of a diffusers DDPM / DDIM / DPM-Solver scheduler config.
 
     ``clip_range`` is the x0 clamp (``clip_sample_range``, or None without ``clip_sample``);
-    ``spacing`` the config's ``timestep_spacing``, which ``diffzoo sample --spacing`` reproduces.
+    ``spacing`` the diffzoo spacing that builds the scheduler's timestep grid (``diffzoo sample
+    --spacing``), or None where none does: DPMSolverMultistepScheduler's "linspace" and "leading"
+    take N + 1 points and drop the last, unlike DDIM's (its "trailing" is DDIM's).
     Raises ``ValueError`` naming ``source`` and the key it cannot honour.
     """
     def bad(key: str, why: str) -> ValueError:
@@ -198,10 +200,11 @@ def scheduler_schedule(config: dict[str, Any], source: str = "scheduler config")
     clip_range = float(config.get("clip_sample_range", 1.0)) if clip else None
     if clip_range is not None and not clip_range > 0:
         raise bad("clip_sample_range", "expected a positive number")
-    spacing = config.get("timestep_spacing", "linspace" if cls == "DPMSolverMultistepScheduler" else "leading")
+    dpm = cls == "DPMSolverMultistepScheduler"
+    spacing = config.get("timestep_spacing", "linspace" if dpm else "leading")
     if spacing not in SPACINGS:
         raise bad("timestep_spacing", f"expected one of {sorted(SPACINGS)}")
-    return schedule, clip_range, spacing
+    return schedule, clip_range, None if dpm and spacing != "trailing" else spacing
 
 
 def _scheduler_config(schedule: Schedule, clip_range: float | None) -> dict[str, Any]:
@@ -228,7 +231,7 @@ class Pretrained:
     model: DiffusersUNet
     schedule: Schedule
     clip_range: float | None
-    spacing: str
+    spacing: str | None  # the diffzoo spacing of the scheduler's grid; None: not one of diffzoo's (scheduler_schedule)
     source: dict[str, Any]  # where each part came from (recorded in a bundle's manifest)
 
 
@@ -275,10 +278,9 @@ def load_pretrained(folder: str | os.PathLike) -> Pretrained:
     if cls != "UNet2DModel":
         raise ValueError(f"{str(config_path)!r}: _class_name={cls!r} is not supported: diffzoo imports diffusers' "
                          "'UNet2DModel' (a pixel-space epsilon predictor)")
-    if scheduler_path is not None:
-        schedule, clip_range, spacing = scheduler_schedule(_read_json(scheduler_path), repr(str(scheduler_path)))
-    else:
-        schedule, clip_range, spacing = scheduler_schedule({"_class_name": "DDPMScheduler"}, "DDPMScheduler's defaults")
+    scheduler = _read_json(scheduler_path) if scheduler_path is not None else {"_class_name": "DDPMScheduler"}
+    schedule, clip_range, spacing = scheduler_schedule(
+        scheduler, repr(str(scheduler_path)) if scheduler_path is not None else "DDPMScheduler's defaults")
     weights = unet_dir / WEIGHTS_NAME
     if not weights.is_file():
         found = sorted(p.name for p in unet_dir.iterdir() if p.name.startswith("diffusion_pytorch_model"))
@@ -302,6 +304,7 @@ def load_pretrained(folder: str | os.PathLike) -> Pretrained:
         detail = " ".join(str(e).split())[:400]
         raise ValueError(f"{str(weights)!r} does not match {str(config_path)!r}: {detail}") from None
     source = {"diffusers": str(Path(folder).resolve()), "scheduler": str(scheduler_path) if scheduler_path else None,
+              "scheduler_class": scheduler.get("_class_name"), "timestep_spacing": scheduler.get("timestep_spacing"),
               "spacing": spacing, "diffusers_version": unet.get("_diffusers_version")}
     return Pretrained(model.eval(), schedule, clip_range, spacing, source)
 

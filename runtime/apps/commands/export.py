@@ -97,9 +97,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"diffzoo export: error: {e} (nothing was written)", file=sys.stderr)
         return 1
     _print_checks(bundle, shape)
-    spacing = options.get("extra", {}).get("diffusers", {}).get("spacing")
-    if spacing and spacing != "leading":
-        print(f"the scheduler config samples with timestep_spacing {spacing!r}: pass --spacing {spacing} to diffzoo sample")
+    source = options.get("extra", {}).get("diffusers")
+    if source and source["spacing"] is None:
+        print(f"the scheduler config's timestep grid ({source['scheduler_class']}, timestep_spacing "
+              f"{source['timestep_spacing']!r}) is not one of diffzoo's spacings: diffzoo sample uses --spacing "
+              "leading|trailing|linspace; Sampler.run_batch takes any grid")
+    elif source and source["spacing"] != "leading":
+        print(f"the scheduler config samples with timestep_spacing {source['spacing']!r}: pass --spacing "
+              f"{source['spacing']} to diffzoo sample")
     print(f"bundle written to {bundle.path} in {time.perf_counter() - t0:.1f} s")
     return 0
 
