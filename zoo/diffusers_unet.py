@@ -31,8 +31,9 @@ import torch
 from zoo.configs import DiffusersUNetConfig
 from zoo.diffusion import SPACINGS
 from zoo.files import output_lock, staged_dir
-from zoo.models import _Denoiser, check_labels, check_timesteps
+from zoo.models import _Denoiser, check_timesteps, model_labels
 from zoo.schedules import Schedule, cosine_schedule, make_schedule
+from zoo.validate import first_line
 
 __all__ = ["DiffusersUNet", "Pretrained", "load_pretrained", "save_pretrained", "scheduler_schedule", "SCHEDULERS",
            "EXTRA", "CONFIG_NAME", "WEIGHTS_NAME", "SCHEDULER_NAME", "DDPM_CIFAR10"]
@@ -85,7 +86,7 @@ class DiffusersUNet(_Denoiser):
         try:
             self.unet = cls(**config.unet)
         except (TypeError, ValueError, AssertionError, AttributeError, KeyError) as e:
-            raise ValueError(f"the UNet2DModel config is invalid: {_first_line(e)}") from None
+            raise ValueError(f"the UNet2DModel config is invalid: {first_line(e, 300)}") from None
 
     @property
     def null_class(self) -> int | None:
@@ -97,12 +98,7 @@ class DiffusersUNet(_Denoiser):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         check_timesteps(t, self.config.num_train_timesteps)
-        if self.config.num_classes:
-            if labels is None:
-                labels = torch.full_like(t, self.config.num_classes)
-            check_labels(labels, self.config.num_classes)
-        elif labels is not None:
-            raise ValueError("labels were given to an unconditional model (num_class_embeds is unset)")
+        labels = model_labels(labels, t, self.config.num_classes)
         return self.unet(x, t, class_labels=labels, return_dict=False)[0]  # (B, C, H, W)
 
 
@@ -110,10 +106,6 @@ def _diffusers_version() -> str:
     import diffusers
 
     return diffusers.__version__
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 # --- schedulers ---------------------------------------------------------------------------------------------
@@ -239,7 +231,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ValueError(f"{str(path)!r} is not a readable JSON config: {_first_line(e)}") from None
+        raise ValueError(f"{str(path)!r} is not a readable JSON config: {first_line(e, 300)}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{str(path)!r} is not a config: expected a JSON object")
     return data
@@ -293,11 +285,11 @@ def load_pretrained(folder: str | os.PathLike) -> Pretrained:
 
         model = build("diffusers_unet", **dataclasses.asdict(config))
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{str(config_path)!r}: {_first_line(e)}") from None
+        raise ValueError(f"{str(config_path)!r}: {first_line(e, 300)}") from None
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{str(weights)!r} is not a readable safetensors file: {_first_line(e)}") from None
+        raise ValueError(f"{str(weights)!r} is not a readable safetensors file: {first_line(e, 300)}") from None
     try:
         model.unet.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -18,7 +18,7 @@ from zoo.configs import ConvConfig, DenoiserConfig, ResidualConfig, UNetConfig
 
 __all__ = [
     "DenoiserConfig", "ConvConfig", "ResidualConfig", "UNetConfig", "ConvDenoiser", "ResidualDenoiser", "UNetDenoiser",
-    "append_time_channel", "timestep_embedding",
+    "append_time_channel", "timestep_embedding", "model_labels",
 ]
 
 
@@ -68,6 +68,19 @@ def check_labels(labels: torch.Tensor, num_classes: int) -> None:
     if labels.device.type == "cpu" and labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) <= num_classes:
         raise ValueError(f"labels {labels.tolist()[:8]} are invalid: expected classes 0..{num_classes - 1}, or "
                          f"{num_classes} for the null class")
+
+
+def model_labels(labels: torch.Tensor | None, t: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    """The labels a model's forward conditions on: a conditional model (K = ``num_classes`` > 0) without labels
+    predicts for the null class K; labels are checked (``check_labels``); an unconditional model refuses them."""
+    if num_classes:
+        if labels is None:
+            labels = torch.full_like(t, num_classes)
+        check_labels(labels, num_classes)
+        return labels
+    if labels is not None:
+        raise ValueError("labels were given to an unconditional model (num_classes=0): build it with num_classes=K")
+    return None
 
 
 class _Denoiser(nn.Module):
@@ -234,13 +247,9 @@ class UNetDenoiser(_Denoiser):
         """
         check_timesteps(t, self.config.num_train_timesteps)
         temb = self.time_mlp(timestep_embedding(t, self.config.hidden, x.dtype))  # (B, 4 * hidden)
-        if self.config.num_classes:
-            if labels is None:
-                labels = torch.full_like(t, self.config.num_classes)
-            check_labels(labels, self.config.num_classes)
+        labels = model_labels(labels, t, self.config.num_classes)
+        if labels is not None:
             temb = temb + self.class_emb(labels)  # (B, 4 * hidden): the class added to the time embedding
-        elif labels is not None:
-            raise ValueError("labels were given to an unconditional model (num_classes=0): build it with num_classes=K")
         h = self.stem(x)  # (B, hidden, H, W)
         skips = [h]
         for level, blocks in enumerate(self.down):

@@ -61,6 +61,14 @@ def _terminate(signum, frame):  # noqa: ARG001
 
 
 def main(argv: list[str] | None = None) -> int:
+    status = _main(argv)
+    joined = sys.modules.get("zoo.training.distributed")  # loaded only by a command that can join a torchrun group
+    if joined is not None:
+        joined.exit_if_joined(status)  # under torchrun: leave the group and end here (zoo.training.distributed)
+    return status
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import signal

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
+import sys
 
 import torch
 
-__all__ = ["init_distributed"]
+__all__ = ["init_distributed", "exit_if_joined"]
 
 
 def init_distributed(backend: str | None = None) -> tuple[int, int]:
@@ -32,3 +34,22 @@ def _leave() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_if_joined(status: int) -> None:
+    """End a torchrun process that joined the group: leave it, flush, and exit without interpreter finalisation.
+
+    A rank's work is done and its files are closed when its command returns; what remained was the
+    interpreter's teardown, where a rank still aborted now and then ("terminate called without an
+    active exception": a C++ thread of torch destroyed while joinable; CI, twice, with the group
+    already destroyed at exit). ``os._exit`` skips that teardown. A no-op outside a process group.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    dist.destroy_process_group()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
