@@ -87,7 +87,7 @@ class Bundle:
 
 def _verify_sizes(example_shape: tuple[int, int, int], multiple: int = 1) -> dict[str, int]:
     """Axis sizes for verification: another batch and another H x W than the example (odd where the model allows:
-    ``multiple`` is the model's ``size_multiple``, what its height and width must divide by)."""
+    ``multiple`` is the model config's ``size_multiple``, what its height and width must divide by)."""
     _, h, w = example_shape
 
     def up(v: int) -> int:
@@ -125,7 +125,7 @@ def _check_args(model, out_dir, o: ExportOptions, schedule: Schedule, example_sh
     c, h, w = example_shape
     check_fits(activation_bytes(2, c, getattr(model.config, "hidden", c), h, w),
                f"exporting at the example shape {tuple(example_shape)}", "choose a smaller example shape (--size)")
-    multiple = getattr(model, "size_multiple", 1)
+    multiple = getattr(model.config, "size_multiple", 1)
     if h % multiple or w % multiple:
         raise ValueError(f"example_shape={tuple(example_shape)} is invalid for this {model.name!r} model: its height and "
                          f"width must be multiples of {multiple} (each down block but the last halves them)")
@@ -348,7 +348,7 @@ def _export_artifact(ex: _Export, spec: ArtifactSpec) -> tuple[dict[str, str], l
     """Write ``spec``'s files in the chosen formats into the staging directory, each checked against eager torch."""
     ref = reference(spec, ex.model, ex.schedule, ex.o.clip_range)
     is_loop = spec.kind == "sampler"
-    sizes = _verify_sizes(ex.example_shape, getattr(ex.model, "size_multiple", 1))
+    sizes = _verify_sizes(ex.example_shape, getattr(ex.model.config, "size_multiple", 1))
     sizes = {**sizes, "steps": VERIFY_STEPS} if is_loop else sizes
     inputs = make_inputs(spec, sizes, ex.schedule.alphas_cumprod, ex.g, num_classes=ex.num_classes)
     expected = _outputs(spec, ref, inputs)

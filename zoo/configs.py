@@ -10,7 +10,6 @@ import dataclasses
 import json
 import numbers
 from dataclasses import dataclass, field
-from typing import Any
 
 from zoo.schedules import MAX_TRAIN_TIMESTEPS
 
@@ -85,7 +84,7 @@ _UNET_REFUSED = {
 }
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class DiffusersUNetConfig:
     """Config of the ``"diffusers_unet"`` model: a diffusers ``UNet2DModel`` config, plus what diffzoo reads of it.
 
@@ -145,9 +144,6 @@ class DiffusersUNetConfig:
         object.__setattr__(self, "channels", int(c))
         object.__setattr__(self, "num_classes", int(k))
         object.__setattr__(self, "unet", unet)
-
-    def __eq__(self, other: Any) -> bool:
-        return isinstance(other, DiffusersUNetConfig) and dataclasses.asdict(self) == dataclasses.asdict(other)
 
     @property
     def sample_shape(self) -> tuple[int, int, int] | None:

@@ -36,7 +36,7 @@ from zoo.schedules import Schedule, cosine_schedule, make_schedule
 from zoo.validate import first_line
 
 __all__ = ["DiffusersUNet", "Pretrained", "load_pretrained", "save_pretrained", "scheduler_schedule", "SCHEDULERS",
-           "EXTRA", "CONFIG_NAME", "WEIGHTS_NAME", "SCHEDULER_NAME", "DDPM_CIFAR10"]
+           "read_config", "EXTRA", "CONFIG_NAME", "WEIGHTS_NAME", "SCHEDULER_NAME", "DDPM_CIFAR10"]
 
 EXTRA = "diffusers is not installed: pip install 'diffzoo[diffusers]' (or pip install diffusers)"
 CONFIG_NAME = "config.json"
@@ -87,14 +87,6 @@ class DiffusersUNet(_Denoiser):
             self.unet = cls(**config.unet)
         except (TypeError, ValueError, AssertionError, AttributeError, KeyError) as e:
             raise ValueError(f"the UNet2DModel config is invalid: {first_line(e, 300)}") from None
-
-    @property
-    def null_class(self) -> int | None:
-        return self.config.num_classes or None
-
-    @property
-    def size_multiple(self) -> int:
-        return self.config.size_multiple
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         check_timesteps(t, self.config.num_train_timesteps)
@@ -227,7 +219,9 @@ class Pretrained:
     source: dict[str, Any]  # where each part came from (recorded in a bundle's manifest)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON config file as a dict; ``ValueError`` naming the file when it is not one."""
+    path = Path(path)
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -265,12 +259,12 @@ def load_pretrained(folder: str | os.PathLike) -> Pretrained:
 
     unet_dir, scheduler_path = _layout(Path(folder))
     config_path = unet_dir / CONFIG_NAME
-    unet = _read_json(config_path)
+    unet = read_config(config_path)
     cls = unet.get("_class_name", "UNet2DModel")
     if cls != "UNet2DModel":
         raise ValueError(f"{str(config_path)!r}: _class_name={cls!r} is not supported: diffzoo imports diffusers' "
                          "'UNet2DModel' (a pixel-space epsilon predictor)")
-    scheduler = _read_json(scheduler_path) if scheduler_path is not None else {"_class_name": "DDPMScheduler"}
+    scheduler = read_config(scheduler_path) if scheduler_path is not None else {"_class_name": "DDPMScheduler"}
     schedule, clip_range, spacing = scheduler_schedule(
         scheduler, repr(str(scheduler_path)) if scheduler_path is not None else "DDPMScheduler's defaults")
     weights = unet_dir / WEIGHTS_NAME

@@ -98,6 +98,11 @@ class _Denoiser(nn.Module):
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
 
+    @property
+    def null_class(self) -> int | None:
+        """The label of the unconditional branch (K), or None for an unconditional model."""
+        return getattr(self.config, "num_classes", 0) or None
+
 
 class ConvDenoiser(_Denoiser):
     """conv -> relu -> conv -> relu -> conv -> relu -> conv: (C+1) -> hidden -> hidden -> hidden -> C."""
@@ -233,11 +238,6 @@ class UNetDenoiser(_Denoiser):
         self.out = _conv(cur, c, k)
         if config.num_classes:  # made last: an unconditional U-Net draws exactly the weights it always did
             self.class_emb = nn.Embedding(config.num_classes + 1, tdim)  # row K: the null class (classifier-free guidance)
-
-    @property
-    def null_class(self) -> int | None:
-        """The label of the unconditional branch (K), or None for an unconditional model."""
-        return self.config.num_classes or None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """eps for (x, t) and, for a class-conditional model, ``labels`` (B,) int64 in 0..K (K: the null class).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -15,16 +14,13 @@ def _model_config(s: str) -> dict:
     diffusers folder (its config.json) -> {FILE: the JSON object}, resolved against the model in ``run``."""
     path = Path(s)
     if "=" not in s and (path.is_file() or path.is_dir()):
-        from zoo.diffusers_unet import CONFIG_NAME
+        from zoo.diffusers_unet import CONFIG_NAME, read_config
 
         file = path / CONFIG_NAME if path.is_dir() else path
         try:
-            data = json.loads(file.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise argparse.ArgumentTypeError(f"{str(file)!r} is not a readable JSON config: {e}") from None
-        if not isinstance(data, dict):
-            raise argparse.ArgumentTypeError(f"{str(file)!r} is not a config: expected a JSON object")
-        return {_FILE: (str(file), data)}
+            return {_FILE: (str(file), read_config(file))}
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
     out = {}
     for item in filter(None, (i.strip() for i in s.split(","))):
         key, sep, value = item.partition("=")
