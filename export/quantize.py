@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import torch
 
-from zoo.diffusion import ddim_timesteps
+from zoo.diffusion import DEFAULT_EPS_RULE, ddim_timesteps
 from zoo.samplers import ddim_sample
 from zoo.schedules import Schedule
 
@@ -38,12 +38,13 @@ CALIBRATION_STEPS = 50  # DDIM steps per trajectory: every 20th timestep of T=10
 
 def calibration_states(
     model: torch.nn.Module, schedule: Schedule, shape: tuple[int, int, int], seed: int, clip_range: float | None = 1.0,
-    images: int = CALIBRATION_IMAGES, steps: int = CALIBRATION_STEPS,
+    eps_rule: str = DEFAULT_EPS_RULE, images: int = CALIBRATION_IMAGES, steps: int = CALIBRATION_STEPS,
 ) -> list[tuple[np.ndarray, int, int]]:
     """``(x_t, t, t_prev)`` at every step of an eager fp32 DDIM run (``ddim_sample``) of ``images`` trajectories."""
+    steps = min(steps, schedule.num_train_timesteps)  # a model with fewer training timesteps visits all of them
     x_T = torch.randn((images, *shape), generator=torch.Generator().manual_seed(seed))
     states = [x_T.numpy().copy()]
-    ddim_sample(model, schedule, x_T, num_steps=steps, clip_range=clip_range,
+    ddim_sample(model, schedule, x_T, num_steps=steps, clip_range=clip_range, eps_rule=eps_rule,
                 callback=lambda i, t, eps, x_prev: states.append(x_prev.numpy().copy()))
     ts = [int(t) for t in ddim_timesteps(schedule.num_train_timesteps, steps)]
     return list(zip(states, ts, ts[1:] + [-1]))  # the final x_0 is no network input

@@ -26,15 +26,16 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
     assert main(["demo", "--fast", "--provider", "cpu", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     for row in ("training loss", "parity vs eager", "Frechet distance", "real held-out (floor)", "classifier confidence",
-                "quality target", "sampling", "picture:", "guided targets", "conditional accuracy", "the null class"):
+                "quality target", "sampling", "picture:", "quality target, guided", "conditional accuracy",
+                "recognised as asked", "the null class"):
         assert row in text
     summary = json.loads((out / MARKER).read_text())
     assert summary["parity_passed"] and summary["sample"]["provider"] == "CPUExecutionProvider"
     assert summary["config"]["data"] == "digits" and summary["config"]["model"] == "unet"
     assert summary["sample"]["guidance"] == FAST.guidance
     g = summary["guided"]
-    assert len(g["conditional_accuracy_per_class"]) == 10 and set(g["guided_targets"]) == {"conditional_accuracy",
-                                                                                           "worst_class", "fd_ratio"}
+    assert len(g["conditional_accuracy_per_class"]) == 10 and set(g["targets"]) == {"fd", "confidence", "classes",
+                                                                                    "accuracy", "every_class_accuracy"}
     # a row per digit: 2 samples asked for it, a gap, 2 real held-out digits of it (8 px scaled 8x, 2 px lines), names left
     w, h = Image.open(out / "samples.png").size
     assert h == 10 * 64 + 11 * 2 and w > 2 * (2 * 64 + 3 * 2) + 16
@@ -184,7 +185,7 @@ def test_cli_bench_skips_what_cannot_run_here_with_the_reason(capsys, monkeypatc
     assert main([*args, "--backends", "ort-int8-fused", "--solver", "dpmpp_2m"]) == 2
     assert "no int8 graphs of dpmpp_2m" in capsys.readouterr().err
     assert main([*args, "--classes", "3", "--guidance", "nan"]) == 2
-    assert "guidance [nan] is invalid" in capsys.readouterr().err
+    assert "guidance nan is invalid: expected 0..100" in capsys.readouterr().err
     assert main([*args, "--classes", "3", "--checkpoint", "run"]) == 2
     assert "a --checkpoint knows its own classes" in capsys.readouterr().err
 

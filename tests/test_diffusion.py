@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.diffusion import ddim_step, ddim_timesteps, dpmpp_2m_step, make_training_sample
+from zoo.diffusion import EPS_RULES, ddim_step, ddim_timesteps, dpmpp_2m_step, make_training_sample
 from zoo.samplers import ddim_sample
 
 # --- schedules ------------------------------------------------------------------------------
@@ -153,11 +153,17 @@ def test_ddim_step_eta_with_noise():
 
 def test_ddim_step_clamp_engages():
     x_t, eps = torch.tensor([[[[1.0]]]]), torch.tensor([[[[0.5]]]])
-    # unclipped x0 = (1 - sqrt(0.75)*0.5)/0.5 = 1.134 > 1
-    assert ddim_step(x_t, eps, 0.25, 0.64).item() == pytest.approx(0.8 * 1.0 + 0.6 * 0.5, abs=1e-7)
-    assert ddim_step(x_t, eps, 0.25, 0.64, clip_range=None).item() == pytest.approx(
-        0.8 * 1.1339745962155614 + 0.3, abs=1e-6
-    )
+    # unclipped x0 = (1 - sqrt(0.75)*0.5)/0.5 = 1.134 > 1, clipped to 1
+    assert ddim_step(x_t, eps, 0.25, 0.64, eps_rule="model").item() == pytest.approx(0.8 * 1.0 + 0.6 * 0.5, abs=1e-7)
+    # the default rule re-derives eps from the clipped x0: (1 - sqrt(0.25) * 1) / sqrt(0.75) = 0.57735
+    assert ddim_step(x_t, eps, 0.25, 0.64).item() == pytest.approx(0.8 * 1.0 + 0.6 * 0.5 / 0.75**0.5, abs=1e-7)
+    for rule in EPS_RULES:  # without a clip, or where the clip does not engage, both rules are the same step
+        assert ddim_step(x_t, eps, 0.25, 0.64, clip_range=None, eps_rule=rule).item() == pytest.approx(
+            0.8 * 1.1339745962155614 + 0.3, abs=1e-6)
+        assert ddim_step(x_t, eps, 0.25, 0.64, clip_range=2.0, eps_rule=rule).item() == pytest.approx(
+            0.8 * 1.1339745962155614 + 0.3, abs=1e-6)
+    with pytest.raises(ValueError, match=r"unknown eps_rule 'clip': expected one of \['clipped', 'model'\]"):
+        ddim_step(x_t, eps, 0.25, 0.64, eps_rule="clip")
 
 
 def test_ddim_step_last_step_returns_x0():
@@ -244,16 +250,25 @@ def test_ddim_sample_errors(small_model):
         ddim_sample(small_model, zoo.linear_schedule(), x_T, num_steps=0)
 
 
-def test_sampling_never_returns_non_finite_values_silently():
-    from zoo.diffusion import NonFiniteSampleError
+class _Diverging(torch.nn.Module):  # epsilon grows with x: the feedback a badly trained net can have
+    def forward(self, x, t):
+        return x * 1e4
 
-    class Diverging(torch.nn.Module):  # epsilon grows with x: the feedback a badly trained net can have
-        def forward(self, x, t):
-            return x * 1e4
+
+# The clipped eps rule bounds x by the clipped x0 (nothing diverges); the network's own eps, or no clip, do not.
+@pytest.mark.parametrize("rule", [{"eps_rule": "model"}, {"clip_range": None}])
+def test_sampling_never_returns_non_finite_values_silently(rule):
+    from zoo.diffusion import NonFiniteSampleError
 
     x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     with pytest.raises(NonFiniteSampleError, match=r"ddim_sample step \d+ \(t=\d+\): \d+ non-finite values"):
-        zoo.ddim_sample(Diverging(), zoo.linear_schedule(1000), x_T, num_steps=100)
+        zoo.ddim_sample(_Diverging(), zoo.linear_schedule(1000), x_T, num_steps=100, **rule)
+
+
+def test_the_clipped_eps_rule_keeps_a_diverging_network_in_range():
+    x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    x = zoo.ddim_sample(_Diverging(), zoo.linear_schedule(1000), x_T, num_steps=100)
+    assert bool(x.isfinite().all()) and float(x.abs().max()) <= 1.0
 
 
 # --- DPM-Solver++(2M) ---------------------------------------------------------------------------

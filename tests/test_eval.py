@@ -35,27 +35,29 @@ def _quality(path):
 
 def test_eval_a_run_and_its_bundle_agree(digits_run, digits_bundle, tmp_path, capsys):
     args = ["--samples", "24", "--steps", "3", "--provider", "cpu"]
-    assert main(["eval", str(digits_run), *args, "--json", str(tmp_path / "run.json"), "--grid", str(tmp_path / "g.png")]) == 0
+    status = main(["eval", str(digits_run), *args, "--json", str(tmp_path / "run.json"), "--grid", str(tmp_path / "g.png")])
     text = capsys.readouterr().out
     assert "against digits" in text and "Frechet distance" in text and "real held-out (floor)" in text
     run_q = _quality(tmp_path / "run.json")
+    assert status == (0 if run_q["met"] else 1)  # the exit status is the verdict printed
+    assert ("targets met" if run_q["met"] else "targets NOT met (exit status 1)") in text
     assert run_q["n"] == 24 and len(run_q["class_share_samples"]) == 10
     from PIL import Image
 
     assert Image.open(tmp_path / "g.png").size[0] >= 5 * 64  # 24 images scaled 8x: visible
 
     assert digits_bundle.manifest["data"]["source"] == "digits"
-    assert main(["eval", str(digits_bundle.path), *args, "--json", str(tmp_path / "bundle.json")]) == 0
+    assert main(["eval", str(digits_bundle.path), *args, "--json", str(tmp_path / "bundle.json")]) == status
     assert _quality(tmp_path / "bundle.json") == run_q  # the same weights, the same image stream
 
 
 def test_eval_under_torchrun_merges_the_shards(digits_bundle, tmp_path):
     args = ["eval", str(digits_bundle.path), "--samples", "24", "--steps", "3", "--provider", "cpu"]
-    assert main([*args, "--json", str(tmp_path / "one.json")]) == 0
+    status = main([*args, "--json", str(tmp_path / "one.json")])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "runtime.apps.cli",
            *args, "--json", str(tmp_path / "two.json")]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == status, r.stderr[-3000:]
     assert r.stdout.count("Frechet distance") == 1  # rank 0 alone reports
     two = json.loads((tmp_path / "two.json").read_text())
     assert two["processes"] == 2 and two["quality"] == _quality(tmp_path / "one.json")
@@ -137,13 +139,13 @@ def test_eval_guidance_curve_is_the_same_samples_at_each_w(guided_digits_bundle,
     assert all(len(c["quality"]["conditional_accuracy_per_class"]) == 10 for c in curve)
     assert curve[0]["quality"]["fd_samples"] != curve[1]["quality"]["fd_samples"]  # w steers the samples
     # a point of the curve is the plain eval at that w, with every class in turn
-    assert main([*args, "--class", "all", "--guidance", "3", "--json", str(tmp_path / "one.json")]) == 0
-    assert _quality(tmp_path / "one.json") == curve[1]["quality"]
+    status = main([*args, "--class", "all", "--guidance", "3", "--json", str(tmp_path / "one.json")])
+    assert _quality(tmp_path / "one.json") == curve[1]["quality"] and status == (0 if curve[1]["quality"]["met"] else 1)
     rows = grid_array(np.zeros((40, 1, 8, 8), np.float32), nrow=20, scale=8)  # a row of 20 per w
     assert Image.open(tmp_path / "g.png").size[1] == rows.shape[0]
     # without --class and --guidance a conditional bundle samples its null class: no conditional accuracy
-    assert main([*args, "--json", str(tmp_path / "null.json")]) == 0
-    assert "labels: null class" in capsys.readouterr().out
+    status = main([*args, "--json", str(tmp_path / "null.json")])
+    assert "labels: null class" in capsys.readouterr().out and status == (0 if _quality(tmp_path / "null.json")["met"] else 1)
     assert _quality(tmp_path / "null.json")["conditional_accuracy"] is None
 
 

@@ -178,7 +178,7 @@ def test_non_empty_target_refused_and_old_bundle_intact(tmp_path):
     out = tmp_path / "b"
     first = export.export_bundle(_tiny(), out, example_shape=(3, 8, 8), formats=["torchscript"])
     before = (out / "manifest.json").read_bytes()
-    with pytest.raises(FileExistsError, match="not empty.*--force"):
+    with pytest.raises(FileExistsError, match=r"holds a diffzoo bundle: pass force=True \(--force\)"):
         export.export_bundle(_tiny("conv"), out, example_shape=(3, 8, 8), formats=["torchscript"])
     assert (out / "manifest.json").read_bytes() == before
     export.load_manifest(out)
@@ -211,7 +211,7 @@ def test_cli_export_reports_times_and_errors(tmp_path, capsys):
     assert "denoiser            torchscript" in text and "bundle written to" in text
     assert json.loads((out / "manifest.json").read_text())["model"]["config"]["hidden"] == 8
     assert main(["export", "--out", str(out)]) == 2
-    assert "not empty" in capsys.readouterr().err
+    assert "holds a diffzoo bundle" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "c")]) == 2
     assert "does not exist" in capsys.readouterr().err
     ckpt = out / "weights.safetensors"
@@ -286,7 +286,7 @@ def test_force_replaces_bundles_only(tmp_path):
     out = tmp_path / "photos"
     out.mkdir()
     (out / "holiday.jpg").write_bytes(b"not a bundle")
-    with pytest.raises(FileExistsError, match="not a diffzoo bundle.*--force replaces bundles only"):
+    with pytest.raises(FileExistsError, match="not a diffzoo bundle.*replaces only its own outputs"):
         export.export_bundle(_tiny(), out, example_shape=(3, 8, 8), formats=["torchscript"], force=True)
     assert (out / "holiday.jpg").read_bytes() == b"not a bundle"
 
@@ -347,3 +347,51 @@ def test_solvers_selects_the_graphs_exported(tmp_path):
     with pytest.raises(ValueError, match=r"solvers=\['euler'\] is invalid: expected a non-empty subset of \['ddim', 'dpmpp_2m'\]"):
         export.export_bundle(_tiny(), tmp_path / "c", solvers=["euler"])
     assert not (tmp_path / "c").exists()
+
+
+# --- the eps rule: recorded, stamped, and old bundles read as what they compute --------------------------
+
+def test_the_eps_rule_is_recorded_stamped_and_chosen_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "b"
+    args = ["export", "--model", "conv", "--hidden", "4", "--size", "8", "--formats", "onnx", "--solvers", "ddim"]
+    assert main([*args, "--out", str(out), "--eps-rule", "model"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["eps_rule"] == "model"
+    assert main([*args, "--out", str(tmp_path / "c")]) == 0
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["eps_rule"] == "clipped"  # diffzoo's default
+    with pytest.raises(SystemExit) as e:  # argparse's own refusal, before anything
+        main([*args, "--out", str(tmp_path / "d"), "--eps-rule", "both"])
+    assert e.value.code == 2 and "invalid choice: 'both'" in capsys.readouterr().err
+    m["eps_rule"] = "clipped"  # the manifest edited alone: every graph's own bytes still say "model"
+    (out / "manifest.json").write_text(json.dumps(m))
+    import runtime
+
+    with pytest.raises(export.BundleError, match=r"differ on \['eps_rule'\]"):
+        runtime.load(out, "cpu").sample(1, num_steps=2)
+
+
+def test_a_bundle_exported_before_the_eps_rule_reads_as_the_networks_eps(tmp_path):
+    """Older manifests and stamps carry no eps_rule: their graphs remix the network's eps, so they load as "model"."""
+    import onnx
+
+    from export.format.manifest import IDENTITY_KEY, LEGACY_EPS_RULE
+
+    import runtime
+
+    b = export.export_bundle(_tiny("conv"), tmp_path / "b", example_shape=(3, 8, 8), formats=["onnx"], solvers=["ddim"],
+                             eps_rule="model")
+    want = runtime.load(b.path, "cpu").sample(2, num_steps=3)
+    m = json.loads((b.path / "manifest.json").read_text())
+    del m["eps_rule"]
+    for name in (p.name for p in b.path.glob("*.onnx")):
+        g = onnx.load(str(b.path / name))
+        for prop in g.metadata_props:
+            if prop.key == IDENTITY_KEY:
+                ident = json.loads(prop.value)
+                del ident["eps_rule"]
+                prop.value = json.dumps(ident, sort_keys=True)
+        onnx.save(g, str(b.path / name))
+        m["files"][name] = {"sha256": sha256_file(b.path / name), "size": (b.path / name).stat().st_size}
+    (b.path / "manifest.json").write_text(json.dumps(m))
+    assert export.load_manifest(b.path)["eps_rule"] == LEGACY_EPS_RULE == "model"
+    np.testing.assert_array_equal(runtime.load(b.path, "cpu").sample(2, num_steps=3), want)

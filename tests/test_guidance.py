@@ -92,7 +92,9 @@ def test_a_batch_mixing_labels_and_guidance_is_the_separate_runs(solver, eta):
     ({"labels": [0, 1]}, r"labels must be one class or 3 \(one per image\)"),
     ({"labels": [0.5]}, "label 0.5 is invalid"),
     ({"labels": [True]}, "label True is invalid"),
-    ({"labels": 1, "guidance": float("nan")}, "guidance .* is invalid: expected one finite number >= 0"),
+    ({"labels": 1, "guidance": float("nan")}, r"guidance nan is invalid: expected 0..100 \(0: unconditional"),
+    ({"labels": 1, "guidance": 3e38}, r"guidance 3e\+38 is invalid: expected 0..100"),  # finite but absurd
+    ({"labels": [0, 1, 2], "guidance": [1, 2, 101]}, r"guidance 101.0 \(image 2\) is invalid: expected 0..100"),
     ({"labels": 1, "guidance": float("inf")}, "guidance .* is invalid"),
     ({"labels": 1, "guidance": -1.0}, "guidance .* is invalid"),
     ({"guidance": 2.0}, "guidance needs labels"),
@@ -334,3 +336,65 @@ def test_parity_of_guided_sampling_in_every_mode(guided_bundle, capsys):
     assert "labels [0, 1, 2, 0], guidance [2.0, 2.0, 2.0, 2.0]" in capsys.readouterr().out
     assert main([*args, "--class", "zebra"]) == 2
     assert "label 'zebra' is invalid" in capsys.readouterr().err
+
+
+def test_parity_of_every_class_covers_every_class(guided_bundle, capsys):
+    from runtime.apps.cli import main
+
+    args = ["parity", str(guided_bundle.path), "--provider", "cpu", "--steps", "2", "--modes", "loop", "--class", "all"]
+    assert main(args) == 0  # no --batch: one image per class
+    assert "labels [0, 1, 2], guidance [1.0, 1.0, 1.0]" in capsys.readouterr().out
+    assert main([*args, "--batch", "2"]) == 2
+    assert "--class all compares every class: --batch 2 is invalid, expected at least the bundle's 3 classes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("names,match", [
+    (("zero", "all", "two"), r"class name 'all' \(class 1\) is invalid: 'all' asks for every class"),
+    (("2", "1", "0"), r"class name '2' \(class 0\) is invalid: a number names the class of that index"),
+])
+def test_class_names_that_would_mean_two_things_are_refused(tmp_path, names, match):
+    import export
+
+    with pytest.raises(ValueError, match=match):
+        export.export_bundle(_cond(), tmp_path / "b", example_shape=(1, 8, 8), formats=("onnx",), class_names=names)
+    assert not (tmp_path / "b").exists()
+    export.export_bundle(_cond(), tmp_path / "ok", example_shape=(1, 8, 8), formats=("onnx",), solvers=("ddim",),
+                         class_names=("0", "1", "two"))  # a number naming its own index is what IDX names are
+
+
+class _PointMasses(torch.nn.Module):
+    """The exact denoiser of data that is one of three points (a class each): eps from the posterior mean of x0.
+
+    Conditional: x0 is the class's point; the null class: the posterior over the three points given x_t.
+    """
+
+    null_class = 3
+
+    def __init__(self, schedule):
+        super().__init__()
+        d = 16
+        self.centers = torch.stack([torch.full((d,), -0.8), torch.full((d,), 0.8), torch.tensor([0.8, -0.8] * (d // 2))])
+        self.register_buffer("alphas", torch.from_numpy(schedule.alphas_cumprod))
+
+    def forward(self, x, t, labels):  # x (B, 16, 1, 1)
+        a = self.alphas[t].to(x.dtype)[:, None]
+        flat = x.flatten(1)
+        c = self.centers.to(x.dtype)
+        dist = ((flat[:, None] - a.sqrt()[:, None] * c) ** 2).sum(-1) / (2 * (1 - a))  # (B, 3)
+        x0 = torch.where((labels == self.null_class)[:, None], torch.softmax(-dist, 1) @ c, c[labels.clamp(max=2)])
+        return ((flat - a.sqrt() * x0) / (1 - a).sqrt()).reshape(x.shape)
+
+
+@pytest.mark.parametrize("guidance", [2.0, 3.0, 5.0])
+def test_guided_ddim_reaches_the_asked_class_with_the_clipped_eps_rule(guidance):
+    """Deterministic DDIM under guidance with the exact denoiser: the default eps rule lands every sample on the point
+    of its class; the network's own eps (the rule before issue 28, diffusers' default) leaves noise in them."""
+    schedule = zoo.cosine_schedule(1000)
+    model = _PointMasses(schedule)
+    x_T = torch.randn((30, 16, 1, 1), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    labels = torch.arange(30) % 3
+    asked = model.centers.double()[labels][:, :, None, None]
+    clipped = zoo.sample(model, schedule, x_T, 50, labels=labels, guidance=guidance)
+    plain = zoo.sample(model, schedule, x_T, 50, labels=labels, guidance=guidance, eps_rule="model")
+    assert float((clipped - asked).abs().max()) < 1e-3
+    assert float((plain - asked).pow(2).mean().sqrt()) > 0.1  # noise left in the samples

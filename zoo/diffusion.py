@@ -12,6 +12,8 @@ Notation (one table for the whole module):
     alpha_bar_prev    alpha-bar_{t-1}, the next timestep in the sampling list (1.0 after the last)
     eps               epsilon_theta(x_t, t), the model's noise prediction
     x0                predicted x_0, "clipped denoised" to [-clip_range, clip_range]
+    eps_rule          which eps the update remixes x0 with: the network's ("model") or the one
+                      re-derived from the clipped x0 ("clipped"); ``EPS_RULES``
     sigma             sigma_t(eta), DDIM eq. 16
     noise             z ~ N(0, I), always supplied by the caller
     w                 the guidance scale of classifier-free guidance (``guide``)
@@ -57,9 +59,15 @@ __all__ = [
     "guide",
     "guided_eps",
     "check_guidance",
+    "MAX_GUIDANCE",
     "check_labels",
     "ddim_step",
     "dpmpp_2m_step",
+    "predict_x0",
+    "EPS_RULES",
+    "EpsRule",
+    "DEFAULT_EPS_RULE",
+    "check_eps_rule",
     "step_pairs",
     "NO_STEP",
     "NonFiniteSampleError",
@@ -69,6 +77,24 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Spacing = Literal["leading", "trailing", "linspace"]
+EpsRule = Literal["clipped", "model"]
+
+# Which eps a step remixes the clipped x0 with, declared once: each rule with why one would choose it.
+EPS_RULES: dict[str, str] = {
+    "clipped": "eps re-derived from the clipped x0 (improved-diffusion's DDIM with clip_denoised, GLIDE; diffusers' "
+               "use_clipped_model_output=True): x0 and eps stay consistent, so guidance cannot push the "
+               "deterministic update out of the data's range (diffzoo's own models)",
+    "model": "the network's eps as predicted (diffusers' DDIMScheduler default, use_clipped_model_output=False): "
+             "what diffusers' pipelines compute (diffusers folders)",
+}
+DEFAULT_EPS_RULE: EpsRule = "clipped"
+
+
+def check_eps_rule(eps_rule: Any) -> str:
+    """``eps_rule`` if it is one of ``EPS_RULES``; ``ValueError`` listing them otherwise."""
+    if not isinstance(eps_rule, str) or eps_rule not in EPS_RULES:
+        raise ValueError(f"unknown eps_rule {eps_rule!r}: expected one of {sorted(EPS_RULES)}")
+    return eps_rule
 
 
 class NonFiniteSampleError(ArithmeticError):
@@ -121,7 +147,7 @@ def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: Spacing = 
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}: expected one of {sorted(SPACINGS)}")
     num_steps = check_int("num_steps", num_steps, 1, num_train_timesteps)
-    return np.ascontiguousarray(SPACINGS[spacing](int(num_train_timesteps), num_steps))
+    return np.array(SPACINGS[spacing](int(num_train_timesteps), num_steps), dtype=np.int64)  # a copy: never a reversed view
 
 
 # The timestep of a step that does not exist: after the last (alpha-bar 1) or before the first (alpha-bar 0);
@@ -193,19 +219,32 @@ def guide(eps_cond: Any, eps_uncond: Any, guidance: Any) -> Any:
     return eps_uncond + w * (eps_cond - eps_uncond)
 
 
+# The largest guidance w accepted: far above what any model is sampled at (Stable Diffusion's 7.5, Imagen's up to
+# ~30; the digits collapse past 5), and far below where w (eps_cond - eps_uncond) overflows float32 (w ~ 1e38).
+MAX_GUIDANCE = 100.0
+
+
 def check_guidance(guidance: Any, n: int, has_labels: bool) -> np.ndarray | None:
     """Guidance w for n images as a (n,) float32 array (default 1), or None without labels; ``ValueError`` naming it.
 
-    The one guidance check of the eager samplers and the runtime: one finite w >= 0 or one per image,
-    and only with labels (guidance steers towards a class).
+    The one guidance check of the eager samplers and the runtime: one w in 0..``MAX_GUIDANCE`` or one
+    per image, and only with labels (guidance steers towards a class).
     """
     if not has_labels:
         if guidance is not None:
             raise ValueError("guidance needs labels: the class of each image (or one for all)")
         return None
-    w = np.atleast_1d(np.asarray(1.0 if guidance is None else guidance, dtype=np.float64))
-    if w.ndim != 1 or len(w) not in (1, n) or not np.isfinite(w).all() or (w < 0).any():
-        raise ValueError(f"guidance {w.tolist()[:8]} is invalid: expected one finite number >= 0 or {n} (one per image)")
+    try:
+        w = np.atleast_1d(np.asarray(1.0 if guidance is None else guidance, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise ValueError(f"guidance {guidance!r} is invalid: expected numbers"[:200]) from None
+    if w.ndim != 1 or len(w) not in (1, n):
+        raise ValueError(f"guidance {w.tolist()[:8]} is invalid: expected one number or {n} (one per image)")
+    bad = np.flatnonzero(~(np.isfinite(w) & (w >= 0) & (w <= MAX_GUIDANCE)))
+    if len(bad):
+        where = f" (image {bad[0]})" if len(w) > 1 else ""
+        raise ValueError(f"guidance {w[bad[0]]!r}{where} is invalid: expected 0..{MAX_GUIDANCE:g} (0: unconditional, "
+                         "1: conditional, above 1: pushed towards the class)")
     return np.broadcast_to(w.astype(np.float32), (n,)).copy()
 
 
@@ -264,6 +303,28 @@ def make_training_sample(x0: Any, eps: Any, alpha_bar_t: Any) -> tuple[Any, Any]
     return a**0.5 * x0 + (1 - a) ** 0.5 * eps, eps
 
 
+def predict_x0(x_t: Any, eps: Any, a_t: Any, clip_range: float | None, eps_rule: str = DEFAULT_EPS_RULE) -> tuple[Any, Any]:
+    """``(x0, eps)`` of a step: the predicted x0 (DDIM eq. 12), clamped to ``clip_range``, and the eps of ``eps_rule``.
+
+    ``a_t`` is alpha-bar_t already broadcastable over x_t (``_coef``). With ``eps_rule="clipped"``
+    the eps returned is the one the clipped x0 implies, ``(x_t - sqrt(a_t) x0) / sqrt(1 - a_t)``; with
+    "model" (or no clip) it is the network's own.
+    """
+    x0 = (x_t - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+    if clip_range is None:
+        return x0, eps
+    x0 = x0.clip(-clip_range, clip_range)
+    if eps_rule == "clipped":
+        eps = (x_t - a_t**0.5 * x0) / (1 - a_t) ** 0.5
+    return x0, eps
+
+
+def _check_step_options(clip_range: float | None, eps_rule: str) -> None:
+    if clip_range is not None and not clip_range > 0:
+        raise ValueError(f"clip_range={clip_range!r} is invalid: expected a positive number or None")
+    check_eps_rule(eps_rule)
+
+
 def ddim_step(
     x_t: Any,
     eps: Any,
@@ -272,6 +333,7 @@ def ddim_step(
     eta: Any = 0.0,
     noise: Any = None,
     clip_range: float | None = 1.0,
+    eps_rule: str = DEFAULT_EPS_RULE,
 ) -> Any:
     """One reverse DDIM update x_t -> x_{t_prev} (DDIM eq. 12).
 
@@ -282,6 +344,8 @@ def ddim_step(
         eta: 0 for deterministic DDIM, 1 for DDPM-like ancestral noise (a number or a 0-d tensor).
         noise: N(0, I) noise of x_t's shape; required when eta > 0.
         clip_range: clamp of the predicted x0 ("clipped denoised"); None disables it.
+        eps_rule: the eps the direction term uses (``EPS_RULES``): "clipped" re-derives it from the
+            clipped x0, "model" keeps the network's (diffusers' default); the same without a clip.
 
     Returns:
         x_prev, same shape and type as x_t.
@@ -290,8 +354,7 @@ def ddim_step(
         eta = check_real("eta", eta, 0.0, 1.0, hint="0 = DDIM, 1 = DDPM-like")
         if eta > 0 and noise is None:
             raise ValueError(f"eta={eta!r} > 0 needs `noise` of shape {tuple(x_t.shape)}; none was given")
-    if clip_range is not None and not clip_range > 0:
-        raise ValueError(f"clip_range={clip_range!r} is invalid: expected a positive number or None")
+    _check_step_options(clip_range, eps_rule)
     _check_float("x_t", x_t)
     _check_float("eps", eps)
     _check_alpha("alpha_bar_t", alpha_bar_t, 0.0, 1.0, "()")
@@ -300,9 +363,7 @@ def ddim_step(
     a_prev = _coef(alpha_bar_prev, x_t)
     eta = _coef(eta, x_t)
 
-    x0 = (x_t - (1 - a_t) ** 0.5 * eps) / a_t**0.5  # DDIM eq. 12, "predicted x0"
-    if clip_range is not None:
-        x0 = x0.clip(-clip_range, clip_range)
+    x0, eps = predict_x0(x_t, eps, a_t, clip_range, eps_rule)  # DDIM eq. 12, "predicted x0"
     sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5  # eq. 16
     # 1 - a_prev - sigma^2 >= 0 for eta <= 1; the clip only absorbs float rounding.
     direction = (1 - a_prev - sigma**2).clip(0, None) ** 0.5 * eps
@@ -320,6 +381,7 @@ def dpmpp_2m_step(
     alpha_bar_prev: Any,
     alpha_bar_last: Any,
     clip_range: float | None = 1.0,
+    eps_rule: str = DEFAULT_EPS_RULE,
 ) -> tuple[Any, Any]:
     """One DPM-Solver++(2M) update x_t -> x_{t_prev} (Lu et al. 2022, Algorithm 2, midpoint form).
 
@@ -336,12 +398,13 @@ def dpmpp_2m_step(
         alpha_bar_t, alpha_bar_prev, alpha_bar_last: scalars or per-sample (B,); ``alpha_bar_prev = 1``
             on the last step, ``alpha_bar_last = 0`` on the first.
         clip_range: clamp of the predicted x0; None disables it.
+        eps_rule: accepted for the solver table's one calling convention; the update is written in
+            x0 alone (data prediction), which is the "clipped" rule whatever this says.
 
     Returns:
         ``(x_prev, x0)``: the next sample and this step's x0 prediction (the next step's ``x0_last``).
     """
-    if clip_range is not None and not clip_range > 0:
-        raise ValueError(f"clip_range={clip_range!r} is invalid: expected a positive number or None")
+    _check_step_options(clip_range, eps_rule)
     for name, v in (("x_t", x_t), ("eps", eps), ("x0_last", x0_last)):
         _check_float(name, v)
     _check_alpha("alpha_bar_t", alpha_bar_t, 0.0, 1.0, "()")
@@ -349,9 +412,7 @@ def dpmpp_2m_step(
     _check_alpha("alpha_bar_last", alpha_bar_last, 0.0, 1.0, "[)")
     xp = _xp(x_t)
     a_t, a_prev, a_last = _coef(alpha_bar_t, x_t), _coef(alpha_bar_prev, x_t), _coef(alpha_bar_last, x_t)
-    x0 = (x_t - (1 - a_t) ** 0.5 * eps) / a_t**0.5
-    if clip_range is not None:
-        x0 = x0.clip(-clip_range, clip_range)
+    x0, _ = predict_x0(x_t, eps, a_t, clip_range, eps_rule)
     ratio = (1 - a_prev) ** 0.5 / (1 - a_t) ** 0.5  # sigma_prev / sigma_t
     # Second order only where both neighbours exist; elsewhere the logs are taken of stand-ins
     # (a_t itself) so that no inf or NaN is ever formed, then the correction is zeroed.

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from zoo.diffusion import Spacing, check_guidance, check_labels, ddim_timesteps, guided_eps
+from zoo.diffusion import DEFAULT_EPS_RULE, Spacing, check_eps_rule, check_guidance, check_labels, ddim_timesteps, guided_eps
 from zoo.schedules import Schedule
 from zoo.solvers import SOLVER_TABLE, Solver, check_eta, get_solver, solve
 from zoo.validate import check_real
@@ -40,11 +40,12 @@ def _conditioning(model: Any, x_T: Any, labels: Any, guidance: Any) -> tuple[Any
 
 def _eager(solver: Solver, model: Any, schedule: Schedule, x_T: Any, num_steps: int, spacing: str, eta: float,
            noise: Any, progress: bool, clip_range: float | None, callback: Any, labels: Any = None,
-           guidance: Any = None) -> Any:
+           guidance: Any = None, eps_rule: str = DEFAULT_EPS_RULE) -> Any:
     """An eager torch sampler: checks, the float32 alpha-bar table on x_T's device, the model under inference mode."""
     from zoo.allocator import tune_allocator
 
     tune_allocator()  # no mmap/munmap per activation in a fresh process (zoo/allocator.py)
+    check_eps_rule(eps_rule)
     T = schedule.num_train_timesteps
     model_T = getattr(getattr(model, "config", None), "num_train_timesteps", T)
     if model_T != T:
@@ -74,8 +75,8 @@ def _eager(solver: Solver, model: Any, schedule: Schedule, x_T: Any, num_steps: 
         return guided_eps(model, x, tt, labels, model.null_class, w)  # one call on the 2B batch
 
     with torch.inference_mode():
-        return solve(solver, denoise, x_T, timesteps, alphas, eta=eta, noise=draw, clip_range=clip_range, progress=progress,
-                     callback=callback)
+        return solve(solver, denoise, x_T, timesteps, alphas, eta=eta, noise=draw, clip_range=clip_range, eps_rule=eps_rule,
+                     progress=progress, callback=callback)
 
 
 def ddim_sample(
@@ -91,6 +92,7 @@ def ddim_sample(
     callback: Any = None,
     labels: Any = None,
     guidance: Any = None,
+    eps_rule: str = DEFAULT_EPS_RULE,
 ) -> torch.Tensor:
     """The eager reference DDIM sampler: the ground truth every exported path is compared to.
 
@@ -104,6 +106,8 @@ def ddim_sample(
         noise: for eta > 0, per-step noise (S, B, C, H, W) or a ``torch.Generator`` to draw it.
         progress: show a tqdm bar.
         clip_range: see ``ddim_step``.
+        eps_rule: the eps the update remixes the clipped x0 with (``zoo.diffusion.EPS_RULES``):
+            "clipped" (default, holds under guidance) or "model" (diffusers' DDIMScheduler default).
         callback: optional ``callback(i, t, eps, x_prev)`` after every step (for parity reports).
         labels: for a class-conditional model, the class of every image (one integer, or (B,));
             None samples the null class (unconditional).
@@ -118,7 +122,7 @@ def ddim_sample(
     """
     eta = check_real("eta", eta, 0.0, 1.0, hint="0 = DDIM, 1 = DDPM-like")
     return _eager(SOLVER_TABLE["ddim"], model, schedule, x_T, num_steps, spacing, eta, noise, progress, clip_range, callback,
-                  labels, guidance)
+                  labels, guidance, eps_rule)
 
 
 def dpmpp_2m_sample(
@@ -132,6 +136,7 @@ def dpmpp_2m_sample(
     callback: Any = None,
     labels: Any = None,
     guidance: Any = None,
+    eps_rule: str = DEFAULT_EPS_RULE,
 ) -> torch.Tensor:
     """The eager reference DPM-Solver++(2M) sampler; the contract of ``ddim_sample`` (deterministic: no eta).
 
@@ -142,7 +147,7 @@ def dpmpp_2m_sample(
         NonFiniteSampleError: a step produced NaN or inf (named in the message); never returned.
     """
     return _eager(SOLVER_TABLE["dpmpp_2m"], model, schedule, x_T, num_steps, spacing, 0.0, None, progress, clip_range, callback,
-                  labels, guidance)
+                  labels, guidance, eps_rule)
 
 
 def sample(
@@ -160,9 +165,10 @@ def sample(
     callback: Any = None,
     labels: Any = None,
     guidance: Any = None,
+    eps_rule: str = DEFAULT_EPS_RULE,
 ) -> torch.Tensor:
     """The eager sampler of ``solver`` (``zoo.solvers.SOLVERS``); a deterministic solver refuses eta > 0."""
     entry = get_solver(solver)
     eta = check_eta(solver, eta)
     return _eager(entry, model, schedule, x_T, num_steps, spacing, eta, noise if entry.takes_eta else None, progress,
-                  clip_range, callback, labels, guidance)
+                  clip_range, callback, labels, guidance, eps_rule)

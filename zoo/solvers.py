@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from zoo.diffusion import (
+    DEFAULT_EPS_RULE,
     _is_torch,
     _xp,
     check_finite,
@@ -45,11 +46,11 @@ class Solver:
     step: Callable[..., Any]  # the pure step function of zoo.diffusion
 
     def update(self, x: Any, eps: Any, state: Any, a_t: Any, a_prev: Any, a_last: Any, *, eta: Any = 0.0, noise: Any = None,
-               clip_range: float | None = 1.0) -> tuple[Any, Any]:
+               clip_range: float | None = 1.0, eps_rule: str = DEFAULT_EPS_RULE) -> tuple[Any, Any]:
         """One step: ``(x_prev, state')``; ``state`` is None for a solver that carries nothing."""
         if self.state:
-            return self.step(x, eps, state, a_t, a_prev, a_last, clip_range=clip_range)
-        return self.step(x, eps, a_t, a_prev, eta=eta, noise=noise, clip_range=clip_range), state
+            return self.step(x, eps, state, a_t, a_prev, a_last, clip_range=clip_range, eps_rule=eps_rule)
+        return self.step(x, eps, a_t, a_prev, eta=eta, noise=noise, clip_range=clip_range, eps_rule=eps_rule), state
 
 
 SOLVER_TABLE: dict[str, Solver] = {
@@ -110,6 +111,7 @@ def solve(
     eta: float = 0.0,
     noise: Callable[[int], Any] | None = None,
     clip_range: float | None = 1.0,
+    eps_rule: str = DEFAULT_EPS_RULE,
     update: Callable[..., tuple[Any, Any]] | None = None,
     progress: bool = False,
     callback: Callable[[int, int, Any, Any], None] | None = None,
@@ -121,6 +123,7 @@ def solve(
         denoise: ``(x, t: int) -> eps``; a model, a TorchScript graph or an onnxruntime session.
         alphas: the alpha-bar table in x's array type and dtype.
         noise: ``noise(i) -> z`` for step i when eta > 0.
+        clip_range, eps_rule: the x0 clamp and the eps rule of every step (``zoo.diffusion.ddim_step``).
         update: replaces the solver's own update (a traced step graph with the same arguments).
         callback: ``callback(i, t, eps, x_prev)`` after every step.
         check: raise ``NonFiniteSampleError`` naming the step if x becomes NaN or inf.
@@ -140,7 +143,7 @@ def solve(
         eps = denoise(x, t)
         a_t, a_prev, a_last = alpha_bars(alphas, t, tp, tl)
         z = noise(i) if eta > 0 and noise is not None else None
-        x, state = update(x, eps, state, a_t, a_prev, a_last, eta=eta, noise=z, clip_range=clip_range)
+        x, state = update(x, eps, state, a_t, a_prev, a_last, eta=eta, noise=z, clip_range=clip_range, eps_rule=eps_rule)
         if check:
             check_finite(x, f"{solver.name}_sample step {i} (t={t})")
         if callback is not None:

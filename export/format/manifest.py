@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from export.format.artifacts import ArtifactSpec, artifact_specs
+from zoo.diffusion import EPS_RULES
 from zoo.files import write_synced
 from zoo.weights_header import read_weights_metadata
 
@@ -45,6 +46,9 @@ MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "diffzoo-bundle"  # the manifest's "format"
 IDENTITY_KEY = "diffzoo.identity"  # an ONNX graph's metadata entry holding its identity (graph_identity)
 WEIGHTS_NAME = "weights.safetensors"
+# The eps rule of every step graph exported before the rule was recorded: the network's own eps
+# (zoo.diffusion.EPS_RULES); what _compat fills into their manifests and check_identity reads from their stamps.
+LEGACY_EPS_RULE = "model"
 
 
 class BundleError(ValueError):
@@ -220,12 +224,15 @@ def read_verified(bundle_dir: str | os.PathLike, manifest: dict[str, Any], name:
 
 
 def _compat(manifest: dict[str, Any]) -> None:
-    """Bundles exported before an artifact's kind, solver and body were recorded: fill them in from the table.
+    """Bundles exported before an artifact's kind, solver and body, or the eps rule, were recorded: fill them in.
 
     The one place that knows older bundles: their artifacts had the table's names, so each missing
     field is the table's value for that name. An unknown name without a kind is left alone (the
-    runtime never selects it).
+    runtime never selects it). Their step graphs remix the network's own eps (``LEGACY_EPS_RULE``).
     """
+    rule = manifest.setdefault("eps_rule", LEGACY_EPS_RULE)
+    if not isinstance(rule, str) or rule not in EPS_RULES:
+        raise BundleError(f"the manifest's eps_rule = {rule!r} is invalid: expected one of {sorted(EPS_RULES)}")
     table = artifact_specs(manifest["data"]["shape"][0], int8=True)
     for name, entry in manifest["artifacts"].items():
         spec = table.get(name)
@@ -291,11 +298,11 @@ def graph_identity(name: str, entry: dict[str, Any], manifest: dict[str, Any]) -
     """What an ONNX graph of artifact ``name`` is, as stamped into its own (hashed) bytes at export.
 
     The artifact's name, kind, solver, precision, stochastic and body, and the settings baked into
-    the graph (clip range, schedule): a manifest that says otherwise was edited after export.
+    the graph (clip range, eps rule, schedule): a manifest that says otherwise was edited after export.
     """
     keys = ("kind", "solver", "precision", "stochastic", "body")
     return {"artifact": name, **{k: entry.get(k) for k in keys}, "clip_range": manifest["clip_range"],
-            "schedule": manifest["schedule"]}
+            "eps_rule": manifest["eps_rule"], "schedule": manifest["schedule"]}
 
 
 def check_identity(data: bytes, name: str, manifest: dict[str, Any], path: str | os.PathLike) -> None:
@@ -318,6 +325,8 @@ def check_identity(data: bytes, name: str, manifest: dict[str, Any], path: str |
             stamped = json.loads(meta[IDENTITY_KEY])
         except ValueError:
             stamped = None
+        if isinstance(stamped, dict):  # stamped before the eps rule was: the rule those graphs compute
+            stamped.setdefault("eps_rule", LEGACY_EPS_RULE)
         expected = graph_identity(name, entry, manifest)
         if stamped != expected:
             diff = sorted(k for k in expected if not isinstance(stamped, dict) or stamped.get(k) != expected[k])

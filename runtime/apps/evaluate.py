@@ -75,16 +75,16 @@ def evaluate(
     import runtime
     from export.format.manifest import load_manifest
     from runtime.requests import check_choices, check_classes
-    from zoo.diffusion import check_guidance
+    from zoo.diffusion import MAX_GUIDANCE, check_guidance
     from zoo.training.distributed import init_distributed
     from zoo.training.metrics import quality_report
 
     check_choices(solver=solver, eta=eta, spacing=spacing, mode=mode)  # before a run is exported; the bundle's own after
-    try:  # the w of each report: every one finite and >= 0
+    try:  # the w of each report: every one in check_guidance's range
         ws = None if guidance is None else check_guidance(guidance, np.size(guidance), True)
     except ValueError:
-        raise ValueError(f"guidance {np.atleast_1d(guidance).tolist()} is invalid: expected finite numbers >= 0, one per "
-                         "point of the trade-off curve") from None
+        raise ValueError(f"guidance {np.atleast_1d(guidance).tolist()} is invalid: expected numbers in 0..{MAX_GUIDANCE:g}, "
+                         "one per point of the trade-off curve") from None
     target = Path(target)
     if not target.is_dir():
         raise FileNotFoundError(f"{str(target)!r} is neither a bundle nor a training run directory")

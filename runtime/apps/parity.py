@@ -171,8 +171,9 @@ def parity(
     device = "cuda" if sampler.device == "cuda" and torch.cuda.is_available() else "cpu"
     tf32_note = "TF32 off (onnxruntime use_tf32=0, torch allow_tf32=False)" if sampler.device == "cuda" else "fp32 on CPU (no TF32)"
     cond = {"labels": labels, "guidance": guidance}
+    baked = {k: sampler.manifest[k] for k in ("clip_range", "eps_rule")}  # the step settings the bundle's graphs compute
     x0, x0_64, eager_eps, eager_x = _eager(model, schedule, x_T, noise, device,
-                                           dict(num_steps=num_steps, solver=solver, eta=eta, spacing=spacing, **cond))
+                                           dict(num_steps=num_steps, solver=solver, eta=eta, spacing=spacing, **cond, **baked))
     bound, ref_err = derived_atol({"x_0": x0}, {"x_0": x0_64})
     bound = bound if atol is None else float(atol)
 

@@ -137,7 +137,7 @@ def _run(bundle: Path, data: str, n: int, batch: int, threads: int, repeats: int
     from zoo.training.metrics import reference_classifier
 
     manifest = load_manifest(bundle)
-    check_guidance(guidance, 1, True)  # one finite w >= 0
+    check_guidance(guidance, 1, True)  # one w in check_guidance's range
     torch.set_num_threads(threads)
     shape = manifest["data"]["shape"]
     classifier = reference_classifier(data, size=shape[-1])

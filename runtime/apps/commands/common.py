@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from runtime.requests import IMAGE_SUFFIXES
+from zoo.diffusion import MAX_GUIDANCE
 
 
 class Terminated(BaseException):
@@ -158,8 +159,8 @@ def class_args(p: argparse.ArgumentParser, all_help: str, guidance_help: str | N
                    help="class-conditional bundles: the class of every image, an index or a name (3, sneaker), one per "
                         f"image comma-separated, or 'all' ({all_help}); default: the null class (unconditional)")
     p.add_argument("--guidance", default=None,
-                   help=guidance_help or "classifier-free guidance w >= 0 with --class (default 1: conditional), or one "
-                                         "per image, comma-separated")
+                   help=guidance_help or f"classifier-free guidance w in 0..{MAX_GUIDANCE:g} with --class (default 1: "
+                                         "conditional), or one per image, comma-separated")
 
 
 def parse_classes(classes: str | None) -> str | list[int | str] | None:
@@ -174,7 +175,8 @@ def parse_guidance(guidance: str | None) -> list[float] | None:
     try:
         return None if guidance is None else [float(v) for v in guidance.split(",")]
     except ValueError:
-        raise ValueError(f"--guidance {guidance!r} is invalid: expected a number >= 0, or several comma-separated") from None
+        raise ValueError(f"--guidance {guidance!r} is invalid: expected a number in 0..{MAX_GUIDANCE:g}, or several "
+                         "comma-separated") from None
 
 
 def conditioning(manifest: dict, n: int, classes: str | None, guidance: str | None):

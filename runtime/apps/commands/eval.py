@@ -19,6 +19,7 @@ from runtime.apps.commands.common import (
 def register(sub) -> None:
     from runtime.providers import PROVIDERS
     from runtime.requests import MODES, SampleRequest
+    from zoo.diffusion import MAX_GUIDANCE
 
     p = sub.add_parser("eval", help="sample a bundle or training run and measure quality against real data")
     p.add_argument("target", help="bundle directory, or training run directory (exported to a temporary bundle first)")
@@ -29,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=MODES, default=SampleRequest.mode, help=f"runtime mode (default {SampleRequest.mode})")
     p.add_argument("--provider", choices=PROVIDERS, default="auto", help="auto (default): CUDA if it loads, else CPU")
     class_args(p, all_help="every class in turn, the default with --guidance",
-               guidance_help="classifier-free guidance w >= 0 (default 1 with --class), or several comma-separated: the "
+               guidance_help=f"classifier-free guidance w in 0..{MAX_GUIDANCE:g} (default 1 with --class), or several comma-separated: the "
                              "trade-off curve (the same samples at each w), e.g. 0,1,2,3,5")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
     p.add_argument("--grid", default=None, help="also write up to 64 samples as a PNG grid (scaled up)")
@@ -52,8 +53,10 @@ def run(args: argparse.Namespace) -> int:
           f"{res['mode']} mode on {res['provider']}, {res['processes']} process(es); against {res['data']}; "
           f"labels: {res['labels']}")
     print(res.pop("text"))
+    met = True  # a curve is a trade-off: each row carries its own verdict
     if "quality" in res:
-        print("targets met" if res["quality"]["met"] else "targets NOT met")
+        met = res["quality"]["met"]
+        print("targets met" if met else "targets NOT met (exit status 1)")
     if args.json:
         write_json(args.json, res, "report")
     if args.grid:
@@ -66,4 +69,4 @@ def run(args: argparse.Namespace) -> int:
         else:
             save_grid(args.grid, x[:64], scale=grid_scale(x), pad_value=96)
         print(f"samples written to {args.grid}")
-    return 0
+    return 0 if met else 1
