@@ -11,7 +11,10 @@ from typing import Iterable
 
 import numpy as np
 
-__all__ = ["image_noise", "row_noise"]
+__all__ = ["image_noise", "row_noise", "MAX_SEED"]
+
+# Seeds and image indices are 0..MAX_SEED: what a served request carries (INT64), and so what every entry point takes.
+MAX_SEED = 2**63 - 1
 
 
 def image_noise(

@@ -182,6 +182,7 @@ BAD = [
     ({**GOOD, "eta": (_col(0.5, np.float32), "FP32"), "solver": (_s("dpmpp_2m"), "BYTES")}, "eta"),
     ({**GOOD, "label": (_col(9), "INT64"), "guidance": (_col(1.0, np.float32), "FP32")}, "label 9"),
     ({**GOOD, "label": (_col(1), "INT64"), "guidance": (_col(np.nan, np.float32), "FP32")}, "nan"),
+    ({**GOOD, "label": (_col(1), "INT64"), "guidance": (_col(3e38, np.float32), "FP32")}, "expected 0..100"),  # absurd
     ({**GOOD, "guidance": (_col(2.0, np.float32), "FP32")}, "guidance"),  # guidance without a label
     ({k: (np.repeat(a, 9, axis=0), d) for k, (a, d) in GOOD.items()}, "<= 8"),  # more rows than --max-batch 8: Triton refuses them
 ]
@@ -245,7 +246,7 @@ def test_past_max_queue_a_request_is_refused_at_once(bundles, tmp_path):
 
 
 def test_a_client_that_times_out_does_not_wedge_the_server(server):
-    with Client(server.url, timeout_s=0.05) as c, pytest.raises(ConnectionError):
+    with Client(server.url, timeout_s=0.05) as c, pytest.raises(ServerError, match="did not answer within 0.05 s"):
         c.sample({"seed": 0, "index": np.arange(16), "steps": 1000, "eta": 1.0})
     with Client(server.url) as c:
         assert c.sample({"seed": 0, "index": [0], "steps": 2}).shape == (1, 12, 12, 3)
@@ -267,11 +268,11 @@ def _diffzoo(*args, **kw) -> subprocess.CompletedProcess:
 class _ServeCli:
     """`diffzoo serve` as a user runs it, in its own process: ready once it prints its "serving" line."""
 
-    def __init__(self, bundle, env=None):
+    def __init__(self, bundle, env=None, args=()):
         self.o = _options()
         o = self.o
         self.proc = subprocess.Popen([sys.executable, "-m", "runtime.apps.cli", "serve", str(bundle), "--http-port", str(o.http_port),
-                                      "--grpc-port", str(o.grpc_port), "--metrics-port", str(o.metrics_port)],
+                                      "--grpc-port", str(o.grpc_port), "--metrics-port", str(o.metrics_port), *map(str, args)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.url = f"http://127.0.0.1:{o.http_port}"
 
@@ -427,10 +428,156 @@ def test_sample_serve_and_request_run_without_torch(bundles, tmp_path):
     assert r.returncode == 0, r.stderr
     want = runtime.load(bundles["residual"].path, "cpu").sample(2, num_steps=3)
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), want)
-    r = _diffzoo("train", "--steps", 1, "--out", tmp_path / "run", env=env)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "pip install 'diffzoo[torch]'" in r.stderr, r.stderr
+    for args in (["train", "--steps", 1, "--out", tmp_path / "run"], ["bench", "--allocator", "--repeats", 1]):
+        r = _diffzoo(*args, env=env)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "pip install -e '.[torch]' in the diffzoo checkout" in r.stderr, r.stderr
     with _ServeCli(bundles["residual"].path, env=env) as served:  # its model instances inherit the blocked environment
         r = _diffzoo("request", served.url, "--n", 2, "--steps", 3, "--out", tmp_path / "b.npy", env=env)
         assert r.returncode == 0, r.stderr
         assert served.stop()[0] == 0
     np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), want)
+
+
+# --- round 4 (issue 28), 2: a server that cannot be taken down ----------------------------------------------
+
+def _work_dir(pid: int) -> Path:
+    import tempfile
+
+    work = [d for d in Path(tempfile.gettempdir()).glob("diffzoo-serve-*")
+            if (d / "owner").is_file() and (d / "owner").read_text() == str(pid)]
+    assert len(work) == 1, work
+    return work[0]
+
+
+def _left_running(port: int) -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "stat,args"], capture_output=True, text=True).stdout
+    return [p for p in ps.splitlines() if f"--http-port={port}" in p and not p.startswith("Z")]
+
+
+def test_apis_no_client_needs_are_closed_and_the_config_names_no_path(server, bundles, tmp_path):
+    import urllib.error
+    import urllib.request
+
+    def status(url, data=None):
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    for path, body in (("v2/systemsharedmemory/status", None), ("v2/systemsharedmemory/region/x/register", b"{}"),
+                       ("v2/cudasharedmemory/status", None), ("v2/repository/index", b"{}"),
+                       ("v2/repository/models/diffzoo/unload", b"{}"), ("v2/logging", None), ("v2/trace/setting", None)):
+        code, text = status(f"{server.url}/{path}", body)
+        assert code == 403 and "restricted" in text, (path, code, text)
+    code, config = status(f"{server.url}/v2/models/diffzoo/config")
+    assert code == 200 and str(bundles["residual"].path) not in config and "/tmp" not in config and "busy" not in config
+    with Client(server.url) as c:  # still serving
+        assert c.sample({"seed": 0, "index": [0], "steps": 2}).shape == (1, 12, 12, 3)
+    with open(tmp_path / "log", "wb") as log, \
+            TritonServer(bundles["residual"].path, _options(allow_api=("shared-memory",)), log_file=log) as opened:
+        assert status(f"{opened.url}/v2/systemsharedmemory/status")[0] == 200  # asked for: open
+        assert status(f"{opened.url}/v2/logging")[0] == 403
+
+
+def test_grpc_shared_memory_is_closed(server):
+    import tritonclient.grpc as grpc
+    from tritonclient.utils import InferenceServerException
+
+    c = grpc.InferenceServerClient(server.grpc_url)
+    try:
+        with pytest.raises(InferenceServerException, match="restricted"):
+            c.register_system_shared_memory("mine", "/diffzoo_probe", 64)
+        assert c.is_server_ready()
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("kill", ["instance", "work directory"])
+def test_a_server_that_cannot_answer_stops_and_exits_non_zero(bundles, kill):
+    """A killed model instance (or the work directory removed by a tmp cleaner): `diffzoo serve` stops its server,
+    says why in one line and exits 1, for an orchestrator to replace it; nothing is left running."""
+    import shutil
+
+    instances = 2 if kill == "instance" else 1  # one of two killed: the other would answer, every other request fail
+    with _ServeCli(bundles["residual"].path, args=["--instances", instances]) as served:
+        work = _work_dir(served.proc.pid)
+        marks = sorted((work / "instances").iterdir())
+        assert len(marks) == instances  # every instance warm and watched
+        if kill == "instance":
+            os.kill(int(marks[0].name), signal.SIGKILL)
+        else:
+            shutil.rmtree(work)
+        out, err = served.proc.communicate(timeout=120)
+        assert served.proc.returncode == 1, (out, err)
+        why = "model instance process" if kill == "instance" else "work directory"
+        line = [x for x in err.splitlines() if x.startswith("diffzoo serve: error:")]
+        assert len(line) == 1 and why in line[0] and "stopping so that it can be replaced" in line[0], err
+        assert not TritonServer(bundles["residual"].path, served.o).ready()
+        assert not _left_running(served.o.http_port)
+
+
+def test_localhost_and_non_ascii_paths_and_class_names_are_served(tmp_path):
+    torch.manual_seed(0)
+    path = export.export_bundle(zoo.build("unet", hidden=8, num_classes=3, channels=1), tmp_path / "bündel-é",
+                                example_shape=(1, 8, 8), formats=["onnx"], solvers=["ddim"],
+                                class_names=["zéro", "un", "\"deux\""]).path
+    with open(tmp_path / "log", "wb") as log, TritonServer(path, _options(host="localhost"), log_file=log) as s:
+        assert s.url.startswith("http://127.0.0.1:")  # Triton listens where the name resolves, not on 255.255.255.255
+        with Client(s.url) as c:
+            assert c.class_names == ["zéro", "un", '"deux"']
+            got = c.sample({"seed": 1, "index": [0, 1], "steps": 3, "label": [0, 2]}, output="sample")
+    np.testing.assert_array_equal(got, runtime.load(path, "cpu").sample(2, num_steps=3, seed=1, labels=[0, 2]))
+    with pytest.raises(ValueError, match=r"--host 'no-such-host.invalid' is invalid: it resolves to no address"):
+        _options(host="no-such-host.invalid").check()
+
+
+def test_a_diverging_row_fails_its_own_request_only(cond_bundle, tmp_path):
+    """Class 1's embedding made NaN: its rows come out NaN. Batched with a good request, the diverging request
+    gets a 500 naming its row, the good one its images."""
+    import onnx
+    from onnx import numpy_helper
+
+    from conftest import replace_graph
+
+    def blow_up(model):
+        for init in model.graph.initializer:
+            if init.name == "model.class_emb.weight":
+                w = numpy_helper.to_array(init).copy()
+                w[1] = np.nan  # class 1's rows diverge, the null class's and class 0's do not
+                init.CopyFrom(numpy_helper.from_array(w, init.name))
+        return model
+
+    path = replace_graph(cond_bundle, tmp_path, "fused_step.onnx", blow_up)
+    results: dict[str, object] = {}
+    with open(tmp_path / "log", "wb") as log, TritonServer(path, _options(max_batch=8, max_queue_delay_ms=300), log_file=log) as s:
+        def send(name, label):
+            try:
+                with Client(s.url) as c:
+                    results[name] = c.sample({"seed": 2, "index": [0, 1], "steps": 3, "label": [0, label], "guidance": 1.5},
+                                             output="sample")
+            except ServerError as e:
+                results[name] = e
+
+        threads = [threading.Thread(target=send, args=a) for a in (("good", 0), ("bad", 1))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert s.ready()
+    want = runtime.load(cond_bundle, "cpu").sample(2, num_steps=3, seed=2, labels=[0, 0], guidance=1.5)
+    np.testing.assert_array_equal(results["good"], want)
+    bad = results["bad"]
+    assert isinstance(bad, ServerError) and bad.status == 500 and "row 1: the sampler produced non-finite values" in str(bad)
+
+
+def test_request_refuses_bad_urls_and_seeds_and_names_a_timeout(server, tmp_path):
+    for url, named in (("ftp://127.0.0.1:8000", "ftp:// is not served"), ("http://127.0.0.1:port", "port is not a number"),
+                       ("http://", "expected http://HOST:PORT"), ("http://127.0.0.1:8000/v2/models", "expected http://HOST:PORT")):
+        r = _diffzoo("request", url, "--out", tmp_path / "x.png")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and named in r.stderr, (url, r.stderr)
+    r = _diffzoo("request", server.url, "--seed", 2**64, "--out", tmp_path / "x.png")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "seed=18446744073709551616 is invalid" in r.stderr, r.stderr
+    r = _diffzoo("request", server.url, "--n", 64, "--steps", 1000, "--eta", 1, "--timeout", 1, "--out", tmp_path / "x.png")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "did not answer within 1 s" in r.stderr, r.stderr
+    assert not (tmp_path / "x.png").exists()

@@ -28,7 +28,13 @@ def run(args: argparse.Namespace) -> int:
 
     from runtime.apps.serve.client import Client
 
+    from runtime.apps.serve.client import server_address
+    from runtime.noise import MAX_SEED
+    from zoo.validate import check_int
+
     out = check_out(args.out)
+    server_address(args.url)  # a bad URL is named before anything is sent
+    check_int("seed", args.seed, 0, MAX_SEED)
     if args.start < 0:
         raise ValueError(f"--start {args.start} is invalid: expected an index >= 0")
     if args.classes == "all" and out.suffix.lower() != ".png":

@@ -10,6 +10,7 @@ from runtime.apps.commands.common import positive_int
 
 
 def register(sub) -> None:
+    from runtime.apps.serve.server import RESTRICTED_APIS
     from runtime.apps.serve.server import ServeOptions as O
     from runtime.providers import PROVIDERS
     from runtime.requests import MODES
@@ -40,6 +41,9 @@ def register(sub) -> None:
                    help="onnxruntime intra-op threads per instance (default: onnxruntime's, every core)")
     p.add_argument("--exit-timeout", type=positive_int, default=O.exit_timeout_s,
                    help=f"on Ctrl-C or SIGTERM, seconds in-flight requests get to finish (default {O.exit_timeout_s})")
+    p.add_argument("--allow-api", default="",
+                   help=f"Triton APIs to open to every client, comma-separated, of {','.join(RESTRICTED_APIS)} (default "
+                        "none: no diffzoo client needs them, and they let any local client reach into the server)")
     p.set_defaults(func=run)
 
 
@@ -50,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     options = ServeOptions(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                            model_name=args.model_name, max_batch=args.max_batch, max_queue_delay_ms=args.max_queue_delay_ms,
                            max_queue=args.max_queue, instances=args.instances, provider=args.provider, mode=args.mode,
-                           cuda_graph=args.cuda_graph, threads=args.threads, exit_timeout_s=args.exit_timeout)
+                           cuda_graph=args.cuda_graph, threads=args.threads, exit_timeout_s=args.exit_timeout,
+                           allow_api=tuple(a.strip() for a in args.allow_api.split(",") if a.strip()))
     options.check()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops it even where SIGINT was ignored (`cmd &`)
     server = TritonServer(args.bundle, options, log_file=sys.stderr, verbose=args.verbose)
@@ -63,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
         if o.host not in ("127.0.0.1", "localhost", "::1"):
             print(f"warning: listening on {o.host}: Triton has no authentication; put it behind a proxy that has it",
                   file=sys.stderr, flush=True)
-        status = server.wait()
-        print(f"diffzoo serve: the Triton server exited on its own (status {status}); see its log above", file=sys.stderr)
+        why = server.watch()  # returns once the server cannot answer every request: stop, and exit non-zero
+        print(f"diffzoo serve: error: {why}; stopping so that it can be replaced", file=sys.stderr, flush=True)
+        server.stop()
         return 1
     except (KeyboardInterrupt, Terminated):
         if server.process is None:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from runtime.apps.serve.protocol import INPUTS, NUMPY_TYPES, OUTPUTS, REQUIRED
+from runtime.noise import MAX_SEED
 
 __all__ = ["Client", "ServerError"]
 
@@ -36,8 +37,9 @@ class Client:
             raise ImportError("diffzoo request needs tritonclient: pip install 'tritonclient[http]'") from None
         self._http = http
         self.url, self.model = url, model
-        ssl = url.startswith("https://")
-        self._client = http.InferenceServerClient(url.split("://", 1)[-1].rstrip("/"), ssl=ssl, concurrency=concurrency,
+        address, ssl = server_address(url)
+        self.timeout_s = timeout_s
+        self._client = http.InferenceServerClient(address, ssl=ssl, concurrency=concurrency,
                                                   connection_timeout=timeout_s, network_timeout=timeout_s)
         self._config: dict[str, Any] | None = None
 
@@ -60,7 +62,10 @@ class Client:
             status = e.status()
             code = int(status) if status and str(status).isdigit() else None
             raise ServerError(f"the server at {self.url} answered {status or 'an error'}: {_message(e)}", code) from None
-        except OSError as e:  # refused, reset, timed out, no route
+        except TimeoutError:  # reached, but no answer in time: not "cannot reach"
+            raise ServerError(f"the server at {self.url} did not answer within {self.timeout_s:g} s (--timeout); it may "
+                              "still be working on the request", None) from None
+        except OSError as e:  # refused, reset, no route
             raise ConnectionError(f"cannot reach a Triton server at {self.url} (model {self.model!r}): "
                                   f"{e.strerror or e.__class__.__name__}") from None
         except Exception as e:  # noqa: BLE001  the HTTP layer's own errors: something else answers there
@@ -94,10 +99,25 @@ class Client:
         b = len(np.atleast_1d(rows["index"]))
         columns = {k: _column(k, v, b) for k, v in rows.items() if v is not None}
         chunk = max(1, int(self.config.get("max_batch_size") or b))
-        pending = [self._call(self._client.async_infer, self.model, self._inputs(columns, s, min(s + chunk, b)),
-                              outputs=[self._http.InferRequestedOutput(output, binary_data=True)])
-                   for s in range(0, b, chunk)]
-        return np.concatenate([self._call(p.get_result).as_numpy(output) for p in pending])
+        import gevent
+
+        def infer(start: int) -> tuple[Any, BaseException | None]:  # in a greenlet: its failure is returned, so gevent
+            try:  # prints no traceback of its own; raised below, in order, as one line
+                outputs = [self._http.InferRequestedOutput(output, binary_data=True)]
+                return self._call(self._client.infer, self.model, self._inputs(columns, start, min(start + chunk, b)),
+                                  outputs=outputs), None
+            except (ServerError, ConnectionError) as e:
+                return None, e
+
+        pending = [gevent.spawn(infer, s) for s in range(0, b, chunk)]  # at once: the server batches them
+        gevent.joinall(pending)
+        parts = []
+        for g in pending:
+            result, error = g.value
+            if error is not None:
+                raise error
+            parts.append(result.as_numpy(output))
+        return np.concatenate(parts)
 
     def _inputs(self, columns: dict[str, np.ndarray], start: int, stop: int) -> list:
         out = []
@@ -109,8 +129,31 @@ class Client:
         return out
 
 
+def server_address(url: str) -> tuple[str, bool]:
+    """``(host:port, ssl)`` of a server's HTTP URL (``http://HOST:PORT`` or ``https://...``; a bare ``HOST:PORT`` is
+    http); ``ValueError`` naming the URL and what is accepted otherwise."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    expected = "expected http://HOST:PORT or https://HOST:PORT, e.g. http://127.0.0.1:8000"
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"URL {url!r} is invalid: {parts.scheme}:// is not served by Triton's HTTP endpoint; {expected}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"URL {url!r} is invalid: its port is not a number in 1..65535; {expected}") from None
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"URL {url!r} is invalid: {expected}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{port or (443 if parts.scheme == 'https' else 80)}", parts.scheme == "https"
+
+
 def _column(name: str, value: Any, b: int) -> np.ndarray:
     dtype = NUMPY_TYPES[_DTYPES[name]]
+    if dtype is np.int64:  # a Python integer past int64 cannot travel: say which
+        for v in np.atleast_1d(np.asarray(value, dtype=object)).tolist():
+            if isinstance(v, int) and not -MAX_SEED - 1 <= v <= MAX_SEED:
+                raise ValueError(f"{name} {v} is invalid: expected an integer in 0..{MAX_SEED}")
     arr = np.asarray(value)
     if arr.ndim == 0:
         arr = np.full(b, value)

@@ -18,37 +18,34 @@ import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by Triton's Python backend stub
 
 from runtime.apps.serve.protocol import OUTPUTS, Rows, Settings, check_memory, read_rows
+from runtime.apps.serve.server import SETTINGS_NAME, register_instance
 from runtime.noise import row_noise
 from runtime.providers import CudaOptions
 from runtime.sampler import load
-from zoo.diffusion import check_finite
 from zoo.solvers import SOLVERS
 from zoo.validate import first_line
-
-
-def _param(config: dict, key: str, default: str = "") -> str:
-    return config.get("parameters", {}).get(key, {}).get("string_value", default)
 
 
 class TritonPythonModel:
     """One model instance: a verified bundle's sampler, its sessions built and warmed in ``initialize``."""
 
     def initialize(self, args: dict[str, Any]) -> None:
-        config = json.loads(args["model_config"])
-        self.mode = _param(config, "mode", "loop")
-        threads = int(_param(config, "threads", "0")) or None
+        # the server's private settings (server.instance_settings), beside this model's code: never in its served config
+        settings = json.loads((Path(args["model_repository"]) / args["model_version"] / SETTINGS_NAME).read_text("utf-8"))
+        self.mode = settings["mode"]
         device_id = int(args.get("model_instance_device_id") or 0) if args.get("model_instance_kind") == "GPU" else 0
-        cuda = CudaOptions(device_id=device_id, cuda_graph=_param(config, "cuda_graph") == "1")
-        provider = _param(config, "provider", "cpu")
-        self.path = _param(config, "bundle")
-        self.busy = Path(_param(config, "busy_dir")) / f"{os.getpid()}"  # exists while a batch runs (server.stop)
+        cuda = CudaOptions(device_id=device_id, cuda_graph=settings["cuda_graph"])
+        provider = settings["provider"]
+        self.path = settings["bundle"]
+        self.busy = Path(settings["busy_dir"]) / f"{os.getpid()}"  # exists while a batch runs (server.stop)
         # verifies every hash: what the sessions run is exactly what was checked
-        self.sampler = load(self.path, provider, strict=provider == "cuda", cuda=cuda, threads=threads)
+        self.sampler = load(self.path, provider, strict=provider == "cuda", cuda=cuda, threads=settings["threads"])
         self.log = pb_utils.Logger
         self.log.log_info(f"diffzoo: {args['model_instance_name']} loads {self.path} ({self.mode} mode, "
                           f"{self.sampler.providers[0]})")
         self.good_settings: set[Settings] = set()  # checked once per instance, not per request
         self._warm_up()
+        register_instance(settings["instances_dir"])  # warm: the server watches this process from now on
 
     def _warm_up(self) -> None:
         """Build and run every session this instance can be asked for, so that ready means ready."""
@@ -63,7 +60,10 @@ class TritonPythonModel:
                 self._run(rows.settings[0], [(rows, 0)])
 
     def execute(self, requests: list) -> list:
-        self.busy.touch()
+        try:
+            self.busy.touch()
+        except OSError as e:  # the work directory is gone: the server stops on it (server.problem); answer meanwhile
+            self.log.log_warn(f"diffzoo: cannot mark a batch in progress ({e.strerror})")
         try:
             return self._execute(requests)
         finally:
@@ -97,26 +97,37 @@ class TritonPythonModel:
                     responses[i] = _error(f"the sampler failed on this request's rows: {first_line(e, 300)}",
                                           pb_utils.TritonError.INTERNAL)
                 continue
-            for (i, j), image in zip(live, x):
+            finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)  # a diverged image fails its own request only
+            for ((i, j), image), ok in zip(zip(live, x), finite):
                 results[i][j] = image
+                if not ok and responses[i] is None:
+                    responses[i] = _error(f"row {j}: the sampler produced non-finite values (NaN or inf) for this image "
+                                          f"({settings.solver}, {settings.steps} steps, eta {settings.eta:g}): the model "
+                                          "diverged at these settings; try fewer steps or lower guidance",
+                                          pb_utils.TritonError.INTERNAL)
         for i, x in results.items():
             if responses[i] is None:
                 responses[i] = self._response(requests[i], x)
         return responses
 
     def _run(self, settings: Settings, members: list[tuple[Rows, int]]) -> np.ndarray:
-        """Rows that share ``settings`` (each its own seed, index, label and w) in one session call."""
+        """Rows that share ``settings`` (each its own seed, index, label and w) in one session call, or in as few as
+        fit in the memory this instance can still get (``Sampler.fit_batch``): a large request is split, not killed."""
         ts = self.sampler.timesteps(settings.steps, settings.spacing)
         stochastic = settings.eta > 0
-        x_T, noise = row_noise([(int(r.seed[j]), int(r.index[j])) for r, j in members], self.sampler.shape, len(ts), stochastic)
-        labels = guidance = None
-        if settings.conditional:
-            labels = np.array([r.labels[j] for r, j in members], np.int64)
-            guidance = np.array([r.guidance[j] for r, j in members], np.float32)
-        x = self.sampler.run_batch(x_T, ts, noise, settings.eta, self.mode, solver=settings.solver, labels=labels,
-                                   guidance=guidance)
-        check_finite(x, f"{len(members)} served images ({settings.solver}, {settings.steps} steps)")
-        return x
+        size = self.sampler.fit_batch(len(members), len(members), len(ts), settings.solver, stochastic)
+        out = []
+        for k in range(0, len(members), size):
+            part = members[k:k + size]
+            x_T, noise = row_noise([(int(r.seed[j]), int(r.index[j])) for r, j in part], self.sampler.shape, len(ts),
+                                   stochastic)
+            labels = guidance = None
+            if settings.conditional:
+                labels = np.array([r.labels[j] for r, j in part], np.int64)
+                guidance = np.array([r.guidance[j] for r, j in part], np.float32)
+            out.append(self.sampler.run_batch(x_T, ts, noise, settings.eta, self.mode, solver=settings.solver,
+                                              labels=labels, guidance=guidance))  # non-finite rows: failed in _execute
+        return np.concatenate(out)
 
     def _response(self, request, x: np.ndarray):
         wanted = set(request.requested_output_names()) or set(OUTPUTS)

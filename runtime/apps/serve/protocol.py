@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.requests import SampleRequest, check_classes, check_settings, sample_bytes
+from runtime.memory import sample_bytes
+from runtime.requests import SampleRequest, check_classes, check_settings
 from zoo.images import to_uint8
 from zoo.resources import check_fits
 from zoo.validate import check_int
@@ -47,7 +48,7 @@ INPUTS: tuple[Input, ...] = (
     Input("eta", "FP32", SampleRequest.eta),
     Input("spacing", "BYTES", SampleRequest.spacing),
     Input("label", "INT64", conditional=True),  # the class index
-    Input("guidance", "FP32", conditional=True),  # classifier-free guidance w >= 0, with label
+    Input("guidance", "FP32", conditional=True),  # classifier-free guidance w in 0..MAX_GUIDANCE, with label
 )
 REQUIRED = tuple(i.name for i in INPUTS if i.required)
 

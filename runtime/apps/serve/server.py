@@ -9,10 +9,12 @@ interpreter's ``bin`` first on ``PATH``, so that the stub runs this environment'
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,12 +34,18 @@ from runtime.apps.serve.protocol import OUTPUTS, inputs_of
 from runtime.requests import check_choices, check_cuda_graph
 from zoo.validate import check_int
 
-__all__ = ["ServeOptions", "ServeError", "TritonServer", "triton_unavailable_reason", "model_config", "free_port"]
+__all__ = ["ServeOptions", "ServeError", "TritonServer", "triton_unavailable_reason", "model_config", "free_port",
+           "RESTRICTED_APIS", "SETTINGS_NAME", "listen_address", "register_instance"]
 
 log = logging.getLogger(__name__)
 
 _TYPES = {"INT64": "TYPE_INT64", "FP32": "TYPE_FP32", "BYTES": "TYPE_STRING", "UINT8": "TYPE_UINT8"}
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Triton's APIs that no diffzoo client uses and that let any local client reach into the server (register its own
+# shared-memory regions, load or unload models, rewrite its log and trace settings): closed unless --allow-api opens
+# them. A closed API answers only requests carrying a header whose value is a random secret of this server.
+RESTRICTED_APIS = ("shared-memory", "model-repository", "logging", "trace")
+SETTINGS_NAME = "settings.json"  # the model instances' private settings, beside model.py (never in the served config)
 
 
 class ServeError(RuntimeError):
@@ -61,6 +70,7 @@ class ServeOptions:
     cuda_graph: bool = False  # fused mode on CUDA: the step replayed as a CUDA graph
     threads: int | None = None  # onnxruntime intra-op threads per instance (default: onnxruntime's)
     exit_timeout_s: int = 30  # on SIGINT/SIGTERM, in-flight requests get this long to finish
+    allow_api: tuple[str, ...] = ()  # of RESTRICTED_APIS, the ones left open to every client
 
     def check(self) -> None:
         """``ValueError`` naming the bad option and what is accepted."""
@@ -84,6 +94,10 @@ class ServeOptions:
         check_cuda_graph(self.cuda_graph, self.mode, "cpu" if self.provider == "cpu" else None)
         if self.threads is not None:
             check_int("--threads", self.threads, 1)
+        bad = [a for a in self.allow_api if a not in RESTRICTED_APIS]
+        if bad:
+            raise ValueError(f"--allow-api {','.join(bad)} is invalid: expected some of {','.join(RESTRICTED_APIS)}")
+        listen_address(self.host)
 
 
 def _pytriton_root() -> Path | None:
@@ -126,7 +140,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _check_port_free(host: str, port: int, flag: str) -> None:
-    with socket.socket() as s:
+    host = listen_address(host)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
@@ -134,20 +149,41 @@ def _check_port_free(host: str, port: int, flag: str) -> None:
             raise OSError(f"cannot listen on {host}:{port} ({flag}): {e.strerror}; choose another {flag}") from None
 
 
-def model_config(manifest: dict[str, Any], bundle: Path, options: ServeOptions, provider: str, busy_dir: Path) -> str:
-    """The model's ``config.pbtxt``: its inputs and outputs from ``protocol``, the batcher, instances, the bundle.
+def listen_address(host: str) -> str:
+    """The IP address ``--host`` names, as Triton takes it (a name such as "localhost" resolved here: Triton would
+    listen on 255.255.255.255 for it); ``ValueError`` naming it when it resolves to nothing."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_UNSPEC, socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise ValueError(f"--host {host!r} is invalid: it resolves to no address here ({getattr(e, 'strerror', e)}); "
+                         "expected an IP address or a host name") from None
+    v4 = [i[4][0] for i in infos if i[0] == socket.AF_INET]
+    return (v4 or [i[4][0] for i in infos])[0]
 
-    ``busy_dir``: where each instance marks a batch in progress (``TritonServer.stop`` drains them).
+
+def _pbtxt_string(value: str) -> str:
+    """``value`` as a protobuf text-format string literal (UTF-8 kept as is: its parser reads no \\u escapes)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def model_config(manifest: dict[str, Any], options: ServeOptions, provider: str) -> str:
+    """The model's ``config.pbtxt``: its inputs and outputs from ``protocol``, the batcher, instances, the class names.
+
+    What every client may read (``GET /v2/models/NAME/config``): nothing of the server's machine (the bundle's path,
+    the work directory) is in it; the instances read those from their private ``SETTINGS_NAME``.
     """
     chw = tuple(manifest["data"]["shape"])
     inputs = ",\n".join(
         f'  {{ name: "{i.name}" data_type: {_TYPES[i.datatype]} dims: [ 1 ]{"" if i.required else " optional: true"} }}'
         for i in inputs_of(manifest))
     outputs = ",\n".join(f'  {{ name: "{name}" data_type: {_TYPES[o.datatype]} dims: {o.dims(chw)} }}' for name, o in OUTPUTS.items())
-    params = {"bundle": str(bundle.resolve()), "mode": options.mode, "provider": provider,
-              "cuda_graph": "1" if options.cuda_graph else "0", "threads": str(options.threads or 0),
-              "classes": json.dumps((manifest.get("classes") or {}).get("names") or []), "busy_dir": str(busy_dir)}
-    parameters = ",\n".join(f'  {{ key: "{k}" value: {{ string_value: {json.dumps(v)} }} }}' for k, v in params.items())
+    params = {"mode": options.mode,
+              "classes": json.dumps((manifest.get("classes") or {}).get("names") or [], ensure_ascii=False)}
+    parameters = ",\n".join(f'  {{ key: "{k}" value: {{ string_value: {_pbtxt_string(v)} }} }}' for k, v in params.items())
     kind = "KIND_GPU" if provider == "cuda" else "KIND_CPU"
     # --max-batch 1: no dynamic batcher at all (Triton's default scheduler, one request per execution). Its
     # dynamic batcher at max_batch_size 1 stalled queued requests by ~0.5 s (p99 0.5-1.1 s at 4-16 clients
@@ -173,6 +209,16 @@ parameters [
 """
 
 
+def instance_settings(options: ServeOptions, provider: str, work: Path) -> dict[str, Any]:
+    """What each model instance reads from its private ``SETTINGS_NAME``: the bundle, how to run it, where to mark.
+
+    The bundle is the work directory's link to it: the backend stub embeds Python in an ASCII locale, where a
+    path with an "é" does not exist; the link's name is plain ASCII, and the kernel follows it.
+    """
+    return {"bundle": str(work / "bundle"), "mode": options.mode, "provider": provider, "cuda_graph": options.cuda_graph,
+            "threads": options.threads, "busy_dir": str(work / "busy"), "instances_dir": str(work / "instances")}
+
+
 class TritonServer:
     """``tritonserver`` serving one bundle; ``start`` returns once it is ready (sessions built and warmed).
 
@@ -191,6 +237,7 @@ class TritonServer:
         self._work: Path | None = None  # the model repository, backend directory and busy marks
         self._own_log: IO | None = None  # the log file opened here when no log_file was given
         self._shm_prefix = ""  # Triton's shared-memory regions of this server
+        self._copier: threading.Thread | None = None  # copies the server's output to log_file (_copy_log)
 
     @property
     def url(self) -> str:
@@ -207,7 +254,10 @@ class TritonServer:
 
     @property
     def _client_host(self) -> str:
-        return "127.0.0.1" if self.options.host in ("0.0.0.0", "") else self.options.host
+        host = listen_address(self.options.host)
+        if host in ("0.0.0.0", "::"):
+            return "127.0.0.1" if host == "0.0.0.0" else "[::1]"
+        return f"[{host}]" if ":" in host else host
 
     def start(self, timeout_s: float = 600.0) -> TritonServer:
         from export.format.manifest import load_manifest
@@ -238,8 +288,11 @@ class TritonServer:
         model = work / "models" / o.model_name
         (model / "1").mkdir(parents=True)
         (work / "busy").mkdir()
-        (model / "config.pbtxt").write_text(model_config(manifest, self.bundle, o, self.provider, work / "busy"))
+        (work / "instances").mkdir()
+        (model / "config.pbtxt").write_text(model_config(manifest, o, self.provider), encoding="utf-8")
         (model / "1" / "model.py").write_text("from runtime.apps.serve.model import TritonPythonModel  # noqa: F401\n")
+        (work / "bundle").symlink_to(self.bundle.resolve(), target_is_directory=True)
+        (model / "1" / SETTINGS_NAME).write_text(json.dumps(instance_settings(o, self.provider, work)), encoding="utf-8")
         backend = work / "backends" / "python"  # Triton's Python backend with the stub of this interpreter's version
         backend.mkdir(parents=True)
         shipped = root / "tritonserver" / "backends" / "python"
@@ -252,7 +305,7 @@ class TritonServer:
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # the stub's Python finds this environment
         package_root = str(Path(__file__).resolve().parents[3])  # where `runtime` is importable from
         env["PYTHONPATH"] = ":".join([package_root] + [p for p in env.get("PYTHONPATH", "").split(":") if p])
-        host = o.host
+        host = listen_address(o.host)
         args = [str(root / "tritonserver" / "bin" / "tritonserver"), f"--model-repository={work / 'models'}",
                 f"--backend-directory={work / 'backends'}", f"--http-address={host}", f"--http-port={o.http_port}",
                 f"--grpc-address={host}", f"--grpc-port={o.grpc_port}", f"--metrics-address={host}",
@@ -260,14 +313,22 @@ class TritonServer:
                 f"--allow-gpu-metrics={'true' if self.provider == 'cuda' else 'false'}",
                 f"--log-info={'true' if self.verbose else 'false'}", "--disable-auto-complete-config",
                 f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}"]
+        closed = [a for a in RESTRICTED_APIS if a not in o.allow_api]
+        if closed:  # open only to a header nobody is told: closed to every client
+            key = f"diffzoo-admin={secrets.token_hex(16)}"
+            args += [f"--http-restricted-api={','.join(closed)}:{key}", f"--grpc-restricted-protocol={','.join(closed)}:{key}"]
         if self.provider != "cuda":  # no pinned or device memory pools to set up (and no errors about them)
             args += ["--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0"]
         if self.log_file is None:
             self._own_log = open(work / "tritonserver.log", "wb")  # noqa: SIM115  closed in stop()
         out = self.log_file or self._own_log
         log.info("starting %s", " ".join(args))
-        self.process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True, preexec_fn=_die_with_parent)
+        self.process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+        benign = () if self.provider == "cuda" else _BENIGN_ON_CPU
+        self._copier = threading.Thread(target=_copy_log, args=(self.process.stdout, out, benign), daemon=True,
+                                        name="tritonserver-log")
+        self._copier.start()
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -292,6 +353,8 @@ class TritonServer:
         """The server's first error line (its own log file), or where its lines went."""
         if self._own_log is None:
             return "see its log above"
+        if self.process is not None and self.process.poll() is not None:
+            self._copier.join(5)  # every line it wrote is in the file
         self._own_log.flush()
         text = (self._work / "tritonserver.log").read_text(errors="replace")
         errors = [line for line in text.splitlines() if line.startswith("E") or "error" in line.lower()]
@@ -300,6 +363,27 @@ class TritonServer:
     def wait(self) -> int:
         """Block until the server exits; its exit status."""
         return self.process.wait()
+
+    def problem(self) -> str | None:
+        """Why this server can no longer answer every request, or None: the process exited, a model instance died
+        (killed, out of memory), or its work directory was removed (a tmp cleaner). Readiness means "able to answer",
+        so ``diffzoo serve`` stops on any of these and exits non-zero for an orchestrator to replace it."""
+        if self.process is None:
+            return "the server is not running"
+        if self.process.poll() is not None:
+            return f"the Triton server exited on its own (status {self.process.returncode})"
+        if self._work is None or not (self._work / "instances").is_dir():
+            return f"its work directory {str(self._work)!r} was removed (a tmp cleaner?): set TMPDIR to a directory none cleans"
+        for mark in (self._work / "instances").iterdir():  # one per instance, written once it is warm
+            if not _alive(mark):
+                return f"model instance process {mark.name} died (killed, or out of memory)"
+        return None
+
+    def watch(self, interval_s: float = 0.25) -> str:
+        """Block until ``problem`` finds one; returns it."""
+        while (why := self.problem()) is None:
+            time.sleep(interval_s)
+        return why
 
     def stop(self) -> None:
         """Stop after in-flight requests: SIGTERM, drain, then nothing of the server's is left running or on disk.
@@ -319,6 +403,7 @@ class TritonServer:
             except (ProcessLookupError, PermissionError):
                 pass
             p.wait()
+            self._copier.join(5)
             if self._shm_prefix:
                 for region in Path("/dev/shm").glob(f"{self._shm_prefix}*"):
                     region.unlink(missing_ok=True)
@@ -334,7 +419,8 @@ class TritonServer:
         deadline = time.monotonic() + self.options.exit_timeout_s
         idle_since = None
         while time.monotonic() < deadline and p.poll() is None:
-            idle = not any((self._work / "busy").iterdir()) and self._pending() == 0
+            busy = self._work / "busy"
+            idle = not (busy.is_dir() and any(busy.iterdir())) and self._pending() == 0
             now = time.monotonic()
             idle_since = (idle_since or now) if idle else None
             if idle_since is not None and now - idle_since >= settle_s:
@@ -361,6 +447,23 @@ class TritonServer:
 
 
 WORK_PREFIX = "diffzoo-serve-"
+# What tritonserver logs at start on a machine without a GPU, as an error, though nothing is wrong: left out of the
+# log when the server runs on the CPU provider.
+_BENIGN_ON_CPU = (b"CudaDriverHelper has not been initialized",)
+
+
+def _copy_log(source: IO[bytes], sink: IO, benign: tuple[bytes, ...]) -> None:
+    """The server's output lines to ``sink`` as they come, but for the ``benign`` ones; ends with the process."""
+    out = getattr(sink, "buffer", sink)  # sys.stderr takes bytes through its buffer
+    for line in iter(source.readline, b""):  # read to the end whatever happens: a full pipe would stall the server
+        if out is None or any(b in line for b in benign):
+            continue
+        try:
+            out.write(line)
+            out.flush()
+        except (OSError, ValueError):  # the sink was closed (stop() closes its own log last): nothing left to keep
+            out = None
+    source.close()
 
 
 def _remove_orphans() -> None:
@@ -375,6 +478,29 @@ def _remove_orphans() -> None:
             shutil.rmtree(work, ignore_errors=True)
         except (OSError, ValueError):
             pass  # not ours to judge: unreadable, or another user's
+
+
+def _alive(mark: Path) -> bool:
+    """Whether the process an instance mark names (``<pid>``, holding its start time) is still that process, running
+    (a killed stub stays a zombie until tritonserver reaps it, which it may never do)."""
+    try:
+        state, started = _stat(int(mark.name))
+        return started == mark.read_text() and state not in ("Z", "X")
+    except (OSError, ValueError):
+        return not mark.exists() and mark.parent.is_dir()  # removed between listing and reading: not a death
+
+
+def _stat(pid: int) -> tuple[str, str]:
+    """A process's state and start time (``/proc/PID/stat`` fields 3 and 22): the start time and the pid name one
+    process, never a reused pid."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return fields[0], fields[19]
+
+
+def register_instance(instances_dir: str | os.PathLike) -> None:
+    """In a model instance, once it is warm: its mark for ``TritonServer.problem`` (pid, start time)."""
+    pid = os.getpid()
+    (Path(instances_dir) / str(pid)).write_text(_stat(pid)[1])
 
 
 def _die_with_parent() -> None:
