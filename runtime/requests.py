@@ -23,7 +23,7 @@ from zoo.solvers import check_eta, get_solver
 from zoo.validate import check_int
 
 __all__ = ["Mode", "MODES", "PRECISIONS", "SampleRequest", "check_settings", "check_choices", "check_classes", "check_output",
-           "check_cuda_graph", "sample_bytes", "IMAGE_SUFFIXES"]
+           "check_cuda_graph", "IMAGE_SUFFIXES"]
 
 Mode = Literal["loop", "fused", "step"]
 MODES: tuple[str, ...] = tuple(MODE_KINDS)  # ("loop", "fused", "step")
@@ -93,20 +93,13 @@ def check_cuda_graph(cuda_graph: bool, mode: str, provider: str | None = None) -
         raise ValueError(f"--cuda-graph replays the fused step on CUDA: it needs the CUDA provider (here: {provider})")
 
 
-def sample_bytes(shape: tuple[int, ...], n: int, batch: int, num_steps: int, stochastic: bool) -> int:
-    """Host memory of sampling n images of ``shape`` in batches of ``batch``: the results (and their
-    concatenation) plus one batch's x_T, x, outputs and per-step noise; not the graphs' activations."""
-    image = 4 * int(np.prod(shape))  # bytes of one float32 image
-    return image * (2 * n + batch * (4 + (num_steps if stochastic else 0)))
-
-
 def check_classes(manifest: dict[str, Any], n: int, labels: Any = None,
                   guidance: Any = None) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
     """A request's labels and guidance as (n,) int64 / float32 arrays for a class-conditional bundle.
 
     ``labels``: one class or one per image, as indices or the manifest's class names; none (returns
     ``(None, None)``) samples the null class: unconditional (``Sampler.run_batch`` feeds the graphs
-    the null class then). ``guidance``: one number >= 0 or one per image (default 1), only with labels.
+    the null class then). ``guidance``: one number in 0..``MAX_GUIDANCE`` or one per image (default 1), only with labels.
     An unconditional bundle refuses both. ``ValueError`` naming the bad value and what is accepted.
     """
     classes = manifest.get("classes")

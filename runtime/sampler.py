@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +29,8 @@ from export.format.manifest import (
     read_verified,
 )
 from export.loop import build_sampler_graph, loop_is_bounded
-from runtime.noise import image_noise
+from runtime.memory import activation_bytes_per_image, fit_batch
+from runtime.noise import MAX_SEED, image_noise
 from runtime.providers import (
     CudaOptions,
     ProviderUnavailableError,
@@ -41,16 +44,14 @@ from runtime.requests import (
     SampleRequest,
     check_classes,
     check_settings,
-    sample_bytes,
 )
 from zoo.diffusion import check_finite, ddim_timesteps, guided_eps, step_pairs
-from zoo.resources import check_fits
 from zoo.schedules import make_schedule
 from zoo.solvers import alpha_bars
 from zoo.validate import check_int, first_line
 
 __all__ = ["MODES", "Mode", "PRECISIONS", "Sampler", "load", "check_settings", "DEFAULT_BATCH_SIZE", "step_list", "step_feeds",
-           "fused_on_host"]
+           "fused_on_host", "GraphRunError"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,15 @@ DEFAULT_BATCH_SIZE = SampleRequest.batch_size
 ORT_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, n) for n in (
     "Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoSuchFile", "NoModel", "NotImplemented",
     "RuntimeException", "EngineError", "ModelLoaded") if hasattr(ort.capi.onnxruntime_pybind11_state, n))
+
+# How long a terminated run gets to return: onnxruntime checks RunOptions.terminate between nodes, so only a node
+# that never returns (a hostile graph) outlives it; its thread is then left behind, and the caller goes on.
+TERMINATE_WAIT_S = 5.0
+
+
+class GraphRunError(RuntimeError):
+    """A bundle graph that loaded but failed while running (out of memory, a bad op, a wrong output); names it."""
+
 
 # callback(i, t, eps or None, x_prev) after each step, for parity reports; eps is None where the
 # mode does not expose it (fused), and the loop mode reports only its final x_0.
@@ -121,6 +131,7 @@ class Sampler:
         self._graphs: dict[tuple[str, int], tuple] = {}
         self.optimize_cpu_loop = True  # see _cpu_loop_model; False runs the bundle's sampler.onnx as shipped
         self.precision = precision  # "int8" selects the bundle's int8 artifacts where it has them
+        self._activations: dict[str, int] = {}  # artifact -> activation bytes per image (runtime.memory)
 
     # --- sessions ---------------------------------------------------------------------------
     @property
@@ -244,6 +255,19 @@ class Sampler:
         """Raise ``ValueError`` naming the bad value if ``sample`` would refuse these settings."""
         check_settings(self.manifest, self.path, num_steps, eta, spacing, mode, solver, self.precision)
 
+    def activation_bytes(self, solver: str, stochastic: bool) -> int:
+        """Activation bytes one image adds to a batch of ``solver``'s graphs (``runtime.memory``), once per artifact."""
+        name = select(self.manifest["artifacts"], "fused_step", solver, stochastic, self.precision) or self.artifact("denoiser")
+        if name not in self._activations:
+            c, h, w = self.shape
+            self._activations[name] = activation_bytes_per_image(self._onnx_bytes(name), h, w)
+        return self._activations[name]
+
+    def fit_batch(self, n: int, batch: int, num_steps: int, solver: str, stochastic: bool) -> int:
+        """The batch size up to ``batch`` that fits here beside n results (``runtime.memory.fit_batch``)."""
+        return fit_batch(self.shape, n, batch, num_steps, stochastic, self.activation_bytes(solver, stochastic),
+                         f"{n} images of {self.shape}", "sample fewer images per call (--n, --shard)")
+
     def timesteps(self, num_steps: int, spacing: str = "leading") -> np.ndarray:
         return ddim_timesteps(self.schedule.num_train_timesteps, num_steps, spacing)
 
@@ -265,7 +289,7 @@ class Sampler:
         """Sample images ``start .. start+n-1`` of the stream ``seed``.
 
         For a class-conditional bundle, ``labels`` (one class or one per image, indices or the
-        manifest's class names; none: the null class) and ``guidance`` (one w >= 0 or one per
+        manifest's class names; none: the null class) and ``guidance`` (one w in 0..``MAX_GUIDANCE`` or one per
         image, default 1) steer each image (``runtime.requests.check_classes``).
 
         ``solver`` is "ddim" (any eta) or "dpmpp_2m" (DPM-Solver++(2M), deterministic: eta = 0;
@@ -279,15 +303,17 @@ class Sampler:
         Raises:
             NonFiniteSampleError: a batch came out with NaN or inf (never returned silently).
         """
-        n, seed, start = check_int("n", n, 1), check_int("seed", seed, 0), check_int("start", start, 0)
+        n, seed, start = check_int("n", n, 1), check_int("seed", seed, 0, MAX_SEED), check_int("start", start, 0, MAX_SEED)
         batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
         self.check(num_steps, eta, spacing, mode, solver)
         labels, guidance = check_classes(self.manifest, n, labels, guidance)
         num_steps, eta = int(num_steps), float(eta)
         ts = self.timesteps(num_steps, spacing)
-        bs = min(n, batch_size or DEFAULT_BATCH_SIZE)
-        check_fits(sample_bytes(self.shape, n, bs, len(ts), eta > 0),
-                   f"{n} images of {self.shape} in batches of {bs}", "sample fewer images per call (--n, --shard, --batch-size)")
+        asked = min(n, batch_size or DEFAULT_BATCH_SIZE)
+        bs = self.fit_batch(n, asked, len(ts), solver, eta > 0)
+        if bs < asked:
+            log.warning("batches of %d images do not fit in the memory available here: sampling in batches of %d "
+                        "(the images are the same: image k depends only on the seed and k)", asked, bs)
         starts = range(start, start + n, bs)
         if progress and len(starts) > 1:
             from tqdm.auto import tqdm
@@ -324,20 +350,21 @@ class Sampler:
             cond = {"labels": np.full(len(x_T), null, np.int64) if labels is None else labels,
                     "guidance": np.ones(len(x_T), np.float32) if guidance is None else guidance}
         artifact = self.artifact(MODE_KINDS[mode], solver, stochastic)
+        run = _Run(artifact, self.path)
         if mode == "loop":
             sess = self.session(artifact)
             feed = {"x_T": x_T, "timesteps": timesteps, **cond}
             if stochastic:
                 feed.update(noise=noise, eta=np.array(eta, np.float32))
-            (x0,) = sess.run(["x_0"], _by_name(sess, feed))
+            (x0,) = run.interruptibly(partial(run, sess.run, ["x_0"], _by_name(sess, feed)))
             if callback is not None:
                 callback(len(timesteps) - 1, int(timesteps[-1]), None, x0)
             return self._checked_output(x0, x_T, artifact)
         if mode == "fused" and self.device == "cuda" and self.cuda.cuda_graph:
-            x = self._run_fused_cuda_graph(artifact, solver, x_T, timesteps, noise, eta, callback, cond)
+            work = partial(self._run_fused_cuda_graph, run, solver, x_T, timesteps, noise, eta, callback, cond)
         else:
-            x = self._run_per_step(artifact, solver, x_T, timesteps, noise, eta, mode, callback, cond)
-        return self._checked_output(x, x_T, artifact)
+            work = partial(self._run_per_step, run, solver, x_T, timesteps, noise, eta, mode, callback, cond)
+        return self._checked_output(run.interruptibly(work), x_T, artifact)
 
     def _checked_output(self, x: np.ndarray, x_T: np.ndarray, artifact: str) -> np.ndarray:
         """A graph's result must have x_T's shape and dtype, as its manifest entry declares."""
@@ -364,14 +391,15 @@ class Sampler:
                 raise TypeError(f"noise is {got}: eta > 0 needs float32 noise of shape (S, B, C, H, W) = {want}")
         return np.ascontiguousarray(x_T), ts.astype(np.int64), noise
 
-    def _run_per_step(self, artifact, solver, x_T, timesteps, noise, eta, mode, callback, cond) -> np.ndarray:
+    def _run_per_step(self, run: _Run, solver, x_T, timesteps, noise, eta, mode, callback, cond) -> np.ndarray:
         """``fused``: the fused step per timestep; ``step``: the denoiser, then the solver step.
 
-        The carried values (x, and DPM-Solver++'s x0 prediction) stay on the device between steps.
+        The carried values (x, and DPM-Solver++'s x0 prediction) stay on the device between steps; their shapes are
+        checked after every step (a graph whose output grows is stopped at once, not fed back).
         """
         dev, dev_id = self._ort_device
         b = x_T.shape[0]
-        sess = self.session(artifact)
+        sess = self.session(run.artifact)
         io = sess.io_binding()
         inputs = [i.name for i in sess.get_inputs()]
         pairs = carried(solver)  # (input, output) of x and the solver's state: x_t -> x_prev[, x0_last -> x0]
@@ -385,14 +413,14 @@ class Sampler:
             host = step_feeds(i, steps, b, inputs, self.alphas_cumprod, noise, eta, cond)
             eps_host = None
             if mode == "step" and cond:  # the guided prediction on the host: the denoiser on the 2B batch, then guide
-                eps_host = guided_eps(lambda xx, tt, ll: den.run(["eps"], {"x": xx, "t": tt, "labels": ll})[0],
+                eps_host = guided_eps(lambda xx, tt, ll: run(den.run, ["eps"], {"x": xx, "t": tt, "labels": ll})[0],
                                       state["x_t"].numpy(), np.full(b, t, np.int64), cond["labels"],
                                       self.manifest["classes"]["null"], cond["guidance"])
                 _bind(io, state, {**host, "eps": eps_host})
             elif mode == "step":
                 _bind(io_den, {"x": state["x_t"]}, {"t": np.full(b, t, np.int64)})
                 io_den.bind_output("eps", dev, dev_id)
-                den.run_with_iobinding(io_den)
+                run(den.run_with_iobinding, io_den)
                 eps = io_den.get_outputs()[0]
                 _bind(io, {**state, "eps": eps}, host)
                 if callback is not None:
@@ -401,13 +429,14 @@ class Sampler:
                 _bind(io, state, host)
             for _, name in pairs:
                 io.bind_output(name, dev, dev_id)
-            sess.run_with_iobinding(io)
+            run(sess.run_with_iobinding, io)
             state = dict(zip((name for name, _ in pairs), io.get_outputs(), strict=True))  # outputs in binding order
+            run.check_shapes(i, state, x_T.shape)
             if callback is not None:
                 callback(i, int(t), eps_host, state["x_t"].numpy())
         return state["x_t"].numpy()
 
-    def _run_fused_cuda_graph(self, artifact, solver, x_T, timesteps, noise, eta, callback, cond) -> np.ndarray:
+    def _run_fused_cuda_graph(self, run: _Run, solver, x_T, timesteps, noise, eta, callback, cond) -> np.ndarray:
         """The fused step replayed as CUDA graphs: fixed device buffers, two graphs ping-ponging the state.
 
         onnxruntime captures a graph on its first run per ``gpu_graph_id`` and replays it after, on the
@@ -415,6 +444,7 @@ class Sampler:
         buffers, kept for the sampler's life (``_graphs``); every call writes its values into them in
         place (x_T, the zero state, eta, labels and guidance; t and the noise per step).
         """
+        artifact = run.artifact
         sess = self.session(artifact, cuda_graph=True)
         b = x_T.shape[0]
         inputs = [i.name for i in sess.get_inputs()]
@@ -436,7 +466,7 @@ class Sampler:
                     if name not in ("eta", *cond):  # constants of the run, written above
                         shared[name].update_inplace(np.ascontiguousarray(v))
             io, ro = runs[i % 2]
-            sess.run_with_iobinding(io, ro)
+            run(sess.run_with_iobinding, io, options=ro)
             if callback is not None:
                 callback(i, int(t), None, bufs["x_t"][(i + 1) % 2].numpy())
         return bufs["x_t"][len(timesteps) % 2].numpy()
@@ -461,6 +491,67 @@ class Sampler:
             ro.add_run_config_entry("gpu_graph_id", str(base_id + g + 1))
             runs.append((io, ro))
         return bufs, shared, runs
+
+
+class _Run:
+    """One ``run_batch``'s session calls: run in a worker thread, terminated on Ctrl-C or SIGTERM, failures named.
+
+    The caller's thread waits in an interruptible lock, so a signal's exception (KeyboardInterrupt, the CLI's
+    Terminated) is raised there at once; every RunOptions of the run is then told to terminate, and the worker
+    gets ``TERMINATE_WAIT_S`` to return before the exception goes on.
+    """
+
+    def __init__(self, artifact: str, path: Path):
+        self.artifact, self.path = artifact, path
+        self.options = ort.RunOptions()
+        self._all = [self.options]
+
+    def __call__(self, method: Callable[..., Any], *args: Any, options: ort.RunOptions | None = None) -> Any:
+        """``method(*args, run_options)`` of a session; onnxruntime's failure as a ``GraphRunError`` naming the graph."""
+        if options is not None and options not in self._all:
+            self._all.append(options)
+        try:
+            return method(*args, options or self.options)
+        except (RuntimeError, *ORT_ERRORS) as e:  # io binding's failures are plain RuntimeErrors
+            raise GraphRunError(f"the {self.artifact!r} graph of the bundle {str(self.path)!r} failed while running: "
+                                f"{first_line(e, 300)}") from None
+
+    def check_shapes(self, i: int, state: dict[str, ort.OrtValue], shape: tuple[int, ...]) -> None:
+        """Every carried value keeps x_T's shape after step i (the manifest declares it so)."""
+        for name, v in state.items():
+            if tuple(v.shape()) != tuple(shape):
+                raise BundleError(f"the {self.artifact!r} graph of the bundle {str(self.path)!r} returned {name} of shape "
+                                  f"{tuple(v.shape())} at step {i} for x_T {tuple(shape)}: not the graph its manifest "
+                                  "declares")
+
+    def interruptibly(self, work: Callable[[], Any]) -> Any:
+        """``work()`` in a worker thread; the caller waits, and a signal's exception terminates every run first."""
+        done, box = threading.Event(), {}
+
+        def target() -> None:
+            try:
+                box["out"] = work()
+            except BaseException as e:  # noqa: BLE001  handed to the caller's thread below
+                box["err"] = e
+            finally:
+                done.set()
+
+        threading.Thread(target=target, name=f"diffzoo-run-{self.artifact}", daemon=True).start()
+        try:
+            done.wait()
+        except BaseException:
+            for options in self._all:
+                options.terminate = True
+            if not done.wait(TERMINATE_WAIT_S):
+                log.warning("the %r graph did not stop within %.0f s of being terminated: left behind", self.artifact,
+                            TERMINATE_WAIT_S)
+            else:
+                for options in self._all:  # the CUDA-graph path keeps its RunOptions for the next call
+                    options.terminate = False
+            raise
+        if "err" in box:
+            raise box["err"]
+        return box["out"]
 
 
 def _by_name(sess: ort.InferenceSession, feed: dict[str, Any]) -> dict[str, Any]:
