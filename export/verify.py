@@ -13,7 +13,7 @@ import numpy as np
 from zoo.validate import check_real
 
 __all__ = [
-    "FP32_FACTOR", "FP32_FLOOR_ULPS", "INT8_STEP_RTOL", "INT8_LOOP_RTOL",
+    "FP32_FACTOR", "FP32_FLOOR_ULPS", "INT8_STEP_RTOL", "INT8_LOOP_RTOL", "MEANINGFUL_ATOL",
     "Check", "ExportVerificationError", "compare_outputs", "derived_atol", "relative_rms", "raise_on_failures",
 ]
 
@@ -39,6 +39,9 @@ FP32_FLOOR_ULPS = 16
 # drift of a given model is in its manifest and in `diffzoo bench`.
 INT8_STEP_RTOL = 0.1
 INT8_LOOP_RTOL = 0.3
+# A derived bound above this checks little on data in [-1, 1] (a wrong graph errs by O(1), the range is 2): export
+# verifies a whole-loop graph over fewer steps then (export.bundle.verify_steps) and says so in the check's note.
+MEANINGFUL_ATOL = 0.1
 
 
 @dataclass
@@ -54,6 +57,7 @@ class Check:
     rtol: float | None = None
     reference_error: float | None = None  # max |eager float32 - eager float64|, what atol is derived from
     atol_source: str | None = None  # "derived" (from reference_error) or "user" (export_bundle(atol=...))
+    note: str | None = None  # what the bound means here, where it means less than usual (MEANINGFUL_ATOL)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -66,3 +70,89 @@ def _classifier_cache(tmp_path_factory):
 @pytest.fixture
 def bundle(bundles, model_name):
     return bundles[model_name]
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 300 KB file system (tmpfs, mounted for the test): room for a run's config, none for a checkpoint.
+
+    Skips where mounting is not allowed (not root).
+    """
+    path = tmp_path / "small"
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {r.stderr.strip() or r.returncode}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _own_memory_cgroup() -> tuple[Path, str] | None:
+    """(this process's memory cgroup directory, its limit file) where cgroup v1's memory controller is mounted."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            return Path("/sys/fs/cgroup/memory") / path.lstrip("/"), "memory.limit_in_bytes"
+    return None
+
+
+@pytest.fixture
+def memory_cgroup():
+    """``run(cmd, limit_bytes)``: a command run in a new memory cgroup of that limit (a container's), waited for.
+
+    Skips where a cgroup cannot be made here (not root, or cgroup v2 without delegation).
+    """
+    own = _own_memory_cgroup()
+    made: list[Path] = []
+
+    def run(cmd: list[str], limit: int) -> subprocess.CompletedProcess:
+        if own is None:
+            pytest.skip("no cgroup v1 memory controller here")
+        base, limit_file = own
+        d = base / f"diffzoo-test-{os.getpid()}-{len(made)}"
+        try:
+            d.mkdir()
+            made.append(d)
+            (d / limit_file).write_text(str(limit))
+        except OSError as e:
+            pytest.skip(f"cannot make a memory cgroup here (needs root): {e.strerror}")
+        return subprocess.run(["sh", "-c", f'echo $$ > "{d}/cgroup.procs" && exec "$@"', "sh", *cmd], capture_output=True,
+                              text=True, timeout=600)
+
+    yield run
+    for d in made:
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+
+
+def replace_graph(bundle, tmp_path: Path, name: str, edit) -> Path:
+    """A copy of ``bundle`` (a ``Bundle`` or its path) whose graph file ``name`` is ``edit(graph)`` (an ``onnx.ModelProto``
+    in, one out), stamped with the original's identity and its hash redone: a forger's bundle, which passes every hash."""
+    import json
+    import shutil
+
+    import onnx
+
+    from export.format.manifest import IDENTITY_KEY, sha256_file
+
+    src = Path(getattr(bundle, "path", bundle))
+    path = tmp_path / "forged"
+    shutil.copytree(src, path)
+    original = onnx.load(str(src / name))
+    identity = next(p.value for p in original.metadata_props if p.key == IDENTITY_KEY)
+    model = edit(original)
+    if not any(p.key == IDENTITY_KEY for p in model.metadata_props):
+        model.metadata_props.add(key=IDENTITY_KEY, value=identity)
+    (path / name).write_bytes(model.SerializeToString())
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"][name] = {"sha256": sha256_file(path / name), "size": (path / name).stat().st_size}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path

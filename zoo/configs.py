@@ -10,6 +10,7 @@ import dataclasses
 import json
 import numbers
 from dataclasses import dataclass, field
+from typing import Any
 
 from zoo.schedules import MAX_TRAIN_TIMESTEPS
 
@@ -84,6 +85,10 @@ _UNET_REFUSED = {
 }
 
 
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
 @dataclass(frozen=True)
 class DiffusersUNetConfig:
     """Config of the ``"diffusers_unet"`` model: a diffusers ``UNet2DModel`` config, plus what diffzoo reads of it.
@@ -132,6 +137,14 @@ class DiffusersUNetConfig:
             raise ValueError(f"in_channels={c} and out_channels={unet['out_channels']} differ: an epsilon predictor "
                              "returns the shape it is given")
         unet["in_channels"] = unet["out_channels"] = c
+        size = unet.get("sample_size")
+        if size is not None and not (_positive_int(size) or (isinstance(size, list) and len(size) == 2
+                                                             and all(map(_positive_int, size)))):
+            raise ValueError(f"sample_size={size!r} is invalid: expected an integer >= 1, or [height, width]")
+        if unet.get("time_embedding_type") == "learned" and unet.get("num_train_timesteps") != self.num_train_timesteps:
+            raise ValueError(f"num_train_timesteps={unet.get('num_train_timesteps')!r} (the learned time embedding's size) "
+                             f"differs from the schedule's T={self.num_train_timesteps}: every timestep 0..T-1 needs its "
+                             "embedding")
         embeds = unet.get("num_class_embeds")
         k = self.num_classes
         if k is None:

@@ -22,6 +22,7 @@ import inspect
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,15 +31,15 @@ import torch
 
 from zoo.configs import DiffusersUNetConfig
 from zoo.diffusion import SPACINGS
-from zoo.files import output_lock, staged_dir
+from zoo.files import check_output_dir, output_lock, staged_dir, unknown_entries
 from zoo.models import _Denoiser, check_timesteps, model_labels
 from zoo.schedules import Schedule, cosine_schedule, make_schedule
-from zoo.validate import first_line
+from zoo.validate import first_line, install_hint
 
 __all__ = ["DiffusersUNet", "Pretrained", "load_pretrained", "save_pretrained", "scheduler_schedule", "SCHEDULERS",
            "read_config", "EXTRA", "CONFIG_NAME", "WEIGHTS_NAME", "SCHEDULER_NAME", "DDPM_CIFAR10"]
 
-EXTRA = "diffusers is not installed: pip install 'diffzoo[diffusers]' (or pip install diffusers)"
+EXTRA = f"diffusers is not installed: {install_hint('diffusers')}, or pip install diffusers"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 SCHEDULER_NAME = "scheduler_config.json"
@@ -181,9 +182,11 @@ def scheduler_schedule(config: dict[str, Any], source: str = "scheduler config")
     clip = config.get("clip_sample", SCHEDULERS.get(cls, True))
     if clip and cls == "DPMSolverMultistepScheduler":
         raise bad("clip_sample", "DPM-Solver has no clip_sample")
-    clip_range = float(config.get("clip_sample_range", 1.0)) if clip else None
-    if clip_range is not None and not clip_range > 0:
+    clip_range = config.get("clip_sample_range", 1.0) if clip else None
+    if clip_range is not None and (isinstance(clip_range, bool) or not isinstance(clip_range, (int, float))
+                                   or not math.isfinite(clip_range) or not clip_range > 0):
         raise bad("clip_sample_range", "expected a positive number")
+    clip_range = None if clip_range is None else float(clip_range)
     dpm = cls == "DPMSolverMultistepScheduler"
     spacing = config.get("timestep_spacing", "linspace" if dpm else "leading")
     if spacing not in SPACINGS:
@@ -208,6 +211,11 @@ def _scheduler_config(schedule: Schedule, clip_range: float | None) -> dict[str,
 # --- folders -----------------------------------------------------------------------------------------------
 
 
+# The eps rule of diffusers' DDIMScheduler.step (use_clipped_model_output=False, what DDIMPipeline passes by default):
+# a folder's bundle keeps it, so that its images equal diffusers' pipelines (zoo.diffusion.EPS_RULES).
+DIFFUSERS_EPS_RULE = "model"
+
+
 @dataclass(frozen=True)
 class Pretrained:
     """What a diffusers folder holds, as diffzoo uses it: the model, its schedule, x0 clip and default spacing."""
@@ -217,6 +225,7 @@ class Pretrained:
     clip_range: float | None
     spacing: str | None  # the diffzoo spacing of the scheduler's grid; None: not one of diffzoo's (scheduler_schedule)
     source: dict[str, Any]  # where each part came from (recorded in a bundle's manifest)
+    eps_rule: str = DIFFUSERS_EPS_RULE  # what diffusers' DDIM step remixes the clipped x0 with
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -240,6 +249,9 @@ def _layout(folder: Path) -> tuple[Path, Path | None]:
         unet, scheduler = folder / "unet", folder / "scheduler" / SCHEDULER_NAME
     else:
         unet, scheduler = folder, folder / SCHEDULER_NAME
+    for path in (unet / CONFIG_NAME, scheduler):  # a FIFO, a device or a directory there is refused, never skipped
+        if os.path.lexists(path) and not path.is_file():
+            raise ValueError(f"{str(path)!r} is not a regular file: expected a JSON config as save_pretrained writes it")
     if not (unet / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{str(unet / CONFIG_NAME)!r} does not exist: expected a diffusers UNet2DModel folder "
                                 "(save_pretrained's config.json and diffusion_pytorch_model.safetensors)")
@@ -295,6 +307,19 @@ def load_pretrained(folder: str | os.PathLike) -> Pretrained:
     return Pretrained(model.eval(), schedule, clip_range, spacing, source)
 
 
+def _not_a_written_folder(folder: Path) -> str | None:
+    """Why ``folder`` is not one ``save_pretrained`` wrote (what ``force`` may replace), or None: exactly its three
+    files, a UNet2DModel's ``config.json`` among them."""
+    why = unknown_entries(folder, {CONFIG_NAME, WEIGHTS_NAME, SCHEDULER_NAME})
+    if why is not None:
+        return why
+    try:
+        config = read_config(folder / CONFIG_NAME)
+    except ValueError as e:
+        return str(e)
+    return None if config.get("_class_name") == "UNet2DModel" else f"its {CONFIG_NAME} is not a UNet2DModel's"
+
+
 def save_pretrained(model: torch.nn.Module, schedule: Schedule, out: str | os.PathLike, clip_range: float | None = 1.0,
                     force: bool = False) -> Path:
     """Write a ``"diffusers_unet"`` model as a diffusers folder: ``UNet2DModel.save_pretrained`` plus a DDIM
@@ -310,16 +335,21 @@ def save_pretrained(model: torch.nn.Module, schedule: Schedule, out: str | os.Pa
         raise ValueError(f"the schedule has T={schedule.num_train_timesteps} but the model was built for "
                          f"num_train_timesteps={model.config.num_train_timesteps}")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise FileExistsError(f"{str(out)!r} exists and is not an empty directory: choose another, or pass force=True (--force)")
-    if out.exists() and force and out.is_dir() and any(out.iterdir()) and not (out / CONFIG_NAME).is_file():
-        raise FileExistsError(f"{str(out)!r} is not a diffusers folder (no config.json): --force replaces those only, "
-                              "and nothing was deleted")
+    if check_output_dir(out, "a diffusers UNet2DModel folder as diffzoo writes it", _not_a_written_folder) and not force:
+        raise FileExistsError(f"{str(out)!r} holds a diffusers UNet2DModel folder: pass force=True (--force) to replace "
+                              "it, or choose another directory")
     _unet_class()  # diffusers installed, or one error naming the extra
     from diffusers import DDIMScheduler
 
+    from safetensors import SafetensorError
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    with output_lock(out), staged_dir(out) as tmp:
-        model.unet.save_pretrained(tmp, safe_serialization=True)
-        DDIMScheduler(**_scheduler_config(schedule, clip_range)).save_config(tmp)
+    try:
+        with output_lock(out), staged_dir(out) as tmp:
+            model.unet.save_pretrained(tmp, safe_serialization=True)
+            DDIMScheduler(**_scheduler_config(schedule, clip_range)).save_config(tmp)
+    except (OSError, SafetensorError) as e:  # a full disk: safetensors' own error; nothing was left (staged_dir)
+        free = shutil.disk_usage(out.parent).free
+        raise OSError(f"cannot write the diffusers folder {str(out)!r} ({free:,} bytes free there): {first_line(e, 200)}; "
+                      "nothing was written") from None
     return out

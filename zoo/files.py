@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 __all__ = ["atomic_write", "write_synced", "default_mode", "staged_dir", "replace_dir", "output_lock", "OutputBusyError",
-           "clean_leftovers", "clean_partials", "check_replaceable"]
+           "clean_leftovers", "clean_partials", "check_replaceable", "check_output_dir", "unknown_entries"]
 
 
 class OutputBusyError(OSError):
@@ -45,6 +45,38 @@ def check_replaceable(path: str | os.PathLike) -> None:
                 else "a device, FIFO or socket")
         raise FileExistsError(f"cannot write {str(path)!r}: it exists and is {kind}, not a regular file; "
                               "choose another output")
+
+
+def check_output_dir(out: str | os.PathLike, kind: str, why_not_ours: Callable[[Path], str | None]) -> bool:
+    """The one rule of every command that writes a directory: ``out`` is absent, empty, or its own kind of output.
+
+    Returns True when ``out`` holds an earlier output of this ``kind`` (what the command may then resume or, when
+    asked to, replace); ``why_not_ours(out)`` says why a non-empty directory is not one (None: it is). Anything else
+    is refused by name with ``FileExistsError`` saying how to proceed, before anything is written or deleted.
+    """
+    out = Path(out)
+    if out.is_symlink():
+        raise FileExistsError(f"{str(out)!r} is a symbolic link: pass the directory it points to ({str(out.resolve())!r})")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{str(out)!r} exists and is not a directory: choose another output directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        return False
+    why = why_not_ours(out)
+    if why is not None:
+        raise FileExistsError(f"{str(out)!r} is not {kind} ({why}): diffzoo writes into or replaces only its own "
+                              "outputs, and nothing there was touched; choose another (absent or empty) directory")
+    return True
+
+
+def unknown_entries(directory: Path, known: set[str]) -> str | None:
+    """Why ``directory`` holds more than an output of the given layout would (its first unknown entries), or None.
+
+    What an interrupted write left (``clean_partials``'s hidden ``.partial-``, ``.old-`` and ``.tmp`` entries)
+    counts as the output's own.
+    """
+    extra = sorted(p.name for p in directory.iterdir() if p.name not in known and not (
+        p.name.startswith(".") and (".partial-" in p.name or ".old-" in p.name or p.name.endswith(".tmp"))))
+    return f"it holds {extra[:5]}, which such a directory does not" if extra else None
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], object]) -> Path:

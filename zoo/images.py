@@ -139,12 +139,53 @@ def save_labelled_rows(path: str | os.PathLike, batch: Any, names: list[str], sc
         grids.append(grid_array(b, nrow=per_row, scale=scale, pad_value=pad_value))
     grid = _side_by_side(grids, gap)
     rgb = np.broadcast_to(grid, (*grid.shape[:2], 3)) if grid.shape[2] == 1 else grid
+    font = _label_font()
+    names = [_drawable(n, font) for n in names]
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    margin = 8 + max(int(draw.textlength(n)) for n in names)
+    margin = 8 + max(int(draw.textlength(n, font=font)) for n in names)
     canvas = Image.new("RGB", (margin + rgb.shape[1], rgb.shape[0]), (255, 255, 255))
     canvas.paste(Image.fromarray(np.ascontiguousarray(rgb)), (margin, 0))
     draw = ImageDraw.Draw(canvas)
     row_h = (rgb.shape[0] - 2) / len(names)
     for i, name in enumerate(names):
-        draw.text((4, int(2 + (i + 0.5) * row_h) - 5), name, fill=(0, 0, 0))
+        draw.text((4, int(2 + (i + 0.5) * row_h) - 6), name, fill=(0, 0, 0), font=font)
     return save_image(path, np.asarray(canvas))
+
+
+# Scalable fonts with the accented Latin, Greek and Cyrillic letters of class names, found by name in the system's
+# font directories; Pillow's own bitmap font (ASCII only) where none is installed.
+_FONTS = ("DejaVuSans.ttf", "NotoSans-Regular.ttf", "LiberationSans-Regular.ttf", "Arial.ttf", "Helvetica.ttc")
+
+
+def _label_font() -> Any:
+    from PIL import ImageFont
+
+    for name in _FONTS:
+        try:
+            return ImageFont.truetype(name, 11)
+        except OSError:
+            continue
+    return ImageFont.load_default()
+
+
+def _drawable(name: str, font: Any) -> str:
+    """``name`` with each character the font has no glyph for replaced by its unaccented letter, or '?' (never a box)."""
+    import unicodedata
+
+    missing = font.getmask("\U0010fffd")  # a private-use code point: the font's "no glyph" box
+
+    def has(ch: str) -> bool:
+        if ch.isascii():
+            return True
+        if not hasattr(font, "getmask2"):  # the bitmap font: ASCII only
+            return False
+        mask = font.getmask(ch)
+        return mask.size != missing.size or bytes(mask) != bytes(missing)
+
+    out = []
+    for ch in name:
+        if not has(ch):
+            base = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode()
+            ch = base if base else "?"
+        out.append(ch)
+    return "".join(out)

@@ -11,7 +11,12 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["check_int", "check_real", "first_line"]
+__all__ = ["check_int", "check_real", "first_line", "install_hint"]
+
+
+def install_hint(extra: str) -> str:
+    """How to install one of diffzoo's extras: from its checkout (diffzoo is not published on PyPI)."""
+    return f"pip install -e '.[{extra}]' in the diffzoo checkout (README: set-up)"
 
 
 def check_int(name: str, v: Any, low: int | None = None, high: int | None = None) -> int:

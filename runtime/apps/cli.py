@@ -15,6 +15,7 @@ import os
 import sys
 
 from runtime.apps.commands.common import Terminated
+from zoo.validate import install_hint
 
 EXIT_USER_ERROR = 2
 # What the `torch` extra installs (pyproject.toml): training, export, eager sampling and the quality metric.
@@ -85,7 +86,7 @@ def _main(argv: list[str] | None) -> int:
             raise
         extra = "diffusers" if top == "diffusers" else "torch"
         print(f"diffzoo {args.command}: error: this command needs {top}, which is not installed: "
-              f"pip install 'diffzoo[{extra}]' (README: set-up)", file=sys.stderr)
+              f"{install_hint(extra)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as e:  # noqa: BLE001  sorted below: a user error or a failure is one line, a bug a traceback
         status = _exit_status(e)
@@ -110,14 +111,15 @@ def _exit_status(e: Exception) -> int | None:
     from runtime.apps.serve.client import ServerError
     from runtime.apps.serve.server import ServeError
     from runtime.providers import ProviderUnavailableError
-    from runtime.sampler import ORT_ERRORS
+    from runtime.sampler import ORT_ERRORS, GraphRunError
     from zoo.diffusion import NonFiniteSampleError
     from zoo.training import NonFiniteLossError
 
     if isinstance(e, ServerError):  # the server refused the request (400) or failed on it
         return EXIT_USER_ERROR if e.status == 400 else 1
-    if isinstance(e, (NonFiniteSampleError, NonFiniteLossError, ExportVerificationError, ServeError, *ORT_ERRORS)):
-        return 1  # ORT_ERRORS: a graph that loaded but failed while running (out of memory, a bad op)
+    if isinstance(e, (NonFiniteSampleError, NonFiniteLossError, ExportVerificationError, ServeError, GraphRunError,
+                      *ORT_ERRORS)):
+        return 1  # GraphRunError, ORT_ERRORS: a graph that loaded but failed while running (out of memory, a bad op)
     if isinstance(e, (ValueError, TypeError, OSError, ProviderUnavailableError)):
         return EXIT_USER_ERROR
     return None

@@ -6,18 +6,42 @@ The one place the run layout is written: the trainer writes it, and ``export --c
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from zoo.files import unknown_entries
 from zoo.validate import first_line
 
-__all__ = ["CHECKPOINT_WEIGHTS", "CHECKPOINT_STATE", "run_weights", "load_state"]
+__all__ = ["CHECKPOINT_WEIGHTS", "CHECKPOINT_STATE", "RUN_ENTRIES", "run_weights", "load_state", "not_a_run"]
 
 CHECKPOINT_WEIGHTS = "ema.safetensors"  # the EMA weights: what you sample from and export
 CHECKPOINT_STATE = "state.pt"  # everything needed to resume; read with torch.load(weights_only=True)
+# Everything a run directory holds (the trainer writes nothing else there; `.last.PID` is its link being swapped in).
+RUN_ENTRIES = {"config.json", "summary.json", "log.jsonl", "samples", "checkpoints", "last"}
+
+
+def not_a_run(run_dir: str | os.PathLike) -> str | None:
+    """Why a non-empty ``run_dir`` is not a diffzoo training run (the trainer writes into nothing else), or None.
+
+    A run holds only ``RUN_ENTRIES``, and its ``config.json`` is a training config.
+    """
+    run_dir = Path(run_dir)
+    why = unknown_entries(run_dir, RUN_ENTRIES | {p.name for p in run_dir.glob(".last.*") if p.is_symlink()})
+    if why is not None:
+        return why
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+    except FileNotFoundError:
+        return "no config.json"
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return "its config.json is not readable JSON"
+    if not (isinstance(config, dict) and {"model", "data", "steps"} <= set(config)):
+        return "its config.json is not a diffzoo training config"
+    return None
 
 _STATE_KEYS = ("step", "config", "model", "ema", "optimizer")
 

@@ -30,6 +30,7 @@ from zoo.allocator import tune_allocator
 from zoo.configs import DenoiserConfig
 from zoo.diffusion import make_training_sample
 from zoo.files import (
+    check_output_dir,
     atomic_write,
     clean_partials,
     output_lock,
@@ -45,7 +46,7 @@ from zoo.training import NonFiniteLossError
 from zoo.training.config import TrainConfig
 from zoo.training.data import open_dataset
 from zoo.training.distributed import init_distributed
-from zoo.training.runs import CHECKPOINT_STATE, CHECKPOINT_WEIGHTS, load_state
+from zoo.training.runs import CHECKPOINT_STATE, CHECKPOINT_WEIGHTS, load_state, not_a_run
 from zoo.validate import first_line
 from zoo.weights import save_weights
 
@@ -124,14 +125,20 @@ def _write_checkpoint(out: Path, step: int, model: nn.Module, ema: AveragedModel
     ckpts = out / "checkpoints"
     ckpts.mkdir(exist_ok=True)
     final = ckpts / f"step_{step:07d}"
-    with staged_dir(final) as tmp:
-        data = {"shape": [model.config.channels, cfg.size, cfg.size], "range": [-1.0, 1.0], "source": cfg.data,
-                **({"classes": {"names": list(classes), "null": len(classes)}} if classes else {})}
-        save_weights(tmp / CHECKPOINT_WEIGHTS, ema.module, schedule, data=data, train={"step": step})
-        state = {"step": step, "config": dataclasses.asdict(cfg), "model": model.state_dict(), "ema": ema.state_dict(),
-                 "optimizer": opt.state_dict(), "rng": {"scheme": "per-step generator seeded by (seed, step)", "seed": cfg.seed},
-                 "losses": [list(x) for x in losses]}
-        write_synced(tmp / CHECKPOINT_STATE, lambda f: torch.save(state, f))
+    try:
+        with staged_dir(final) as tmp:
+            data = {"shape": [model.config.channels, cfg.size, cfg.size], "range": [-1.0, 1.0], "source": cfg.data,
+                    **({"classes": {"names": list(classes), "null": len(classes)}} if classes else {})}
+            save_weights(tmp / CHECKPOINT_WEIGHTS, ema.module, schedule, data=data, train={"step": step})
+            state = {"step": step, "config": dataclasses.asdict(cfg), "model": model.state_dict(), "ema": ema.state_dict(),
+                     "optimizer": opt.state_dict(),
+                     "rng": {"scheme": "per-step generator seeded by (seed, step)", "seed": cfg.seed},
+                     "losses": [list(x) for x in losses]}
+            write_synced(tmp / CHECKPOINT_STATE, lambda f: torch.save(state, f))
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError of its zip writer
+        free = shutil.disk_usage(ckpts).free
+        raise OSError(f"cannot write the checkpoint of step {step} into {str(ckpts)!r} ({free:,} bytes free there"
+                      f"{': the disk is full' if free < 1 << 20 else ''}): {first_line(e, 200)}") from None
     link = out / f".last.{os.getpid()}"
     link.unlink(missing_ok=True)
     link.symlink_to(final.relative_to(out))
@@ -157,9 +164,21 @@ def train(
         raise ValueError(f"out_dir={str(out_dir)!r} is invalid: a run needs a directory of its own (e.g. runs/NAME)")
     writer = int(os.environ.get("RANK", "0")) == 0
     with output_lock(out_dir) if writer else contextlib.nullcontext():
+        out, fresh = Path(out_dir), False
         if writer:
-            clean_partials(Path(out_dir), Path(out_dir) / "checkpoints")  # what an interrupted run left (under the lock)
-        return _train(cfg, Path(out_dir), resume, progress, until)
+            fresh = not check_output_dir(out, "a diffzoo training run", not_a_run)  # nothing else is written into
+            clean_partials(out, out / "checkpoints")  # what an interrupted run left (under the lock)
+        existed = out.is_dir()
+        try:
+            return _train(cfg, out, resume, progress, until)
+        except BaseException:
+            if fresh and not (out / "last").exists():  # a new run that failed before its first checkpoint: nothing to
+                for p in (out.iterdir() if existed and out.is_dir() else [out]):  # resume, nothing partial left
+                    if p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        p.unlink(missing_ok=True)
+            raise
 
 
 def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, until: int | None) -> TrainResult:
@@ -172,19 +191,21 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, until: int
 
         bar = tqdm(total=cfg.steps, initial=loop.start, desc="train", unit="step")
     t_start = time.perf_counter()
-    for step in range(loop.start, stop):
-        loop.step(step)
-        done = step + 1
-        if done % cfg.log_every == 0 or done in (cfg.steps, stop):
-            loop.log(done, (done - loop.start) * cfg.batch / (time.perf_counter() - t_start), bar)
+    try:
+        for step in range(loop.start, stop):
+            loop.step(step)
+            done = step + 1
+            if done % cfg.log_every == 0 or done in (cfg.steps, stop):
+                loop.log(done, (done - loop.start) * cfg.batch / (time.perf_counter() - t_start), bar)
+            if bar is not None:
+                bar.update(1)
+            if loop.rank == 0 and (done % cfg.checkpoint_every == 0 or done in (cfg.steps, stop)):
+                loop.checkpoint(done)
+            if loop.rank == 0 and ((cfg.sample_every and done % cfg.sample_every == 0) or done == cfg.steps):
+                loop.sample(done)
+    finally:
         if bar is not None:
-            bar.update(1)
-        if loop.rank == 0 and (done % cfg.checkpoint_every == 0 or done in (cfg.steps, stop)):
-            loop.checkpoint(done)
-        if loop.rank == 0 and ((cfg.sample_every and done % cfg.sample_every == 0) or done == cfg.steps):
-            loop.sample(done)
-    if bar is not None:
-        bar.close()
+            bar.close()  # its line ends here: an error is printed on a line of its own
     return loop.finish(stop, time.perf_counter() - t_start)
 
 
@@ -252,6 +273,15 @@ class _TrainLoop:
         check_fits(activation_bytes(cfg.batch // self.world, channels, hidden, cfg.size, cfg.size),
                    f"a training batch of {cfg.batch} at {cfg.size}x{cfg.size} (hidden={hidden})", "use a smaller --batch or --size")
         model = build(cfg.model, **model_config)
+        multiple = getattr(model.config, "size_multiple", 1)
+        if cfg.size % multiple:
+            raise ValueError(f"--size {cfg.size} is invalid for this {cfg.model!r} model: its height and width must be "
+                             f"multiples of {multiple} (each down block but the last halves them)")
+        shape = getattr(model.config, "sample_shape", None)  # a diffusers config states the size it samples at
+        if shape is not None and shape[1:] != (cfg.size, cfg.size):
+            raise ValueError(f"--size {cfg.size} differs from the model config's sample_size {list(shape[1:])}: the "
+                             "config would still say that size when written back; pass --size "
+                             f"{shape[1]} or change sample_size")
         return model, make_schedule(cfg.schedule, num_train_timesteps=model.config.num_train_timesteps, **cfg.schedule_params)
 
     def _saved_state(self, resume: bool) -> dict | None:

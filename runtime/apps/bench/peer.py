@@ -211,4 +211,9 @@ def format_peer_bench(res: dict[str, Any]) -> str:
             b = run["backends"]
             line += f", {b['diffusers-compile']['median_s'] / b[fastest]['median_s']:.2f}x its torch.compile loop"
         lines.append(line)
+    lines += ["", "drift: max |diff| of the final images to diffusers' eager loop (images in [-1, 1]). Every step clips the "
+                  "predicted x0, so a random-init UNet (whose x0 is mostly clipped) is chaotic: float rounding alone moves "
+                  "its loops by O(1), DPM-Solver++ (which diffusers does not clip) the most, and diffusers' own eager "
+                  "and compiled loops differ as much. Only a trained model's drift measures agreement "
+                  "(docs/BENCHMARKS.md, the peer benchmark)."]
     return "\n".join(lines)

@@ -78,6 +78,8 @@ def _command_line() -> None:
 
 
 def _allocator(args: argparse.Namespace) -> dict:
+    import torch  # noqa: F401  the measured processes train: without the torch extra, one line here (cli), not in them
+
     from runtime.apps.bench.allocator import format_allocator_bench, run_allocator_bench
 
     _command_line()

@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 
+from zoo.validate import install_hint
+
 __all__ = ["diagnose", "register", "run"]
 
 
@@ -40,7 +42,7 @@ def diagnose() -> list[tuple[str, str]]:
         ("python", f"{platform.python_version()} ({sys.executable})"),
         ("platform", platform.platform()),
         ("onnxruntime", f"{ort.__version__} ({'GPU build: onnxruntime-gpu ' + gpu_build if gpu_build else 'CPU-only build'})"),
-        ("torch", _version("torch") or "not installed (not needed for sample, serve, request: pip install 'diffzoo[torch]' "
+        ("torch", _version("torch") or f"not installed (not needed for sample, serve, request: {install_hint('torch')} "
                                        "for the rest)"),
         ("providers available", ", ".join(ort.get_available_providers())),
     ]

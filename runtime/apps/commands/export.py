@@ -11,6 +11,7 @@ from runtime.apps.commands.common import model_args
 
 def register(sub) -> None:
     from export.format.artifacts import FORMATS
+    from zoo.diffusion import EPS_RULES
 
     p = sub.add_parser("export", help="export a model to a verified TorchScript/ONNX bundle")
     model_args(p)
@@ -34,6 +35,10 @@ def register(sub) -> None:
     p.add_argument("--atol", type=float, default=None,
                    help="override every fp32 artifact's bound on max |diff| (default: derived per artifact from eager "
                         "float32's own error against float64, recorded in the manifest)")
+    p.add_argument("--eps-rule", default=None, choices=sorted(EPS_RULES),
+                   help="the eps DDIM remixes the clipped x0 with: 'clipped' (re-derived from it; the default for diffzoo's "
+                        "models, holds under guidance) or 'model' (the network's own; the default for --diffusers, as "
+                        "diffusers' DDIMScheduler computes it); baked into every graph and recorded in the manifest")
     p.add_argument("--class-names", default=None,
                    help="a class-conditional model's class names, comma-separated in index order (default: the run's, "
                         "e.g. the data's own; IDX files have none, so 0, 1, ...): what `sample --class NAME` accepts")
@@ -56,7 +61,8 @@ def load_or_build(args: argparse.Namespace):
 
         p = load_pretrained(args.diffusers)
         shape = p.model.config.sample_shape or (p.model.config.channels, args.size, args.size)
-        return p.model, p.schedule, shape, {}, {"clip_range": p.clip_range, "extra": {"diffusers": p.source}}
+        return p.model, p.schedule, shape, {}, {"clip_range": p.clip_range, "eps_rule": p.eps_rule,
+                                                "extra": {"diffusers": p.source}}
     if args.checkpoint:
         from zoo.training.runs import run_weights
         from zoo.weights import load_weights
@@ -78,13 +84,17 @@ def run(args: argparse.Namespace) -> int:
     from zoo.weights import class_names
 
     model, schedule, shape, meta, options = load_or_build(args)
+    if args.eps_rule is not None:
+        options["eps_rule"] = args.eps_rule
     t0 = time.perf_counter()
     if args.to_diffusers:
         from zoo.diffusers_unet import save_pretrained
 
         out = save_pretrained(model, schedule, args.out, options.get("clip_range", 1.0), force=args.force)
         print(f"diffusers folder written to {out} ({model.name}, {schedule.name} schedule): "
-              f"UNet2DModel.from_pretrained({str(out)!r}) and DDIMScheduler.from_pretrained({str(out)!r}) load it")
+              f"UNet2DModel.from_pretrained({str(out)!r}) and DDIMScheduler.from_pretrained({str(out)!r}) load it; "
+              "DDIMPipeline(...)(use_clipped_model_output=True) samples diffzoo's images (the 'clipped' eps rule, which "
+              "a scheduler config cannot record)")
         return 0
     try:
         bundle = export.export_bundle(
@@ -123,3 +133,5 @@ def _print_checks(bundle, shape) -> None:
         ref = f"{c['reference_error']:.1e}" if c.get("reference_error") is not None else "-"
         print(f"{c['artifact']:<20}{c['format']:<13}{bundle.seconds[c['artifact']]:>8.2f}  "
               f"{c['max_abs_diff']:>11.2e}  {bound:>22}  {ref:>12}  B x H x W = {sizes}{steps}")
+        if c.get("note"):
+            print(f"{'':<20}note: {c['note']}")
