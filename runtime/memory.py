@@ -1,9 +1,9 @@
 """How much memory a batch of a bundle's graph needs: its activations, estimated from the graph itself.
 
 The peak of the tensors alive at once when the graph's nodes run in their order (each output allocated when its
-node runs, each input freed after its last reader), at the shapes ONNX shape inference gives for one image: what
-onnxruntime's memory planner reuses buffers within. Multiplied by the batch, and by ``SAFETY`` for what the
-planner does not share (its arena's rounding, the CPU provider's blocked layouts). Torch-free.
+node runs, each input freed after its last reader), plus the scratch of the convolution running (its unfolded
+input), at the shapes ONNX shape inference gives for one image: what onnxruntime's memory planner reuses buffers
+within. Multiplied by the batch, and by ``SAFETY`` for what the planner does not share. Torch-free.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ __all__ = ["activation_bytes_per_image", "SAFETY", "sample_bytes", "fit_batch"]
 log = logging.getLogger(__name__)
 
 # onnxruntime's CPU provider runs convolutions in blocked layouts (channels padded to 8 or 16) and its arena rounds
-# allocations up: measured RSS growth over the estimate was at most 1.7x (docs/ARCHITECTURE.md, "Memory").
+# allocations up: a batch's measured peak RSS growth was 0.35-1.45x the estimate without this factor (three models,
+# every mode; docs/ARCHITECTURE.md, "Memory").
 SAFETY = 2.0
 
 _DIM_SIZES = {"batch": 1, "steps": 1}  # one image, one step; height and width are the bundle's
@@ -37,6 +38,9 @@ def activation_bytes_per_image(graph: bytes | onnx.ModelProto, height: int, widt
     fixed = onnx.ModelProto()
     fixed.CopyFrom(proto)
     del fixed.graph.value_info[:]
+    for init in fixed.graph.initializer:  # weights: their dims are what inference reads; only shape-like tensors' values
+        if np.prod(init.dims) > 1024:
+            init.ClearField("raw_data")
     for vi in list(fixed.graph.input) + list(fixed.graph.output):
         for d in vi.type.tensor_type.shape.dim:
             if d.dim_param in sizes:
@@ -46,8 +50,9 @@ def activation_bytes_per_image(graph: bytes | onnx.ModelProto, height: int, widt
     except Exception as e:  # noqa: BLE001  onnx raises its own InferenceError and plain RuntimeErrors
         log.warning("shape inference failed (%s): the memory estimate counts the inputs only", type(e).__name__)
         inferred = fixed.graph
-    nbytes = {vi.name: _bytes(vi) for vi in list(inferred.value_info) + list(inferred.input) + list(inferred.output)}
-    weights = {init.name for init in inferred.initializer}
+    infos = {vi.name: vi for vi in list(inferred.value_info) + list(inferred.input) + list(inferred.output)}
+    nbytes = {name: _bytes(vi) for name, vi in infos.items()}
+    weights = {init.name: list(init.dims) for init in inferred.initializer}
     largest = max([v for v in nbytes.values() if v is not None] or [0])
     last_use: dict[str, int] = {}
     for i, node in enumerate(inferred.node):
@@ -61,7 +66,7 @@ def activation_bytes_per_image(graph: bytes | onnx.ModelProto, height: int, widt
             if name:
                 size = nbytes.get(name)
                 live[name] = largest if size is None else size
-        peak = max(peak, sum(live.values()))
+        peak = max(peak, sum(live.values()) + _workspace(node, weights, infos))
         for name in node.input:
             if last_use.get(name) == i and name not in outputs:
                 live.pop(name, None)
@@ -89,6 +94,18 @@ def fit_batch(shape: tuple[int, ...], n: int, batch: int, num_steps: int, stocha
     if fits < 1:
         resources.check_fits(results + per_image, what, hint)  # raises, naming the limit
     return max(fits, 1)
+
+
+def _workspace(node: onnx.NodeProto, weights: dict[str, list[int]], infos: dict[str, onnx.ValueInfoProto]) -> int:
+    """Scratch a node needs while it runs: a convolution with a kernel past 1x1 unfolds its input (im2col), C_in/group
+    x kh x kw values for every output pixel."""
+    if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in weights or node.output[0] not in infos:
+        return 0
+    w = weights[node.input[1]]  # (C_out, C_in / group, kh, kw)
+    dims = [d.dim_value for d in infos[node.output[0]].type.tensor_type.shape.dim]  # (B, C_out, H, W)
+    if len(w) != 4 or w[2] * w[3] == 1 or len(dims) != 4 or not all(dims):
+        return 0
+    return 4 * w[1] * w[2] * w[3] * dims[0] * dims[2] * dims[3]
 
 
 def _bytes(vi: onnx.ValueInfoProto) -> int | None:
