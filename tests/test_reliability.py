@@ -586,14 +586,9 @@ def test_a_shipped_loop_graph_must_be_bounded_by_its_timesteps(bundles, tmp_path
 
 
 def test_a_file_size_limit_during_the_cpu_loop_rebuild_names_the_temporary_file(bundles, tmp_path):
-    import subprocess
-    import sys
-
     path = max((b.path for b in bundles.values()), key=lambda p: (p / "fused_step.onnx").stat().st_size)
     limit_kb = (path / "fused_step.onnx").stat().st_size // 1024 // 2  # half the graph: its optimised copy cannot fit
-    cmd = (f"ulimit -f {limit_kb}; {sys.executable} -m runtime.apps.cli sample {path} --provider cpu --n 1 --steps 2 "
-           f"--out {tmp_path / 'x.npy'}")
-    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    r = _sample_under(f"ulimit -f {limit_kb}", path, "--n", 1, "--out", tmp_path / "x.npy")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "cannot write the CPU-optimised loop body to the temporary file" in r.stderr and "File too large" in r.stderr
 
@@ -814,13 +809,20 @@ def test_available_memory_reads_the_cgroup_limit(tmp_path):
     assert cgroup_available(proc, v2) is None
 
 
-def test_a_sample_larger_than_ulimit_v_is_refused_naming_the_limit(bundles, tmp_path):
+def _sample_under(limit: str, bundle, *args) -> "subprocess.CompletedProcess":
+    """``diffzoo sample BUNDLE --provider cpu --steps 2 ARGS`` in a shell that first sets ``limit`` (a ``ulimit``)."""
+    import shlex
     import subprocess
     import sys
 
-    cmd = (f"ulimit -v 3000000; {sys.executable} -m runtime.apps.cli sample {bundles['conv'].path} --provider cpu "
-           f"--n 2000000 --batch-size 2000000 --steps 2 --out {tmp_path / 'x.npy'}")
-    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "runtime.apps.cli", "sample", bundle, "--provider", "cpu", "--steps", 2, *args]
+    return subprocess.run(["bash", "-c", f"{limit}; " + shlex.join(map(str, cmd))], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_a_sample_larger_than_ulimit_v_is_refused_naming_the_limit(bundles, tmp_path):
+    r = _sample_under("ulimit -v 3000000", bundles["conv"].path, "--n", 2000000, "--batch-size", 2000000,
+                      "--out", tmp_path / "x.npy")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "needs about" in r.stderr and "ulimit -v still allows this process" in r.stderr
 
