@@ -674,7 +674,7 @@ def test_a_model_with_fewer_timesteps_than_the_verification_steps_exports(tmp_pa
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     model = zoo.build("conv", hidden=4, num_train_timesteps=T)
-    b = export.export_bundle(model, tmp_path / "b", example_shape=(3, 8, 8), formats=["onnx"])
+    b = export.export_bundle(model, tmp_path / "b", example_shape=(3, 8, 8), formats=["onnx"], solvers=["ddim"])
     loops = [c for c in b.checks if "steps" in c["shape"]]
     assert loops and all(c["passed"] and c["shape"]["steps"] <= T for c in b.checks if "steps" in c["shape"])
     assert b.manifest["export"]["verify_steps"] == min(T, VERIFY_STEPS)
@@ -730,22 +730,18 @@ def test_an_onnxruntime_failure_while_stepping_is_one_line(bundles, tmp_path, ca
     assert len(err) == 1 and f"the '{name[:-5]}' graph of the bundle" in err[0] and "failed while running" in err[0], err
 
 
-def test_sigterm_terminates_the_onnxruntime_run_in_progress(tmp_path):
+def test_sigterm_terminates_the_onnxruntime_run_in_progress(bundles, tmp_path):
     """A whole-loop run of minutes is one onnxruntime call: SIGTERM stops it within seconds, not at its end."""
     import signal
     import subprocess
     import sys
     import time
 
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    b = export.export_bundle(zoo.build("residual", hidden=64), tmp_path / "b", example_shape=(3, 32, 32), formats=["onnx"],
-                             solvers=["ddim"])
-    cmd = [sys.executable, "-m", "runtime.apps.cli", "sample", str(b.path), "--provider", "cpu", "--n", "64",
-           "--batch-size", "64", "--steps", "1000", "--out", str(tmp_path / "x.npy")]
+    cmd = [sys.executable, "-m", "runtime.apps.cli", "sample", str(bundles["residual"].path), "--provider", "cpu", "--n",
+           "4096", "--batch-size", "4096", "--steps", "1000", "--out", str(tmp_path / "x.npy")]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(8)  # loaded, well inside the 1000-step run (minutes here)
+        time.sleep(8)  # loaded, well inside the 1000-step run of one call (minutes here)
         assert p.poll() is None, p.communicate()
         t0 = time.monotonic()
         p.send_signal(signal.SIGTERM)

@@ -98,7 +98,7 @@ class TritonPythonModel:
                                           pb_utils.TritonError.INTERNAL)
                 continue
             finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)  # a diverged image fails its own request only
-            for ((i, j), image), ok in zip(zip(live, x), finite):
+            for (i, j), image, ok in zip(live, x, finite):
                 results[i][j] = image
                 if not ok and responses[i] is None:
                     responses[i] = _error(f"row {j}: the sampler produced non-finite values (NaN or inf) for this image "
