@@ -76,6 +76,11 @@ def _inactive_file(stat: Path, key: str) -> int:
     return 0
 
 
+# Each cgroup version's memory controller: (limit file, use file, reclaimable page cache's key in memory.stat).
+_CGROUP_FILES = {2: ("memory.max", "memory.current", "inactive_file"),
+                 1: ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")}
+
+
 def cgroup_available(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> int | None:
     """What this process's memory cgroup and its ancestors still allow (limit less use, reclaimable cache given
     back), the least of them; None without a limit. cgroup v2 (``memory.max``) and v1 (``memory.limit_in_bytes``)."""
@@ -85,22 +90,22 @@ def cgroup_available(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path =
         return None
     found = []
     for line in lines:
-        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
-        if controllers == "":  # v2: one unified hierarchy
-            base, limit, usage, stat, cache = root, "memory.max", "memory.current", "memory.stat", "inactive_file"
-            if not (root / "cgroup.controllers").exists():
-                base = root / "unified"
+        if line.count(":") < 2:
+            continue
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: one unified hierarchy (under "unified" on a hybrid v1 machine)
+            version, base = 2, root if (root / "cgroup.controllers").exists() else root / "unified"
         elif "memory" in controllers.split(","):
-            base, limit, usage, stat, cache = root / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat", \
-                "total_inactive_file"
+            version, base = 1, root / "memory"
         else:
             continue
+        limit, usage, cache = _CGROUP_FILES[version]
         d = base / path.lstrip("/")
         while True:  # a limit may sit on any ancestor
             cap = _read_int(d / limit)
             if cap is not None:
                 used = _read_int(d / usage) or 0
-                found.append(cap - max(0, used - _inactive_file(d / stat, cache)))
+                found.append(cap - max(0, used - _inactive_file(d / "memory.stat", cache)))
             if d == base or base not in d.parents:
                 break
             d = d.parent
