@@ -351,46 +351,44 @@ def test_solvers_selects_the_graphs_exported(tmp_path):
 
 # --- the eps rule: recorded, stamped, and old bundles read as what they compute --------------------------
 
-def test_the_eps_rule_is_recorded_stamped_and_chosen_from_the_cli(bundles, tmp_path, capsys):
+def test_the_eps_rule_is_recorded_stamped_chosen_from_the_cli_and_old_bundles_read_as_the_networks_eps(bundles, tmp_path,
+                                                                                                        capsys):
+    """The CLI's choice is recorded and stamped into every graph (an edited manifest is refused); a bundle exported
+    before the rule was recorded (no eps_rule in its manifest or stamps) computes the network's eps and loads as that."""
+    import shutil
+
+    import onnx
+
+    import runtime
+    from export.format.manifest import IDENTITY_KEY, LEGACY_EPS_RULE
+
     assert bundles["conv"].manifest["eps_rule"] == "clipped"  # diffzoo's default
     out = tmp_path / "b"
     args = ["export", "--model", "conv", "--hidden", "4", "--size", "8", "--formats", "onnx", "--solvers", "ddim"]
     assert main([*args, "--out", str(out), "--eps-rule", "model"]) == 0
-    m = json.loads((out / "manifest.json").read_text())
-    assert m["eps_rule"] == "model"
+    assert json.loads((out / "manifest.json").read_text())["eps_rule"] == "model"
     with pytest.raises(SystemExit) as e:  # argparse's own refusal, before anything
         main([*args, "--out", str(tmp_path / "d"), "--eps-rule", "both"])
     assert e.value.code == 2 and "invalid choice: 'both'" in capsys.readouterr().err
-    m["eps_rule"] = "clipped"  # the manifest edited alone: every graph's own bytes still say "model"
-    (out / "manifest.json").write_text(json.dumps(m))
-    import runtime
+    want = runtime.load(out, "cpu").sample(2, num_steps=3)
 
+    edited = tmp_path / "edited"  # the manifest alone says "clipped": every graph's own bytes still say "model"
+    shutil.copytree(out, edited)
+    m = json.loads((edited / "manifest.json").read_text())
+    (edited / "manifest.json").write_text(json.dumps({**m, "eps_rule": "clipped"}))
     with pytest.raises(export.BundleError, match=r"differ on \['eps_rule'\]"):
-        runtime.load(out, "cpu").sample(1, num_steps=2)
+        runtime.load(edited, "cpu").sample(1, num_steps=2)
 
-
-def test_a_bundle_exported_before_the_eps_rule_reads_as_the_networks_eps(tmp_path):
-    """Older manifests and stamps carry no eps_rule: their graphs remix the network's eps, so they load as "model"."""
-    import onnx
-
-    from export.format.manifest import IDENTITY_KEY, LEGACY_EPS_RULE
-
-    import runtime
-
-    b = export.export_bundle(_tiny("conv"), tmp_path / "b", example_shape=(3, 8, 8), formats=["onnx"], solvers=["ddim"],
-                             eps_rule="model")
-    want = runtime.load(b.path, "cpu").sample(2, num_steps=3)
-    m = json.loads((b.path / "manifest.json").read_text())
-    del m["eps_rule"]
-    for name in (p.name for p in b.path.glob("*.onnx")):
-        g = onnx.load(str(b.path / name))
+    del m["eps_rule"]  # as exported before the rule was recorded: manifest and stamps without it
+    for name in (p.name for p in out.glob("*.onnx")):
+        g = onnx.load(str(out / name))
         for prop in g.metadata_props:
             if prop.key == IDENTITY_KEY:
                 ident = json.loads(prop.value)
                 del ident["eps_rule"]
                 prop.value = json.dumps(ident, sort_keys=True)
-        onnx.save(g, str(b.path / name))
-        m["files"][name] = {"sha256": sha256_file(b.path / name), "size": (b.path / name).stat().st_size}
-    (b.path / "manifest.json").write_text(json.dumps(m))
-    assert export.load_manifest(b.path)["eps_rule"] == LEGACY_EPS_RULE == "model"
-    np.testing.assert_array_equal(runtime.load(b.path, "cpu").sample(2, num_steps=3), want)
+        onnx.save(g, str(out / name))
+        m["files"][name] = {"sha256": sha256_file(out / name), "size": (out / name).stat().st_size}
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert export.load_manifest(out)["eps_rule"] == LEGACY_EPS_RULE == "model"
+    np.testing.assert_array_equal(runtime.load(out, "cpu").sample(2, num_steps=3), want)
