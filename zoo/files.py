@@ -74,9 +74,13 @@ def unknown_entries(directory: Path, known: set[str]) -> str | None:
     What an interrupted write left (``clean_partials``'s hidden ``.partial-``, ``.old-`` and ``.tmp`` entries)
     counts as the output's own.
     """
-    extra = sorted(p.name for p in directory.iterdir() if p.name not in known and not (
-        p.name.startswith(".") and (".partial-" in p.name or ".old-" in p.name or p.name.endswith(".tmp"))))
+    extra = sorted(p.name for p in directory.iterdir() if p.name not in known and not _is_partial(p.name))
     return f"it holds {extra[:5]}, which such a directory does not" if extra else None
+
+
+def _is_partial(name: str) -> bool:
+    """What an interrupted write leaves: a staged directory (``.NAME.partial-*``, ``.NAME.old-*``) or a temp file."""
+    return name.startswith(".") and (".partial-" in name or ".old-" in name or name.endswith(".tmp"))
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], object]) -> Path:
@@ -211,11 +215,13 @@ def clean_partials(*directories: str | os.PathLike) -> list[Path]:
         if not d.is_dir():
             continue
         for p in d.iterdir():
-            if p.name.startswith(".") and (".partial-" in p.name or ".old-" in p.name) and p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-                gone.append(p)
-            elif p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file() and not p.is_symlink():
+            if not _is_partial(p.name) or p.is_symlink():
+                continue
+            if p.name.endswith(".tmp") and p.is_file():
                 p.unlink(missing_ok=True)
+                gone.append(p)
+            elif not p.name.endswith(".tmp") and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
                 gone.append(p)
     return gone
 

@@ -30,8 +30,8 @@ from zoo.allocator import tune_allocator
 from zoo.configs import DenoiserConfig
 from zoo.diffusion import make_training_sample
 from zoo.files import (
-    check_output_dir,
     atomic_write,
+    check_output_dir,
     clean_partials,
     output_lock,
     staged_dir,
