@@ -47,7 +47,7 @@ def activation_bytes_per_image(graph: bytes | onnx.ModelProto, height: int, widt
                 d.dim_value = sizes[d.dim_param]  # setting the value clears the name
     try:
         inferred = shape_inference.infer_shapes(fixed, data_prop=True).graph
-    except Exception as e:  # noqa: BLE001  onnx raises its own InferenceError and plain RuntimeErrors
+    except (shape_inference.InferenceError, RuntimeError, ValueError) as e:  # a graph inference cannot follow
         log.warning("shape inference failed (%s): the memory estimate counts the inputs only", type(e).__name__)
         inferred = fixed.graph
     infos = {vi.name: vi for vi in list(inferred.value_info) + list(inferred.input) + list(inferred.output)}

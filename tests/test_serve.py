@@ -367,6 +367,8 @@ def test_cli_serve_refuses_bad_options_in_one_line(bundles, tmp_path):
             (["--mode", "step", "--cuda-graph"], "--mode fused"),
             (["--model-name", "a/b"], "a/b"),
             (["--http-port", 9000, "--grpc-port", 9000], "differ"),
+            (["--allow-api", "shared-memory,everything"], "--allow-api everything is invalid"),
+            (["--host", "no-such-host.invalid"], "--host 'no-such-host.invalid' is invalid"),
         ]
         for args, named in cases:
             r = _diffzoo("serve", bundles["residual"].path, *args)

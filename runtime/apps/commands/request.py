@@ -26,9 +26,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from runtime.apps.serve.client import Client
-
-    from runtime.apps.serve.client import server_address
+    from runtime.apps.serve.client import Client, server_address
     from runtime.noise import MAX_SEED
     from zoo.validate import check_int
 
