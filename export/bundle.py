@@ -54,7 +54,7 @@ from export.verify import (
     derived_atol,
     raise_on_failures,
 )
-from export.wrappers import reference
+from export.wrappers import reference, wrapper
 from zoo.diffusion import DEFAULT_EPS_RULE, check_eps_rule
 from zoo.files import check_output_dir, clean_leftovers, output_lock, staged_dir
 from zoo.resources import activation_bytes, check_fits
@@ -189,11 +189,15 @@ def _calibration_feeds(spec: ArtifactSpec, states) -> list[dict[str, np.ndarray]
     return feeds
 
 
-def _outputs(spec: ArtifactSpec, fn, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    with torch.inference_mode():
-        out = fn(*inputs.values())
-    outs = out if isinstance(out, (tuple, list)) else (out,)
+def _outputs(spec: ArtifactSpec, outs) -> dict[str, np.ndarray]:
+    outs = outs if isinstance(outs, (tuple, list)) else (outs,)
     return {o.name: v.detach().cpu().numpy().astype(np.float64) for o, v in zip(spec.outputs, outs, strict=True)}
+
+
+def _run_module(spec: ArtifactSpec, module, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """A module's (or traced graph's) outputs, its inputs bound by position in the table's order (``wrapper`` checks it)."""
+    with torch.inference_mode():
+        return _outputs(spec, module(*(inputs[i.name] for i in spec.inputs)))
 
 
 def reference_outputs(
@@ -208,10 +212,8 @@ def reference_outputs(
     if dtype != torch.float32:
         model = copy.deepcopy(model).to(dtype)
         inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
-    ref = reference(spec, model, schedule, clip_range, eps_rule)
-    if isinstance(ref, torch.nn.Module):
-        ref = ref.to(dtype)
-    return _outputs(spec, ref, inputs)
+    with torch.inference_mode():
+        return _outputs(spec, reference(spec, model, schedule, clip_range, eps_rule, dtype)(inputs))
 
 
 def _run_onnx(session, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -360,7 +362,6 @@ def _export_into(tmp: Path, model: torch.nn.Module, o: ExportOptions, specs: lis
 
 def _export_artifact(ex: _Export, spec: ArtifactSpec) -> tuple[dict[str, str], list[Check]]:
     """Write ``spec``'s files in the chosen formats into the staging directory, each checked against eager torch."""
-    ref = reference(spec, ex.model, ex.schedule, ex.o.clip_range, ex.o.eps_rule)
     is_loop = spec.kind == "sampler"
     base = _verify_sizes(ex.example_shape, getattr(ex.model.config, "size_multiple", 1))
     skipped = []  # (steps, derived bound) of whole-loop runs whose bound checks nothing
@@ -369,7 +370,7 @@ def _export_artifact(ex: _Export, spec: ArtifactSpec) -> tuple[dict[str, str], l
     for steps in attempts:
         sizes = base if steps is None else {**base, "steps": steps}
         inputs = make_inputs(spec, sizes, ex.schedule.alphas_cumprod, ex.g, num_classes=ex.num_classes)
-        expected = _outputs(spec, ref, inputs)
+        expected = reference_outputs(spec, ex.model, ex.schedule, inputs, ex.o.clip_range, torch.float32, ex.o.eps_rule)
         if spec.precision == "int8":  # an approximation by design: bounded relative to the output (export.verify)
             rtol = INT8_LOOP_RTOL if is_loop else INT8_STEP_RTOL
             break
@@ -389,7 +390,7 @@ def _export_artifact(ex: _Export, spec: ArtifactSpec) -> tuple[dict[str, str], l
     files, checks = {}, []
     for fmt in (f for f in spec.formats if f in ex.o.formats):
         path = ex.tmp / f"{spec.name}{_SUFFIX[fmt]}"
-        got = _write_torchscript(ex, spec, ref, path, inputs) if fmt == "torchscript" else _write_onnx(ex, spec, ref, path, inputs)
+        got = _write_torchscript(ex, spec, path, inputs) if fmt == "torchscript" else _write_onnx(ex, spec, path, inputs)
         files[fmt] = path.name
         c = compare_outputs(spec.name, fmt, sizes, got, expected, atol, rtol)
         c.reference_error, c.atol_source, c.note = ref_err, source, note
@@ -399,13 +400,17 @@ def _export_artifact(ex: _Export, spec: ArtifactSpec) -> tuple[dict[str, str], l
     return files, checks
 
 
-def _write_torchscript(ex: _Export, spec: ArtifactSpec, ref, path: Path, inputs) -> dict[str, np.ndarray]:
+def _module(ex: _Export, spec: ArtifactSpec) -> torch.nn.Module:
+    return wrapper(spec, ex.model, ex.schedule, ex.o.clip_range, ex.o.eps_rule)
+
+
+def _write_torchscript(ex: _Export, spec: ArtifactSpec, path: Path, inputs) -> dict[str, np.ndarray]:
     example = make_inputs(spec, ex.example_sizes, ex.schedule.alphas_cumprod, ex.g, num_classes=ex.num_classes)
-    save_traced(ref, tuple(example.values()), path)
-    return _outputs(spec, load_traced(path), inputs)
+    save_traced(_module(ex, spec), tuple(example[i.name] for i in spec.inputs), path)
+    return _run_module(spec, load_traced(path), inputs)
 
 
-def _write_onnx(ex: _Export, spec: ArtifactSpec, ref, path: Path, inputs) -> dict[str, np.ndarray]:
+def _write_onnx(ex: _Export, spec: ArtifactSpec, path: Path, inputs) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
     if spec.kind == "sampler":  # the Loop around the already verified step graph
@@ -417,7 +422,7 @@ def _write_onnx(ex: _Export, spec: ArtifactSpec, ref, path: Path, inputs) -> dic
         proto = quantize_int8(ex.protos[spec.base], _calibration_feeds(spec, ex.calibration))
     else:
         example = make_inputs(spec, ex.example_sizes, ex.schedule.alphas_cumprod, ex.g, num_classes=ex.num_classes)
-        proto = export_onnx(ref, spec, example, ex.o.opset)
+        proto = export_onnx(_module(ex, spec), spec, example, ex.o.opset)
     ex.protos[spec.name] = proto
     check_onnx(proto)
     onnx.save(_stamped(proto, spec, ex), str(path))

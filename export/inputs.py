@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 from export.format.artifacts import ArtifactSpec
-from zoo.diffusion import ddim_timesteps
 from zoo.solvers import alpha_bars
 
 __all__ = ["make_inputs"]
@@ -20,8 +19,9 @@ def make_inputs(
 
     Timesteps are spread over [0, T) with ``t_prev = -1`` (the last step) for the last sample and
     ``t_last = -1`` (the first step) for the first; the alpha-bar inputs are the schedule's values
-    at those timesteps. With a batch of 3 or more, every solver path is exercised. For a
-    class-conditional model (``num_classes``), labels and guidance values are mixed across the batch.
+    at those timesteps. With a batch of 3 or more, every solver path is exercised. A whole loop's
+    ``timesteps`` are a random descending grid, none of the spacings. For a class-conditional model
+    (``num_classes``), labels and guidance values are mixed across the batch.
     """
     T = len(alphas_cumprod)
     ab = torch.from_numpy(np.array(alphas_cumprod, dtype=np.float64)).float()
@@ -46,8 +46,8 @@ def make_inputs(
     if num_classes:  # mixed labels (the denoiser also sees the null class) and mixed guidance, 0 to 4
         values["labels"] = torch.randint(0, num_classes + (spec.kind == "denoiser"), (b,), generator=generator)
         values["guidance"] = torch.rand(b, generator=generator) * 4
-    if "steps" in sizes:
-        values["timesteps"] = torch.from_numpy(ddim_timesteps(T, sizes["steps"], "leading"))
+    if "steps" in sizes:  # a grid no spacing makes: a loop that visits any grid but the one it is fed fails its check
+        values["timesteps"] = torch.randperm(T, generator=generator)[: sizes["steps"]].sort(descending=True).values
     out = {}
     for io in spec.inputs:
         if io.name in values:

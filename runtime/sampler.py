@@ -45,7 +45,7 @@ from runtime.requests import (
     check_classes,
     check_settings,
 )
-from zoo.diffusion import check_finite, ddim_timesteps, guided_eps, step_pairs
+from zoo.diffusion import check_finite, check_grid, ddim_timesteps, guided_eps, step_pairs
 from zoo.schedules import make_schedule
 from zoo.solvers import alpha_bars
 from zoo.validate import check_int, first_line
@@ -378,18 +378,14 @@ class Sampler:
         x_T, ts = np.asarray(x_T), np.asarray(timesteps)
         if x_T.ndim != 4 or tuple(x_T.shape[1:2]) != self.shape[:1] or x_T.dtype != np.float32:
             raise TypeError(f"x_T has shape {x_T.shape} and dtype {x_T.dtype}: expected float32 (B, {self.shape[0]}, H, W)")
-        T = self.schedule.num_train_timesteps
-        if (ts.ndim != 1 or not np.issubdtype(ts.dtype, np.integer) or len(ts) == 0 or ts.min() < 0 or ts.max() >= T
-                or np.any(np.diff(ts) >= 0)):
-            raise ValueError(f"timesteps={ts.tolist()[:8]}{'...' if ts.size > 8 else ''} are invalid: expected distinct, "
-                             f"descending integers in 0..{T - 1} (Sampler.timesteps gives them)")
+        ts = check_grid(ts, self.schedule.num_train_timesteps)
         if stochastic:
             noise = np.asarray(noise) if noise is not None else None
             want = (len(ts), *x_T.shape)
             if noise is None or noise.shape != want or noise.dtype != np.float32:
                 got = "none" if noise is None else f"{noise.dtype} {noise.shape}"
                 raise TypeError(f"noise is {got}: eta > 0 needs float32 noise of shape (S, B, C, H, W) = {want}")
-        return np.ascontiguousarray(x_T), ts.astype(np.int64), noise
+        return np.ascontiguousarray(x_T), ts, noise
 
     def _run_per_step(self, run: _Run, solver, x_T, timesteps, noise, eta, mode, callback, cond) -> np.ndarray:
         """``fused``: the fused step per timestep; ``step``: the denoiser, then the solver step.

@@ -392,3 +392,65 @@ def test_the_eps_rule_is_recorded_stamped_chosen_from_the_cli_and_old_bundles_re
     (out / "manifest.json").write_text(json.dumps(m))
     assert export.load_manifest(out)["eps_rule"] == LEGACY_EPS_RULE == "model"
     np.testing.assert_array_equal(runtime.load(out, "cpu").sample(2, num_steps=3), want)
+
+
+# --- verification that sees a wrong wire (issue 29, item 4) -------------------------------------------------
+
+def test_verification_catches_a_crossed_wire_in_a_fused_step_and_a_reference_that_ignores_its_grid(tmp_path, monkeypatch):
+    """Two planted faults, one export: each fails the artifacts it touches and nothing else."""
+    import export.wrappers as wrappers
+    from zoo.solvers import alpha_bars
+
+    def crossed(self, x_t, x0_last, t, t_prev, t_last):  # t_prev and t_last swapped inside the DPM-Solver++ wrapper
+        a_t, a_prev, a_last = alpha_bars(self.alphas_cumprod, t, t_last, t_prev)
+        return self.step(x_t, self.model(x_t, t), x0_last, a_t, a_prev, a_last)
+
+    solve = wrappers.solve
+
+    def leading_only(solver, denoise, x_T, timesteps, alphas, **kw):  # the old reference: len(timesteps) alone
+        grid = timesteps if solver.name != "ddim" else zoo.ddim_timesteps(len(alphas), len(timesteps), "leading")
+        return solve(solver, denoise, x_T, grid, alphas, **kw)
+
+    monkeypatch.setattr(wrappers.FusedDPMStep, "forward", crossed)
+    monkeypatch.setattr(wrappers, "solve", leading_only)
+    with pytest.raises(export.ExportVerificationError) as err:
+        export.export_bundle(_tiny(), tmp_path / "b", example_shape=(3, 8, 8), formats=["onnx"])
+    failed = sorted(c.artifact for c in err.value.failures)
+    # the DPM-Solver++ fused step and the loop around it; the DDIM loops, whose reference ignores the grid they are fed
+    assert failed == ["fused_step_dpmpp", "sampler", "sampler_dpmpp", "sampler_eta"], failed
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_wrapper_whose_inputs_are_not_the_tables_is_refused_before_tracing():
+    from export.wrappers import FusedDPMStep, check_signature, wrapper
+
+    spec = artifact_specs(3)["fused_step_dpmpp"]
+    model, schedule = _tiny(), zoo.linear_schedule(1000)
+    assert isinstance(wrapper(spec, model, schedule, 1.0), FusedDPMStep)  # the table's names, in its order
+
+    class Swapped(FusedDPMStep):
+        def forward(self, x_t, x0_last, t, t_last, t_prev):
+            return super().forward(x_t, x0_last, t, t_prev, t_last)
+
+    with pytest.raises(TypeError, match=r"Swapped.forward takes \['x_t', 'x0_last', 't', 't_last', 't_prev'\], but the "
+                                        r"'fused_step_dpmpp' artifact's inputs are \['x_t', 'x0_last', 't', 't_prev', 't_last'\]"):
+        check_signature(Swapped(model, schedule.alphas_cumprod), spec)
+
+
+def test_the_eager_sampler_and_the_loop_graph_visit_the_grid_they_are_given(bundles):
+    bundle = bundles["residual"]
+    x_T = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(4))
+    model, schedule, _ = export.load_model(bundle.path)
+    grid = np.array([951, 700, 644, 302, 97, 3])  # no spacing gives it
+    got = zoo.sample(model, schedule, x_T, solver="dpmpp_2m", timesteps=grid)
+    same_length = zoo.sample(model, schedule, x_T, len(grid), solver="dpmpp_2m")
+    assert not torch.allclose(got, same_length, atol=1e-2)  # the grid is used, not only its length
+    trailing = zoo.ddim_timesteps(1000, 6, "trailing")
+    np.testing.assert_array_equal(zoo.sample(model, schedule, x_T, timesteps=trailing),
+                                  zoo.sample(model, schedule, x_T, 6, spacing="trailing"))
+    (loop,) = _session(bundle.path / "sampler_dpmpp.onnx").run(None, {"x_T": x_T.numpy(), "timesteps": grid})
+    x64 = zoo.sample(model.double(), schedule, x_T.double(), solver="dpmpp_2m", timesteps=grid)
+    np.testing.assert_allclose(loop, got, rtol=0, atol=derived_atol({"x": got.numpy()}, {"x": x64.numpy()})[0])
+    for bad in ([5, 9], [3, 3], [1000], []):
+        with pytest.raises(ValueError, match=r"timesteps=.* are invalid: expected distinct, descending integers in 0\.\.999"):
+            zoo.sample(model, schedule, x_T, timesteps=bad)

@@ -55,6 +55,7 @@ __all__ = [
     "SPACINGS",
     "Spacing",
     "ddim_timesteps",
+    "check_grid",
     "make_training_sample",
     "guide",
     "guided_eps",
@@ -148,6 +149,21 @@ def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: Spacing = 
         raise ValueError(f"unknown spacing {spacing!r}: expected one of {sorted(SPACINGS)}")
     num_steps = check_int("num_steps", num_steps, 1, num_train_timesteps)
     return np.array(SPACINGS[spacing](int(num_train_timesteps), num_steps), dtype=np.int64)  # a copy: never a reversed view
+
+
+def check_grid(timesteps: Any, num_train_timesteps: int) -> np.ndarray:
+    """A sampling grid as int64: S >= 1 distinct, descending integers in 0..T-1; ``ValueError`` naming it otherwise.
+
+    Any such list is a valid grid (``ddim_timesteps`` gives the usual ones); the eager sampler, the
+    runtime and the whole-loop graphs all take it as it is.
+    """
+    ts = np.asarray(timesteps)
+    T = int(num_train_timesteps)
+    if (ts.ndim != 1 or not np.issubdtype(ts.dtype, np.integer) or len(ts) == 0 or ts.min() < 0 or ts.max() >= T
+            or np.any(np.diff(ts) >= 0)):
+        raise ValueError(f"timesteps={ts.tolist()[:8]}{'...' if ts.size > 8 else ''} are invalid: expected distinct, "
+                         f"descending integers in 0..{T - 1} (ddim_timesteps gives them)")
+    return ts.astype(np.int64)
 
 
 # The timestep of a step that does not exist: after the last (alpha-bar 1) or before the first (alpha-bar 0);

@@ -11,7 +11,16 @@ from typing import Any
 
 import torch
 
-from zoo.diffusion import DEFAULT_EPS_RULE, Spacing, check_eps_rule, check_guidance, check_labels, ddim_timesteps, guided_eps
+from zoo.diffusion import (
+    DEFAULT_EPS_RULE,
+    Spacing,
+    check_eps_rule,
+    check_grid,
+    check_guidance,
+    check_labels,
+    ddim_timesteps,
+    guided_eps,
+)
 from zoo.schedules import Schedule
 from zoo.solvers import SOLVER_TABLE, Solver, check_eta, get_solver, solve
 from zoo.validate import check_real
@@ -40,8 +49,11 @@ def _conditioning(model: Any, x_T: Any, labels: Any, guidance: Any) -> tuple[Any
 
 def _eager(solver: Solver, model: Any, schedule: Schedule, x_T: Any, num_steps: int, spacing: str, eta: float,
            noise: Any, progress: bool, clip_range: float | None, callback: Any, labels: Any = None,
-           guidance: Any = None, eps_rule: str = DEFAULT_EPS_RULE) -> Any:
-    """An eager torch sampler: checks, the float32 alpha-bar table on x_T's device, the model under inference mode."""
+           guidance: Any = None, eps_rule: str = DEFAULT_EPS_RULE, grid: Any = None) -> Any:
+    """An eager torch sampler: checks, the float32 alpha-bar table on x_T's device, the model under inference mode.
+
+    ``grid``: the timesteps to visit as given (``zoo.diffusion.check_grid``), in place of ``num_steps`` and ``spacing``.
+    """
     from zoo.allocator import tune_allocator
 
     tune_allocator()  # no mmap/munmap per activation in a fresh process (zoo/allocator.py)
@@ -50,7 +62,7 @@ def _eager(solver: Solver, model: Any, schedule: Schedule, x_T: Any, num_steps: 
     model_T = getattr(getattr(model, "config", None), "num_train_timesteps", T)
     if model_T != T:
         raise ValueError(f"the model was built for num_train_timesteps={model_T} but the schedule has T={T}")
-    timesteps = ddim_timesteps(T, num_steps, spacing)
+    timesteps = ddim_timesteps(T, num_steps, spacing) if grid is None else check_grid(grid, T)
     if x_T.ndim != 4:
         raise ValueError(f"x_T must have shape (B, C, H, W); got {tuple(x_T.shape)}")
     expected = (len(timesteps), *x_T.shape)
@@ -166,9 +178,14 @@ def sample(
     labels: Any = None,
     guidance: Any = None,
     eps_rule: str = DEFAULT_EPS_RULE,
+    timesteps: Any = None,
 ) -> torch.Tensor:
-    """The eager sampler of ``solver`` (``zoo.solvers.SOLVERS``); a deterministic solver refuses eta > 0."""
+    """The eager sampler of ``solver`` (``zoo.solvers.SOLVERS``); a deterministic solver refuses eta > 0.
+
+    ``timesteps``: any grid of distinct, descending timesteps in 0..T-1 to visit as given, in place of
+    ``num_steps`` and ``spacing`` (a grid another library uses; what the whole-loop graphs take).
+    """
     entry = get_solver(solver)
     eta = check_eta(solver, eta)
     return _eager(entry, model, schedule, x_T, num_steps, spacing, eta, noise if entry.takes_eta else None, progress,
-                  clip_range, callback, labels, guidance, eps_rule)
+                  clip_range, callback, labels, guidance, eps_rule, grid=timesteps)
