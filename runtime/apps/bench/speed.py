@@ -27,7 +27,7 @@ from export.format.artifacts import select
 from export.format.manifest import check_identity, load_manifest, read_verified
 from export.verify import relative_rms
 from runtime.sampler import fused_on_host, step_list
-from zoo.solvers import alpha_bars, get_solver, solve
+from zoo.solvers import get_solver, solve
 
 __all__ = ["BenchConfig", "run_bench", "conv_flops", "matmul_gflops", "format_results", "key_ratios"]
 
@@ -295,9 +295,10 @@ def _cuda_backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndar
 def _step_errors(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray, names: list[str]) -> dict[str, dict[str, float]]:
     """Per-step error of the reduced-precision backends: one step from each fp32 state, against fp32.
 
-    Every state x_t of the fp32 run (the onnxruntime fused step, which matches eager within 1e-5)
-    goes through one reduced-precision step; the worst step's relative RMS and max |diff| are kept.
-    The final-image drift (errors compounded over the run) is reported beside it.
+    Every step's input of the eager fp32 run of ``cfg.solver`` (x and the solver's state; the
+    exported graphs match it within their derived bounds) goes through one reduced-precision step;
+    the worst step's relative RMS and max |diff| are kept. The final-image drift (errors compounded
+    over the run) is reported beside it.
     """
     import torch
 
@@ -306,38 +307,46 @@ def _step_errors(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarra
 
     if not names:
         return {}
+    solver = get_solver(cfg.solver)
     ts = zoo.ddim_timesteps(schedule.num_train_timesteps, cfg.steps)
-    alphas = schedule.alphas_cumprod.astype(np.float32)
-    fp32 = runtime.load(bundle, provider="cpu", threads=cfg.threads)
-    states = [x_T]
-    fp32.run_batch(x_T, ts, None, 0.0, "fused", callback=lambda i, t, eps, x: states.append(x))
-    steps: dict[str, Callable[[np.ndarray, int, int], np.ndarray]] = {}
-    if any(n in INT8_BACKENDS for n in names):
+    alphas = torch.from_numpy(schedule.alphas_cumprod.astype(np.float32))
+    steps: list[tuple] = []  # (x, state, t, alpha-bars, the fp32 step's x_prev)
+
+    def record(x, eps, state, *abars, **kw):
+        out = solver.update(x, eps, state, *abars, **kw)
+        steps.append((x, state, abars, out[0]))
+        return out
+
+    with torch.inference_mode():
+        solve(solver, lambda x, t: model(x, torch.full((len(x),), t)), torch.from_numpy(x_T), ts, alphas, update=record,
+              check=False)
+    reduced: dict[str, Callable[..., torch.Tensor]] = {}
+    if any(n in INT8_BACKENDS for n in names):  # DDIM only: what int8 covers (refused with another solver up front)
         int8_sampler = runtime.load(bundle, provider="cpu", threads=cfg.threads, precision="int8")
         fused = int8_sampler.session(int8_sampler.artifact("fused_step", "ddim"))
 
-        def int8(x, t, tp):
-            b = len(x)
-            return fused.run(None, {"x_t": x, "t": np.full(b, t, np.int64), "t_prev": np.full(b, tp, np.int64)})[0]
+        def int8(x, state, t, tp, abars):
+            feeds = {"x_t": x.numpy(), "t": np.full(len(x), t, np.int64), "t_prev": np.full(len(x), tp, np.int64)}
+            return torch.from_numpy(fused.run(None, feeds)[0])
 
-        steps["int8"] = int8
+        reduced["int8"] = int8
 
-    def bf16(x, t, tp):
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            eps = model(torch.from_numpy(x), torch.full((len(x),), t)).float()
-        a_t, a_prev, _ = alpha_bars(alphas, t, tp)
-        return zoo.ddim_step(torch.from_numpy(x), eps, float(a_t), float(a_prev)).numpy()
+    def bf16(x, state, t, tp, abars):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            eps = model(x, torch.full((len(x),), t)).float()
+        return solver.update(x, eps, state, *abars)[0]
 
     if "eager-bf16" in names:
-        steps["bf16"] = bf16
+        reduced["bf16"] = bf16
     errors = {}
-    for kind, step in steps.items():
-        rel, worst = 0.0, 0.0
-        for i, (t, tp, _) in enumerate(step_list(ts)):
-            got = step(states[i], t, tp)
-            rel = max(rel, relative_rms(got, states[i + 1]))
-            worst = max(worst, float(np.abs(got.astype(np.float64) - states[i + 1]).max()))
-        errors[kind] = {"step_error_rel_rms": rel, "step_error_max": worst}
+    with torch.inference_mode():
+        for kind, step in reduced.items():
+            rel, worst = 0.0, 0.0
+            for (t, tp, _), (x, state, abars, want) in zip(step_list(ts), steps, strict=True):
+                got, want = step(x, state, t, tp, abars).numpy(), want.numpy()
+                rel = max(rel, relative_rms(got, want))
+                worst = max(worst, float(np.abs(got.astype(np.float64) - want).max()))
+            errors[kind] = {"step_error_rel_rms": rel, "step_error_max": worst}
     return {n: errors["bf16" if n == "eager-bf16" else "int8"] for n in names}
 
 
