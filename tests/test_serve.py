@@ -583,3 +583,20 @@ def test_request_refuses_bad_urls_and_seeds_and_names_a_timeout(server, tmp_path
     r = _diffzoo("request", server.url, "--n", 64, "--steps", 1000, "--eta", 1, "--timeout", 1, "--out", tmp_path / "x.png")
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "did not answer within 1 s" in r.stderr, r.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_stop_whose_queue_cannot_be_read_waits_for_the_exit_timeout(tmp_path, caplog):
+    """Unreadable metrics are not an empty queue: the drain keeps waiting (here to --exit-timeout), and says why."""
+    server = TritonServer(tmp_path, ServeOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                                                 exit_timeout_s=2))  # nothing listens on the metrics port
+    server._work = tmp_path
+    assert server._pending() is None
+    with subprocess.Popen(["sleep", "30"]) as busy:  # a server still running after SIGTERM
+        try:
+            with caplog.at_level("WARNING", logger="runtime.apps.serve.server"):
+                server._drain(busy)
+            assert busy.poll() is None
+        finally:
+            busy.kill()
+    assert "requests were still in flight after 2 s (--exit-timeout) (its queue could not be read: metrics unavailable)" \
+        in caplog.text

@@ -420,22 +420,27 @@ class TritonServer:
         idle_since = None
         while time.monotonic() < deadline and p.poll() is None:
             busy = self._work / "busy"
-            idle = not (busy.is_dir() and any(busy.iterdir())) and self._pending() == 0
+            idle = not (busy.is_dir() and any(busy.iterdir())) and self._pending() == 0  # unknown (None) is not idle
             now = time.monotonic()
             idle_since = (idle_since or now) if idle else None
             if idle_since is not None and now - idle_since >= settle_s:
                 return
             time.sleep(0.05)
         if p.poll() is None and time.monotonic() >= deadline:
-            log.warning("requests were still in flight after %s s (--exit-timeout): stopped", self.options.exit_timeout_s)
+            unknown = " (its queue could not be read: metrics unavailable)" if self._pending() is None else ""
+            log.warning("requests were still in flight after %s s (--exit-timeout)%s: stopped", self.options.exit_timeout_s,
+                        unknown)
 
-    def _pending(self) -> int:
-        """Requests queued in the server now (its ``nv_inference_pending_request_count``); 0 if unreadable."""
+    def _pending(self) -> int | None:
+        """Requests queued in the server now (its ``nv_inference_pending_request_count``); None if unreadable.
+
+        Unreadable is not empty: the drain then waits for the busy marks and ``exit_timeout_s``.
+        """
         try:
             with urllib.request.urlopen(self.metrics_url, timeout=1) as r:
                 text = r.read().decode()
         except (urllib.error.URLError, OSError):
-            return 0
+            return None
         return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
                    if line.startswith("nv_inference_pending_request_count"))
 
