@@ -321,3 +321,19 @@ def test_image_folder_verifies_every_image_at_scan(tmp_path, caplog):
     assert [p.name for p in ds.files] == ["good.png"]
     assert ds.skipped["unreadable"] == 1 and ds.skipped["unknown pixel range"] == 1
     assert "1 usable images; skipped 1 unreadable, 1 unknown pixel range" in caplog.text
+
+
+def test_image_folder_skips_bad_files_but_raises_its_own_bugs(tmp_path, monkeypatch):
+    """A damaged file is counted as unreadable; an error of diffzoo's own pixel code is raised, not counted."""
+    _png(tmp_path / "good.png", 12, 12, (0, 0, 0))
+    png = (tmp_path / "good.png").read_bytes()
+    (tmp_path / "bad_crc.png").write_bytes(png[:40] + bytes([png[40] ^ 0xFF]) + png[41:])  # Pillow: SyntaxError or OSError
+    ds = ImageFolder(tmp_path, 8)
+    assert [p.name for p in ds.files] == ["good.png"] and ds.skipped["unreadable"] == 1
+
+    def bug(im, path):
+        raise AttributeError("a bug of ours")
+
+    monkeypatch.setattr("zoo.training.data._unit_range", bug)
+    with pytest.raises(AttributeError, match="a bug of ours"):  # it read "no usable image" before
+        ImageFolder(tmp_path, 8)

@@ -258,6 +258,11 @@ def test_client_errors_are_one_line(server):
     assert e.value.status == 400 and "\n" not in str(e.value)
     with Client(f"http://127.0.0.1:{free_port()}") as c, pytest.raises(ConnectionError, match="cannot reach"):
         c.sample({"seed": 0, "index": [0]})
+    with Client(f"http://{server.grpc_url}") as c, pytest.raises(ConnectionError, match="did not answer as a KServe v2 HTTP"):
+        c.sample({"seed": 0, "index": [0]})  # the gRPC port: something answers, not in HTTP/1.1
+    with Client(server.url) as c, pytest.raises(AttributeError, match="a bug of ours"):  # not "not a KServe v2 server"
+        c._client.get_model_config = lambda *a, **k: (_ for _ in ()).throw(AttributeError("a bug of ours"))
+        c.config
 
 
 def _diffzoo(*args, **kw) -> subprocess.CompletedProcess:

@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import pickle
+import struct
 import tarfile
 import zlib
 from pathlib import Path
@@ -547,12 +548,17 @@ class ImageFolder(ImageDataset):
                 if w * h > self.max_pixels:
                     raise _Skip("too large", f"{w}x{h} pixels > {self.max_pixels}")
                 im.load()
-                arr = _unit_range(ImageOps.exif_transpose(im), p)  # as a viewer shows it: EXIF orientation applied
-        except _Skip:
-            raise
-        except Exception as e:  # noqa: BLE001  a decoder's failure on a bad file is any exception: skipped and counted
+                im = ImageOps.exif_transpose(im)  # as a viewer shows it: EXIF orientation applied (a loaded copy)
+        except Image.DecompressionBombError as e:  # beyond Pillow's own limit, refused before the header is read out
+            raise _Skip("too large", str(e)) from None
+        except _DECODER_ERRORS as e:  # a bad file: skipped and counted; anything else is a bug, and raised
             raise _Skip("unreadable", f"{type(e).__name__}: {e}") from None
-        return torch.from_numpy(_resize_crop(arr, self.size) * 2.0 - 1.0)
+        return torch.from_numpy(_resize_crop(_unit_range(im, p), self.size) * 2.0 - 1.0)
+
+
+# What Pillow's decoders raise on a damaged or foreign file (UnidentifiedImageError and "truncated" are OSErrors;
+# the PNG and JPEG plugins raise SyntaxError on broken headers, struct.error and EOFError on short ones).
+_DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, MemoryError)
 
 
 class _Skip(Exception):

@@ -54,6 +54,9 @@ class Client:
 
     def _call(self, fn, *args, **kwargs):
         """A tritonclient call with its failures as one-line errors: unreachable (OSError) or refused (ServerError)."""
+        from http.client import HTTPException  # what geventhttpclient raises on an answer that is not HTTP
+
+        from rapidjson import JSONDecodeError  # tritonclient's JSON parser
         from tritonclient.utils import InferenceServerException
 
         try:
@@ -68,7 +71,7 @@ class Client:
         except OSError as e:  # refused, reset, no route
             raise ConnectionError(f"cannot reach a Triton server at {self.url} (model {self.model!r}): "
                                   f"{e.strerror or e.__class__.__name__}") from None
-        except Exception as e:  # noqa: BLE001  the HTTP layer's own errors: something else answers there
+        except (HTTPException, JSONDecodeError) as e:  # not HTTP, or not JSON: something else answers there
             raise ConnectionError(f"{self.url} did not answer as a KServe v2 HTTP server ({e.__class__.__name__}: "
                                   f"{str(e)[:200]}): is it the server's HTTP port?") from None
 
