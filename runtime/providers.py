@@ -13,7 +13,7 @@ import io
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import onnxruntime as ort
 
@@ -30,7 +30,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Provider = Literal["auto", "cuda", "cpu"]
-PROVIDERS = ("auto", "cuda", "cpu")
+PROVIDERS: tuple[str, ...] = get_args(Provider)  # the names written once, in the type
 CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 
 

@@ -12,11 +12,11 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, get_args
 
 import numpy as np
 
-from export.format.artifacts import MODE_KINDS, select
+from export.format.artifacts import MODE_KINDS, Mode, select
 from zoo.diffusion import SPACINGS, check_guidance, check_labels
 from zoo.files import check_replaceable
 from zoo.solvers import check_eta, get_solver
@@ -25,8 +25,7 @@ from zoo.validate import check_int
 __all__ = ["Mode", "MODES", "PRECISIONS", "SampleRequest", "check_settings", "check_choices", "check_classes", "check_output",
            "check_cuda_graph", "IMAGE_SUFFIXES"]
 
-Mode = Literal["loop", "fused", "step"]
-MODES: tuple[str, ...] = tuple(MODE_KINDS)  # ("loop", "fused", "step")
+MODES: tuple[str, ...] = get_args(Mode)  # ("loop", "fused", "step")
 # fp32: the exported graphs. int8: the bundle's int8 variants (``export_bundle(int8=True)``), whose
 # inner convolutions are quantized; the solver update stays fp32. CPU provider only.
 PRECISIONS = ("fp32", "int8")

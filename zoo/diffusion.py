@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import numbers
 import sys
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 import numpy as np
 
@@ -140,7 +140,7 @@ def _linspace(T: int, S: int) -> np.ndarray:
 
 # Conventions of the widely used DDIM implementations (diffusers' ``timestep_spacing``), computed in
 # integers: every spacing gives exactly S distinct, descending timesteps in 0..T-1 for every S in 1..T.
-SPACINGS = {"leading": _leading, "trailing": _trailing, "linspace": _linspace}
+SPACINGS = dict(zip(get_args(Spacing), (_leading, _trailing, _linspace), strict=True))  # the names written once, in the type
 
 
 def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: Spacing = "leading") -> np.ndarray:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from zoo.solvers import SOLVER_TABLE
 
-__all__ = ["IOSpec", "ArtifactSpec", "KINDS", "carried", "MODE_KINDS", "FORMATS", "INT8_ARTIFACTS", "artifact_specs", "ARTIFACT_NAMES",
+__all__ = ["IOSpec", "ArtifactSpec", "KINDS", "carried", "Mode", "MODE_KINDS", "FORMATS", "INT8_ARTIFACTS", "artifact_specs", "ARTIFACT_NAMES",
            "select"]
 
 FORMATS = ("onnx", "torchscript")  # the file formats a bundle can hold
@@ -125,7 +125,8 @@ ARTIFACT_NAMES = tuple(artifact_specs(3))
 
 
 # The kind of artifact each runtime mode runs ("step" runs the denoiser before it).
-MODE_KINDS = {"loop": "sampler", "fused": "fused_step", "step": "step"}
+Mode = Literal["loop", "fused", "step"]
+MODE_KINDS: dict[str, str] = dict(zip(get_args(Mode), ("sampler", "fused_step", "step"), strict=True))
 
 
 def select(artifacts: dict[str, dict[str, Any]], kind: str, solver: str | None = None, stochastic: bool = False,

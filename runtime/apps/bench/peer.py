@@ -24,13 +24,13 @@ from typing import Any, Callable
 import numpy as np
 
 from runtime.apps.bench.speed import _time_backends, conv_flops, machine, matmul_gflops
+from runtime.requests import MODES
 
 __all__ = ["PeerConfig", "run_peer_bench", "format_peer_bench", "DDPM_CIFAR10_SOURCE"]
 
 DDPM_CIFAR10_SOURCE = "ddpm-cifar10"  # --diffusers ddpm-cifar10: the DDPM CIFAR-10 architecture, random init
 # solver -> (the diffusers scheduler class that runs it, the diffzoo solver)
 SOLVERS = {"ddim": "DDIMScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler"}
-MODES = ("loop", "fused", "step")
 
 
 @dataclass(frozen=True)
