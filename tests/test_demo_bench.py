@@ -142,7 +142,7 @@ def test_cli_bench_checkpoint_runs_the_trained_model(tmp_path, capsys):
 
 def test_bench_dpmpp_every_backend_computes_the_same_images():
     # eager-bf16 included: a default backend on a CPU with bf16, whose per-step error is measured with the bench's solver
-    backends = ("eager", "torchscript", "ort-numpy-step", "ort-step", "ort-fused", "ort-loop", "ort-loop-shipped", "eager-bf16")
+    backends = ("eager", "eager-bf16", "torchscript", "ort-numpy-step", "ort-step", "ort-fused", "ort-loop", "ort-loop-shipped")
     cfg = BenchConfig(hidden=8, size=8, batch=2, steps=4, repeats=1, threads=1, backends=backends, solver="dpmpp_2m")
     res = run_bench(cfg)
     assert list(res["backends"]) == list(backends) and res["config"]["solver"] == "dpmpp_2m"
