@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import zoo
+from conftest import COND_NAMES
 from zoo.diffusion import guide, guided_eps
 
 
@@ -161,18 +162,9 @@ def test_image_folders_with_one_subfolder_per_class_are_labelled(tmp_path):
 
 # --- bundles: labels and guidance through every artifact and mode -------------------------------------------
 
-@pytest.fixture(scope="module")
-def guided_bundle(tmp_path_factory):
-    import export
-
-    b = export.export_bundle(_cond(seed=1), tmp_path_factory.mktemp("guided") / "b", example_shape=(1, 8, 8),
-                             formats=("onnx",), class_names=("zero", "one", "two"))
-    return b
-
-
-def test_a_conditional_bundle_records_its_classes_and_inputs(guided_bundle):
-    m = guided_bundle.manifest
-    assert m["classes"] == {"count": 3, "null": 3, "names": ["zero", "one", "two"]}
+def test_a_conditional_bundle_records_its_classes_and_inputs(cond_bundle):
+    m = cond_bundle.manifest
+    assert m["classes"] == {"count": 3, "null": 3, "names": list(COND_NAMES)}
     names = {a: [i["name"] for i in e["inputs"]] for a, e in m["artifacts"].items()}
     assert names["denoiser"] == ["x", "t", "labels"]
     assert names["fused_step"] == ["x_t", "t", "t_prev", "labels", "guidance"]
@@ -180,21 +172,21 @@ def test_a_conditional_bundle_records_its_classes_and_inputs(guided_bundle):
     assert names["fused_step_dpmpp"] == ["x_t", "x0_last", "t", "t_prev", "t_last", "labels", "guidance"]
     assert names["sampler_eta"] == ["x_T", "timesteps", "labels", "guidance", "noise", "eta"]
     assert names["ddim_step"] == ["x_t", "eps", "alpha_bar_t", "alpha_bar_prev"]  # no network: unchanged
-    assert all(c["max_abs_diff"] <= c["atol"] for c in guided_bundle.checks)  # verified with mixed labels and guidance
+    assert all(c["max_abs_diff"] <= c["atol"] for c in cond_bundle.checks)  # verified with mixed labels and guidance
 
 
 @pytest.mark.parametrize("solver,eta", [("ddim", 0.0), ("ddim", 0.5), ("dpmpp_2m", 0.0)])
-def test_every_mode_samples_the_guided_images_of_eager_torch(guided_bundle, solver, eta):
+def test_every_mode_samples_the_guided_images_of_eager_torch(cond_bundle, solver, eta):
     import runtime
     from export.bundle import load_model
     from export.verify import derived_atol
     from runtime.noise import image_noise
 
-    s = runtime.load(guided_bundle.path, provider="cpu")
-    labels, w = ["two", 0, 1, "one"], [0.0, 1.5, 4.0, 1.0]  # names and indices; guidance per image
+    s = runtime.load(cond_bundle.path, provider="cpu")
+    labels, w = [COND_NAMES[2], 0, 1, "one"], [0.0, 1.5, 4.0, 1.0]  # names and indices; guidance per image
     ts = s.timesteps(6)
     x_T, noise = image_noise(3, range(4), s.shape, len(ts), stochastic=eta > 0)
-    model, sched, _ = load_model(guided_bundle.path)
+    model, sched, _ = load_model(cond_bundle.path)
 
     def eager(dtype):
         m = model.to(dtype)
@@ -215,18 +207,18 @@ def test_every_mode_samples_the_guided_images_of_eager_torch(guided_bundle, solv
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"labels": [3]}, r"label 3 is invalid: expected a class index 0..2 or one of the names \['zero', 'one', 'two'\]"),
+    ({"labels": [3]}, r"label 3 is invalid: expected a class index 0..2 or one of the names \['zéro', 'one', '\"two\"'\]"),
     ({"labels": ["cat"]}, "label 'cat' is invalid"),
     ({"labels": [0, 1]}, "labels must be one class or 4"),
     ({"labels": 1, "guidance": float("nan")}, "guidance .* is invalid"),
     ({"labels": 1, "guidance": -2.0}, "guidance .* is invalid"),
     ({"guidance": 2.0}, "guidance needs labels"),
 ])
-def test_bad_labels_and_guidance_are_refused_by_the_runtime(guided_bundle, kwargs, match):
+def test_bad_labels_and_guidance_are_refused_by_the_runtime(cond_bundle, kwargs, match):
     import runtime
 
     with pytest.raises(ValueError, match=match):
-        runtime.load(guided_bundle.path, provider="cpu").sample(4, num_steps=2, **kwargs)
+        runtime.load(cond_bundle.path, provider="cpu").sample(4, num_steps=2, **kwargs)
 
 
 def test_labels_for_an_unconditional_bundle_are_refused(bundles):
@@ -236,23 +228,23 @@ def test_labels_for_an_unconditional_bundle_are_refused(bundles):
         runtime.load(bundles["unet"].path, provider="cpu").sample(2, num_steps=2, labels=1)
 
 
-def test_cli_sample_takes_classes_by_name_or_index_and_guidance(guided_bundle, tmp_path, capsys):
+def test_cli_sample_takes_classes_by_name_or_index_and_guidance(cond_bundle, tmp_path, capsys):
     from runtime.apps.cli import main
 
     out = tmp_path / "x.npy"
-    args = ["sample", str(guided_bundle.path), "--provider", "cpu", "--n", "4", "--steps", "3", "--out", str(out)]
-    assert main([*args, "--class", "two,0,1,one", "--guidance", "0,1.5,4,1"]) == 0
+    args = ["sample", str(cond_bundle.path), "--provider", "cpu", "--n", "4", "--steps", "3", "--out", str(out)]
+    assert main([*args, "--class", f"{COND_NAMES[2]},0,1,one", "--guidance", "0,1.5,4,1"]) == 0
     import runtime
 
-    expected = runtime.load(guided_bundle.path, provider="cpu").sample(4, num_steps=3, labels=[2, 0, 1, 1],
+    expected = runtime.load(cond_bundle.path, provider="cpu").sample(4, num_steps=3, labels=[2, 0, 1, 1],
                                                                        guidance=[0, 1.5, 4, 1])
     np.testing.assert_array_equal(np.load(out), expected)
     # without --class: the null class (unconditional), as eager torch samples a conditional model without labels
     assert main(args) == 0
     from export.bundle import load_model
 
-    model, sched, _ = load_model(guided_bundle.path)
-    s = runtime.load(guided_bundle.path, provider="cpu")
+    model, sched, _ = load_model(cond_bundle.path)
+    s = runtime.load(cond_bundle.path, provider="cpu")
     from runtime.noise import image_noise
 
     x_T, _ = image_noise(0, range(4), s.shape, 3, stochastic=False)
@@ -274,11 +266,11 @@ def test_export_of_a_conditional_run_keeps_its_class_names(tmp_path):
     run, bundle = tmp_path / "run", tmp_path / "b"
     assert main(["train", "--model", "unet", "--hidden", "8", "--data", "digits", "--size", "8", "--steps", "2", "--batch", "8",
                  "--conditional", "--out", str(run)]) == 0
-    assert main(["export", "--checkpoint", str(run), "--formats", "onnx", "--solvers", "ddim", "--out", str(bundle)]) == 0
+    assert main(["export", "--checkpoint", str(run), "--formats", "onnx", "--solvers", "dpmpp_2m", "--out", str(bundle)]) == 0
     classes = json.loads((bundle / "manifest.json").read_text())["classes"]
     assert classes == {"count": 10, "null": 10, "names": [str(d) for d in range(10)]}
     names = "zero,one,two,three,four,five,six,seven,eight,nine"
-    assert main(["export", "--checkpoint", str(run), "--formats", "onnx", "--solvers", "ddim", "--out", str(tmp_path / "named"),
+    assert main(["export", "--checkpoint", str(run), "--formats", "onnx", "--solvers", "dpmpp_2m", "--out", str(tmp_path / "named"),
                  "--class-names", names]) == 0
     assert json.loads((tmp_path / "named" / "manifest.json").read_text())["classes"]["names"] == names.split(",")
     for bad in ("a,b", "a,a,b,c,d,e,f,g,h,i", "a,,b,c,d,e,f,g,h,i"):  # the count, duplicates, an empty name
@@ -288,7 +280,7 @@ def test_export_of_a_conditional_run_keeps_its_class_names(tmp_path):
 
 @pytest.mark.parametrize("classes", [{"count": 4, "null": 4, "names": ["a", "b", "c", "d"]}, {"count": 3, "null": 3, "names": [1, 2, 3]},
                                      ["a", "b", "c"]])
-def test_an_edited_classes_table_is_refused(guided_bundle, tmp_path, classes):
+def test_an_edited_classes_table_is_refused(cond_bundle, tmp_path, classes):
     import json
     import shutil
 
@@ -296,7 +288,7 @@ def test_an_edited_classes_table_is_refused(guided_bundle, tmp_path, classes):
     from export.format.manifest import BundleError
 
     path = tmp_path / "b"
-    shutil.copytree(guided_bundle.path, path)
+    shutil.copytree(cond_bundle.path, path)
     m = json.loads((path / "manifest.json").read_text())
     m["classes"] = classes
     (path / "manifest.json").write_text(json.dumps(m))
@@ -304,14 +296,14 @@ def test_an_edited_classes_table_is_refused(guided_bundle, tmp_path, classes):
         runtime.load(path, provider="cpu")
 
 
-def test_cli_class_all_writes_a_row_per_class_with_its_name(guided_bundle, tmp_path, capsys):
+def test_cli_class_all_writes_a_row_per_class_with_its_name(cond_bundle, tmp_path, capsys):
     from PIL import Image
 
     from runtime.apps.cli import main
     from zoo.images import grid_array
 
     out = tmp_path / "all.png"
-    args = ["sample", str(guided_bundle.path), "--provider", "cpu", "--n", "2", "--steps", "3", "--class", "all"]
+    args = ["sample", str(cond_bundle.path), "--provider", "cpu", "--n", "2", "--steps", "3", "--class", "all"]
     assert main([*args, "--guidance", "2", "--out", str(out)]) == 0
     assert "6 images" in capsys.readouterr().out  # --n 2 of each of the 3 classes
     grid = grid_array(np.zeros((6, 1, 8, 8), np.float32), nrow=2, scale=8, pad_value=96)
@@ -323,25 +315,25 @@ def test_cli_class_all_writes_a_row_per_class_with_its_name(guided_bundle, tmp_p
     assert "--class all writes one .png grid" in capsys.readouterr().err
 
 
-def test_parity_of_guided_sampling_in_every_mode(guided_bundle, capsys):
+def test_parity_of_guided_sampling_in_every_mode(cond_bundle, capsys):
     """parity takes labels and guidance; both sides sample them (a side that ignored them would differ)."""
     import runtime
     from runtime.apps.cli import main
 
-    rep = runtime.parity(guided_bundle.path, provider="cpu", num_steps=4, batch=3, labels=["two", 0, 1], guidance=[0.0, 2.0, 1.0])
+    rep = runtime.parity(cond_bundle.path, provider="cpu", num_steps=4, batch=3, labels=[COND_NAMES[2], 0, 1], guidance=[0.0, 2.0, 1.0])
     assert rep.passed and [m.mode for m in rep.modes] == ["loop", "fused", "step"]
     assert rep.labels == [2, 0, 1] and rep.guidance == [0.0, 2.0, 1.0]
-    args = ["parity", str(guided_bundle.path), "--provider", "cpu", "--steps", "3", "--batch", "4", "--modes", "loop"]
+    args = ["parity", str(cond_bundle.path), "--provider", "cpu", "--steps", "3", "--batch", "4", "--modes", "loop"]
     assert main([*args, "--class", "all", "--guidance", "2"]) == 0
     assert "labels [0, 1, 2, 0], guidance [2.0, 2.0, 2.0, 2.0]" in capsys.readouterr().out
     assert main([*args, "--class", "zebra"]) == 2
     assert "label 'zebra' is invalid" in capsys.readouterr().err
 
 
-def test_parity_of_every_class_covers_every_class(guided_bundle, capsys):
+def test_parity_of_every_class_covers_every_class(cond_bundle, capsys):
     from runtime.apps.cli import main
 
-    args = ["parity", str(guided_bundle.path), "--provider", "cpu", "--steps", "2", "--modes", "loop", "--class", "all"]
+    args = ["parity", str(cond_bundle.path), "--provider", "cpu", "--steps", "2", "--modes", "loop", "--class", "all"]
     assert main(args) == 0  # no --batch: one image per class
     assert "labels [0, 1, 2], guidance [1.0, 1.0, 1.0]" in capsys.readouterr().out
     assert main([*args, "--batch", "2"]) == 2

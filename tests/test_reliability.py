@@ -675,11 +675,11 @@ def test_a_model_with_fewer_timesteps_than_the_verification_steps_exports(tmp_pa
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     model = zoo.build("conv", hidden=4, num_train_timesteps=T)
-    b = export.export_bundle(model, tmp_path / "b", example_shape=(3, 8, 8), formats=["onnx"], solvers=["ddim"])
+    b = export.export_bundle(model, tmp_path / "b", example_shape=(3, 8, 8), formats=["onnx"], solvers=["dpmpp_2m"])
     loops = [c for c in b.checks if "steps" in c["shape"]]
     assert loops and all(c["passed"] and c["shape"]["steps"] <= T for c in b.checks if "steps" in c["shape"])
     assert b.manifest["export"]["verify_steps"] == min(T, VERIFY_STEPS)
-    assert runtime.load(b.path, "cpu").sample(2, num_steps=T).shape == (2, 3, 8, 8)
+    assert runtime.load(b.path, "cpu").sample(2, num_steps=T, solver="dpmpp_2m").shape == (2, 3, 8, 8)
 
 
 def test_a_loop_whose_derived_bound_checks_nothing_is_verified_over_fewer_steps(tmp_path):

@@ -409,9 +409,10 @@ def test_cli_sample_checks_its_output_before_sampling(tmp_path):
 
     torch.manual_seed(0)
     b = export.export_bundle(zoo.build("conv", hidden=8, channels=4), tmp_path / "b4", example_shape=(4, 8, 8), formats=["onnx"],
-                             solvers=["ddim"])
-    rc, _, err = _cli("sample", str(b.path), "--provider", "cpu", "--n", "2", "--steps", "2", "--out", str(tmp_path / "x.png"))
+                             solvers=["dpmpp_2m"])
+    args = ["sample", str(b.path), "--provider", "cpu", "--n", "2", "--steps", "2", "--solver", "dpmpp_2m"]
+    rc, _, err = _cli(*args, "--out", str(tmp_path / "x.png"))
     assert rc == 2 and "cannot write 4-channel images to" in err and "use a .npy output" in err
-    assert _cli("sample", str(b.path), "--provider", "cpu", "--n", "2", "--steps", "2", "--out", str(tmp_path / "x.npy"))[0] == 0
+    assert _cli(*args, "--out", str(tmp_path / "x.npy"))[0] == 0
     rc, _, err = _cli("sample", str(b.path), "--provider", "cpu")
     assert rc == 2 and "the following arguments are required: --out" in err  # never a silent ./samples.png

@@ -34,14 +34,6 @@ def _options(**kw) -> ServeOptions:
 
 
 @pytest.fixture(scope="module")
-def cond_bundle(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = zoo.build("unet", hidden=8, num_classes=3, channels=1)
-    return export.export_bundle(model, tmp_path_factory.mktemp("served") / "cond", example_shape=(1, 8, 8),
-                                formats=["onnx"], class_names=["zéro", "one", '"two"']).path  # UTF-8 and a quote in the config
-
-
-@pytest.fixture(scope="module")
 def server(bundles, tmp_path_factory):
     with open(tmp_path_factory.mktemp("log") / "triton.log", "wb") as log, \
             TritonServer(bundles["residual"].path, _options(max_batch=16), log_file=log) as s:
@@ -51,7 +43,7 @@ def server(bundles, tmp_path_factory):
 @pytest.fixture(scope="module")
 def cond_server(cond_bundle, tmp_path_factory):
     with open(tmp_path_factory.mktemp("log") / "triton.log", "wb") as log, \
-            TritonServer(cond_bundle, _options(max_batch=8), log_file=log) as s:
+            TritonServer(cond_bundle.path, _options(max_batch=8), log_file=log) as s:
         yield s
 
 
@@ -133,7 +125,7 @@ def test_a_request_larger_than_the_max_batch_is_split_by_the_client(server, bund
 
 
 def test_conditional_rows_carry_their_label_and_guidance(cond_server, cond_bundle):
-    sampler = runtime.load(cond_bundle, "cpu")
+    sampler = runtime.load(cond_bundle.path, "cpu")
     labels, w = [0, 2, 1, 2], [1.0, 3.0, 0.0, 1.5]
     with Client(cond_server.url) as c:
         assert c.class_names == ["zéro", "one", '"two"']
@@ -190,7 +182,7 @@ BAD = [
 
 def test_bad_requests_get_400_naming_the_value_and_good_ones_batched_with_them_succeed(cond_server, cond_bundle):
     """Bad and good requests interleaved from several threads: every bad one 400, every good one right."""
-    want = runtime.load(cond_bundle, "cpu").sample(1, num_steps=4, seed=3, start=1)
+    want = runtime.load(cond_bundle.path, "cpu").sample(1, num_steps=4, seed=3, start=1)
     errors: list[str] = []
     results: list[tuple[str, object]] = []
 
@@ -302,11 +294,11 @@ class _ServeCli:
 def test_cli_serve_request_and_a_clean_stop_on_sigterm(cond_bundle, tmp_path):
     """`diffzoo serve` ready after warm-up; `diffzoo request` writes sample's bytes; SIGTERM lets an in-flight
     request finish, exits 0 and leaves no process of the server behind."""
-    with _ServeCli(cond_bundle) as served:
+    with _ServeCli(cond_bundle.path) as served:
         url = served.url
-        assert TritonServer(cond_bundle, served.o).ready()
+        assert TritonServer(cond_bundle.path, served.o).ready()
         r = _diffzoo("request", url, "--n", 2, "--class", "all", "--guidance", 2, "--steps", 6, "--out", tmp_path / "r.png")
-        s = _diffzoo("sample", cond_bundle, "--n", 2, "--class", "all", "--guidance", 2, "--steps", 6, "--out", tmp_path / "s.png")
+        s = _diffzoo("sample", cond_bundle.path, "--n", 2, "--class", "all", "--guidance", 2, "--steps", 6, "--out", tmp_path / "s.png")
         assert r.returncode == 0 and s.returncode == 0, r.stderr + s.stderr
         assert (tmp_path / "r.png").read_bytes() == (tmp_path / "s.png").read_bytes()
         bad = _diffzoo("request", url, "--n", 2, "--class", "seven", "--out", tmp_path / "b.png")
@@ -528,7 +520,7 @@ def test_localhost_and_a_non_ascii_bundle_path_are_served(cond_bundle, tmp_path)
     import shutil
 
     path = tmp_path / "bündel-é"
-    shutil.copytree(cond_bundle, path)
+    shutil.copytree(cond_bundle.path, path)
     with open(tmp_path / "log", "wb") as log, TritonServer(path, _options(host="localhost"), log_file=log) as s:
         assert s.url.startswith("http://127.0.0.1:")  # Triton listens where the name resolves, not on 255.255.255.255
         with Client(s.url) as c:
@@ -555,7 +547,7 @@ def test_a_diverging_row_fails_its_own_request_only(cond_bundle, tmp_path):
                 init.CopyFrom(numpy_helper.from_array(w, init.name))
         return model
 
-    path = replace_graph(cond_bundle, tmp_path, "fused_step.onnx", blow_up)
+    path = replace_graph(cond_bundle.path, tmp_path, "fused_step.onnx", blow_up)
     results: dict[str, object] = {}
     with open(tmp_path / "log", "wb") as log, TritonServer(path, _options(max_batch=8, max_queue_delay_ms=300), log_file=log) as s:
         def send(name, label):
@@ -572,7 +564,7 @@ def test_a_diverging_row_fails_its_own_request_only(cond_bundle, tmp_path):
         for t in threads:
             t.join(120)
         assert s.ready()
-    want = runtime.load(cond_bundle, "cpu").sample(2, num_steps=3, seed=2, labels=[0, 0], guidance=1.5)
+    want = runtime.load(cond_bundle.path, "cpu").sample(2, num_steps=3, seed=2, labels=[0, 0], guidance=1.5)
     np.testing.assert_array_equal(results["good"], want)
     bad = results["bad"]
     assert isinstance(bad, ServerError) and bad.status == 500 and "row 1: the sampler produced non-finite values" in str(bad)
