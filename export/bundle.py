@@ -22,7 +22,6 @@ import numpy as np
 import onnx
 import torch
 
-import zoo
 from export.format.artifacts import FORMATS, ArtifactSpec, artifact_specs
 from export.format.manifest import (
     IDENTITY_KEY,
@@ -58,7 +57,7 @@ from export.wrappers import reference, wrapper
 from zoo.diffusion import DEFAULT_EPS_RULE, check_eps_rule
 from zoo.files import check_output_dir, clean_leftovers, output_lock, staged_dir
 from zoo.resources import activation_bytes, check_fits
-from zoo.schedules import Schedule
+from zoo.schedules import Schedule, linear_schedule
 from zoo.solvers import SOLVERS
 from zoo.validate import check_int
 from zoo.weights import save_weights
@@ -292,7 +291,7 @@ def export_bundle(model: torch.nn.Module, out_dir: str | os.PathLike, options: E
         ExportVerificationError: an artifact disagrees with eager torch; nothing is left on disk.
     """
     o = dataclasses.replace(options or ExportOptions(), **overrides)  # an unknown option is a TypeError naming it
-    schedule = o.schedule or zoo.linear_schedule(model.config.num_train_timesteps)
+    schedule = o.schedule or linear_schedule(model.config.num_train_timesteps)
     example_shape = tuple(o.example_shape or (model.config.channels, 32, 32))
     out = _check_args(model, out_dir, o, schedule, example_shape)
     o = dataclasses.replace(o, schedule=schedule, example_shape=tuple(int(v) for v in example_shape), opset=int(o.opset))

@@ -11,7 +11,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from zoo.diffusers_unet import DiffusersUNet
+from zoo.diffusers_model import DiffusersUNet
 from zoo.models import ConvDenoiser, ResidualDenoiser, UNetDenoiser
 from zoo.resources import check_fits
 

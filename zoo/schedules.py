@@ -2,7 +2,7 @@
 
 Linear schedule from Ho et al. 2020 (DDPM, sec. 4); cosine schedule from Nichol & Dhariwal 2021
 (Improved DDPM, eq. 17); ``scaled_linear`` (linear in sqrt(beta), Stable Diffusion's) and ``trained``
-(betas given as a list) as diffusers' schedulers name them (``zoo.diffusers_unet`` maps a diffusers
+(betas given as a list) as diffusers' schedulers name them (``zoo.diffusers_schedulers`` maps a diffusers
 scheduler config onto these). Computed in float64 and never changed after release: a trained model
 is only valid with the exact schedule it was trained on.
 
