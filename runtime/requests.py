@@ -56,11 +56,11 @@ def check_settings(manifest: dict[str, Any], path: str | os.PathLike, num_steps:
     check_choices(solver=solver, eta=eta, spacing=spacing, mode=mode, precision=precision)
     entry = get_solver(solver)
     artifacts = manifest["artifacts"]
-    if select(artifacts, MODE_KINDS[mode], solver, eta > 0, "fp32") is None:
+    if select(artifacts, MODE_KINDS[mode], solver, entry.stochastic(eta), "fp32") is None:
         raise ValueError(f"bundle {str(path)!r} has no {entry.label} graphs for {mode!r} mode (exported before they were "
                          f"added, or with solvers= leaving them out): re-export it (diffzoo export), or use another solver")
     # reduced-precision variants are made per fused step: the one of this solver must exist
-    if precision != "fp32" and select(artifacts, "fused_step", solver, eta > 0, precision, fallback=False) is None:
+    if precision != "fp32" and select(artifacts, "fused_step", solver, entry.stochastic(eta), precision, fallback=False) is None:
         raise ValueError(f"bundle {str(path)!r} has no {precision} artifacts for solver {solver!r}: use precision='fp32', "
                          "or a bundle exported with them (diffzoo export --int8)")
     T = manifest["schedule"]["num_train_timesteps"]

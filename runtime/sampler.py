@@ -47,7 +47,7 @@ from runtime.requests import (
 )
 from zoo.diffusion import check_finite, check_grid, ddim_timesteps, guided_eps, step_pairs
 from zoo.schedules import make_schedule
-from zoo.solvers import alpha_bars
+from zoo.solvers import alpha_bars, get_solver
 from zoo.validate import check_int, first_line
 
 __all__ = ["MODES", "Mode", "PRECISIONS", "Sampler", "load", "check_settings", "DEFAULT_BATCH_SIZE", "step_list", "step_feeds",
@@ -310,7 +310,8 @@ class Sampler:
         num_steps, eta = int(num_steps), float(eta)
         ts = self.timesteps(num_steps, spacing)
         asked = min(n, batch_size or DEFAULT_BATCH_SIZE)
-        bs = self.fit_batch(n, asked, len(ts), solver, eta > 0)
+        stochastic = get_solver(solver).stochastic(eta)
+        bs = self.fit_batch(n, asked, len(ts), solver, stochastic)
         if bs < asked:
             log.warning("batches of %d images do not fit in the memory available here: sampling in batches of %d "
                         "(the images are the same: image k depends only on the seed and k)", asked, bs)
@@ -322,7 +323,7 @@ class Sampler:
         out = []
         for b0 in starts:
             idx = range(b0, min(b0 + bs, start + n))
-            x_T, noise = image_noise(seed, idx, self.shape, len(ts), stochastic=eta > 0)
+            x_T, noise = image_noise(seed, idx, self.shape, len(ts), stochastic=stochastic)
             part = slice(idx.start - start, idx.stop - start)
             x = self.run_batch(x_T, ts, noise, eta, mode, solver=solver, labels=None if labels is None else labels[part],
                                guidance=None if guidance is None else guidance[part])
@@ -340,8 +341,8 @@ class Sampler:
         ``timesteps``: S distinct, descending integers in 0..T-1 (``Sampler.timesteps`` gives them).
         A class-conditional bundle takes ``labels`` (B,) and ``guidance`` (B,) (``check_classes``).
         """
-        stochastic = eta > 0
         self.check(len(timesteps), eta, "leading", mode, solver)  # raises, naming the bad value
+        stochastic = get_solver(solver).stochastic(eta)
         x_T, timesteps, noise = self._check_batch(x_T, timesteps, noise, stochastic)
         cond = {}
         labels, guidance = check_classes(self.manifest, len(x_T), labels, guidance)

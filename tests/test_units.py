@@ -145,7 +145,11 @@ def test_solve_in_numpy_is_the_eager_torch_sampler():
 
 
 def test_check_eta_refuses_eta_for_a_deterministic_solver():
-    from zoo.solvers import check_eta
+    from zoo.solvers import SOLVER_TABLE, check_eta
+
+    # whether a run draws per-step noise: one definition, read by the samplers, the runtime, the server and parity
+    assert [SOLVER_TABLE["ddim"].stochastic(eta) for eta in (0.0, 0.5, 1.0)] == [False, True, True]
+    assert SOLVER_TABLE["dpmpp_2m"].stochastic(0.0) is False
 
     assert check_eta("ddim", np.float32(0.5)) == 0.5
     with pytest.raises(ValueError, match=r"eta=0.3 is invalid with solver 'dpmpp_2m', which is deterministic.*'ddim'"):

@@ -68,7 +68,7 @@ def _eager(solver: Solver, model: Any, schedule: Schedule, x_T: Any, num_steps: 
     expected = (len(timesteps), *x_T.shape)
     if isinstance(noise, torch.Tensor) and tuple(noise.shape) != expected:
         raise ValueError(f"noise must have shape (S, B, C, H, W) = {expected}; got {tuple(noise.shape)}")
-    if eta > 0 and noise is None:
+    if solver.stochastic(eta) and noise is None:
         raise ValueError("eta > 0 needs `noise`: a (S, B, C, H, W) tensor or a torch.Generator")
     # Cast the float64 schedule once, to the dtype every exported graph uses too.
     alphas = torch.from_numpy(schedule.alphas_cumprod.copy()).to(dtype=x_T.dtype, device=x_T.device)

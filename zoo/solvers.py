@@ -45,6 +45,10 @@ class Solver:
     takes_eta: bool  # stochastic variants (eta > 0, per-step noise) exist
     step: Callable[..., Any]  # the pure step function of zoo.diffusion
 
+    def stochastic(self, eta: float) -> bool:
+        """Whether a run at ``eta`` draws noise every step (needs a noise input): the one definition everyone reads."""
+        return self.takes_eta and eta > 0
+
     def update(self, x: Any, eps: Any, state: Any, a_t: Any, a_prev: Any, a_last: Any, *, eta: Any = 0.0, noise: Any = None,
                clip_range: float | None = 1.0, eps_rule: str = DEFAULT_EPS_RULE) -> tuple[Any, Any]:
         """One step: ``(x_prev, state')``; ``state`` is None for a solver that carries nothing."""
@@ -142,7 +146,7 @@ def solve(
         t, tp, tl = int(timesteps[i]), int(t_prevs[i]), int(t_lasts[i])
         eps = denoise(x, t)
         a_t, a_prev, a_last = alpha_bars(alphas, t, tp, tl)
-        z = noise(i) if eta > 0 and noise is not None else None
+        z = noise(i) if solver.stochastic(eta) and noise is not None else None
         x, state = update(x, eps, state, a_t, a_prev, a_last, eta=eta, noise=z, clip_range=clip_range, eps_rule=eps_rule)
         if check:
             check_finite(x, f"{solver.name}_sample step {i} (t={t})")

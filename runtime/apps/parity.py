@@ -18,6 +18,7 @@ from runtime.noise import image_noise
 from runtime.providers import CudaOptions
 from runtime.requests import check_classes
 from runtime.sampler import MODES, load
+from zoo.solvers import get_solver
 
 __all__ = ["parity", "ParityReport", "ModeParity", "StepDiff"]
 
@@ -167,7 +168,7 @@ def parity(
     # load() has verified every hash already; read the weights without hashing the bundle again.
     model, schedule, _ = load_weights(sampler.path / sampler.manifest["weights"])
 
-    x_T, noise = image_noise(seed, range(batch), sampler.shape, len(ts), stochastic=eta > 0)
+    x_T, noise = image_noise(seed, range(batch), sampler.shape, len(ts), stochastic=get_solver(solver).stochastic(eta))
     device = "cuda" if sampler.device == "cuda" and torch.cuda.is_available() else "cpu"
     tf32_note = "TF32 off (onnxruntime use_tf32=0, torch allow_tf32=False)" if sampler.device == "cuda" else "fp32 on CPU (no TF32)"
     cond = {"labels": labels, "guidance": guidance}

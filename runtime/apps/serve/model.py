@@ -22,7 +22,7 @@ from runtime.apps.serve.server import SETTINGS_NAME, register_instance
 from runtime.noise import row_noise
 from runtime.providers import CudaOptions
 from runtime.sampler import load
-from zoo.solvers import SOLVERS
+from zoo.solvers import SOLVERS, get_solver
 from zoo.validate import first_line
 
 
@@ -114,7 +114,7 @@ class TritonPythonModel:
         """Rows that share ``settings`` (each its own seed, index, label and w) in one session call, or in as few as
         fit in the memory this instance can still get (``Sampler.fit_batch``): a large request is split, not killed."""
         ts = self.sampler.timesteps(settings.steps, settings.spacing)
-        stochastic = settings.eta > 0
+        stochastic = get_solver(settings.solver).stochastic(settings.eta)
         size = self.sampler.fit_batch(len(members), len(members), len(ts), settings.solver, stochastic)
         out = []
         for k in range(0, len(members), size):

@@ -17,6 +17,7 @@ from runtime.memory import sample_bytes
 from runtime.requests import SampleRequest, check_classes, check_settings
 from zoo.images import to_uint8
 from zoo.resources import check_fits
+from zoo.solvers import get_solver
 from zoo.validate import check_int
 
 __all__ = ["Input", "INPUTS", "REQUIRED", "Output", "OUTPUTS", "NUMPY_TYPES", "Settings", "Rows", "inputs_of", "read_rows",
@@ -161,5 +162,5 @@ def _row(r: int, check: Callable[[], Any]) -> None:
 
 def check_memory(shape: tuple[int, int, int], rows: Rows) -> None:
     """Refuse a request whose rows' noise and results cannot fit in the memory available here."""
-    need = sum(sample_bytes(shape, 1, 1, s.steps, s.eta > 0) for s in rows.settings)
+    need = sum(sample_bytes(shape, 1, 1, s.steps, get_solver(s.solver).stochastic(s.eta)) for s in rows.settings)
     check_fits(need, f"{len(rows.settings)} images of {shape}", "send fewer images per request")
