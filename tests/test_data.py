@@ -265,7 +265,7 @@ def test_cifar_archive_members_are_bounded_regular_files(cifar_dir, tmp_path, mo
 
     with pytest.raises(ValueError, match=r"member 'cifar-10-batches-py/data_batch_1' is a link; refused"):
         Cifar10(_archive(tmp_path, cifar_dir, link))
-    monkeypatch.setattr("zoo.training.data.MAX_CIFAR_FILE_BYTES", 1000)
+    monkeypatch.setattr("zoo.training.data.cifar.MAX_CIFAR_FILE_BYTES", 1000)
     with pytest.raises(ValueError, match=r"member 'cifar-10-batches-py/data_batch_1' has \d+ bytes, more than any"):
         Cifar10(_archive(tmp_path, cifar_dir, lambda info: None))
 
@@ -334,6 +334,6 @@ def test_image_folder_skips_bad_files_but_raises_its_own_bugs(tmp_path, monkeypa
     def bug(im, path):
         raise AttributeError("a bug of ours")
 
-    monkeypatch.setattr("zoo.training.data._unit_range", bug)
+    monkeypatch.setattr("zoo.training.data.folder._unit_range", bug)
     with pytest.raises(AttributeError, match="a bug of ours"):  # it read "no usable image" before
         ImageFolder(tmp_path, 8)
