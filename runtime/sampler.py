@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +28,7 @@ from export.format.manifest import (
     read_verified,
 )
 from export.loop import build_sampler_graph, loop_is_bounded
+from runtime.feeds import bind, by_name, step_feeds, step_list
 from runtime.memory import activation_bytes_per_image, fit_batch
 from runtime.noise import MAX_SEED, image_noise
 from runtime.providers import (
@@ -45,31 +45,17 @@ from runtime.requests import (
     check_classes,
     check_settings,
 )
-from zoo.diffusion import check_finite, check_grid, ddim_timesteps, guided_eps, step_pairs
+from runtime.runs import ORT_ERRORS, GraphRun
+from zoo.diffusion import check_finite, check_grid, ddim_timesteps, guided_eps
 from zoo.schedules import make_schedule
-from zoo.solvers import alpha_bars, get_solver
+from zoo.solvers import get_solver
 from zoo.validate import check_int, first_line
 
-__all__ = ["MODES", "Mode", "PRECISIONS", "Sampler", "load", "check_settings", "DEFAULT_BATCH_SIZE", "step_list", "step_feeds",
-           "fused_on_host", "GraphRunError"]
+__all__ = ["MODES", "Mode", "PRECISIONS", "Sampler", "load", "check_settings", "DEFAULT_BATCH_SIZE"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = SampleRequest.batch_size
-# What onnxruntime raises for a graph it cannot load or run (its pybind classes derive from Exception alone).
-ORT_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, n) for n in (
-    "Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoSuchFile", "NoModel", "NotImplemented",
-    "RuntimeException", "EngineError", "ModelLoaded") if hasattr(ort.capi.onnxruntime_pybind11_state, n))
-
-# How long a terminated run gets to return: onnxruntime checks RunOptions.terminate between nodes, so only a node
-# that never returns (a hostile graph) outlives it; its thread is then left behind, and the caller goes on.
-TERMINATE_WAIT_S = 5.0
-
-
-class GraphRunError(RuntimeError):
-    """A bundle graph that loaded but failed while running (out of memory, a bad op, a wrong output); names it."""
-
-
 # callback(i, t, eps or None, x_prev) after each step, for parity reports; eps is None where the
 # mode does not expose it (fused), and the loop mode reports only its final x_0.
 StepCallback = Callable[[int, int, "np.ndarray | None", np.ndarray], None]
@@ -351,13 +337,13 @@ class Sampler:
             cond = {"labels": np.full(len(x_T), null, np.int64) if labels is None else labels,
                     "guidance": np.ones(len(x_T), np.float32) if guidance is None else guidance}
         artifact = self.artifact(MODE_KINDS[mode], solver, stochastic)
-        run = _Run(artifact, self.path)
+        run = GraphRun(artifact, self.path)
         if mode == "loop":
             sess = self.session(artifact)
             feed = {"x_T": x_T, "timesteps": timesteps, **cond}
             if stochastic:
                 feed.update(noise=noise, eta=np.array(eta, np.float32))
-            (x0,) = run.interruptibly(partial(run, sess.run, ["x_0"], _by_name(sess, feed)))
+            (x0,) = run.interruptibly(partial(run, sess.run, ["x_0"], by_name(sess, feed)))
             if callback is not None:
                 callback(len(timesteps) - 1, int(timesteps[-1]), None, x0)
             return self._checked_output(x0, x_T, artifact)
@@ -388,7 +374,7 @@ class Sampler:
                 raise TypeError(f"noise is {got}: eta > 0 needs float32 noise of shape (S, B, C, H, W) = {want}")
         return np.ascontiguousarray(x_T), ts, noise
 
-    def _run_per_step(self, run: _Run, solver, x_T, timesteps, noise, eta, mode, callback, cond) -> np.ndarray:
+    def _run_per_step(self, run: GraphRun, solver, x_T, timesteps, noise, eta, mode, callback, cond) -> np.ndarray:
         """``fused``: the fused step per timestep; ``step``: the denoiser, then the solver step.
 
         The carried values (x, and DPM-Solver++'s x0 prediction) stay on the device between steps; their shapes are
@@ -413,17 +399,17 @@ class Sampler:
                 eps_host = guided_eps(lambda xx, tt, ll: run(den.run, ["eps"], {"x": xx, "t": tt, "labels": ll})[0],
                                       state["x_t"].numpy(), np.full(b, t, np.int64), cond["labels"],
                                       self.manifest["classes"]["null"], cond["guidance"])
-                _bind(io, state, {**host, "eps": eps_host})
+                bind(io, state, {**host, "eps": eps_host})
             elif mode == "step":
-                _bind(io_den, {"x": state["x_t"]}, {"t": np.full(b, t, np.int64)})
+                bind(io_den, {"x": state["x_t"]}, {"t": np.full(b, t, np.int64)})
                 io_den.bind_output("eps", dev, dev_id)
                 run(den.run_with_iobinding, io_den)
                 eps = io_den.get_outputs()[0]
-                _bind(io, {**state, "eps": eps}, host)
+                bind(io, {**state, "eps": eps}, host)
                 if callback is not None:
                     eps_host = eps.numpy()
             else:
-                _bind(io, state, host)
+                bind(io, state, host)
             for _, name in pairs:
                 io.bind_output(name, dev, dev_id)
             run(sess.run_with_iobinding, io)
@@ -433,7 +419,7 @@ class Sampler:
                 callback(i, int(t), eps_host, state["x_t"].numpy())
         return state["x_t"].numpy()
 
-    def _run_fused_cuda_graph(self, run: _Run, solver, x_T, timesteps, noise, eta, callback, cond) -> np.ndarray:
+    def _run_fused_cuda_graph(self, run: GraphRun, solver, x_T, timesteps, noise, eta, callback, cond) -> np.ndarray:
         """The fused step replayed as CUDA graphs: fixed device buffers, two graphs ping-ponging the state.
 
         onnxruntime captures a graph on its first run per ``gpu_graph_id`` and replays it after, on the
@@ -490,122 +476,3 @@ class Sampler:
         return bufs, shared, runs
 
 
-class _Run:
-    """One ``run_batch``'s session calls: run in a worker thread, terminated on Ctrl-C or SIGTERM, failures named.
-
-    The caller's thread waits in an interruptible lock, so a signal's exception (KeyboardInterrupt, the CLI's
-    Terminated) is raised there at once; every RunOptions of the run is then told to terminate, and the worker
-    gets ``TERMINATE_WAIT_S`` to return before the exception goes on.
-    """
-
-    def __init__(self, artifact: str, path: Path):
-        self.artifact, self.path = artifact, path
-        self.options = ort.RunOptions()
-        self._all = [self.options]
-
-    def __call__(self, method: Callable[..., Any], *args: Any, options: ort.RunOptions | None = None) -> Any:
-        """``method(*args, run_options)`` of a session; onnxruntime's failure as a ``GraphRunError`` naming the graph."""
-        if options is not None and options not in self._all:
-            self._all.append(options)
-        try:
-            return method(*args, options or self.options)
-        except (RuntimeError, *ORT_ERRORS) as e:  # io binding's failures are plain RuntimeErrors
-            raise GraphRunError(f"the {self.artifact!r} graph of the bundle {str(self.path)!r} failed while running: "
-                                f"{first_line(e, 300)}") from None
-
-    def check_shapes(self, i: int, state: dict[str, ort.OrtValue], shape: tuple[int, ...]) -> None:
-        """Every carried value keeps x_T's shape after step i (the manifest declares it so)."""
-        for name, v in state.items():
-            if tuple(v.shape()) != tuple(shape):
-                raise BundleError(f"the {self.artifact!r} graph of the bundle {str(self.path)!r} returned {name} of shape "
-                                  f"{tuple(v.shape())} at step {i} for x_T {tuple(shape)}: not the graph its manifest "
-                                  "declares")
-
-    def interruptibly(self, work: Callable[[], Any]) -> Any:
-        """``work()`` in a worker thread; the caller waits, and a signal's exception terminates every run first."""
-        done, box = threading.Event(), {}
-
-        def target() -> None:
-            try:
-                box["out"] = work()
-            except BaseException as e:  # noqa: BLE001  handed to the caller's thread below
-                box["err"] = e
-            finally:
-                done.set()
-
-        threading.Thread(target=target, name=f"diffzoo-run-{self.artifact}", daemon=True).start()
-        try:
-            done.wait()
-        except BaseException:
-            for options in self._all:
-                options.terminate = True
-            if not done.wait(TERMINATE_WAIT_S):
-                log.warning("the %r graph did not stop within %.0f s of being terminated: left behind", self.artifact,
-                            TERMINATE_WAIT_S)
-            else:
-                for options in self._all:  # the CUDA-graph path keeps its RunOptions for the next call
-                    options.terminate = False
-            raise
-        if "err" in box:
-            raise box["err"]
-        return box["out"]
-
-
-def _by_name(sess: ort.InferenceSession, feed: dict[str, Any]) -> dict[str, Any]:
-    """Feed inputs by the names the session declares (never by position); a missing one is a bug."""
-    names = [i.name for i in sess.get_inputs()]
-    assert set(names) == set(feed), (names, sorted(feed))
-    return {n: feed[n] for n in names}
-
-
-def _bind(io: ort.IOBinding, device_values: dict[str, ort.OrtValue], host_values: dict[str, np.ndarray]) -> None:
-    for name, v in device_values.items():
-        io.bind_ortvalue_input(name, v)
-    for name, a in host_values.items():
-        io.bind_cpu_input(name, np.ascontiguousarray(a))
-
-
-def step_list(timesteps: np.ndarray) -> list[tuple[int, int, int]]:
-    """(t, t_prev, t_last) of every step, as Python ints (see ``zoo.diffusion.step_pairs``)."""
-    t_prevs, t_lasts = step_pairs(timesteps)
-    return [(int(t), int(tp), int(tl)) for t, tp, tl in zip(timesteps, t_prevs, t_lasts)]
-
-
-def step_feeds(i: int, steps: list[tuple[int, int, int]], b: int, names: list[str], alphas: np.ndarray,
-               noise: np.ndarray | None, eta: float, cond: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """The host inputs of step i that ``names`` (a step graph's inputs) asks for, for a batch of b images.
-
-    ``cond``: a class-conditional bundle's ``labels`` and ``guidance`` (B,), the same on every step.
-    """
-    t, tp, tl = steps[i]
-    a_t, a_prev, a_last = alpha_bars(alphas, t, tp, tl)
-    values = {
-        "t": lambda: np.full(b, t, np.int64),
-        "t_prev": lambda: np.full(b, tp, np.int64),
-        "t_last": lambda: np.full(b, tl, np.int64),
-        "alpha_bar_t": lambda: np.full(b, a_t, np.float32),
-        "alpha_bar_prev": lambda: np.full(b, a_prev, np.float32),
-        "alpha_bar_last": lambda: np.full(b, a_last, np.float32),
-        "noise": lambda: noise[i],
-        "eta": lambda: np.array(eta, np.float32),
-        **{k: (lambda v=v: v) for k, v in (cond or {}).items()},
-    }
-    return {n: values[n]() for n in names if n in values}
-
-
-def fused_on_host(run: Callable[[dict[str, np.ndarray], list[str]], list[np.ndarray]], solver: str, inputs: list[str],
-                  x_T: np.ndarray, timesteps: np.ndarray, alphas: np.ndarray, noise: np.ndarray | None = None,
-                  eta: float = 0.0, cond: dict[str, np.ndarray] | None = None) -> np.ndarray:
-    """A fused step's loop with every value on the host: ``run(feed, output_names) -> outputs``.
-
-    What a session without IO binding runs (OpenVINO, a plain onnxruntime session in the bench);
-    the runtime's own modes keep the state on the device instead. ``cond``: a class-conditional
-    bundle's ``labels`` and ``guidance`` (B,) (``step_feeds``).
-    """
-    pairs = carried(solver)
-    state = {"x_t": x_T, **{i: np.zeros_like(x_T) for i, _ in pairs[1:]}}  # the state starts at zeros
-    steps = step_list(timesteps)
-    for i in range(len(steps)):
-        feed = {**state, **step_feeds(i, steps, len(x_T), inputs, alphas, noise, eta, cond)}
-        state = dict(zip((name for name, _ in pairs), run(feed, [o for _, o in pairs]), strict=True))
-    return state["x_t"]

@@ -111,7 +111,7 @@ def _exit_status(e: Exception) -> int | None:
     from runtime.apps.serve.client import ServerError
     from runtime.apps.serve.server import ServeError
     from runtime.providers import ProviderUnavailableError
-    from runtime.sampler import ORT_ERRORS, GraphRunError
+    from runtime.runs import ORT_ERRORS, GraphRunError
     from zoo.diffusion import NonFiniteSampleError
     from zoo.training import NonFiniteLossError
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from export.format.artifacts import MODE_KINDS, select
 from export.format.manifest import check_identity, load_manifest, read_verified
-from runtime.sampler import fused_on_host
+from runtime.feeds import fused_on_host
 from zoo.diffusion import ddim_timesteps
 from zoo.schedules import make_schedule
 

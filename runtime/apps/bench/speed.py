@@ -26,7 +26,7 @@ import numpy as np
 from export.format.artifacts import select
 from export.format.manifest import check_identity, load_manifest, read_verified
 from export.verify import relative_rms
-from runtime.sampler import fused_on_host, step_list
+from runtime.feeds import fused_on_host, step_list
 from zoo.solvers import get_solver, solve
 
 __all__ = ["BenchConfig", "run_bench", "conv_flops", "matmul_gflops", "format_results", "key_ratios"]
