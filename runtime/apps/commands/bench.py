@@ -10,22 +10,27 @@ from runtime.apps.commands.common import positive_int, say, write_json
 
 
 def register(sub) -> None:
+    from runtime.apps.bench.speed import BenchConfig
     from zoo.solvers import SOLVERS
 
+    d = BenchConfig()  # every default once: the options show BenchConfig's
+
     p = sub.add_parser("bench", help="benchmark every backend side by side (eager, compile, TorchScript, onnxruntime modes)")
-    p.add_argument("--model", default="residual", help="registry name of the random-init model (default residual)")
-    p.add_argument("--hidden", type=positive_int, default=64, help="hidden channels of that model (default 64)")
-    p.add_argument("--size", type=positive_int, default=None, help="image size (default 32, or the checkpoint's)")
-    p.add_argument("--batch", type=positive_int, default=16, help="images per run (default 16)")
-    p.add_argument("--steps", type=positive_int, default=50, help="solver steps per run (default 50)")
-    p.add_argument("--threads", type=positive_int, default=2, help="threads for torch and onnxruntime alike (default 2)")
-    p.add_argument("--repeats", type=positive_int, default=3, help="timed runs per backend after one warm-up (default 3)")
+    p.add_argument("--model", default=d.model, help=f"registry name of the random-init model (default {d.model})")
+    p.add_argument("--hidden", type=positive_int, default=d.hidden, help=f"hidden channels of that model (default {d.hidden})")
+    p.add_argument("--size", type=positive_int, default=None, help=f"image size (default {d.size}, or the checkpoint's)")
+    p.add_argument("--batch", type=positive_int, default=d.batch, help=f"images per run (default {d.batch})")
+    p.add_argument("--steps", type=positive_int, default=d.steps, help=f"solver steps per run (default {d.steps})")
+    p.add_argument("--threads", type=positive_int, default=d.threads,
+                   help=f"threads for torch and onnxruntime alike (default {d.threads})")
+    p.add_argument("--repeats", type=positive_int, default=d.repeats,
+                   help=f"timed runs per backend after one warm-up (default {d.repeats})")
     p.add_argument("--backends", default=None,
                    help="comma-separated subset (default: all that can run here; eager-bf16 only where the CPU has bf16)")
     p.add_argument("--checkpoint", default=None,
                    help="bench a trained model (weights .safetensors or a training run directory) instead of a random "
                         "init of --model/--hidden: its reduced-precision drift is then meaningful")
-    p.add_argument("--solver", choices=SOLVERS, default="ddim", help="the solver every backend runs (default ddim)")
+    p.add_argument("--solver", choices=SOLVERS, default=d.solver, help=f"the solver every backend runs (default {d.solver})")
     p.add_argument("--sweep", action="store_true", help="also sweep batch, steps, size and hidden (slow)")
     p.add_argument("--quality", action="store_true",
                    help="time to quality instead: FD against steps per solver and spacing, then each backend's seconds "
@@ -46,8 +51,8 @@ def register(sub) -> None:
                    help="with --serve: requests per point, at least 4 per client (default 64)")
     p.add_argument("--data", default=None, help="with --quality: data spec to measure against (default: the run's)")
     p.add_argument("--samples", type=positive_int, default=360, help="with --quality: samples per figure (default 360)")
-    p.add_argument("--guidance", type=float, default=1.0,
-                   help="a class-conditional model: every backend samples every class in turn at this w (default 1); "
+    p.add_argument("--guidance", type=float, default=d.guidance,
+                   help=f"a class-conditional model: every backend samples every class in turn at this w (default {d.guidance:g}); "
                         "the plain bench adds the same network without classes (-unguided backends): the guided cost")
     p.add_argument("--classes", type=positive_int, default=None,
                    help="the random-init model class-conditional with this many classes (unet; a --checkpoint knows its own)")
@@ -113,6 +118,7 @@ def _serve(args: argparse.Namespace) -> dict:
     import tempfile
 
     from runtime.apps.bench.serving import format_serve_bench, run_serve_bench
+    from runtime.apps.bench.speed import BenchConfig
     from runtime.apps.serve.server import triton_unavailable_reason
 
     if reason := triton_unavailable_reason():
@@ -130,9 +136,10 @@ def _serve(args: argparse.Namespace) -> dict:
 
             torch.manual_seed(0)
             model = zoo.build(args.model, hidden=args.hidden)
-            say(f"exporting a random-init {args.model} (hidden {args.hidden}, {args.size or 32} px)")
-            bundle = export.export_bundle(model, Path(tmp) / "bundle", example_shape=(model.config.channels, args.size or 32,
-                                          args.size or 32), formats=("onnx",), solvers=(args.solver,)).path
+            size = args.size or BenchConfig.size
+            say(f"exporting a random-init {args.model} (hidden {args.hidden}, {size} px)")
+            bundle = export.export_bundle(model, Path(tmp) / "bundle", example_shape=(model.config.channels, size, size),
+                                          formats=("onnx",), solvers=(args.solver,)).path
         _command_line()
         res = run_serve_bench(bundle, steps=args.steps, solver=args.solver, requests=args.requests, rounds=args.repeats,
                               threads=args.threads, progress=say)
@@ -221,8 +228,8 @@ def _backends(args: argparse.Namespace) -> dict:
         from zoo.weights import read_weights_metadata
 
         checkpoint = str(run_weights(args.checkpoint))
-        size = size or (read_weights_metadata(checkpoint).get("data", {}).get("shape") or [0, 32])[-1]
-    cfg = BenchConfig(model=args.model, hidden=args.hidden, size=size or 32, batch=args.batch, steps=args.steps,
+        size = size or (read_weights_metadata(checkpoint).get("data", {}).get("shape") or [0, BenchConfig.size])[-1]
+    cfg = BenchConfig(model=args.model, hidden=args.hidden, size=size or BenchConfig.size, batch=args.batch, steps=args.steps,
                       threads=args.threads, repeats=args.repeats, backends=backends, checkpoint=checkpoint, solver=args.solver,
                       classes=args.classes or 0, guidance=args.guidance)
     _command_line()
