@@ -44,6 +44,7 @@ class Solver:
     state: tuple[tuple[str, str], ...]  # carried between steps besides x: (graph input, graph output) names
     takes_eta: bool  # stochastic variants (eta > 0, per-step noise) exist
     step: Callable[..., Any]  # the pure step function of zoo.diffusion
+    diffusers: str  # the diffusers scheduler class that computes the same steps (the peer bench and the tests run it)
 
     def stochastic(self, eta: float) -> bool:
         """Whether a run at ``eta`` draws noise every step (needs a noise input): the one definition everyone reads."""
@@ -60,8 +61,9 @@ class Solver:
 SOLVER_TABLE: dict[str, Solver] = {
     s.name: s
     for s in (
-        Solver("ddim", "DDIM", state=(), takes_eta=True, step=ddim_step),
-        Solver("dpmpp_2m", "DPM-Solver++(2M)", state=(("x0_last", "x0"),), takes_eta=False, step=dpmpp_2m_step),
+        Solver("ddim", "DDIM", state=(), takes_eta=True, step=ddim_step, diffusers="DDIMScheduler"),
+        Solver("dpmpp_2m", "DPM-Solver++(2M)", state=(("x0_last", "x0"),), takes_eta=False, step=dpmpp_2m_step,
+               diffusers="DPMSolverMultistepScheduler"),
     )
 }
 SOLVERS = tuple(SOLVER_TABLE)  # ("ddim", "dpmpp_2m")

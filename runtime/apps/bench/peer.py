@@ -23,14 +23,15 @@ from typing import Any, Callable
 
 import numpy as np
 
+from export.format.artifacts import select
+from export.format.manifest import load_manifest
 from runtime.apps.bench.speed import _time_backends, conv_flops, machine, matmul_gflops
 from runtime.requests import MODES
+from zoo.solvers import SOLVER_TABLE, SOLVERS
 
 __all__ = ["PeerConfig", "run_peer_bench", "format_peer_bench", "DDPM_CIFAR10_SOURCE"]
 
 DDPM_CIFAR10_SOURCE = "ddpm-cifar10"  # --diffusers ddpm-cifar10: the DDPM CIFAR-10 architecture, random init
-# solver -> (the diffusers scheduler class that runs it, the diffzoo solver)
-SOLVERS = {"ddim": "DDIMScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler"}
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ def _footprint(folder: Path, bundle: Path, batch: int, threads: int, progress: C
     size = sum(p.stat().st_size for p in bundle.iterdir() if p.is_file())
     onnx_mb = {p.stem: p.stat().st_size / 2**20 for p in bundle.glob("*.onnx")}
     sessions = {}
-    for artifact in ("denoiser", "fused_step", "sampler", "fused_step_dpmpp", "sampler_dpmpp"):
+    artifacts = load_manifest(bundle)["artifacts"]
+    for artifact in ["denoiser"] + [select(artifacts, kind, s) for s in SOLVERS for kind in ("fused_step", "sampler")]:
         sampler = runtime.load(bundle, provider="cpu", threads=threads)  # a fresh sampler: nothing cached
         t0 = time.perf_counter()
         sampler.session(artifact)
@@ -104,7 +106,7 @@ def _backends(unet, scheduler_config: dict, sampler, solver: str, steps: int, x_
     import diffusers
     import torch
 
-    scheduler_class = getattr(diffusers, SOLVERS[solver])
+    scheduler_class = getattr(diffusers, SOLVER_TABLE[solver].diffusers)
 
     def make(n: int):
         scheduler = scheduler_class.from_config(scheduler_config)

@@ -27,9 +27,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from zoo.solvers import SOLVERS
+
 __all__ = ["CONFIGS", "STEPS", "run_time_to_quality", "format_time_to_quality"]
 
-CONFIGS = (("ddim", "leading"), ("ddim", "trailing"), ("dpmpp_2m", "leading"), ("dpmpp_2m", "trailing"))
+CONFIGS = tuple((solver, spacing) for solver in SOLVERS for spacing in ("leading", "trailing"))  # every solver of the table
 STEPS = (5, 10, 15, 20, 50)
 REFERENCE = ("ddim", "leading", 50)  # the quality every other configuration is asked to reach
 SPREAD_SEEDS = (1, 2)  # the reference configuration again from these seeds: the metric's run-to-run spread
@@ -161,7 +163,7 @@ def _run(bundle: Path, data: str, n: int, batch: int, threads: int, repeats: int
     ref_label = _label(ref_solver, ref_spacing)
     runs = [(b, ref_label, ref_steps) for b in fns]  # the reference run itself: what "x less time" is against
     runs += [(b, label, steps) for b in fns for label, steps in reach.items() if steps is not None]
-    runs += [(b, _label(s, "trailing"), COST_STEPS) for b in fns for s in ("ddim", "dpmpp_2m")]
+    runs += [(b, _label(s, "trailing"), COST_STEPS) for b in fns for s in SOLVERS]
     runs = list(dict.fromkeys(runs))
     config = {_label(sv, sp): (sv, sp) for sv, sp in CONFIGS}  # label -> (solver, spacing)
     times: dict[tuple[str, str, int], list[float]] = {r: [] for r in runs}
@@ -177,7 +179,7 @@ def _run(bundle: Path, data: str, n: int, batch: int, threads: int, repeats: int
     med = {k: statistics.median(v) for k, v in times.items()}
     seconds = {b: {label: (med[(b, label, s)] if s is not None else None) for label, s in reach.items()} for b in fns}
     reference_seconds = {b: med[(b, ref_label, ref_steps)] for b in fns}
-    per_step = {b: {s: med[(b, _label(s, "trailing"), COST_STEPS)] / COST_STEPS * 1e3 for s in ("ddim", "dpmpp_2m")} for b in fns}
+    per_step = {b: {s: med[(b, _label(s, "trailing"), COST_STEPS)] / COST_STEPS * 1e3 for s in SOLVERS} for b in fns}
     return {
         "bundle": str(bundle), "data": data, "samples": n, "batch": batch, "threads": threads, "repeats": repeats,
         "guidance": guidance if cond else None,
@@ -223,14 +225,15 @@ def format_time_to_quality(res: dict[str, Any]) -> str:
         base = res["reference_seconds"][b]
         cells = ["-" if sec is None else f"{sec:.3f} ({base / sec:.1f}x)" for sec in row.values()]
         lines.append(f"{b:<22}{base:>11.3f}" + "".join(f"{c:>19}" for c in cells))
-    lines += ["", f"cost per step (ms, batch {res['batch']}, {COST_STEPS} trailing steps)",
-              f"{'backend':<22}{'ddim':>10}{'dpmpp_2m':>10}{'ratio':>8}"]
+    solvers = list(next(iter(res["ms_per_step"].values()), {}))  # the solvers measured, in the table's order
+    lines += ["", f"cost per step (ms, batch {res['batch']}, {COST_STEPS} trailing steps; each ratio: to the first)",
+              f"{'backend':<22}" + "".join(f"{s:>12}" for s in solvers) + "".join(f"{'ratio':>8}" for _ in solvers[1:])]
     for b, r in res["ms_per_step"].items():
-        lines.append(f"{b:<22}{r['ddim']:>10.3f}{r['dpmpp_2m']:>10.3f}{r['dpmpp_2m'] / r['ddim']:>8.3f}")
+        lines.append(f"{b:<22}" + "".join(f"{r[s]:>12.3f}" for s in solvers)
+                     + "".join(f"{r[s] / r[solvers[0]]:>8.3f}" for s in solvers[1:]))
     if res.get("skipped"):
         lines.append("not run here: " + ", ".join(res["skipped"]) + " (no GPU, or the openvino package is not installed)")
     loop, fused = res["ms_per_step"].get("ort-loop"), res["ms_per_step"].get("ort-fused")
     if loop and fused:
-        lines.append(f"ort-loop per step against ort-fused: ddim {loop['ddim'] / fused['ddim']:.3f}, "
-                     f"dpmpp_2m {loop['dpmpp_2m'] / fused['dpmpp_2m']:.3f}")
+        lines.append("ort-loop per step against ort-fused: " + ", ".join(f"{s} {loop[s] / fused[s]:.3f}" for s in loop))
     return "\n".join(lines)
