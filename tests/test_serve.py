@@ -23,14 +23,15 @@ import runtime
 import zoo
 from runtime.apps.serve.client import Client, ServerError
 from runtime.apps.serve.protocol import read_rows
-from runtime.apps.serve.server import ServeOptions, TritonServer, free_port, triton_unavailable_reason
+from runtime.apps.serve.server import ServeOptions, TritonServer, free_port, free_ports, triton_unavailable_reason
 from zoo.images import to_uint8
 
 pytestmark = pytest.mark.skipif(triton_unavailable_reason() is not None, reason=str(triton_unavailable_reason()))
 
 
 def _options(**kw) -> ServeOptions:
-    return ServeOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), exit_timeout_s=20, **kw)
+    http, grpc, metrics = free_ports(3)  # three distinct ports (two free_port() calls may give the same one)
+    return ServeOptions(http_port=http, grpc_port=grpc, metrics_port=metrics, **{"exit_timeout_s": 20, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -584,8 +585,7 @@ def test_request_refuses_bad_urls_and_seeds_and_names_a_timeout(server, tmp_path
 
 def test_a_stop_whose_queue_cannot_be_read_waits_for_the_exit_timeout(tmp_path, caplog):
     """Unreadable metrics are not an empty queue: the drain keeps waiting (here to --exit-timeout), and says why."""
-    server = TritonServer(tmp_path, ServeOptions(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                                                 exit_timeout_s=2))  # nothing listens on the metrics port
+    server = TritonServer(tmp_path, _options(exit_timeout_s=2))  # nothing listens on its metrics port
     server._work = tmp_path
     assert server._pending() is None
     with subprocess.Popen(["sleep", "30"]) as busy:  # a server still running after SIGTERM

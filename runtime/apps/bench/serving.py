@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from runtime.apps.serve.client import Client
-from runtime.apps.serve.server import ServeOptions, TritonServer, free_port
+from runtime.apps.serve.server import ServeOptions, TritonServer, free_ports
 
 __all__ = ["CONCURRENCIES", "run_serve_bench", "format_serve_bench", "serve_ratios"]
 
@@ -91,7 +91,8 @@ def run_serve_bench(bundle: str | Path, steps: int = 20, solver: str = "ddim", r
     offline: dict[int, list[float]] = {}
     for r in range(rounds):
         for name, config in CONFIGS.items():
-            options = replace(base, **config, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+            http, grpc, metrics = free_ports(3)
+            options = replace(base, **config, http_port=http, grpc_port=grpc, metrics_port=metrics)
             with TritonServer(bundle, options) as server:
                 _load(server.url, 2, 4, rows, start=10**6)  # warm: connections, the first batch shapes
                 for c in concurrencies:

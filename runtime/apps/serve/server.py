@@ -9,6 +9,7 @@ interpreter's ``bin`` first on ``PATH``, so that the stub runs this environment'
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -34,7 +35,7 @@ from runtime.apps.serve.protocol import OUTPUTS, inputs_of
 from runtime.requests import check_choices, check_cuda_graph
 from zoo.validate import check_int
 
-__all__ = ["ServeOptions", "ServeError", "TritonServer", "triton_unavailable_reason", "model_config", "free_port",
+__all__ = ["ServeOptions", "ServeError", "TritonServer", "triton_unavailable_reason", "model_config", "free_port", "free_ports",
            "RESTRICTED_APIS", "SETTINGS_NAME", "listen_address", "register_instance"]
 
 log = logging.getLogger(__name__)
@@ -132,11 +133,18 @@ def triton_unavailable_reason() -> str | None:
     return None
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> tuple[int, ...]:
+    """``n`` distinct ports nobody listens on now (for tests and benchmarks): bound all at once, so never one twice."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind((host, 0))
+        return tuple(s.getsockname()[1] for s in socks)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on now (for tests and benchmarks)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port nobody listens on now; three for one server are ``free_ports(3)`` (two calls here may give the same)."""
+    return free_ports(1, host)[0]
 
 
 def _check_port_free(host: str, port: int, flag: str) -> None:
