@@ -59,20 +59,21 @@ def int8_bundles(tmp_path_factory) -> dict:
     return _export_all(tmp_path_factory, INT8_MODELS, int8=True, formats=["onnx"], solvers=["ddim"])
 
 
-# The class names of the session's conditional bundle: UTF-8 and a quote, as a served model's config must carry them.
-COND_NAMES = ("zéro", "one", '"two"')
+# The class names of the session's conditional bundle (the digits): UTF-8 and a quote, as a served model's config must
+# carry them; a number names the class of its index.
+COND_NAMES = ("zéro", "one", '"two"', *(str(d) for d in range(3, 10)))
 
 
 @pytest.fixture(scope="session")
 def cond_bundle(tmp_path_factory):
-    """One class-conditional bundle a session (unet hidden=8, 1 channel, 3 classes ``COND_NAMES``, 8x8, ONNX): the
-    guided tests' and the served ones'."""
+    """One class-conditional bundle a session (unet hidden=8, 1 channel, the 10 digit classes ``COND_NAMES``, 8x8, ONNX,
+    its data recorded as the digits): the guided, the served and the evaluated ones'."""
     import export
 
     torch.manual_seed(0)
-    model = zoo.build("unet", hidden=8, num_classes=3, channels=1).eval()
+    model = zoo.build("unet", hidden=8, num_classes=10, channels=1).eval()
     return export.export_bundle(model, tmp_path_factory.mktemp("cond") / "b", example_shape=(1, 8, 8), formats=["onnx"],
-                                class_names=COND_NAMES)
+                                class_names=COND_NAMES, data_source="digits")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -113,25 +113,13 @@ def test_bench_quality_needs_a_trained_model(capsys):
     assert "--quality needs a trained model" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def guided_digits_bundle(tmp_path_factory):
-    import torch
-
-    import zoo
-
-    torch.manual_seed(0)
-    model = zoo.build("unet", hidden=8, channels=1, num_classes=10).eval()
-    return export.export_bundle(model, tmp_path_factory.mktemp("eval") / "guided", example_shape=(1, 8, 8), formats=["onnx"],
-                                data_source="digits", class_names=[str(d) for d in range(10)])
-
-
-def test_eval_guidance_curve_is_the_same_samples_at_each_w(guided_digits_bundle, tmp_path, capsys):
+def test_eval_guidance_curve_is_the_same_samples_at_each_w(cond_bundle, tmp_path, capsys):
     import numpy as np
     from PIL import Image
 
     from zoo.images import grid_array
 
-    args = ["eval", str(guided_digits_bundle.path), "--samples", "20", "--steps", "2", "--provider", "cpu"]
+    args = ["eval", str(cond_bundle.path), "--samples", "20", "--steps", "2", "--provider", "cpu"]
     assert main([*args, "--guidance", "0,3", "--json", str(tmp_path / "curve.json"), "--grid", str(tmp_path / "g.png")]) == 0
     text = capsys.readouterr().out
     assert "labels: every class in turn (10 classes)" in text and "cond. acc" in text and "worst class" in text
@@ -156,8 +144,8 @@ def test_eval_guidance_curve_is_the_same_samples_at_each_w(guided_digits_bundle,
     (["--class", "12"], "label 12 is invalid: expected a class index 0..9"),
     (["--guidance", "one"], "--guidance 'one' is invalid"),
 ])
-def test_eval_bad_classes_and_guidance_are_one_line(guided_digits_bundle, capsys, extra, match):
-    assert main(["eval", str(guided_digits_bundle.path), "--samples", "4", "--steps", "2", "--provider", "cpu", *extra]) == 2
+def test_eval_bad_classes_and_guidance_are_one_line(cond_bundle, capsys, extra, match):
+    assert main(["eval", str(cond_bundle.path), "--samples", "4", "--steps", "2", "--provider", "cpu", *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert match in err[-1] and "Traceback" not in "\n".join(err)
 
@@ -167,18 +155,18 @@ def test_eval_guidance_needs_a_conditional_bundle(digits_bundle, capsys):
     assert "need a class-conditional bundle" in capsys.readouterr().err
 
 
-def test_time_to_quality_of_a_conditional_bundle_is_guided(guided_digits_bundle):
+def test_time_to_quality_of_a_conditional_bundle_is_guided(cond_bundle):
     """bench --quality on a class-conditional bundle: every class in turn at w, with the conditional accuracy."""
     import runtime
     from runtime.apps.bench.time_to_quality import format_time_to_quality, run_time_to_quality
     from runtime.apps.evaluate import every_class
     from zoo.training.metrics import quality_report
 
-    res = run_time_to_quality(guided_digits_bundle.path, "digits", n=20, batch=4, repeats=1, backends=("eager", "ort-fused"),
+    res = run_time_to_quality(cond_bundle.path, "digits", n=20, batch=4, repeats=1, backends=("eager", "ort-fused"),
                               guidance=2.0)
     assert res["guidance"] == 2.0
-    labels = every_class(guided_digits_bundle.manifest, 20)
-    x = runtime.load(guided_digits_bundle.path, "cpu").sample(20, num_steps=10, solver="dpmpp_2m", spacing="trailing",
+    labels = every_class(cond_bundle.manifest, 20)
+    x = runtime.load(cond_bundle.path, "cpu").sample(20, num_steps=10, solver="dpmpp_2m", spacing="trailing",
                                                               labels=labels, guidance=2.0)
     q = quality_report(x, "digits", labels=labels)
     cell = res["quality"]["dpmpp_2m trailing"]["10"]

@@ -164,7 +164,7 @@ def test_image_folders_with_one_subfolder_per_class_are_labelled(tmp_path):
 
 def test_a_conditional_bundle_records_its_classes_and_inputs(cond_bundle):
     m = cond_bundle.manifest
-    assert m["classes"] == {"count": 3, "null": 3, "names": list(COND_NAMES)}
+    assert m["classes"] == {"count": 10, "null": 10, "names": list(COND_NAMES)}
     names = {a: [i["name"] for i in e["inputs"]] for a, e in m["artifacts"].items()}
     assert names["denoiser"] == ["x", "t", "labels"]
     assert names["fused_step"] == ["x_t", "t", "t_prev", "labels", "guidance"]
@@ -207,7 +207,7 @@ def test_every_mode_samples_the_guided_images_of_eager_torch(cond_bundle, solver
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"labels": [3]}, r"label 3 is invalid: expected a class index 0..2 or one of the names \['zéro', 'one', '\"two\"'\]"),
+    ({"labels": [10]}, r"label 10 is invalid: expected a class index 0..9 or one of the names \['zéro', 'one', '\"two\"', '3'"),
     ({"labels": ["cat"]}, "label 'cat' is invalid"),
     ({"labels": [0, 1]}, "labels must be one class or 4"),
     ({"labels": 1, "guidance": float("nan")}, "guidance .* is invalid"),
@@ -251,7 +251,7 @@ def test_cli_sample_takes_classes_by_name_or_index_and_guidance(cond_bundle, tmp
     eager = zoo.sample(model, sched, torch.from_numpy(x_T), num_steps=3).numpy()
     assert np.abs(np.load(out) - eager).max() < 1e-4
     assert np.abs(np.load(out) - expected).max() > 1e-3  # not the guided images
-    for bad, match in ((["--class", "7"], "label 7 is invalid"), (["--class", "1", "--guidance", "x"], "--guidance 'x' is invalid"),
+    for bad, match in ((["--class", "10"], "label 10 is invalid"), (["--class", "1", "--guidance", "x"], "--guidance 'x' is invalid"),
                        (["--guidance", "2"], "guidance needs labels")):
         assert main([*args, *bad]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -266,20 +266,22 @@ def test_export_of_a_conditional_run_keeps_its_class_names(tmp_path):
     run, bundle = tmp_path / "run", tmp_path / "b"
     assert main(["train", "--model", "unet", "--hidden", "8", "--data", "digits", "--size", "8", "--steps", "2", "--batch", "8",
                  "--conditional", "--out", str(run)]) == 0
-    assert main(["export", "--checkpoint", str(run), "--formats", "onnx", "--solvers", "dpmpp_2m", "--out", str(bundle)]) == 0
-    classes = json.loads((bundle / "manifest.json").read_text())["classes"]
-    assert classes == {"count": 10, "null": 10, "names": [str(d) for d in range(10)]}
+    # without --class-names an export records the run's own (the data's), which export reads with zoo.weights.class_names
+    from zoo.weights import class_names, load_weights
+
+    assert class_names(load_weights(run / "last" / "ema.safetensors")[2]) == tuple(str(d) for d in range(10))
     names = "zero,one,two,three,four,five,six,seven,eight,nine"
-    assert main(["export", "--checkpoint", str(run), "--formats", "onnx", "--solvers", "dpmpp_2m", "--out", str(tmp_path / "named"),
+    assert main(["export", "--checkpoint", str(run), "--formats", "onnx", "--solvers", "dpmpp_2m", "--out", str(bundle),
                  "--class-names", names]) == 0
-    assert json.loads((tmp_path / "named" / "manifest.json").read_text())["classes"]["names"] == names.split(",")
+    classes = json.loads((bundle / "manifest.json").read_text())["classes"]
+    assert classes == {"count": 10, "null": 10, "names": names.split(",")}
     for bad in ("a,b", "a,a,b,c,d,e,f,g,h,i", "a,,b,c,d,e,f,g,h,i"):  # the count, duplicates, an empty name
         assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "bad"), "--class-names", bad]) == 2
     assert not (tmp_path / "bad").exists()
 
 
-@pytest.mark.parametrize("classes", [{"count": 4, "null": 4, "names": ["a", "b", "c", "d"]}, {"count": 3, "null": 3, "names": [1, 2, 3]},
-                                     ["a", "b", "c"]])
+@pytest.mark.parametrize("classes", [{"count": 4, "null": 4, "names": ["a", "b", "c", "d"]},
+                                     {"count": 10, "null": 10, "names": list(range(10))}, ["a", "b", "c"]])
 def test_an_edited_classes_table_is_refused(cond_bundle, tmp_path, classes):
     import json
     import shutil
@@ -305,10 +307,10 @@ def test_cli_class_all_writes_a_row_per_class_with_its_name(cond_bundle, tmp_pat
     out = tmp_path / "all.png"
     args = ["sample", str(cond_bundle.path), "--provider", "cpu", "--n", "2", "--steps", "3", "--class", "all"]
     assert main([*args, "--guidance", "2", "--out", str(out)]) == 0
-    assert "6 images" in capsys.readouterr().out  # --n 2 of each of the 3 classes
-    grid = grid_array(np.zeros((6, 1, 8, 8), np.float32), nrow=2, scale=8, pad_value=96)
+    assert "20 images" in capsys.readouterr().out  # --n 2 of each of the 10 classes
+    grid = grid_array(np.zeros((20, 1, 8, 8), np.float32), nrow=2, scale=8, pad_value=96)
     w, h = Image.open(out).size
-    assert h == grid.shape[0] and w > grid.shape[1]  # three rows; a margin at the left holds the names
+    assert h == grid.shape[0] and w > grid.shape[1]  # ten rows; a margin at the left holds the names
     margin = np.asarray(Image.open(out).convert("L"))[:, : w - grid.shape[1]]
     assert (margin < 128).any()  # the names are drawn there
     assert main([*args, "--out", str(tmp_path / "all.npy")]) == 2
@@ -323,9 +325,10 @@ def test_parity_of_guided_sampling_in_every_mode(cond_bundle, capsys):
     rep = runtime.parity(cond_bundle.path, provider="cpu", num_steps=4, batch=3, labels=[COND_NAMES[2], 0, 1], guidance=[0.0, 2.0, 1.0])
     assert rep.passed and [m.mode for m in rep.modes] == ["loop", "fused", "step"]
     assert rep.labels == [2, 0, 1] and rep.guidance == [0.0, 2.0, 1.0]
-    args = ["parity", str(cond_bundle.path), "--provider", "cpu", "--steps", "3", "--batch", "4", "--modes", "loop"]
+    args = ["parity", str(cond_bundle.path), "--provider", "cpu", "--steps", "3", "--batch", "11", "--modes", "loop"]
     assert main([*args, "--class", "all", "--guidance", "2"]) == 0
-    assert "labels [0, 1, 2, 0], guidance [2.0, 2.0, 2.0, 2.0]" in capsys.readouterr().out
+    assert "labels [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0], guidance [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]" \
+        in capsys.readouterr().out
     assert main([*args, "--class", "zebra"]) == 2
     assert "label 'zebra' is invalid" in capsys.readouterr().err
 
@@ -335,9 +338,9 @@ def test_parity_of_every_class_covers_every_class(cond_bundle, capsys):
 
     args = ["parity", str(cond_bundle.path), "--provider", "cpu", "--steps", "2", "--modes", "loop", "--class", "all"]
     assert main(args) == 0  # no --batch: one image per class
-    assert "labels [0, 1, 2], guidance [1.0, 1.0, 1.0]" in capsys.readouterr().out
+    assert f"labels {list(range(10))}, guidance {[1.0] * 10}" in capsys.readouterr().out
     assert main([*args, "--batch", "2"]) == 2
-    assert "--class all compares every class: --batch 2 is invalid, expected at least the bundle's 3 classes" in capsys.readouterr().err
+    assert "--class all compares every class: --batch 2 is invalid, expected at least the bundle's 10 classes" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("names,match", [
