@@ -244,13 +244,14 @@ def _trained(name, seed, tmp_path):
     return model, schedule
 
 
-@pytest.mark.parametrize("name,seed", [pytest.param(n, s, marks=[pytest.mark.slow] if s or n != "residual" else [])
-                                       for n in ZOO_MODELS for s in (0, 1, 2)])
+@pytest.mark.slow
+@pytest.mark.parametrize("name,seed", [(n, s) for n in ZOO_MODELS for s in (0, 1, 2)])
 def test_trained_models_export_within_their_derived_bounds(name, seed, tmp_path):
     """The quick start's failure (a trained model refused at a fixed atol) cannot come back.
 
-    Seeds 1 and 2, the conv net and the unet (a minute to export here) run under ``-m slow``; the default
-    run still exports a trained unet within derived bounds in test_demo_fast_end_to_end.
+    Every zoo model at three seeds, under ``-m slow`` (half a minute to a minute each here); the default run
+    exports a trained unet within derived bounds in test_demo_fast_end_to_end, and the conditional one in
+    tests/test_guidance.py.
     """
     model, schedule = _trained(name, seed, tmp_path)
     b = export.export_bundle(model, tmp_path / "sub" / "b", schedule=schedule, example_shape=(3, 8, 8), formats=["onnx"])
