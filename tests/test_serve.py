@@ -16,11 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-import export
 import runtime
-import zoo
 from conftest import COND_NAMES
 from runtime.apps.serve.client import Client, ServerError
 from runtime.apps.serve.protocol import read_rows
