@@ -13,6 +13,37 @@ import zoo
 
 SMALL = {"hidden": 8}
 
+# The suite runs in two pytest-xdist workers (pyproject's addopts), one a core. The fixtures below export or train for
+# a minute or more each; every test that uses one joins that fixture's group, and a group runs in one worker, so each is
+# built once. A test using two joins the first listed (the other is then built in its worker too).
+SHARED_FIXTURES = ("bundles", "cond_bundle", "int8_bundles", "diffusers_bundle", "digits_bundle", "digits_run")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items):
+    for item in items:
+        shared = next((name for name in SHARED_FIXTURES if name in getattr(item, "fixturenames", ())), None)
+        if shared is not None:
+            item.add_marker(pytest.mark.xdist_group(shared))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    """Refuse to run ungrouped: pytest 9.2 silently stopped xdist's grouping (pytest-xdist #1386), building each shared
+    fixture in both workers (minutes more)."""
+    if getattr(session.config.option, "loadgroup", False):
+        lost = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+        if lost:
+            raise pytest.UsageError(f"pytest-xdist did not group {lost[0]} (and {len(lost) - 1} more): with pytest "
+                                    f"{pytest.__version__} its --dist loadgroup does not work; install pytest<9.2")
+
+
+def pytest_configure(config):
+    """A worker is one of two on two cores: one thread each (its subprocesses inherit it), not two fighting for both."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
 # The zoo's own networks, built from `hidden` (SMALL): the generic tests run over these. The "diffusers_unet" entry
 # wraps a diffusers config instead, and tests/test_diffusers.py covers it (one small UNet2DModel bundle a session).
 ZOO_MODELS = [name for name in zoo.available() if "hidden" in zoo.registry.config_fields(name)]
