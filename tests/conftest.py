@@ -27,19 +27,15 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.xdist_group(shared))
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_finish(session):
-    """Refuse to run ungrouped: pytest 9.2 silently stopped xdist's grouping (pytest-xdist #1386), building each shared
-    fixture in both workers (minutes more)."""
-    if getattr(session.config.option, "loadgroup", False):
-        lost = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
-        if lost:
-            raise pytest.UsageError(f"pytest-xdist did not group {lost[0]} (and {len(lost) - 1} more): with pytest "
-                                    f"{pytest.__version__} its --dist loadgroup does not work; install pytest<9.2")
-
-
 def pytest_configure(config):
-    """A worker is one of two on two cores: one thread each (its subprocesses inherit it), not two fighting for both."""
+    """Refuse a pytest whose xdist cannot group; a worker is one of two on two cores: one thread each (its subprocesses
+    inherit it), not two fighting for both."""
+    version = tuple(int(p) for p in pytest.__version__.split(".")[:2] if p.isdigit())
+    if getattr(config.option, "dist", "no") == "loadgroup" and getattr(config.option, "numprocesses", None) and version >= (9, 2):
+        # pytest 9.2 silently stopped xdist's grouping (pytest-xdist #1386): each shared fixture would be built in both
+        # workers, minutes more.
+        raise pytest.UsageError(f"pytest {pytest.__version__} breaks pytest-xdist's --dist loadgroup, which this suite "
+                                "runs under (pytest-xdist #1386): install pytest<9.2, or run with -n 0")
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
