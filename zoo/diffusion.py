@@ -1,4 +1,4 @@
-"""DDPM/DDIM/DPM-Solver++ math as pure functions: the forward process, the timesteps, one solver step.
+"""DDPM/DDIM/DPM-Solver++/Euler ancestral math as pure functions: the forward process, the timesteps, one solver step.
 
 Forward process from Ho et al. 2020 (DDPM, eq. 4); reverse update from Song et al. 2021
 (DDIM, eq. 12 and 16); the multistep solver DPM-Solver++(2M) from Lu et al. 2022 (Algorithm 2,
@@ -21,7 +21,7 @@ Notation (one table for the whole module):
     alpha_bar_last    alpha-bar at that timestep (0 on the first step: there is none)
     lambda            log(alpha_t / sigma_t) = 0.5 log(alpha_bar / (1 - alpha_bar)), the log-SNR
 
-``ddim_step``, ``dpmpp_2m_step`` and ``make_training_sample`` are written once with arithmetic
+``ddim_step``, ``dpmpp_2m_step``, ``euler_ancestral_step`` and ``make_training_sample`` are written once with arithmetic
 operators, ``.clip`` and the functions numpy and torch share by name (``log``, ``where``), so the
 same definition serves torch tensors (eager, traced for export) and numpy arrays (the torch-free
 runtime). The solver table and the eager reference samplers built on these steps are in
@@ -64,6 +64,7 @@ __all__ = [
     "check_labels",
     "ddim_step",
     "dpmpp_2m_step",
+    "euler_ancestral_step",
     "predict_x0",
     "EPS_RULES",
     "EpsRule",
@@ -442,3 +443,41 @@ def dpmpp_2m_step(
     d = x0 + 0.5 * r * (x0 - x0_last)
     x_prev = ratio * x_t + (a_prev**0.5 - ratio * a_t**0.5) * d  # -alpha_prev (e^-h - 1) = alpha_prev - ratio alpha_t
     return x_prev, x0
+
+
+def euler_ancestral_step(
+    x_t: Any,
+    eps: Any,
+    alpha_bar_t: Any,
+    alpha_bar_prev: Any,
+    noise: Any,
+    clip_range: float | None = 1.0,
+    eps_rule: str = DEFAULT_EPS_RULE,
+) -> Any:
+    """One Euler ancestral update x_t -> x_{t_prev} (Karras et al. 2022's ancestral Euler, as diffusers'
+    ``EulerAncestralDiscreteScheduler``), written on diffzoo's variance-preserving x.
+
+    In the variance-exploding variable ``x / sqrt(alpha_bar)`` with ``sigma^2 = (1 - alpha_bar) /
+    alpha_bar``, the step goes down to ``sigma_down = sigma_prev^2 / sigma_t`` along the derivative
+    ``eps`` and adds ``sigma_up = sqrt(sigma_prev^2 - sigma_down^2)`` of fresh noise:
+    ``x_prev = sqrt(alpha_bar_prev) (x0 + sigma_down eps + sigma_up noise)``. Always stochastic (it
+    is DDIM at eta = 1, term by term); on the last step (``alpha_bar_prev = 1``) it returns x0.
+
+    Args:
+        x_t, eps: the sample and the predicted noise (B, C, H, W), torch or numpy.
+        alpha_bar_t, alpha_bar_prev: scalars or per-sample (B,); ``alpha_bar_prev = 1`` on the last step.
+        noise: N(0, I) noise of x_t's shape (every step draws it).
+        clip_range, eps_rule: the x0 clamp and the eps the step remixes it with (``ddim_step``);
+            diffusers' scheduler is ``clip_range=None`` (or ``eps_rule="model"``, the network's eps).
+    """
+    _check_step_options(clip_range, eps_rule)
+    for name, v in (("x_t", x_t), ("eps", eps), ("noise", noise)):
+        _check_float(name, v)
+    _check_alpha("alpha_bar_t", alpha_bar_t, 0.0, 1.0, "()")
+    _check_alpha("alpha_bar_prev", alpha_bar_prev, 0.0, 1.0, "(]")
+    a_t, a_prev = _coef(alpha_bar_t, x_t), _coef(alpha_bar_prev, x_t)
+    x0, eps = predict_x0(x_t, eps, a_t, clip_range, eps_rule)
+    sigma_t, sigma_prev = ((1 - a_t) / a_t) ** 0.5, ((1 - a_prev) / a_prev) ** 0.5
+    sigma_down = sigma_prev**2 / sigma_t
+    sigma_up = (sigma_prev**2 - sigma_down**2).clip(0, None) ** 0.5  # >= 0 exactly; the clip absorbs rounding
+    return a_prev**0.5 * (x0 + sigma_down * eps + sigma_up * noise)

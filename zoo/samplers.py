@@ -1,6 +1,6 @@
 """The eager reference samplers: ``zoo.solvers.solve`` around a torch model, the ground truth of every exported path.
 
-DDIM (Song et al. 2021) and DPM-Solver++(2M) (Lu et al. 2022) as declared in ``zoo.solvers``;
+DDIM (Song et al. 2021), DPM-Solver++(2M) (Lu et al. 2022) and Euler ancestral, as declared in ``zoo.solvers``;
 the step math is ``zoo.diffusion``'s. Every noise tensor is an argument or drawn from a generator
 the caller passes, so a run is reproducible.
 """
@@ -69,7 +69,8 @@ def _eager(solver: Solver, model: Any, schedule: Schedule, x_T: Any, num_steps: 
     if isinstance(noise, torch.Tensor) and tuple(noise.shape) != expected:
         raise ValueError(f"noise must have shape (S, B, C, H, W) = {expected}; got {tuple(noise.shape)}")
     if solver.stochastic(eta) and noise is None:
-        raise ValueError("eta > 0 needs `noise`: a (S, B, C, H, W) tensor or a torch.Generator")
+        why = "eta > 0" if solver.takes_eta else f"{solver.label} (it draws noise every step)"
+        raise ValueError(f"{why} needs `noise`: a (S, B, C, H, W) tensor or a torch.Generator")
     # Cast the float64 schedule once, to the dtype every exported graph uses too.
     alphas = torch.from_numpy(schedule.alphas_cumprod.copy()).to(dtype=x_T.dtype, device=x_T.device)
 
@@ -180,12 +181,13 @@ def sample(
     eps_rule: str = DEFAULT_EPS_RULE,
     timesteps: Any = None,
 ) -> torch.Tensor:
-    """The eager sampler of ``solver`` (``zoo.solvers.SOLVERS``); a deterministic solver refuses eta > 0.
+    """The eager sampler of ``solver`` (``zoo.solvers.SOLVERS``); a solver without eta refuses eta > 0, and one that draws
+    noise every step (``euler_ancestral``) needs ``noise`` as DDIM at eta > 0 does.
 
     ``timesteps``: any grid of distinct, descending timesteps in 0..T-1 to visit as given, in place of
     ``num_steps`` and ``spacing`` (a grid another library uses; what the whole-loop graphs take).
     """
     entry = get_solver(solver)
     eta = check_eta(solver, eta)
-    return _eager(entry, model, schedule, x_T, num_steps, spacing, eta, noise if entry.takes_eta else None, progress,
+    return _eager(entry, model, schedule, x_T, num_steps, spacing, eta, noise if entry.noise != "never" else None, progress,
                   clip_range, callback, labels, guidance, eps_rule, grid=timesteps)
