@@ -58,7 +58,7 @@ from zoo.diffusion import DEFAULT_EPS_RULE, check_eps_rule
 from zoo.files import check_output_dir, clean_leftovers, output_lock, staged_dir
 from zoo.resources import activation_bytes, check_fits
 from zoo.schedules import Schedule, linear_schedule
-from zoo.solvers import SOLVERS
+from zoo.solvers import SOLVERS, get_solver
 from zoo.validate import check_int
 from zoo.weights import save_weights
 
@@ -182,8 +182,8 @@ def _calibration_feeds(spec: ArtifactSpec, states) -> list[dict[str, np.ndarray]
             feeds.append({"x": x, "t": np.full(b, t, np.int64)})
             continue
         feed = {"x_t": x, "t": np.full(b, t, np.int64), "t_prev": np.full(b, t_prev, np.int64)}
-        if spec.stochastic:
-            feed.update(noise=rng.standard_normal(x.shape, dtype=np.float32), eta=np.array(0.5, np.float32))
+        extra = {"noise": lambda: rng.standard_normal(x.shape, dtype=np.float32), "eta": lambda: np.array(0.5, np.float32)}
+        feed.update({n: extra[n]() for n in get_solver(spec.solver).noise_inputs(spec.stochastic)})
         feeds.append(feed)
     return feeds
 
@@ -413,7 +413,7 @@ def _write_onnx(ex: _Export, spec: ArtifactSpec, path: Path, inputs) -> dict[str
     import onnxruntime as ort
 
     if spec.kind == "sampler":  # the Loop around the already verified step graph
-        proto = build_sampler_graph(ex.protos[spec.body], spec.stochastic)
+        proto = build_sampler_graph(ex.protos[spec.body], spec.solver, spec.stochastic)
     elif spec.precision == "int8":
         if ex.calibration is None:
             ex.calibration = calibration_states(ex.model, ex.schedule, ex.example_shape, ex.o.seed, ex.o.clip_range,

@@ -7,6 +7,7 @@ axes keyed by the names actually used, the exporter flavour chosen explicitly, t
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import warnings
@@ -37,6 +38,9 @@ def export_onnx(module: torch.nn.Module, spec: ArtifactSpec, example: dict[str, 
                 axes[axis] = dims.setdefault(d, torch.export.Dim(d))
         dynamic_shapes.append(axes)
     args = tuple(example[i.name] for i in spec.inputs)
+    shapes: tuple = tuple(dynamic_shapes)
+    if any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(module.forward).parameters.values()):
+        shapes = (shapes,)  # forward(*inputs) (the solver modules): the table's inputs arrive as one tuple
     # The exporter reports progress with print() and warns about internals; keep the caller's output clean.
     torch_onnx_log = logging.getLogger("torch.onnx")
     level = torch_onnx_log.level
@@ -51,7 +55,7 @@ def export_onnx(module: torch.nn.Module, spec: ArtifactSpec, example: dict[str, 
                 opset_version=opset,
                 input_names=[i.name for i in spec.inputs],
                 output_names=[o.name for o in spec.outputs],
-                dynamic_shapes=tuple(dynamic_shapes),
+                dynamic_shapes=shapes,
                 optimize=True,
                 verbose=False,
             )

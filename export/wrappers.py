@@ -1,10 +1,11 @@
 """The torch modules that are exported besides the denoiser (the solver steps and fused steps), and each artifact's reference.
 
-The wrappers call ``zoo.diffusion.ddim_step`` / ``dpmpp_2m_step`` themselves, so every exported
-graph computes exactly the math of the eager samplers; only the inputs differ. Noise and the
-solver's state (the previous x0 prediction) are always inputs. ``reference`` computes the same
-from the solver table with every input taken by name, apart from the wrappers, so that
-verification compares two independent wirings (a crossed wire in a wrapper fails its check).
+Two modules serve every solver: ``SolverStep`` and ``FusedSolverStep`` take the artifact table's
+inputs by name and call the solver row's step (``zoo.solvers``: the step functions of
+``zoo.diffusion``), so every exported graph computes exactly the math of the eager samplers; only
+the inputs differ. Noise and the solver's state are always inputs. ``reference`` computes the same
+from the solver table, written apart from the modules (the whole loop by the host loop ``solve``),
+so that verification compares two wirings (a crossed wire in a module fails its check).
 """
 
 from __future__ import annotations
@@ -17,48 +18,62 @@ import torch
 from torch import nn
 
 from export.format.artifacts import ArtifactSpec
-from zoo.diffusion import DEFAULT_EPS_RULE, ddim_step, dpmpp_2m_step, guided_eps
+from zoo.diffusion import DEFAULT_EPS_RULE, guided_eps
 from zoo.schedules import Schedule
-from zoo.solvers import alpha_bars, get_solver, solve
+from zoo.solvers import EARLIER, Solver, alpha_bars, get_solver, solve
 
-__all__ = ["DDIMStep", "FusedStep", "DPMStep", "FusedDPMStep", "GuidedFusedStep", "GuidedFusedDPMStep", "WRAPPERS",
-           "wrapper", "check_signature", "reference"]
+__all__ = ["SolverStep", "FusedSolverStep", "wrapper", "check_signature", "reference"]
 
 
-class DDIMStep(nn.Module):
-    """``(x_t, eps, alpha_bar_t, alpha_bar_prev[, noise, eta]) -> x_prev``; alphas are per-sample (B,)."""
+class SolverStep(nn.Module):
+    """One update of the artifact's solver: its inputs, taken by their names in the artifact table, -> ``x_prev`` (and
+    the solver's state). The same module for every solver: the row (``zoo.solvers``) says what goes where."""
 
-    def __init__(self, stochastic: bool, clip_range: float | None = 1.0, eps_rule: str = DEFAULT_EPS_RULE) -> None:
+    def __init__(self, spec: ArtifactSpec, clip_range: float | None = 1.0, eps_rule: str = DEFAULT_EPS_RULE) -> None:
         super().__init__()
-        self.stochastic = stochastic
-        self.clip_range = clip_range
-        self.eps_rule = eps_rule
+        self.solver = get_solver(spec.solver)
+        self.names = tuple(i.name for i in spec.inputs)
+        self.rule = {"clip_range": clip_range, "eps_rule": eps_rule}
 
-    def forward(self, x_t, eps, alpha_bar_t, alpha_bar_prev, noise=None, eta=None):
-        rule = {"clip_range": self.clip_range, "eps_rule": self.eps_rule}
-        if self.stochastic:
-            return ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev, eta=eta, noise=noise, **rule)
-        return ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev, **rule)
+    def forward(self, *inputs: torch.Tensor):
+        feed = dict(zip(self.names, inputs, strict=True))
+        earlier = tuple(feed[f"alpha_bar_{w}"] for w in EARLIER[: self.solver.earlier])
+        return _update(self.solver, feed, feed["eps"], feed["alpha_bar_t"], feed["alpha_bar_prev"], earlier, self.rule)
 
 
-class FusedStep(nn.Module):
-    """``(x_t, t, t_prev[, noise, eta]) -> x_prev``: the denoiser and the DDIM update in one graph.
+class FusedSolverStep(nn.Module):
+    """The denoiser and its solver's update in one graph, inputs by name as ``SolverStep``'s, timesteps for alpha-bars.
 
     The schedule's alpha-bar table is a constant of the graph, looked up by timestep with the step
-    rule of ``zoo.solvers.alpha_bars`` (``t_prev < 0``: the last step).
+    rule of ``zoo.solvers.alpha_bars`` (``t_prev < 0``: the last step; ``t_last < 0``: the first).
+    A class-conditional model makes the guided prediction (``zoo.diffusion.guided_eps``: one call
+    on the 2B batch of the labels and the null class) in place of eps.
     """
 
-    def __init__(self, model: nn.Module, alphas_cumprod: np.ndarray, stochastic: bool, clip_range: float | None = 1.0,
+    def __init__(self, spec: ArtifactSpec, model: nn.Module, alphas_cumprod: np.ndarray, clip_range: float | None = 1.0,
                  eps_rule: str = DEFAULT_EPS_RULE):
         super().__init__()
         self.model = model
         self.register_buffer("alphas_cumprod", _alpha_table(alphas_cumprod))
-        self.step = DDIMStep(stochastic, clip_range, eps_rule)
+        self.solver = get_solver(spec.solver)
+        self.names = tuple(i.name for i in spec.inputs)
+        self.rule = {"clip_range": clip_range, "eps_rule": eps_rule}
 
-    def forward(self, x_t, t, t_prev, noise=None, eta=None):
-        a_t, a_prev, _ = alpha_bars(self.alphas_cumprod, t, t_prev)  # (B,) each
-        eps = self.model(x_t, t)
-        return self.step(x_t, eps, a_t, a_prev, noise, eta)
+    def forward(self, *inputs: torch.Tensor):
+        feed = dict(zip(self.names, inputs, strict=True))
+        earlier = [feed[f"t_{w}"] for w in EARLIER[: self.solver.earlier]]
+        a_t, a_prev, a_last = alpha_bars(self.alphas_cumprod, feed["t"], feed["t_prev"], *earlier)  # (B,) each
+        x, t = feed["x_t"], feed["t"]
+        null = getattr(self.model, "null_class", None)
+        eps = self.model(x, t) if null is None else guided_eps(self.model, x, t, feed["labels"], null, feed["guidance"])
+        return _update(self.solver, feed, eps, a_t, a_prev, (a_last,)[: self.solver.earlier], self.rule)
+
+
+def _update(solver: Solver, feed: dict, eps, a_t, a_prev, earlier: tuple, rule: dict):
+    state = tuple(feed[i] for i, _ in solver.state)
+    x, state = solver.update(feed["x_t"], eps, state, a_t, a_prev, earlier, eta=feed.get("eta", 0.0),
+                             noise=feed.get("noise"), **rule)
+    return (x, *state) if solver.state else x
 
 
 def _alpha_table(alphas_cumprod: np.ndarray) -> torch.Tensor:
@@ -66,89 +81,22 @@ def _alpha_table(alphas_cumprod: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(alphas_cumprod, dtype=np.float64)).float()
 
 
-class DPMStep(nn.Module):
-    """``(x_t, eps, x0_last, alpha_bar_t, alpha_bar_prev, alpha_bar_last) -> (x_prev, x0)``: DPM-Solver++(2M)."""
-
-    def __init__(self, stochastic: bool = False, clip_range: float | None = 1.0, eps_rule: str = DEFAULT_EPS_RULE) -> None:
-        super().__init__()
-        assert not stochastic, "DPM-Solver++(2M) is deterministic"
-        self.clip_range = clip_range
-        self.eps_rule = eps_rule
-
-    def forward(self, x_t, eps, x0_last, alpha_bar_t, alpha_bar_prev, alpha_bar_last):
-        return dpmpp_2m_step(x_t, eps, x0_last, alpha_bar_t, alpha_bar_prev, alpha_bar_last, clip_range=self.clip_range,
-                             eps_rule=self.eps_rule)
-
-
-class FusedDPMStep(nn.Module):
-    """``(x_t, x0_last, t, t_prev, t_last) -> (x_prev, x0)``: the denoiser and the DPM-Solver++(2M) update.
-
-    ``t_prev < 0`` means the last step, ``t_last < 0`` the first (``zoo.solvers.alpha_bars``): both
-    make the update first order, as in ``dpmpp_2m_sample``.
-    """
-
-    def __init__(self, model: nn.Module, alphas_cumprod: np.ndarray, stochastic: bool = False, clip_range: float | None = 1.0,
-                 eps_rule: str = DEFAULT_EPS_RULE):
-        super().__init__()
-        self.model = model
-        self.register_buffer("alphas_cumprod", _alpha_table(alphas_cumprod))
-        self.step = DPMStep(stochastic, clip_range, eps_rule)
-
-    def forward(self, x_t, x0_last, t, t_prev, t_last):
-        a_t, a_prev, a_last = alpha_bars(self.alphas_cumprod, t, t_prev, t_last)  # (B,) each
-        eps = self.model(x_t, t)
-        return self.step(x_t, eps, x0_last, a_t, a_prev, a_last)
-
-
-class GuidedFusedStep(FusedStep):
-    """``(x_t, t, t_prev, labels, guidance[, noise, eta]) -> x_prev``: a class-conditional model's fused DDIM step.
-
-    The guided prediction (``zoo.diffusion.guided_eps``: one call on the 2B batch of the labels and
-    the null class) replaces eps; everything else is ``FusedStep``.
-    """
-
-    def forward(self, x_t, t, t_prev, labels, guidance, noise=None, eta=None):
-        a_t, a_prev, _ = alpha_bars(self.alphas_cumprod, t, t_prev)  # (B,) each
-        eps = guided_eps(self.model, x_t, t, labels, self.model.null_class, guidance)
-        return self.step(x_t, eps, a_t, a_prev, noise, eta)
-
-
-class GuidedFusedDPMStep(FusedDPMStep):
-    """``(x_t, x0_last, t, t_prev, t_last, labels, guidance) -> (x_prev, x0)``: the guided DPM-Solver++(2M) fused step."""
-
-    def forward(self, x_t, x0_last, t, t_prev, t_last, labels, guidance):
-        a_t, a_prev, a_last = alpha_bars(self.alphas_cumprod, t, t_prev, t_last)  # (B,) each
-        eps = guided_eps(self.model, x_t, t, labels, self.model.null_class, guidance)
-        return self.step(x_t, eps, x0_last, a_t, a_prev, a_last)
-
-
-# Each solver's step module and fused-step modules, unconditional and guided (their forward
-# signatures are the artifact table's inputs).
-WRAPPERS: dict[str, tuple[type[nn.Module], type[nn.Module], type[nn.Module]]] = {
-    "ddim": (DDIMStep, FusedStep, GuidedFusedStep),
-    "dpmpp_2m": (DPMStep, FusedDPMStep, GuidedFusedDPMStep),
-}
-
-
 def wrapper(spec: ArtifactSpec, model: nn.Module, schedule: Schedule, clip_range: float | None,
             eps_rule: str = DEFAULT_EPS_RULE) -> nn.Module:
-    """The torch module exported for an artifact (the denoiser, a step or a fused step), its inputs checked by name.
+    """The torch module exported for an artifact: the denoiser (its inputs checked by name), a step or a fused step.
 
-    Exporters bind the artifact table's inputs to ``forward`` by position, so ``forward``'s parameters
-    must be the table's names in the table's order: a wrapper that takes them in another order is
-    refused here, before anything is traced with its wires crossed. A whole-loop graph is built by
+    Exporters bind the artifact table's inputs by position; the solver modules take them by the
+    table's names, and the denoiser's ``forward`` must take them in the table's order (refused here
+    otherwise, before anything is traced with its wires crossed). A whole-loop graph is built by
     ``export.loop`` around its fused step and has no module.
     """
     if spec.kind == "sampler":
         raise ValueError(f"{spec.name!r} is a whole-loop graph: export.loop builds it around {spec.body!r}")
     if spec.kind == "denoiser":
         return check_signature(model, spec)
-    guided = getattr(model, "null_class", None) is not None
-    step, fused, guided_fused = WRAPPERS[spec.solver]
     if spec.kind == "step":
-        return check_signature(step(spec.stochastic, clip_range, eps_rule), spec)
-    module = (guided_fused if guided else fused)(model, schedule.alphas_cumprod, spec.stochastic, clip_range, eps_rule)
-    return check_signature(module.eval(), spec)
+        return SolverStep(spec, clip_range, eps_rule)
+    return FusedSolverStep(spec, model, schedule.alphas_cumprod, clip_range, eps_rule).eval()
 
 
 def check_signature(module: nn.Module, spec: ArtifactSpec) -> nn.Module:
@@ -177,25 +125,26 @@ def reference(spec: ArtifactSpec, model: nn.Module, schedule: Schedule, clip_ran
     rule = {"clip_range": clip_range, "eps_rule": eps_rule}
     table = _alpha_table(schedule.alphas_cumprod).to(dtype)
     guided = getattr(model, "null_class", None) is not None
-    (state_in, _), = solver.state or ((None, None),)
+    earlier = EARLIER[: solver.earlier]
 
     def eps_of(feed: dict, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if guided:
             return guided_eps(model, x, t, feed["labels"], model.null_class, feed["guidance"])
         return model(x, t)
 
-    def update(feed: dict, x, eps, state, a_t, a_prev, a_last) -> tuple:
-        x, state = solver.update(x, eps, state, a_t, a_prev, a_last, eta=feed.get("eta", 0.0), noise=feed.get("noise"), **rule)
-        return (x, state) if solver.state else (x,)
+    def update(feed: dict, eps, a_t, a_prev, a_earlier) -> tuple:
+        state = tuple(feed[i] for i, _ in solver.state)
+        x, state = solver.update(feed["x_t"], eps, state, a_t, a_prev, a_earlier, eta=feed.get("eta", 0.0),
+                                 noise=feed.get("noise"), **rule)
+        return (x, *state)
 
     def step(feed: dict) -> tuple:
-        return update(feed, feed["x_t"], feed["eps"], feed.get(state_in), feed["alpha_bar_t"], feed["alpha_bar_prev"],
-                      feed.get("alpha_bar_last"))
+        return update(feed, feed["eps"], feed["alpha_bar_t"], feed["alpha_bar_prev"],
+                      tuple(feed[f"alpha_bar_{w}"] for w in earlier))
 
     def fused_step(feed: dict) -> tuple:
-        a_t, a_prev, a_last = alpha_bars(table, feed["t"], feed["t_prev"], feed.get("t_last"))
-        x = feed["x_t"]
-        return update(feed, x, eps_of(feed, x, feed["t"]), feed.get(state_in), a_t, a_prev, a_last)
+        a_t, a_prev, a_last = alpha_bars(table, feed["t"], feed["t_prev"], *(feed[f"t_{w}"] for w in earlier))
+        return update(feed, eps_of(feed, feed["x_t"], feed["t"]), a_t, a_prev, (a_last,)[: solver.earlier])
 
     def sampler(feed: dict) -> tuple:
         x_T, noise = feed["x_T"], feed.get("noise")

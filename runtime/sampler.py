@@ -186,7 +186,7 @@ class Sampler:
                 raise BundleError(f"the {entry['body']!r} graph of the bundle {str(self.path)!r} cannot be loaded by "
                                   f"onnxruntime, or its CPU-optimised copy not written to {so.optimized_model_filepath!r}: "
                                   f"{first}") from None
-        return build_sampler_graph(body, stochastic=entry["stochastic"]).SerializeToString()
+        return build_sampler_graph(body, entry["solver"], entry["stochastic"]).SerializeToString()
 
     def artifact(self, kind: str, solver: str | None = None, stochastic: bool = False) -> str:
         """The bundle artifact of ``kind`` this sampler runs for (solver, stochastic), in its precision."""
@@ -278,8 +278,9 @@ class Sampler:
         manifest's class names; none: the null class) and ``guidance`` (one w in 0..``MAX_GUIDANCE`` or one per
         image, default 1) steer each image (``runtime.requests.check_classes``).
 
-        ``solver`` is "ddim" (any eta) or "dpmpp_2m" (DPM-Solver++(2M), deterministic: eta = 0;
-        about 3x fewer steps for the same quality, docs/BENCHMARKS.md).
+        ``solver`` is one of ``zoo.solvers.SOLVERS``: "ddim" (any eta), "dpmpp_2m" (DPM-Solver++(2M),
+        deterministic: eta = 0; about 3x fewer steps for the same quality, docs/BENCHMARKS.md) or
+        "euler_ancestral" (noise on every step, eta = 0: its amount is the solver's own).
 
         Returns:
             float32 array (n, C, H, W) in [-1, 1]. Image k depends only on (seed, k, solver,
@@ -341,8 +342,8 @@ class Sampler:
         if mode == "loop":
             sess = self.session(artifact)
             feed = {"x_T": x_T, "timesteps": timesteps, **cond}
-            if stochastic:
-                feed.update(noise=noise, eta=np.array(eta, np.float32))
+            noise_feed = {"noise": noise, "eta": np.array(eta, np.float32)}
+            feed.update({n: noise_feed[n] for n in get_solver(solver).noise_inputs(stochastic)})
             (x0,) = run.interruptibly(partial(run, sess.run, ["x_0"], by_name(sess, feed)))
             if callback is not None:
                 callback(len(timesteps) - 1, int(timesteps[-1]), None, x0)
@@ -371,7 +372,7 @@ class Sampler:
             want = (len(ts), *x_T.shape)
             if noise is None or noise.shape != want or noise.dtype != np.float32:
                 got = "none" if noise is None else f"{noise.dtype} {noise.shape}"
-                raise TypeError(f"noise is {got}: eta > 0 needs float32 noise of shape (S, B, C, H, W) = {want}")
+                raise TypeError(f"noise is {got}: a stochastic run needs float32 noise of shape (S, B, C, H, W) = {want}")
         return np.ascontiguousarray(x_T), ts, noise
 
     def _run_per_step(self, run: GraphRun, solver, x_T, timesteps, noise, eta, mode, callback, cond) -> np.ndarray:

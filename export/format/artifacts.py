@@ -12,16 +12,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from zoo.solvers import SOLVER_TABLE
+from zoo.solvers import EARLIER, SOLVER_TABLE, Solver
 
-__all__ = ["IOSpec", "ArtifactSpec", "KINDS", "carried", "Mode", "MODE_KINDS", "FORMATS", "INT8_ARTIFACTS", "artifact_specs", "ARTIFACT_NAMES",
+__all__ = ["IOSpec", "ArtifactSpec", "KINDS", "carried", "Mode", "MODE_KINDS", "FORMATS", "has_int8", "artifact_specs", "ARTIFACT_NAMES",
            "select"]
 
 FORMATS = ("onnx", "torchscript")  # the file formats a bundle can hold
-
-# The artifacts that get an int8 variant, named ``<name>_int8``: the ones that hold the network.
-# (The DDIM step alone has no convolution; the int8 samplers are Loops around the int8 fused steps.)
-INT8_ARTIFACTS = ("denoiser", "fused_step", "fused_step_eta", "sampler", "sampler_eta")
 
 
 @dataclass(frozen=True)
@@ -63,62 +59,76 @@ def carried(solver: str | None) -> tuple[tuple[str, str], ...]:
     return (("x_t", "x_prev"),) + (SOLVER_TABLE[solver].state if solver else ())
 
 
+def _solver_specs(solver: Solver, img: tuple, cond: tuple[IOSpec, ...]) -> list[ArtifactSpec]:
+    """A solver's step, fused-step and whole-loop artifacts in each of its variants, from its row alone.
+
+    Inputs in one order for every solver: what the step updates (x, then its state), where it is
+    (alpha-bars, or timesteps inside the fused graphs: now, next, then the earlier ones it reads),
+    the conditioning, and last its noise.
+    """
+    f32, i64, batch = "float32", "int64", ("batch",)
+    state_in = tuple(IOSpec(i, f32, img) for i, _ in solver.state)
+    out = (IOSpec("x_prev", f32, img),) + tuple(IOSpec(o, f32, img) for _, o in solver.state)
+    earlier = EARLIER[: solver.earlier]
+    state = "; carries " + ", ".join(i for i, _ in solver.state) if solver.state else ""
+    specs = []
+    for kind in ("step", "fused_step", "sampler"):
+        for stochastic in solver.variants:
+            noise = tuple(IOSpec(n, f32, img if n == "noise" else ()) for n in solver.noise_inputs(stochastic))
+            how = " with eta and noise inputs" if "eta" in solver.noise_inputs(stochastic) else (
+                " with a noise input" if stochastic else "")
+            if kind == "step":
+                inputs = ((IOSpec("x_t", f32, img), IOSpec("eps", f32, img)) + state_in
+                          + tuple(IOSpec(f"alpha_bar_{w}", f32, batch) for w in ("t", "prev", *earlier)) + noise)
+                outputs, formats, what = out, FORMATS, f"one {solver.label} update{how}{state}"
+            elif kind == "fused_step":
+                inputs = ((IOSpec("x_t", f32, img),) + state_in
+                          + tuple(IOSpec(f"t_{w}" if w != "t" else "t", i64, batch) for w in ("t", "prev", *earlier))
+                          + cond + noise)
+                outputs, formats, what = out, ("onnx",), f"denoiser + {solver.label} update{how}, alpha-bar table inside"
+            else:
+                loop_noise = tuple(IOSpec(n.name, f32, ("steps", *img) if n.name == "noise" else ()) for n in noise)
+                inputs = (IOSpec("x_T", f32, img), IOSpec("timesteps", i64, ("steps",))) + cond + loop_noise
+                outputs, formats = (IOSpec("x_0", f32, img),), ("onnx",)
+                what = f"the whole {solver.label} loop{how} (ONNX Loop; noise per step)" if stochastic else (
+                    f"the whole {solver.label} loop (ONNX Loop)")
+            specs.append(ArtifactSpec(solver.artifact(kind, stochastic), inputs, outputs, formats, stochastic, what, kind=kind,
+                                      solver=solver.name, body=solver.artifact("fused_step", stochastic) if kind == "sampler" else None))
+    return specs
+
+
 def artifact_specs(channels: int, int8: bool = False, conditional: bool = False) -> dict[str, ArtifactSpec]:
-    """The bundle's artifacts by name; with ``int8``, also the int8 variants (ONNX only).
+    """The bundle's artifacts by name, generated from the solver table; with ``int8``, also the int8 variants (ONNX only).
 
     ``conditional``: a class-conditional model's artifacts. The denoiser takes ``labels`` (B,) int64;
     the fused steps and the whole-loop graphs take ``labels`` and ``guidance`` (B,) float32 and make
     the guided prediction inside (``zoo.diffusion.guided_eps``: one network call on a 2B batch).
     """
     img = ("batch", channels, "height", "width")
-    f32, i64 = "float32", "int64"
-    batch = ("batch",)
+    f32, i64, batch = "float32", "int64", ("batch",)
     labels = (IOSpec("labels", i64, batch),) if conditional else ()
     cond = labels + ((IOSpec("guidance", f32, batch),) if conditional else ())
-    noise = (IOSpec("noise", f32, img), IOSpec("eta", f32, ()))
-    step_in = (IOSpec("x_t", f32, img), IOSpec("eps", f32, img), IOSpec("alpha_bar_t", f32, batch), IOSpec("alpha_bar_prev", f32, batch))
-    fused_in = (IOSpec("x_t", f32, img), IOSpec("t", i64, batch), IOSpec("t_prev", i64, batch))
-    loop_in = (IOSpec("x_T", f32, img), IOSpec("timesteps", i64, ("steps",))) + cond
-    loop_noise = (IOSpec("noise", f32, ("steps", *img)), IOSpec("eta", f32, ()))
-    x_prev = (IOSpec("x_prev", f32, img),)
-    # DPM-Solver++(2M) carries the previous x0 prediction and needs the previous step's timestep.
-    dpm_state, dpm_out = (IOSpec("x0_last", f32, img),), x_prev + (IOSpec("x0", f32, img),)
-    dpm_step_in = step_in[:2] + dpm_state + step_in[2:] + (IOSpec("alpha_bar_last", f32, batch),)
-    dpm_fused_in = fused_in[:1] + dpm_state + fused_in[1:] + (IOSpec("t_last", i64, batch),) + cond
-    fused_in = fused_in + cond
-    x_0 = (IOSpec("x_0", f32, img),)
-    both, onnx_only = ("onnx", "torchscript"), ("onnx",)
-    A = ArtifactSpec
     specs = [
-        A("denoiser", (IOSpec("x", f32, img), IOSpec("t", i64, batch)) + labels, (IOSpec("eps", f32, img),), both, False,
-          "the epsilon predictor, time channel inside" + ("; labels (the null class for the unconditional branch)"
-                                                          if conditional else "")),
-        A("ddim_step", step_in, x_prev, both, False, "one deterministic DDIM update (eta = 0)", kind="step", solver="ddim"),
-        A("ddim_step_eta", step_in + noise, x_prev, both, True, "one DDIM update with eta and noise inputs",
-          kind="step", solver="ddim"),
-        A("fused_step", fused_in, x_prev, onnx_only, False, "denoiser + DDIM update, alpha-bar table inside",
-          kind="fused_step", solver="ddim"),
-        A("fused_step_eta", fused_in + noise, x_prev, onnx_only, True, "fused step with eta and noise inputs",
-          kind="fused_step", solver="ddim"),
-        A("sampler", loop_in, x_0, onnx_only, False, "the whole DDIM loop (ONNX Loop)", kind="sampler", solver="ddim",
-          body="fused_step"),
-        A("sampler_eta", loop_in + loop_noise, x_0, onnx_only, True, "the whole DDIM loop with eta and per-step noise",
-          kind="sampler", solver="ddim", body="fused_step_eta"),
-        A("dpmpp_step", dpm_step_in, dpm_out, both, False, "one DPM-Solver++(2M) update; x0 is the next step's x0_last",
-          kind="step", solver="dpmpp_2m"),
-        A("fused_step_dpmpp", dpm_fused_in, dpm_out, onnx_only, False,
-          "denoiser + DPM-Solver++(2M) update, alpha-bar table inside", kind="fused_step", solver="dpmpp_2m"),
-        A("sampler_dpmpp", loop_in, x_0, onnx_only, False, "the whole DPM-Solver++(2M) loop (ONNX Loop)",
-          kind="sampler", solver="dpmpp_2m", body="fused_step_dpmpp"),
+        ArtifactSpec("denoiser", (IOSpec("x", f32, img), IOSpec("t", i64, batch)) + labels, (IOSpec("eps", f32, img),),
+                     FORMATS, False, "the epsilon predictor, time channel inside" + (
+                         "; labels (the null class for the unconditional branch)" if conditional else "")),
     ]
+    for solver in SOLVER_TABLE.values():
+        specs += _solver_specs(solver, img, cond)
     if int8:
         specs += [
-            dataclasses.replace(s, name=f"{s.name}_int8", formats=onnx_only, precision="int8", fp32=s.name,
+            dataclasses.replace(s, name=f"{s.name}_int8", formats=("onnx",), precision="int8", fp32=s.name,
                                 description=f"{s.description}; inner convolutions in int8",
                                 body=s.body and f"{s.body}_int8")
-            for s in specs if s.name in INT8_ARTIFACTS
+            for s in specs if has_int8(s)
         ]
     return {s.name: s for s in specs}
+
+
+def has_int8(spec: ArtifactSpec) -> bool:
+    """Whether ``spec`` gets an int8 variant (``<name>_int8``): the graphs that hold the network, of the solvers that
+    carry no state (int8 calibration replays an eager run's inputs, which hold none of a solver's state)."""
+    return spec.kind in ("denoiser", "fused_step", "sampler") and (spec.solver is None or not SOLVER_TABLE[spec.solver].state)
 
 
 ARTIFACT_NAMES = tuple(artifact_specs(3))
