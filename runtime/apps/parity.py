@@ -134,7 +134,8 @@ def parity(
 ) -> ParityReport:
     """Run the eager sampler (``zoo.sample``) and the onnxruntime sampler side by side; see ``ParityReport``.
 
-    ``solver`` is "ddim" or "dpmpp_2m" (deterministic: eta must be 0). A class-conditional bundle
+    ``solver`` is any of ``zoo.solvers.SOLVERS`` (eta only with "ddim"; a solver that draws noise gets the
+    same per-image noise on both sides). A class-conditional bundle
     takes ``labels`` and ``guidance`` as ``Sampler.sample`` does (one for all or one per image; none:
     the null class), and both sides sample them.
 

@@ -19,6 +19,7 @@ from export.format.manifest import check_identity, load_manifest, read_verified
 from runtime.feeds import fused_on_host
 from zoo.diffusion import ddim_timesteps
 from zoo.schedules import make_schedule
+from zoo.solvers import get_solver
 
 __all__ = ["OpenVINOSampler", "openvino_unavailable_reason"]
 
@@ -57,15 +58,18 @@ class OpenVINOSampler:
         return ddim_timesteps(self.schedule.num_train_timesteps, num_steps, spacing)
 
     def run_batch(self, x_T: np.ndarray, timesteps: np.ndarray, solver: str = "ddim", mode: str = "fused",
-                  cond: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        """One deterministic batch: ``fused`` (the fused step per timestep) or ``loop`` (the whole-loop graph).
+                  cond: dict[str, np.ndarray] | None = None, noise: np.ndarray | None = None) -> np.ndarray:
+        """One batch at eta 0: ``fused`` (the fused step per timestep) or ``loop`` (the whole-loop graph).
 
-        ``cond``: a class-conditional bundle's ``labels`` and ``guidance`` (B,) (``runtime.apps.evaluate.class_feeds``).
+        ``cond``: a class-conditional bundle's ``labels`` and ``guidance`` (B,) (``runtime.apps.evaluate.class_feeds``);
+        ``noise``: (S, B, C, H, W) for a solver that draws noise on every step (Euler ancestral).
         """
-        artifact = select(self.manifest["artifacts"], MODE_KINDS[mode], solver)
+        stochastic = get_solver(solver).stochastic(0.0)
+        artifact = select(self.manifest["artifacts"], MODE_KINDS[mode], solver, stochastic)
         req = self._request(artifact)
         if mode == "loop":
-            req.infer({"x_T": x_T, "timesteps": np.asarray(timesteps, np.int64), **(cond or {})})
+            req.infer({"x_T": x_T, "timesteps": np.asarray(timesteps, np.int64), **(cond or {}),
+                       **({"noise": noise} if stochastic else {})})
             return req.get_output_tensor(0).data.copy()
 
         def run(feed: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
@@ -73,4 +77,5 @@ class OpenVINOSampler:
             return [req.get_tensor(name).data.copy() for name in outputs]
 
         inputs = [i["name"] for i in self.manifest["artifacts"][artifact]["inputs"]]
-        return fused_on_host(run, solver, inputs, x_T, timesteps, self.schedule.alphas_cumprod.astype(np.float32), cond=cond)
+        return fused_on_host(run, solver, inputs, x_T, timesteps, self.schedule.alphas_cumprod.astype(np.float32), noise=noise,
+                             cond=cond)

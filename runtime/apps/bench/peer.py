@@ -83,7 +83,8 @@ def _footprint(folder: Path, bundle: Path, batch: int, threads: int, progress: C
     onnx_mb = {p.stem: p.stat().st_size / 2**20 for p in bundle.glob("*.onnx")}
     sessions = {}
     artifacts = load_manifest(bundle)["artifacts"]
-    for artifact in ["denoiser"] + [select(artifacts, kind, s) for s in SOLVERS for kind in ("fused_step", "sampler")]:
+    for artifact in ["denoiser"] + [select(artifacts, kind, s, SOLVER_TABLE[s].stochastic(0.0)) for s in SOLVERS
+                                    for kind in ("fused_step", "sampler")]:
         sampler = runtime.load(bundle, provider="cpu", threads=threads)  # a fresh sampler: nothing cached
         t0 = time.perf_counter()
         sampler.session(artifact)

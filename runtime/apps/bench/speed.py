@@ -27,7 +27,7 @@ from export.format.artifacts import select
 from export.format.manifest import check_identity, load_manifest, read_verified
 from export.verify import relative_rms
 from runtime.feeds import fused_on_host, step_list
-from zoo.solvers import get_solver, solve
+from zoo.solvers import EARLIER, get_solver, solve
 
 __all__ = ["BenchConfig", "run_bench", "conv_flops", "matmul_gflops", "format_results", "key_ratios"]
 
@@ -135,6 +135,14 @@ def machine() -> dict[str, Any]:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def step_noise(cfg: BenchConfig, x_T: np.ndarray) -> np.ndarray | None:
+    """The per-step noise (S, B, C, H, W) every backend is given for a solver that draws noise (None otherwise): one
+    draw from the bench's seed, so that every backend computes the same images."""
+    if not get_solver(cfg.solver).stochastic(0.0):
+        return None
+    return np.random.default_rng([cfg.seed, 1]).standard_normal((cfg.steps, *x_T.shape), dtype=np.float32)
+
+
 def _backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray):
     """name -> zero-argument callable that samples the whole batch and returns x_0 (numpy)."""
     import runtime
@@ -144,21 +152,23 @@ def _backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray):
     ts = zoo.ddim_timesteps(schedule.num_train_timesteps, cfg.steps)
     alphas = schedule.alphas_cumprod.astype(np.float32)
     # the solver around a backend's denoiser (torch or numpy), as the eager samplers run it, unchecked like the graphs
-    loop = functools.partial(solve, cfg.solver, timesteps=ts, alphas=alphas, check=False)
+    noise = step_noise(cfg, x_T)
+    loop = functools.partial(solve, cfg.solver, timesteps=ts, alphas=alphas, check=False,
+                             noise=None if noise is None else noise.__getitem__)
     manifest = load_manifest(bundle)  # hashed once; the backends read their graphs' verified bytes with it
     cond = class_feeds(manifest, len(x_T), cfg.guidance)  # {} for an unconditional model
-    out = {**_torch_backends(cfg, bundle, manifest, model, schedule, x_T, loop, cond),
-           **_ort_backends(cfg, bundle, manifest, x_T, ts, loop, cond)}
+    out = {**_torch_backends(cfg, bundle, manifest, model, schedule, x_T, noise, loop, cond),
+           **_ort_backends(cfg, bundle, manifest, x_T, ts, noise, loop, cond)}
     if any(b in cfg.backends for b in OPENVINO_BACKENDS):
         from runtime.apps.bench.openvino import OpenVINOSampler
 
         ov = OpenVINOSampler(bundle, threads=cfg.threads)
         for mode in ("fused", "loop"):
-            out[f"openvino-{mode}"] = (lambda m: lambda: ov.run_batch(x_T, ts, cfg.solver, m, cond=cond))(mode)
+            out[f"openvino-{mode}"] = (lambda m: lambda: ov.run_batch(x_T, ts, cfg.solver, m, cond=cond, noise=noise))(mode)
     import torch
 
     if torch.cuda.is_available() and runtime.cuda_unavailable_reason() is None:
-        out.update(_cuda_backends(cfg, bundle, model, schedule, x_T, ts, cond))
+        out.update(_cuda_backends(cfg, bundle, model, schedule, x_T, ts, noise, cond))
     return {k: v for k, v in out.items() if k in cfg.backends}
 
 
@@ -174,7 +184,7 @@ def _unguided_backends(cfg: BenchConfig, tmp: Path, model, schedule, x_T: np.nda
     return {f"{k}{UNGUIDED}": v for k, v in _backends(plain, bundle, twin, schedule, x_T).items()}
 
 
-def _torch_backends(cfg: BenchConfig, bundle: Path, manifest: dict, model, schedule, x_T: np.ndarray, loop,
+def _torch_backends(cfg: BenchConfig, bundle: Path, manifest: dict, model, schedule, x_T: np.ndarray, noise, loop,
                     cond: dict[str, np.ndarray]) -> dict[str, Callable]:
     """Eager torch (fp32, bf16 autocast, torch.compile) and the bundle's TorchScript denoiser and step."""
     import torch
@@ -183,13 +193,14 @@ def _torch_backends(cfg: BenchConfig, bundle: Path, manifest: dict, model, sched
     from zoo.diffusion import guided_eps
 
     xt = torch.from_numpy(x_T)
+    run = {"num_steps": cfg.steps, "solver": cfg.solver, **cond, **({} if noise is None else {"noise": torch.from_numpy(noise)})}
 
     def eager(m):
-        return lambda: zoo.sample(m, schedule, xt, num_steps=cfg.steps, solver=cfg.solver, **cond).cpu().numpy()
+        return lambda: zoo.sample(m, schedule, xt, **run).cpu().numpy()
 
     def bf16():
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            return zoo.sample(model, schedule, xt, num_steps=cfg.steps, solver=cfg.solver, **cond).float().numpy()
+            return zoo.sample(model, schedule, xt, **run).float().numpy()
 
     out = {"eager": eager(model), "eager-bf16": bf16}
     if "compile" in cfg.backends:
@@ -198,17 +209,19 @@ def _torch_backends(cfg: BenchConfig, bundle: Path, manifest: dict, model, sched
         from export.torchscript import load_traced
 
         artifacts = manifest["artifacts"]
+        solver = get_solver(cfg.solver)
+        step_name = select(artifacts, "step", cfg.solver, solver.stochastic(0.0))
         den, step = (load_traced(read_verified(bundle, manifest, artifacts[a]["files"]["torchscript"]))
-                     for a in (select(artifacts, "denoiser"), select(artifacts, "step", cfg.solver)))
-        stateful = bool(get_solver(cfg.solver).state)
+                     for a in (select(artifacts, "denoiser"), step_name))
+        step_inputs = [i["name"] for i in artifacts[step_name]["inputs"]]
 
-        def ts_update(x, eps, state, a_t, a_prev, a_last, **_):  # the traced step takes per-sample (B,) alpha-bars
-            def full(a):
-                return torch.full((len(x),), float(a))
-
-            if stateful:
-                return step(x, eps, state, full(a_t), full(a_prev), full(a_last))
-            return step(x, eps, full(a_t), full(a_prev)), state
+        def ts_update(x, eps, state, a_t, a_prev, a_earlier, eta=0.0, noise=None, **_):  # the traced step, inputs by name
+            feed = {"x_t": x, "eps": eps, "noise": None if noise is None else torch.as_tensor(noise), "eta": torch.tensor(float(eta)),
+                    **dict(zip((i for i, _ in solver.state), state)),
+                    **{f"alpha_bar_{w}": torch.full((len(x),), float(a))
+                       for w, a in zip(("t", "prev", *EARLIER), (a_t, a_prev, *a_earlier))}}
+            out = step(*(feed[n] for n in step_inputs))
+            return (out[0], tuple(out[1:])) if solver.state else (out, ())
 
         def denoise(x, t):
             tt = torch.full((len(x),), t)
@@ -225,7 +238,7 @@ def _torch_backends(cfg: BenchConfig, bundle: Path, manifest: dict, model, sched
     return out
 
 
-def _ort_backends(cfg: BenchConfig, bundle: Path, manifest: dict, x_T: np.ndarray, ts: np.ndarray, loop,
+def _ort_backends(cfg: BenchConfig, bundle: Path, manifest: dict, x_T: np.ndarray, ts: np.ndarray, noise, loop,
                   cond: dict[str, np.ndarray]) -> dict[str, Callable]:
     """onnxruntime on the CPU: the denoiser under a numpy solver, every runtime mode, the shipped loop, int8."""
     import onnxruntime as ort
@@ -250,18 +263,18 @@ def _ort_backends(cfg: BenchConfig, bundle: Path, manifest: dict, x_T: np.ndarra
     out = {"ort-numpy-step": lambda: loop(numpy_eps, x_T)}
     cpu = runtime.load(bundle, provider="cpu", threads=cfg.threads)
     for mode in ("step", "fused", "loop"):
-        out[f"ort-{mode}"] = (lambda m: lambda: cpu.run_batch(x_T, ts, None, 0.0, m, solver=cfg.solver, **cond))(mode)
+        out[f"ort-{mode}"] = (lambda m: lambda: cpu.run_batch(x_T, ts, noise, 0.0, m, solver=cfg.solver, **cond))(mode)
     shipped = runtime.load(bundle, provider="cpu", threads=cfg.threads)
     shipped.optimize_cpu_loop = False  # the bundle's sampler.onnx as exported: no NCHWc inside the Loop body
-    out["ort-loop-shipped"] = lambda: shipped.run_batch(x_T, ts, None, 0.0, "loop", solver=cfg.solver, **cond)
+    out["ort-loop-shipped"] = lambda: shipped.run_batch(x_T, ts, noise, 0.0, "loop", solver=cfg.solver, **cond)
     if any(b in cfg.backends for b in INT8_BACKENDS):
         int8 = runtime.load(bundle, provider="cpu", threads=cfg.threads, precision="int8")
         for mode in ("step", "fused", "loop"):
-            out[f"ort-int8-{mode}"] = (lambda m: lambda: int8.run_batch(x_T, ts, None, 0.0, m))(mode)
+            out[f"ort-int8-{mode}"] = (lambda m: lambda: int8.run_batch(x_T, ts, noise, 0.0, m, solver=cfg.solver))(mode)
     return out
 
 
-def _cuda_backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray, ts,
+def _cuda_backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray, ts, noise,
                    cond: dict[str, np.ndarray]) -> dict[str, Callable]:
     """Eager torch on CUDA and onnxruntime's CUDA provider: fused with and without IO binding, CUDA graph, loop."""
     import copy
@@ -276,19 +289,22 @@ def _cuda_backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndar
     x_dev = torch.from_numpy(x_T).to("cuda")
     gpu = runtime.load(bundle, provider="cuda")
     graph = runtime.load(bundle, provider="cuda", cuda=runtime.CudaOptions(cuda_graph=True))
-    fused = gpu.session(gpu.artifact("fused_step", solver))
+    stochastic = get_solver(solver).stochastic(0.0)
+    fused = gpu.session(gpu.artifact("fused_step", solver, stochastic))
     inputs = [i.name for i in fused.get_inputs()]
+    noise_dev = {} if noise is None else {"noise": torch.from_numpy(noise).to("cuda")}
 
     def host_fused():  # no IO binding: x goes to the GPU and back every step
         return fused_on_host(lambda feed, outputs: fused.run(outputs, feed), solver, inputs, x_T, ts, gpu.alphas_cumprod,
-                             cond=cond)
+                             noise=noise, cond=cond)
 
     return {
-        "eager-cuda": lambda: zoo.sample(dev_model, schedule, x_dev, num_steps=cfg.steps, solver=solver, **cond).cpu().numpy(),
+        "eager-cuda": lambda: zoo.sample(dev_model, schedule, x_dev, num_steps=cfg.steps, solver=solver, **cond,
+                                         **noise_dev).cpu().numpy(),
         "ort-cuda-fused-host": host_fused,
-        "ort-cuda-fused": lambda: gpu.run_batch(x_T, ts, None, 0.0, "fused", solver=solver, **cond),
-        "ort-cuda-fused-graph": lambda: graph.run_batch(x_T, ts, None, 0.0, "fused", solver=solver, **cond),
-        "ort-cuda-loop": lambda: gpu.run_batch(x_T, ts, None, 0.0, "loop", solver=solver, **cond),
+        "ort-cuda-fused": lambda: gpu.run_batch(x_T, ts, noise, 0.0, "fused", solver=solver, **cond),
+        "ort-cuda-fused-graph": lambda: graph.run_batch(x_T, ts, noise, 0.0, "fused", solver=solver, **cond),
+        "ort-cuda-loop": lambda: gpu.run_batch(x_T, ts, noise, 0.0, "loop", solver=solver, **cond),
     }
 
 
@@ -310,31 +326,35 @@ def _step_errors(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarra
     solver = get_solver(cfg.solver)
     ts = zoo.ddim_timesteps(schedule.num_train_timesteps, cfg.steps)
     alphas = torch.from_numpy(schedule.alphas_cumprod.astype(np.float32))
-    steps: list[tuple] = []  # (x, state, t, alpha-bars, the fp32 step's x_prev)
+    noise = step_noise(cfg, x_T)
+    steps: list[tuple] = []  # (x, state, alpha-bars, the step's keywords (its noise), the fp32 step's x_prev)
 
     def record(x, eps, state, *abars, **kw):
         out = solver.update(x, eps, state, *abars, **kw)
-        steps.append((x, state, abars, out[0]))
+        steps.append((x, state, abars, kw, out[0]))
         return out
 
     with torch.inference_mode():
         solve(solver, lambda x, t: model(x, torch.full((len(x),), t)), torch.from_numpy(x_T), ts, alphas, update=record,
-              check=False)
+              check=False, noise=None if noise is None else lambda i: torch.from_numpy(noise[i]))
     reduced: dict[str, Callable[..., torch.Tensor]] = {}
-    if any(n in INT8_BACKENDS for n in names):  # DDIM only: what int8 covers (refused with another solver up front)
+    if any(n in INT8_BACKENDS for n in names):  # the solvers with int8 graphs (the CLI refuses the others up front)
         int8_sampler = runtime.load(bundle, provider="cpu", threads=cfg.threads, precision="int8")
-        fused = int8_sampler.session(int8_sampler.artifact("fused_step", "ddim"))
+        fused = int8_sampler.session(int8_sampler.artifact("fused_step", cfg.solver, solver.stochastic(0.0)))
+        int8_inputs = [i.name for i in fused.get_inputs()]
 
-        def int8(x, state, t, tp, abars):
-            feeds = {"x_t": x.numpy(), "t": np.full(len(x), t, np.int64), "t_prev": np.full(len(x), tp, np.int64)}
-            return torch.from_numpy(fused.run(None, feeds)[0])
+        def int8(x, state, t, tp, abars, kw):
+            feeds = {"x_t": x.numpy(), "t": np.full(len(x), t, np.int64), "t_prev": np.full(len(x), tp, np.int64),
+                     "noise": None if kw.get("noise") is None else kw["noise"].numpy(),
+                     "eta": np.array(kw.get("eta", 0.0), np.float32)}
+            return torch.from_numpy(fused.run(None, {n: feeds[n] for n in int8_inputs})[0])
 
         reduced["int8"] = int8
 
-    def bf16(x, state, t, tp, abars):
+    def bf16(x, state, t, tp, abars, kw):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             eps = model(x, torch.full((len(x),), t)).float()
-        return solver.update(x, eps, state, *abars)[0]
+        return solver.update(x, eps, state, *abars, **kw)[0]
 
     if "eager-bf16" in names:
         reduced["bf16"] = bf16
@@ -342,8 +362,8 @@ def _step_errors(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarra
     with torch.inference_mode():
         for kind, step in reduced.items():
             rel, worst = 0.0, 0.0
-            for (t, tp, _), (x, state, abars, want) in zip(step_list(ts), steps, strict=True):
-                got, want = step(x, state, t, tp, abars).numpy(), want.numpy()
+            for (t, tp, _), (x, state, abars, kw, want) in zip(step_list(ts), steps, strict=True):
+                got, want = step(x, state, t, tp, abars, kw).numpy(), want.numpy()
                 rel = max(rel, relative_rms(got, want))
                 worst = max(worst, float(np.abs(got.astype(np.float64) - want).max()))
             errors[kind] = {"step_error_rel_rms": rel, "step_error_max": worst}

@@ -3,8 +3,8 @@
 What users wait for is an image of a given quality, not a step. So, for a trained bundle and the
 quality metric of ``zoo.training.metrics`` (Frechet distance of a data-specific classifier's features):
 
-1. quality at 5, 10, 15, 20 and 50 steps for DDIM (leading and trailing spacing) and
-   DPM-Solver++(2M) (both spacings), all from the same x_T (image k depends only on (seed, k));
+1. quality at 5, 10, 15, 20 and 50 steps for every solver of the table (DDIM, DPM-Solver++(2M), Euler
+   ancestral), leading and trailing spacing, all from the same x_T (image k depends only on (seed, k));
 2. the stated quality: the Frechet distance DDIM (leading) reaches at 50 steps, plus the metric's
    run-to-run spread (the same configuration sampled from other seeds), so a configuration
    "reaches" it when it is within that spread;
@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from zoo.solvers import SOLVERS
+from zoo.solvers import SOLVERS, get_solver
 
 __all__ = ["CONFIGS", "STEPS", "run_time_to_quality", "format_time_to_quality"]
 
@@ -68,14 +68,23 @@ def _backends(bundle: Path, threads: int, names: tuple[str, ...], cond: dict[str
     cpu = runtime.load(bundle, provider="cpu", threads=threads)
     out: dict[str, Callable[..., np.ndarray]] = {}
 
+    def noise(x_T, solver, steps):  # a solver that draws noise every step: the same draws in every backend (timed too)
+        if not get_solver(solver).stochastic(0.0):
+            return None
+        return np.random.default_rng(1).standard_normal((steps, *x_T.shape), dtype=np.float32)
+
+    def torch_noise(x_T, solver, steps, device="cpu"):
+        z = noise(x_T, solver, steps)
+        return {} if z is None else {"noise": torch.from_numpy(z).to(device)}
+
     def eager(x_T, solver, spacing, steps):
         return zoo.sample(model, schedule, torch.from_numpy(x_T), num_steps=steps, solver=solver, spacing=spacing,
-                          **cond).numpy()
+                          **cond, **torch_noise(x_T, solver, steps)).numpy()
 
     out["eager"] = eager
     for mode in ("step", "fused", "loop"):
         out[f"ort-{mode}"] = (lambda m: lambda x_T, solver, spacing, steps: cpu.run_batch(
-            x_T, cpu.timesteps(steps, spacing), None, 0.0, m, solver=solver, **cond))(mode)
+            x_T, cpu.timesteps(steps, spacing), noise(x_T, solver, steps), 0.0, m, solver=solver, **cond))(mode)
     if torch.cuda.is_available() and runtime.cuda_unavailable_reason() is None and any("cuda" in n for n in names):
         import copy
 
@@ -85,21 +94,21 @@ def _backends(bundle: Path, threads: int, names: tuple[str, ...], cond: dict[str
 
         def eager_cuda(x_T, solver, spacing, steps):
             x = zoo.sample(gpu_model, schedule, torch.from_numpy(x_T).cuda(), num_steps=steps, solver=solver, spacing=spacing,
-                           **cond)
+                           **cond, **torch_noise(x_T, solver, steps, "cuda"))
             return x.cpu().numpy()
 
         out["eager-cuda"] = eager_cuda
         for name, s, mode in (("ort-cuda-fused", gpu, "fused"), ("ort-cuda-fused-graph", graph, "fused"),
                               ("ort-cuda-loop", gpu, "loop")):
             out[name] = (lambda s, m: lambda x_T, solver, spacing, steps: s.run_batch(
-                x_T, s.timesteps(steps, spacing), None, 0.0, m, solver=solver, **cond))(s, mode)
+                x_T, s.timesteps(steps, spacing), noise(x_T, solver, steps), 0.0, m, solver=solver, **cond))(s, mode)
     from runtime.apps.bench.openvino import OpenVINOSampler, openvino_unavailable_reason
 
     if openvino_unavailable_reason() is None:
         ov = OpenVINOSampler(bundle, threads=threads)
         for mode in ("fused", "loop"):
             out[f"openvino-{mode}"] = (lambda m: lambda x_T, solver, spacing, steps: ov.run_batch(
-                x_T, ov.timesteps(steps, spacing), solver, m, cond=cond))(mode)
+                x_T, ov.timesteps(steps, spacing), solver, m, cond=cond, noise=noise(x_T, solver, steps)))(mode)
     return {k: v for k, v in out.items() if k in names}
 
 

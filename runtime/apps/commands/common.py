@@ -56,10 +56,10 @@ def model_args(p: argparse.ArgumentParser, channels_from_data: bool = False) -> 
 
 def solver_arg(p: argparse.ArgumentParser, help: str | None = None) -> None:
     from runtime.requests import SampleRequest
-    from zoo.solvers import SOLVERS
+    from zoo.solvers import SOLVERS, solver_help
 
     p.add_argument("--solver", choices=SOLVERS, default=SampleRequest.solver,
-                   help=help or "ddim (default, any eta) or dpmpp_2m (DPM-Solver++(2M): ~3x fewer steps, eta 0)")
+                   help=help or f"{solver_help()}; default {SampleRequest.solver}")
 
 
 def spacing_arg(p: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ from runtime.apps.commands.common import model_args
 def register(sub) -> None:
     from export.format.artifacts import FORMATS
     from zoo.diffusion import EPS_RULES
+    from zoo.solvers import SOLVERS
 
     p = sub.add_parser("export", help="export a model to a verified TorchScript/ONNX bundle")
     model_args(p)
@@ -25,8 +26,8 @@ def register(sub) -> None:
                         "scheduler_config.json): for a diffusers_unet run")
     p.add_argument("--out", required=True, help="bundle directory (absent or empty, unless --force); parents are created")
     p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)} (default all)")
-    p.add_argument("--solvers", default="ddim,dpmpp_2m",
-                   help="comma-separated samplers to export graphs for: ddim, dpmpp_2m (default both)")
+    p.add_argument("--solvers", default=",".join(SOLVERS),
+                   help=f"comma-separated samplers to export graphs for, of {','.join(SOLVERS)} (default all)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset, 18..23 (default: export_bundle's, recorded in the manifest)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out after the new one is verified")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init and of the verification inputs")
