@@ -58,6 +58,10 @@ def small_model(model_name):
 
 EXAMPLE_SHAPE = (3, 12, 12)
 
+# (solver, eta): every sampler a bundle ships, from the solver table (eta 0.6 too where the solver takes eta)
+SOLVER_RUNS = [(s, 0.0) for s in zoo.solvers.SOLVERS] + [(s, 0.6) for s in zoo.solvers.SOLVERS
+                                                         if zoo.solvers.get_solver(s).takes_eta]
+
 
 INT8_MODELS = [name for name in ZOO_MODELS if zoo.build(name, **SMALL).supports_int8]
 

@@ -19,6 +19,7 @@ from runtime.apps.bench.speed import (
 )
 from runtime.apps.cli import main
 from runtime.apps.commands.demo import FAST, MARKER, format_summary, run_demo
+from zoo.solvers import SOLVERS
 
 
 def test_demo_fast_end_to_end(tmp_path, capsys):
@@ -140,17 +141,19 @@ def test_cli_bench_checkpoint_runs_the_trained_model(tmp_path, capsys):
     assert "--sweep varies the model's width" in capsys.readouterr().err
 
 
-def test_bench_dpmpp_every_backend_computes_the_same_images():
+@pytest.mark.parametrize("solver", [s for s in SOLVERS if s != BenchConfig.solver])
+def test_bench_of_every_other_solver_computes_the_same_images_in_every_backend(solver):
+    """DPM-Solver++ (state carried) and Euler ancestral (noise on every step, the same draws in every backend)."""
     # eager-bf16 included: a default backend on a CPU with bf16, whose per-step error is measured with the bench's solver
     backends = ("eager", "eager-bf16", "torchscript", "ort-numpy-step", "ort-step", "ort-fused", "ort-loop", "ort-loop-shipped")
-    cfg = BenchConfig(hidden=8, size=8, batch=2, steps=4, repeats=1, threads=1, backends=backends, solver="dpmpp_2m")
+    cfg = BenchConfig(hidden=8, size=8, batch=2, steps=4, repeats=1, threads=1, backends=backends, solver=solver)
     res = run_bench(cfg)
-    assert list(res["backends"]) == list(backends) and res["config"]["solver"] == "dpmpp_2m"
+    assert list(res["backends"]) == list(backends) and res["config"]["solver"] == solver
     for name, r in res["backends"].items():  # every backend runs the same solver: eager's images
         assert r["drift_vs_eager"] < (0.1 if name == "eager-bf16" else 1e-3), name
     bf16 = res["backends"]["eager-bf16"]
     assert 0 < bf16["step_error_rel_rms"] < 0.1 and bf16["step_error_max"] > 0  # bf16 really ran, one step at a time
-    assert "4 dpmpp_2m steps" in format_results(res) and "eager bf16 autocast vs eager fp32" in dict(key_ratios(res))
+    assert f"4 {solver} steps" in format_results(res) and "eager bf16 autocast vs eager fp32" in dict(key_ratios(res))
 
 
 def test_bench_of_a_conditional_model_is_guided_and_times_the_unguided_twin(capsys):

@@ -227,6 +227,37 @@ def test_dpm_solver_matches_diffusers_multistep_scheduler(folder):
     assert float((ours - x).abs().max()) <= bound, (float((ours - x).abs().max()), bound)
 
 
+def test_euler_ancestral_matches_diffusers_scheduler_with_the_same_noise(folder, monkeypatch):
+    """diffzoo's Euler ancestral (variance-preserving x) on diffusers' grid computes EulerAncestralDiscreteScheduler's
+    images (variance-exploding x = x / sqrt(alpha_bar)) when the scheduler's noise draws are replaced by the same noise."""
+    import copy
+
+    import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler
+
+    from zoo.solvers import solve
+
+    p = load_pretrained(folder)
+    s = euler.EulerAncestralDiscreteScheduler.from_config(DDIMScheduler.load_config(folder))
+    s.set_timesteps(8)
+    g = torch.Generator().manual_seed(1)
+    x_T = torch.randn((2, 3, 8, 8), generator=g)
+    z = torch.randn((8, 2, 3, 8, 8), generator=g)
+    draws = iter(z)
+    monkeypatch.setattr(euler, "randn_tensor", lambda *a, **k: next(draws))
+    x = x_T * (s.sigmas[0] ** 2 + 1) ** 0.5  # the variance-exploding start
+    with torch.inference_mode():
+        for t in s.timesteps:
+            x = s.step(p.model.unet(s.scale_model_input(x, t), t).sample, t, x).prev_sample
+        ts = s.timesteps.numpy().astype(np.int64)
+        ours, ours64 = (solve("euler_ancestral", lambda x, t, m=m: m(x, torch.full((len(x),), t)), x_T.to(dtype), ts,
+                              torch.tensor(p.schedule.alphas_cumprod).to(dtype), clip_range=None,
+                              noise=lambda i, d=dtype: z[i].to(d))
+                        for m, dtype in ((p.model, torch.float32), (copy.deepcopy(p.model).double(), torch.float64)))
+    assert next(draws, None) is None  # one draw a step, as ours (the last adds none of it: sigma_up = 0 there)
+    bound = 10 * float((ours.double() - ours64).abs().max())  # the eager sampler's own float32 error, as for export
+    assert float((ours - x).abs().max()) <= bound, (float((ours - x).abs().max()), bound)
+
+
 def test_train_a_diffusers_unet_and_write_it_back_for_diffusers(folder, tmp_path, capsys):
     run, out = tmp_path / "run", tmp_path / "back"
     assert main(["train", "--model", "diffusers_unet", "--model-config", str(folder / "config.json"), "--data", "digits",

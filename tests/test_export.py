@@ -30,11 +30,13 @@ def test_bundle_is_complete_and_hashed(bundle, model_name):
     for name in ARTIFACT_NAMES:
         files = m["artifacts"][name]["files"]
         assert "onnx" in files
-        assert ("torchscript" in files) == (name in ("denoiser", "ddim_step", "ddim_step_eta", "dpmpp_step"))
+        # TorchScript of what the bench runs around a host loop: the denoiser and each solver's step
+        assert ("torchscript" in files) == (m["artifacts"][name]["kind"] in ("denoiser", "step")), name
     for name, info in m["files"].items():
         assert sha256_file(bundle.path / name) == info["sha256"]
         assert (bundle.path / name).stat().st_size == info["size"]
-    assert all(c["passed"] for c in m["verification"]) and len(m["verification"]) == 14
+    specs = artifact_specs(3).values()  # a check per artifact and format it is exported to
+    assert all(c["passed"] for c in m["verification"]) and len(m["verification"]) == sum(len(s.formats) for s in specs)
     for c in m["verification"]:  # every bound derived from eager float32's own error, and recorded
         assert c["atol_source"] == "derived" and c["max_abs_diff"] <= c["atol"]
         assert c["atol"] >= FP32_FACTOR * c["reference_error"]
@@ -274,11 +276,16 @@ def test_loop_builder_refuses_a_graph_that_is_not_a_fused_step(bundles):
     from export.loop import build_sampler_graph
 
     denoiser = onnx.load(str(bundles["conv"].path / "denoiser.onnx"))
-    with pytest.raises(ValueError, match=r"not a fused step graph: inputs \['x', 't'\]"):
-        build_sampler_graph(denoiser, stochastic=False)
+    with pytest.raises(ValueError, match=r"not a fused step graph of 'ddim': inputs \['x', 't'\]"):
+        build_sampler_graph(denoiser, "ddim", stochastic=False)
     fused = onnx.load(str(bundles["conv"].path / "fused_step_dpmpp.onnx"))
-    with pytest.raises(ValueError, match="not a fused step graph"):
-        build_sampler_graph(fused, stochastic=True)  # the DPM-Solver++ step has no noise input
+    with pytest.raises(ValueError, match="solver 'dpmpp_2m' has no stochastic fused step"):
+        build_sampler_graph(fused, "dpmpp_2m", stochastic=True)
+    with pytest.raises(ValueError, match=r"not a fused step graph of 'ddim': inputs \['x_t', 'x0_last'"):
+        build_sampler_graph(fused, "ddim", stochastic=False)  # another solver's step
+    euler = onnx.load(str(bundles["conv"].path / "fused_step_euler_ancestral.onnx"))
+    with pytest.raises(ValueError, match=r"expected \['x_t', 't', 't_prev'\] \+ its conditioning \+ \['noise', 'eta'\]"):
+        build_sampler_graph(euler, "ddim", stochastic=True)  # its noise comes without eta
 
 
 # --- concurrent writers, crashes and what --force may replace -----------------------------------
@@ -345,7 +352,7 @@ def test_solvers_selects_the_graphs_exported(tmp_path):
     assert s.sample(2, num_steps=3, solver="dpmpp_2m").shape == (2, 3, 8, 8)
     with pytest.raises(ValueError, match=r"has no DDIM graphs for 'loop' mode.*re-export it"):
         s.sample(2, num_steps=3)
-    with pytest.raises(ValueError, match=r"solvers=\['euler'\] is invalid: expected a non-empty subset of \['ddim', 'dpmpp_2m'\]"):
+    with pytest.raises(ValueError, match=r"solvers=\['euler'\] is invalid: expected a non-empty subset of \['ddim', 'dpmpp_2m', 'euler_ancestral'\]"):
         export.export_bundle(_tiny(), tmp_path / "c", solvers=["euler"])
     assert not (tmp_path / "c").exists()
 
@@ -400,11 +407,15 @@ def test_the_eps_rule_is_recorded_stamped_chosen_from_the_cli_and_old_bundles_re
 def test_verification_catches_a_crossed_wire_in_a_fused_step_and_a_reference_that_ignores_its_grid(tmp_path, monkeypatch):
     """Two planted faults, one export: each fails the artifacts it touches and nothing else."""
     import export.wrappers as wrappers
-    from zoo.solvers import alpha_bars
 
-    def crossed(self, x_t, x0_last, t, t_prev, t_last):  # t_prev and t_last swapped inside the DPM-Solver++ wrapper
-        a_t, a_prev, a_last = alpha_bars(self.alphas_cumprod, t, t_last, t_prev)
-        return self.step(x_t, self.model(x_t, t), x0_last, a_t, a_prev, a_last)
+    forward = wrappers.FusedSolverStep.forward
+
+    def crossed(self, *inputs):  # t_prev and t_last swapped inside the DPM-Solver++ fused step
+        if self.solver.name == "dpmpp_2m":
+            i, j = self.names.index("t_prev"), self.names.index("t_last")
+            inputs = list(inputs)
+            inputs[i], inputs[j] = inputs[j], inputs[i]
+        return forward(self, *inputs)
 
     solve = wrappers.solve
 
@@ -412,30 +423,33 @@ def test_verification_catches_a_crossed_wire_in_a_fused_step_and_a_reference_tha
         grid = timesteps if solver.name != "ddim" else zoo.ddim_timesteps(len(alphas), len(timesteps), "leading")
         return solve(solver, denoise, x_T, grid, alphas, **kw)
 
-    monkeypatch.setattr(wrappers.FusedDPMStep, "forward", crossed)
+    monkeypatch.setattr(wrappers.FusedSolverStep, "forward", crossed)
     monkeypatch.setattr(wrappers, "solve", leading_only)
     with pytest.raises(export.ExportVerificationError) as err:
-        export.export_bundle(_tiny("conv"), tmp_path / "b", example_shape=(3, 8, 8), formats=["onnx"])
+        export.export_bundle(_tiny("conv"), tmp_path / "b", example_shape=(3, 8, 8), formats=["onnx"],
+                             solvers=["ddim", "dpmpp_2m"])
     failed = sorted(c.artifact for c in err.value.failures)
     # the DPM-Solver++ fused step and the loop around it; the DDIM loops, whose reference ignores the grid they are fed
     assert failed == ["fused_step_dpmpp", "sampler", "sampler_dpmpp", "sampler_eta"], failed
     assert not (tmp_path / "b").exists()
 
 
-def test_a_wrapper_whose_inputs_are_not_the_tables_is_refused_before_tracing():
-    from export.wrappers import FusedDPMStep, check_signature, wrapper
+def test_a_denoiser_whose_inputs_are_not_the_tables_is_refused_before_tracing():
+    from export.wrappers import FusedSolverStep, check_signature, wrapper
 
-    spec = artifact_specs(3)["fused_step_dpmpp"]
     model, schedule = _tiny(), zoo.linear_schedule(1000)
-    assert isinstance(wrapper(spec, model, schedule, 1.0), FusedDPMStep)  # the table's names, in its order
+    assert wrapper(artifact_specs(3)["denoiser"], model, schedule, 1.0) is model  # the table's names, in its order
+    spec = artifact_specs(3)["fused_step_dpmpp"]
+    fused = wrapper(spec, model, schedule, 1.0)
+    assert isinstance(fused, FusedSolverStep) and fused.names == ("x_t", "x0_last", "t", "t_prev", "t_last")
 
-    class Swapped(FusedDPMStep):
-        def forward(self, x_t, x0_last, t, t_last, t_prev):
-            return super().forward(x_t, x0_last, t, t_prev, t_last)
+    class Swapped(torch.nn.Module):
+        def forward(self, t, x):
+            return model(x, t)
 
-    with pytest.raises(TypeError, match=r"Swapped.forward takes \['x_t', 'x0_last', 't', 't_last', 't_prev'\], but the "
-                                        r"'fused_step_dpmpp' artifact's inputs are \['x_t', 'x0_last', 't', 't_prev', 't_last'\]"):
-        check_signature(Swapped(model, schedule.alphas_cumprod), spec)
+    with pytest.raises(TypeError, match=r"Swapped.forward takes \['t', 'x'\], but the 'denoiser' artifact's inputs are "
+                                        r"\['x', 't'\]"):
+        check_signature(Swapped(), artifact_specs(3)["denoiser"])
 
 
 def test_the_eager_sampler_and_the_loop_graph_visit_the_grid_they_are_given(bundles):

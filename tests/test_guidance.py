@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import zoo
-from conftest import COND_NAMES
+from conftest import COND_NAMES, SOLVER_RUNS
 from zoo.diffusion import guide, guided_eps
 
 
@@ -69,16 +69,17 @@ def test_guided_eps_is_one_call_on_a_2b_batch_for_torch_and_numpy():
                                               np.array([0.0, 1.0, 3.0], np.float32)), eps.numpy(), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("solver,eta", [("ddim", 0.0), ("ddim", 0.5), ("dpmpp_2m", 0.0)])
+@pytest.mark.parametrize("solver,eta", SOLVER_RUNS)
 def test_a_batch_mixing_labels_and_guidance_is_the_separate_runs(solver, eta):
     model, sched = _cond(), zoo.cosine_schedule(1000)
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     labels, w = [2, 0, 1], [0.0, 1.5, 4.0]
     noise = torch.randn(6, 3, 1, 8, 8, generator=torch.Generator().manual_seed(3))
-    kw = {"noise": noise} if eta else {}
+    stochastic = zoo.solvers.get_solver(solver).stochastic(eta)
+    kw = {"noise": noise} if stochastic else {}
     mixed = zoo.sample(model, sched, x, num_steps=6, solver=solver, eta=eta, labels=labels, guidance=w, **kw)
     for i in range(3):
-        one_kw = {"noise": noise[:, i:i + 1]} if eta else {}
+        one_kw = {"noise": noise[:, i:i + 1]} if stochastic else {}
         alone = zoo.sample(model, sched, x[i:i + 1], num_steps=6, solver=solver, eta=eta, labels=labels[i], guidance=w[i],
                            **one_kw)
         torch.testing.assert_close(mixed[i:i + 1], alone, rtol=0, atol=1e-5)
@@ -175,7 +176,7 @@ def test_a_conditional_bundle_records_its_classes_and_inputs(cond_bundle):
     assert all(c["max_abs_diff"] <= c["atol"] for c in cond_bundle.checks)  # verified with mixed labels and guidance
 
 
-@pytest.mark.parametrize("solver,eta", [("ddim", 0.0), ("ddim", 0.5), ("dpmpp_2m", 0.0)])
+@pytest.mark.parametrize("solver,eta", SOLVER_RUNS)
 def test_every_mode_samples_the_guided_images_of_eager_torch(cond_bundle, solver, eta):
     import runtime
     from export.bundle import load_model
@@ -185,12 +186,12 @@ def test_every_mode_samples_the_guided_images_of_eager_torch(cond_bundle, solver
     s = runtime.load(cond_bundle.path, provider="cpu")
     labels, w = [COND_NAMES[2], 0, 1, "one"], [0.0, 1.5, 4.0, 1.0]  # names and indices; guidance per image
     ts = s.timesteps(6)
-    x_T, noise = image_noise(3, range(4), s.shape, len(ts), stochastic=eta > 0)
+    x_T, noise = image_noise(3, range(4), s.shape, len(ts), stochastic=zoo.solvers.get_solver(solver).stochastic(eta))
     model, sched, _ = load_model(cond_bundle.path)
 
     def eager(dtype):
         m = model.to(dtype)
-        kw = {"noise": torch.from_numpy(noise).to(dtype)} if eta else {}
+        kw = {} if noise is None else {"noise": torch.from_numpy(noise).to(dtype)}
         return zoo.sample(m, sched, torch.from_numpy(x_T).to(dtype), num_steps=6, solver=solver, eta=eta,
                           labels=[2, 0, 1, 1], guidance=w, **kw).double().numpy()
 

@@ -200,7 +200,7 @@ def test_runtime_arguments_of_the_wrong_type_are_one_clear_error(bundles):
     for bad in (np.array([1200, 600, 0]), np.array([0, 500, 900]), np.array([5, 5, 0])):
         with pytest.raises(ValueError, match="expected distinct, descending integers in 0..999"):
             s.run_batch(x, bad, None, 0.0, "fused")
-    with pytest.raises(TypeError, match=r"eta > 0 needs float32 noise of shape \(S, B, C, H, W\) = \(3, 2, 3, 12, 12\)"):
+    with pytest.raises(TypeError, match=r"a stochastic run needs float32 noise of shape \(S, B, C, H, W\) = \(3, 2, 3, 12, 12\)"):
         s.run_batch(x, ts, None, 0.5, "fused")
     assert s.run_batch(x, ts, None, 0.0, "loop").shape == x.shape
 

@@ -11,6 +11,7 @@ import pytest
 
 import export
 import runtime
+from conftest import SOLVER_RUNS
 from runtime.apps.cli import main
 from runtime.providers import ProviderUnavailableError, cuda_unavailable_reason
 
@@ -18,7 +19,7 @@ CUDA_REASON = cuda_unavailable_reason()
 needs_cuda = pytest.mark.skipif(CUDA_REASON is not None, reason=f"CUDA provider unavailable: {CUDA_REASON}")
 
 
-RUNS = [("ddim", 0.0), ("ddim", 0.6), ("dpmpp_2m", 0.0)]  # (solver, eta): every sampler a bundle ships
+RUNS = SOLVER_RUNS
 
 
 @pytest.mark.parametrize("solver,eta", RUNS)
@@ -243,6 +244,8 @@ def _cli(*args):
         (["--spacing", "bogus"], "invalid choice: 'bogus'"),
         (["--cuda-graph"], "--cuda-graph replays the fused step on CUDA: it needs --mode fused (here: --mode loop)"),
         (["--solver", "dpmpp_2m", "--eta", "0.5"], "eta=0.5 is invalid with solver 'dpmpp_2m', which is deterministic"),
+        (["--solver", "euler_ancestral", "--eta", "1"], "eta=1.0 is invalid with solver 'euler_ancestral', which sets its "
+                                                        "own noise on every step: use eta=0, or solver 'ddim'"),
     ],
 )
 def test_cli_sample_user_errors(bundles, tmp_path, args, match):

@@ -47,21 +47,22 @@ def cond_server(cond_bundle, tmp_path_factory):
 
 
 def test_served_images_are_sample_s_images_and_mixed_settings_are_grouped(server, bundles):
-    """One request mixing three settings: each group equals `Sampler.sample` bit for bit, and image = to_uint8."""
+    """One request mixing four settings (every solver): each group equals `Sampler.sample` bit for bit, and image =
+    to_uint8."""
     sampler = runtime.load(bundles["residual"].path, "cpu")
     groups = [dict(steps=10, solver="ddim", eta=0.0), dict(steps=6, solver="dpmpp_2m", eta=0.0),
-              dict(steps=8, solver="ddim", eta=1.0)]
-    rows = {"seed": 7, "index": np.arange(6), "steps": [g["steps"] for g in groups for _ in range(2)],
+              dict(steps=8, solver="ddim", eta=1.0), dict(steps=5, solver="euler_ancestral", eta=0.0)]
+    rows = {"seed": 7, "index": np.arange(8), "steps": [g["steps"] for g in groups for _ in range(2)],
             "solver": [g["solver"] for g in groups for _ in range(2)], "eta": [g["eta"] for g in groups for _ in range(2)]}
     with Client(server.url) as c:
         x = c.sample(rows, output="sample")
         img = c.sample(rows, output="image")
-    assert x.dtype == np.float32 and x.shape == (6, *sampler.shape)
+    assert x.dtype == np.float32 and x.shape == (8, *sampler.shape)
     for k, g in enumerate(groups):
         want = sampler.sample(2, num_steps=g["steps"], seed=7, eta=g["eta"], solver=g["solver"], start=2 * k)
         np.testing.assert_array_equal(x[2 * k:2 * k + 2], want)
     np.testing.assert_array_equal(img, to_uint8(x))
-    assert img.dtype == np.uint8 and img.shape == (6, 12, 12, 3)
+    assert img.dtype == np.uint8 and img.shape == (8, 12, 12, 3)
 
 
 def test_rows_of_concurrent_requests_run_in_one_session_call(bundles, tmp_path):
@@ -171,6 +172,7 @@ BAD = [
     ({**GOOD, "steps": (_col(5000), "INT64")}, "num_steps=5000"),
     ({**GOOD, "eta": (_col(1.5, np.float32), "FP32")}, "1.5"),
     ({**GOOD, "eta": (_col(0.5, np.float32), "FP32"), "solver": (_s("dpmpp_2m"), "BYTES")}, "eta"),
+    ({**GOOD, "eta": (_col(0.5, np.float32), "FP32"), "solver": (_s("euler_ancestral"), "BYTES")}, "sets its own noise"),
     ({**GOOD, "label": (_col(10), "INT64"), "guidance": (_col(1.0, np.float32), "FP32")}, "label 10"),
     ({**GOOD, "label": (_col(1), "INT64"), "guidance": (_col(np.nan, np.float32), "FP32")}, "nan"),
     ({**GOOD, "label": (_col(1), "INT64"), "guidance": (_col(3e38, np.float32), "FP32")}, "expected 0..100"),  # absurd

@@ -89,7 +89,7 @@ def _step_graph(multistep: bool) -> onnx.ModelProto:
 @pytest.mark.parametrize("multistep,expected", [(False, 5 + 2 - 1), (True, -1 + 9 + 5)])
 def test_loop_builder_feeds_each_step_its_timesteps(multistep, expected):
     """timesteps [9, 5, 2]: t_prev = [5, 2, -1] and t_last = [-1, 9, 5], so x_0 = x_T + their sum."""
-    model = build_sampler_graph(_step_graph(multistep), stochastic=False)
+    model = build_sampler_graph(_step_graph(multistep), "dpmpp_2m" if multistep else "ddim", stochastic=False)
     onnx.checker.check_model(model, full_check=True)
     loop = next(n for n in model.graph.node if n.op_type == "Loop")
     assert {"step/w", "step/axes"} <= {i.name for i in model.graph.initializer}  # the weights live once, outside
@@ -138,10 +138,14 @@ def test_solve_in_numpy_is_the_eager_torch_sampler():
     sched = zoo.cosine_schedule(1000)
     x_T = np.random.default_rng(0).standard_normal((2, 1, 4, 4), dtype=np.float32)
     ts = zoo.ddim_timesteps(1000, 7)
+    z = np.random.default_rng(1).standard_normal((7, *x_T.shape), dtype=np.float32)  # for a solver that draws noise
     for solver in SOLVERS:
-        eager = zoo.sample(Linear(), sched, torch.from_numpy(x_T), num_steps=7, solver=solver).numpy()
-        host = solve(solver, lambda x, t: 0.5 * x, x_T, ts, sched.alphas_cumprod.astype(np.float32))
+        eager = zoo.sample(Linear(), sched, torch.from_numpy(x_T), num_steps=7, solver=solver,
+                           noise=torch.from_numpy(z)).numpy()
+        host = solve(solver, lambda x, t: 0.5 * x, x_T, ts, sched.alphas_cumprod.astype(np.float32), noise=z.__getitem__)
         np.testing.assert_allclose(host, eager, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"Euler ancestral \(it draws noise every step\) needs `noise`: a \(S, B, C, H, W\)"):
+        zoo.sample(Linear(), sched, torch.from_numpy(x_T), num_steps=7, solver="euler_ancestral")
 
 
 def test_check_eta_refuses_eta_for_a_deterministic_solver():
@@ -150,11 +154,14 @@ def test_check_eta_refuses_eta_for_a_deterministic_solver():
     # whether a run draws per-step noise: one definition, read by the samplers, the runtime, the server and parity
     assert [SOLVER_TABLE["ddim"].stochastic(eta) for eta in (0.0, 0.5, 1.0)] == [False, True, True]
     assert SOLVER_TABLE["dpmpp_2m"].stochastic(0.0) is False
+    assert SOLVER_TABLE["euler_ancestral"].stochastic(0.0) is True  # it draws noise on every step, whatever eta says
 
     assert check_eta("ddim", np.float32(0.5)) == 0.5
     with pytest.raises(ValueError, match=r"eta=0.3 is invalid with solver 'dpmpp_2m', which is deterministic.*'ddim'"):
         check_eta("dpmpp_2m", 0.3)
-    with pytest.raises(ValueError, match=r"unknown solver 'euler': expected one of \['ddim', 'dpmpp_2m'\]"):
+    with pytest.raises(ValueError, match=r"eta=1.0 is invalid with solver 'euler_ancestral', which sets its own noise"):
+        check_eta("euler_ancestral", 1.0)
+    with pytest.raises(ValueError, match=r"unknown solver 'euler': expected one of \['ddim', 'dpmpp_2m', 'euler_ancestral'\]"):
         check_eta("euler", 0.0)
 
 
