@@ -1,4 +1,4 @@
-"""The onnxruntime samplers of a bundle (DDIM, DPM-Solver++(2M)): numpy + onnxruntime only, no torch.
+"""The onnxruntime samplers of a bundle (every solver of ``zoo.solvers``): numpy + onnxruntime only, no torch.
 
 Three ways to run the same sampler: ``loop`` (the whole-loop graph, one session run per batch),
 ``fused`` (the fused step graph once per timestep) and ``step`` (the denoiser graph, then the solver

@@ -14,7 +14,7 @@ import importlib
 from typing import Any
 
 from zoo import diffusion, images, schedules, solvers
-from zoo.diffusion import ddim_step, ddim_timesteps, dpmpp_2m_step, make_training_sample
+from zoo.diffusion import ddim_step, ddim_timesteps, dpmpp_2m_step, euler_ancestral_step, make_training_sample
 from zoo.images import save_grid, write_ppm
 from zoo.schedules import Schedule, cosine_schedule, linear_schedule, make_schedule
 from zoo.solvers import SOLVERS
@@ -44,6 +44,7 @@ __all__ = [
     "ddim_sample",
     "dpmpp_2m_step",
     "dpmpp_2m_sample",
+    "euler_ancestral_step",
     "sample",
     "SOLVERS",
     "write_ppm",
