@@ -109,7 +109,7 @@ SOLVER_TABLE: dict[str, Solver] = {
                note="deterministic, ~3x fewer steps than DDIM for the same quality"),
         Solver("euler_ancestral", "Euler ancestral", euler_ancestral_step, "EulerAncestralDiscreteScheduler",
                ("euler_ancestral_step", "fused_step_euler_ancestral", "sampler_euler_ancestral"), noise="always",
-               note="fresh noise on every step (DDIM at eta 1, in the Euler form)"),
+               note="fresh noise on every step: DDIM at eta 1 in the Euler form"),
     )
 }
 SOLVERS = tuple(SOLVER_TABLE)  # ("ddim", "dpmpp_2m", "euler_ancestral")
