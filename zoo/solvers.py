@@ -90,11 +90,8 @@ class Solver:
     def update(self, x: Any, eps: Any, state: tuple, a_t: Any, a_prev: Any, a_earlier: tuple = (), *, eta: Any = 0.0,
                noise: Any = None, clip_range: float | None = 1.0, eps_rule: str = DEFAULT_EPS_RULE) -> tuple[Any, tuple]:
         """One step: ``(x_prev, state')``, the state a tuple in ``self.state``'s order (empty for none)."""
-        kw: dict[str, Any] = {"clip_range": clip_range, "eps_rule": eps_rule}
-        if self.noise == "eta":
-            kw.update(eta=eta, noise=noise)
-        elif self.noise == "always":
-            kw.update(noise=noise)
+        given = {"eta": eta, "noise": noise}
+        kw = {"clip_range": clip_range, "eps_rule": eps_rule, **{n: given[n] for n in self.noise_inputs(self.noise != "never")}}
         out = self.step(x, eps, *state, a_t, a_prev, *a_earlier[: self.earlier], **kw)
         return (out[0], tuple(out[1:])) if self.state else (out, ())
 
