@@ -455,13 +455,15 @@ def euler_ancestral_step(
     eps_rule: str = DEFAULT_EPS_RULE,
 ) -> Any:
     """One Euler ancestral update x_t -> x_{t_prev} (Karras et al. 2022's ancestral Euler, as diffusers'
-    ``EulerAncestralDiscreteScheduler``), written on diffzoo's variance-preserving x.
+    ``EulerAncestralDiscreteScheduler``), on diffzoo's variance-preserving x: the DDIM update at eta = 1.
 
     In the variance-exploding variable ``x / sqrt(alpha_bar)`` with ``sigma^2 = (1 - alpha_bar) /
     alpha_bar``, the step goes down to ``sigma_down = sigma_prev^2 / sigma_t`` along the derivative
     ``eps`` and adds ``sigma_up = sqrt(sigma_prev^2 - sigma_down^2)`` of fresh noise:
-    ``x_prev = sqrt(alpha_bar_prev) (x0 + sigma_down eps + sigma_up noise)``. Always stochastic (it
-    is DDIM at eta = 1, term by term); on the last step (``alpha_bar_prev = 1``) it returns x0.
+    ``x_prev = sqrt(alpha_bar_prev) (x0 + sigma_down eps + sigma_up noise)``. Term by term that is
+    ``ddim_step`` at eta = 1 (``sqrt(alpha_bar_prev) sigma_up`` is its sigma, ``sqrt(alpha_bar_prev)
+    sigma_down`` its direction coefficient), so it is computed by it; tests/test_diffusers.py checks
+    it against the scheduler. Always stochastic; on the last step (``alpha_bar_prev = 1``) it returns x0.
 
     Args:
         x_t, eps: the sample and the predicted noise (B, C, H, W), torch or numpy.
@@ -470,14 +472,4 @@ def euler_ancestral_step(
         clip_range, eps_rule: the x0 clamp and the eps the step remixes it with (``ddim_step``);
             diffusers' scheduler is ``clip_range=None`` (or ``eps_rule="model"``, the network's eps).
     """
-    _check_step_options(clip_range, eps_rule)
-    for name, v in (("x_t", x_t), ("eps", eps), ("noise", noise)):
-        _check_float(name, v)
-    _check_alpha("alpha_bar_t", alpha_bar_t, 0.0, 1.0, "()")
-    _check_alpha("alpha_bar_prev", alpha_bar_prev, 0.0, 1.0, "(]")
-    a_t, a_prev = _coef(alpha_bar_t, x_t), _coef(alpha_bar_prev, x_t)
-    x0, eps = predict_x0(x_t, eps, a_t, clip_range, eps_rule)
-    sigma_t, sigma_prev = ((1 - a_t) / a_t) ** 0.5, ((1 - a_prev) / a_prev) ** 0.5
-    sigma_down = sigma_prev**2 / sigma_t
-    sigma_up = (sigma_prev**2 - sigma_down**2).clip(0, None) ** 0.5  # >= 0 exactly; the clip absorbs rounding
-    return a_prev**0.5 * (x0 + sigma_down * eps + sigma_up * noise)
+    return ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev, eta=1.0, noise=noise, clip_range=clip_range, eps_rule=eps_rule)
