@@ -48,7 +48,7 @@ def _check_fused(fused: onnx.ModelProto, row: Solver, stochastic: bool) -> dict[
     g = fused.graph
     got, outs = [i.name for i in g.input], [o.name for o in g.output]
     carried = ["x_t", *(i for i, _ in row.state)]
-    times = ["t", "t_prev", *(f"t_{w}" for w in EARLIER[: row.earlier])]
+    times = list(row.timestep_inputs)
     noise = list(row.noise_inputs(stochastic))
     passed = got[len(carried) + len(times): len(got) - len(noise)]  # the conditioning: the model's, any names
     expected, expected_out = carried + times + passed + noise, ["x_prev", *(o for _, o in row.state)]

@@ -20,14 +20,13 @@ from torch import nn
 from export.format.artifacts import ArtifactSpec
 from zoo.diffusion import DEFAULT_EPS_RULE, guided_eps
 from zoo.schedules import Schedule
-from zoo.solvers import EARLIER, Solver, alpha_bars, get_solver, solve
+from zoo.solvers import Solver, alpha_bars, get_solver, solve
 
 __all__ = ["SolverStep", "FusedSolverStep", "wrapper", "check_signature", "reference"]
 
 
-class SolverStep(nn.Module):
-    """One update of the artifact's solver: its inputs, taken by their names in the artifact table, -> ``x_prev`` (and
-    the solver's state). The same module for every solver: the row (``zoo.solvers``) says what goes where."""
+class _SolverModule(nn.Module):
+    """What both solver modules share: the artifact's solver row, its input names, the x0 clamp and eps rule."""
 
     def __init__(self, spec: ArtifactSpec, clip_range: float | None = 1.0, eps_rule: str = DEFAULT_EPS_RULE) -> None:
         super().__init__()
@@ -35,13 +34,22 @@ class SolverStep(nn.Module):
         self.names = tuple(i.name for i in spec.inputs)
         self.rule = {"clip_range": clip_range, "eps_rule": eps_rule}
 
+    def outputs(self, feed: dict, eps, alphas: tuple):
+        """The update's outputs as the graph returns them: ``x_prev`` alone, or ``(x_prev, *state)``."""
+        out = _update(self.solver, feed, eps, alphas, self.rule)
+        return out if self.solver.state else out[0]
+
+
+class SolverStep(_SolverModule):
+    """One update of the artifact's solver: its inputs, taken by their names in the artifact table, -> ``x_prev`` (and
+    the solver's state). The same module for every solver: the row (``zoo.solvers``) says what goes where."""
+
     def forward(self, *inputs: torch.Tensor):
         feed = dict(zip(self.names, inputs, strict=True))
-        earlier = tuple(feed[f"alpha_bar_{w}"] for w in EARLIER[: self.solver.earlier])
-        return _update(self.solver, feed, feed["eps"], feed["alpha_bar_t"], feed["alpha_bar_prev"], earlier, self.rule)
+        return self.outputs(feed, feed["eps"], tuple(feed[n] for n in self.solver.alpha_inputs))
 
 
-class FusedSolverStep(nn.Module):
+class FusedSolverStep(_SolverModule):
     """The denoiser and its solver's update in one graph, inputs by name as ``SolverStep``'s, timesteps for alpha-bars.
 
     The schedule's alpha-bar table is a constant of the graph, looked up by timestep with the step
@@ -52,28 +60,29 @@ class FusedSolverStep(nn.Module):
 
     def __init__(self, spec: ArtifactSpec, model: nn.Module, alphas_cumprod: np.ndarray, clip_range: float | None = 1.0,
                  eps_rule: str = DEFAULT_EPS_RULE):
-        super().__init__()
+        super().__init__(spec, clip_range, eps_rule)
         self.model = model
         self.register_buffer("alphas_cumprod", _alpha_table(alphas_cumprod))
-        self.solver = get_solver(spec.solver)
-        self.names = tuple(i.name for i in spec.inputs)
-        self.rule = {"clip_range": clip_range, "eps_rule": eps_rule}
 
     def forward(self, *inputs: torch.Tensor):
         feed = dict(zip(self.names, inputs, strict=True))
-        earlier = [feed[f"t_{w}"] for w in EARLIER[: self.solver.earlier]]
-        a_t, a_prev, a_last = alpha_bars(self.alphas_cumprod, feed["t"], feed["t_prev"], *earlier)  # (B,) each
         x, t = feed["x_t"], feed["t"]
         null = getattr(self.model, "null_class", None)
         eps = self.model(x, t) if null is None else guided_eps(self.model, x, t, feed["labels"], null, feed["guidance"])
-        return _update(self.solver, feed, eps, a_t, a_prev, (a_last,)[: self.solver.earlier], self.rule)
+        return self.outputs(feed, eps, _alphas_at(self.solver, self.alphas_cumprod, feed))
 
 
-def _update(solver: Solver, feed: dict, eps, a_t, a_prev, earlier: tuple, rule: dict):
+def _alphas_at(solver: Solver, table: torch.Tensor, feed: dict) -> tuple:
+    """The alpha-bars of the feed's timesteps (``zoo.solvers.alpha_bars``), as many as the solver's step takes."""
+    return alpha_bars(table, *(feed[n] for n in solver.timestep_inputs))[: len(solver.alpha_inputs)]
+
+
+def _update(solver: Solver, feed: dict, eps, alphas: tuple, rule: dict) -> tuple:
+    """``(x_prev, *state)`` of one step: x, the state and the noise taken from the feed by the row's names."""
     state = tuple(feed[i] for i, _ in solver.state)
-    x, state = solver.update(feed["x_t"], eps, state, a_t, a_prev, earlier, eta=feed.get("eta", 0.0),
+    x, state = solver.update(feed["x_t"], eps, state, alphas[0], alphas[1], alphas[2:], eta=feed.get("eta", 0.0),
                              noise=feed.get("noise"), **rule)
-    return (x, *state) if solver.state else x
+    return (x, *state)
 
 
 def _alpha_table(alphas_cumprod: np.ndarray) -> torch.Tensor:
@@ -125,26 +134,17 @@ def reference(spec: ArtifactSpec, model: nn.Module, schedule: Schedule, clip_ran
     rule = {"clip_range": clip_range, "eps_rule": eps_rule}
     table = _alpha_table(schedule.alphas_cumprod).to(dtype)
     guided = getattr(model, "null_class", None) is not None
-    earlier = EARLIER[: solver.earlier]
 
     def eps_of(feed: dict, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if guided:
             return guided_eps(model, x, t, feed["labels"], model.null_class, feed["guidance"])
         return model(x, t)
 
-    def update(feed: dict, eps, a_t, a_prev, a_earlier) -> tuple:
-        state = tuple(feed[i] for i, _ in solver.state)
-        x, state = solver.update(feed["x_t"], eps, state, a_t, a_prev, a_earlier, eta=feed.get("eta", 0.0),
-                                 noise=feed.get("noise"), **rule)
-        return (x, *state)
-
     def step(feed: dict) -> tuple:
-        return update(feed, feed["eps"], feed["alpha_bar_t"], feed["alpha_bar_prev"],
-                      tuple(feed[f"alpha_bar_{w}"] for w in earlier))
+        return _update(solver, feed, feed["eps"], tuple(feed[n] for n in solver.alpha_inputs), rule)
 
     def fused_step(feed: dict) -> tuple:
-        a_t, a_prev, a_last = alpha_bars(table, feed["t"], feed["t_prev"], *(feed[f"t_{w}"] for w in earlier))
-        return update(feed, eps_of(feed, feed["x_t"], feed["t"]), a_t, a_prev, (a_last,)[: solver.earlier])
+        return _update(solver, feed, eps_of(feed, feed["x_t"], feed["t"]), _alphas_at(solver, table, feed), rule)
 
     def sampler(feed: dict) -> tuple:
         x_T, noise = feed["x_T"], feed.get("noise")

@@ -19,10 +19,7 @@ CUDA_REASON = cuda_unavailable_reason()
 needs_cuda = pytest.mark.skipif(CUDA_REASON is not None, reason=f"CUDA provider unavailable: {CUDA_REASON}")
 
 
-RUNS = SOLVER_RUNS
-
-
-@pytest.mark.parametrize("solver,eta", RUNS)
+@pytest.mark.parametrize("solver,eta", SOLVER_RUNS)
 def test_all_modes_match_eager(bundle, solver, eta):
     report = runtime.parity(bundle.path, provider="cpu", num_steps=12, batch=3, seed=1, eta=eta, solver=solver)
     assert [m.mode for m in report.modes] == ["loop", "fused", "step"] and report.solver == solver
@@ -34,7 +31,7 @@ def test_all_modes_match_eager(bundle, solver, eta):
     assert [s.t for s in step.steps] == runtime.load(bundle.path, "cpu").timesteps(12).tolist()
 
 
-@pytest.mark.parametrize("solver,eta", RUNS)
+@pytest.mark.parametrize("solver,eta", SOLVER_RUNS)
 def test_modes_match_each_other(bundle, solver, eta):
     s = runtime.load(bundle.path, provider="cpu")
     out = {mode: s.sample(3, num_steps=8, seed=2, eta=eta, mode=mode, solver=solver) for mode in runtime.MODES}
@@ -198,7 +195,7 @@ def test_unknown_provider(bundle):
 
 
 @needs_cuda
-@pytest.mark.parametrize("solver,eta", RUNS)
+@pytest.mark.parametrize("solver,eta", SOLVER_RUNS)
 def test_cuda_modes_match_eager(bundle, solver, eta):
     report = runtime.parity(bundle.path, provider="cuda", num_steps=20, batch=4, eta=eta, solver=solver)
     assert report.providers[0] == "CUDAExecutionProvider"
@@ -206,7 +203,7 @@ def test_cuda_modes_match_eager(bundle, solver, eta):
 
 
 @needs_cuda
-@pytest.mark.parametrize("solver,eta", RUNS)
+@pytest.mark.parametrize("solver,eta", SOLVER_RUNS)
 def test_cuda_graph_fused_matches_plain_fused(bundle, solver, eta):
     plain = runtime.load(bundle.path, provider="cuda")
     graph = runtime.load(bundle.path, provider="cuda", cuda=runtime.CudaOptions(cuda_graph=True))

@@ -83,6 +83,16 @@ class Solver:
         name = self.artifacts[("step", "fused_step", "sampler").index(kind)]
         return f"{name}_eta" if stochastic and self.noise == "eta" else name
 
+    @property
+    def timestep_inputs(self) -> tuple[str, ...]:
+        """Its fused step's timestep inputs: ``t``, ``t_prev`` and the earlier ones (``t_last``)."""
+        return ("t", "t_prev", *(f"t_{w}" for w in EARLIER[: self.earlier]))
+
+    @property
+    def alpha_inputs(self) -> tuple[str, ...]:
+        """Its step's alpha-bar inputs, one per timestep input: ``alpha_bar_t``, ``alpha_bar_prev``, ``alpha_bar_last``."""
+        return tuple(f"alpha_bar_{'t' if n == 't' else n.removeprefix('t_')}" for n in self.timestep_inputs)
+
     def noise_inputs(self, stochastic: bool) -> tuple[str, ...]:
         """The inputs a step graph of that variant takes for its noise: ("noise", "eta"), ("noise",) or none."""
         return () if not stochastic else ("noise", "eta") if self.noise == "eta" else ("noise",)

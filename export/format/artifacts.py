@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from zoo.solvers import EARLIER, SOLVER_TABLE, Solver
+from zoo.solvers import SOLVER_TABLE, Solver
 
 __all__ = ["IOSpec", "ArtifactSpec", "KINDS", "carried", "Mode", "MODE_KINDS", "FORMATS", "has_int8", "artifact_specs", "ARTIFACT_NAMES",
            "select"]
@@ -69,7 +69,6 @@ def _solver_specs(solver: Solver, img: tuple, cond: tuple[IOSpec, ...]) -> list[
     f32, i64, batch = "float32", "int64", ("batch",)
     state_in = tuple(IOSpec(i, f32, img) for i, _ in solver.state)
     out = (IOSpec("x_prev", f32, img),) + tuple(IOSpec(o, f32, img) for _, o in solver.state)
-    earlier = EARLIER[: solver.earlier]
     state = "; carries " + ", ".join(i for i, _ in solver.state) if solver.state else ""
     specs = []
     for kind in ("step", "fused_step", "sampler"):
@@ -79,11 +78,11 @@ def _solver_specs(solver: Solver, img: tuple, cond: tuple[IOSpec, ...]) -> list[
                 " with a noise input" if stochastic else "")
             if kind == "step":
                 inputs = ((IOSpec("x_t", f32, img), IOSpec("eps", f32, img)) + state_in
-                          + tuple(IOSpec(f"alpha_bar_{w}", f32, batch) for w in ("t", "prev", *earlier)) + noise)
+                          + tuple(IOSpec(n, f32, batch) for n in solver.alpha_inputs) + noise)
                 outputs, formats, what = out, FORMATS, f"one {solver.label} update{how}{state}"
             elif kind == "fused_step":
                 inputs = ((IOSpec("x_t", f32, img),) + state_in
-                          + tuple(IOSpec(f"t_{w}" if w != "t" else "t", i64, batch) for w in ("t", "prev", *earlier))
+                          + tuple(IOSpec(n, i64, batch) for n in solver.timestep_inputs)
                           + cond + noise)
                 outputs, formats, what = out, ("onnx",), f"denoiser + {solver.label} update{how}, alpha-bar table inside"
             else:

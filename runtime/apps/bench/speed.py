@@ -27,7 +27,7 @@ from export.format.artifacts import select
 from export.format.manifest import check_identity, load_manifest, read_verified
 from export.verify import relative_rms
 from runtime.feeds import fused_on_host, step_list
-from zoo.solvers import EARLIER, get_solver, solve
+from zoo.solvers import get_solver, solve
 
 __all__ = ["BenchConfig", "run_bench", "conv_flops", "matmul_gflops", "format_results", "key_ratios"]
 
@@ -135,12 +135,12 @@ def machine() -> dict[str, Any]:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def step_noise(cfg: BenchConfig, x_T: np.ndarray) -> np.ndarray | None:
-    """The per-step noise (S, B, C, H, W) every backend is given for a solver that draws noise (None otherwise): one
-    draw from the bench's seed, so that every backend computes the same images."""
-    if not get_solver(cfg.solver).stochastic(0.0):
+def step_noise(solver: str, steps: int, x_T: np.ndarray, seed: int) -> np.ndarray | None:
+    """The per-step noise (S, B, C, H, W) every backend of a bench is given for a solver that draws noise (None
+    otherwise): one draw from the bench's seed, made before timing, so that every backend computes the same images."""
+    if not get_solver(solver).stochastic(0.0):
         return None
-    return np.random.default_rng([cfg.seed, 1]).standard_normal((cfg.steps, *x_T.shape), dtype=np.float32)
+    return np.random.default_rng([seed, 1]).standard_normal((steps, *x_T.shape), dtype=np.float32)
 
 
 def _backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray):
@@ -152,7 +152,7 @@ def _backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray):
     ts = zoo.ddim_timesteps(schedule.num_train_timesteps, cfg.steps)
     alphas = schedule.alphas_cumprod.astype(np.float32)
     # the solver around a backend's denoiser (torch or numpy), as the eager samplers run it, unchecked like the graphs
-    noise = step_noise(cfg, x_T)
+    noise = step_noise(cfg.solver, cfg.steps, x_T, cfg.seed)
     loop = functools.partial(solve, cfg.solver, timesteps=ts, alphas=alphas, check=False,
                              noise=None if noise is None else noise.__getitem__)
     manifest = load_manifest(bundle)  # hashed once; the backends read their graphs' verified bytes with it
@@ -218,8 +218,7 @@ def _torch_backends(cfg: BenchConfig, bundle: Path, manifest: dict, model, sched
         def ts_update(x, eps, state, a_t, a_prev, a_earlier, eta=0.0, noise=None, **_):  # the traced step, inputs by name
             feed = {"x_t": x, "eps": eps, "noise": None if noise is None else torch.as_tensor(noise), "eta": torch.tensor(float(eta)),
                     **dict(zip((i for i, _ in solver.state), state)),
-                    **{f"alpha_bar_{w}": torch.full((len(x),), float(a))
-                       for w, a in zip(("t", "prev", *EARLIER), (a_t, a_prev, *a_earlier))}}
+                    **{n: torch.full((len(x),), float(a)) for n, a in zip(solver.alpha_inputs, (a_t, a_prev, *a_earlier))}}
             out = step(*(feed[n] for n in step_inputs))
             return (out[0], tuple(out[1:])) if solver.state else (out, ())
 
@@ -326,7 +325,7 @@ def _step_errors(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarra
     solver = get_solver(cfg.solver)
     ts = zoo.ddim_timesteps(schedule.num_train_timesteps, cfg.steps)
     alphas = torch.from_numpy(schedule.alphas_cumprod.astype(np.float32))
-    noise = step_noise(cfg, x_T)
+    noise = step_noise(cfg.solver, cfg.steps, x_T, cfg.seed)
     steps: list[tuple] = []  # (x, state, alpha-bars, the step's keywords (its noise), the fp32 step's x_prev)
 
     def record(x, eps, state, *abars, **kw):

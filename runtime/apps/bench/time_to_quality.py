@@ -27,7 +27,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from zoo.solvers import SOLVERS, get_solver
+from runtime.apps.bench.speed import step_noise
+from zoo.solvers import SOLVERS
 
 __all__ = ["CONFIGS", "STEPS", "run_time_to_quality", "format_time_to_quality"]
 
@@ -56,7 +57,8 @@ def _quality(sampler, data: str, n: int, solver: str, spacing: str, steps: int, 
 
 
 def _backends(bundle: Path, threads: int, names: tuple[str, ...], cond: dict[str, np.ndarray]) -> dict[str, Callable[..., np.ndarray]]:
-    """name -> f(x_T, solver, spacing, steps) sampling one batch with ``cond``; the bundle's own graphs and weights."""
+    """name -> f(x_T, noise, solver, spacing, steps) sampling one batch with ``cond`` (``noise``: the per-step noise of a
+    solver that draws it, else None); the bundle's own graphs and weights."""
     import torch
 
     import runtime
@@ -68,23 +70,17 @@ def _backends(bundle: Path, threads: int, names: tuple[str, ...], cond: dict[str
     cpu = runtime.load(bundle, provider="cpu", threads=threads)
     out: dict[str, Callable[..., np.ndarray]] = {}
 
-    def noise(x_T, solver, steps):  # a solver that draws noise every step: the same draws in every backend (timed too)
-        if not get_solver(solver).stochastic(0.0):
-            return None
-        return np.random.default_rng(1).standard_normal((steps, *x_T.shape), dtype=np.float32)
+    def torch_noise(noise, device="cpu"):
+        return {} if noise is None else {"noise": torch.from_numpy(noise).to(device)}
 
-    def torch_noise(x_T, solver, steps, device="cpu"):
-        z = noise(x_T, solver, steps)
-        return {} if z is None else {"noise": torch.from_numpy(z).to(device)}
-
-    def eager(x_T, solver, spacing, steps):
+    def eager(x_T, noise, solver, spacing, steps):
         return zoo.sample(model, schedule, torch.from_numpy(x_T), num_steps=steps, solver=solver, spacing=spacing,
-                          **cond, **torch_noise(x_T, solver, steps)).numpy()
+                          **cond, **torch_noise(noise)).numpy()
 
     out["eager"] = eager
     for mode in ("step", "fused", "loop"):
-        out[f"ort-{mode}"] = (lambda m: lambda x_T, solver, spacing, steps: cpu.run_batch(
-            x_T, cpu.timesteps(steps, spacing), noise(x_T, solver, steps), 0.0, m, solver=solver, **cond))(mode)
+        out[f"ort-{mode}"] = (lambda m: lambda x_T, noise, solver, spacing, steps: cpu.run_batch(
+            x_T, cpu.timesteps(steps, spacing), noise, 0.0, m, solver=solver, **cond))(mode)
     if torch.cuda.is_available() and runtime.cuda_unavailable_reason() is None and any("cuda" in n for n in names):
         import copy
 
@@ -92,23 +88,23 @@ def _backends(bundle: Path, threads: int, names: tuple[str, ...], cond: dict[str
         gpu = runtime.load(bundle, provider="cuda")
         graph = runtime.load(bundle, provider="cuda", cuda=runtime.CudaOptions(cuda_graph=True))
 
-        def eager_cuda(x_T, solver, spacing, steps):
+        def eager_cuda(x_T, noise, solver, spacing, steps):
             x = zoo.sample(gpu_model, schedule, torch.from_numpy(x_T).cuda(), num_steps=steps, solver=solver, spacing=spacing,
-                           **cond, **torch_noise(x_T, solver, steps, "cuda"))
+                           **cond, **torch_noise(noise, "cuda"))
             return x.cpu().numpy()
 
         out["eager-cuda"] = eager_cuda
         for name, s, mode in (("ort-cuda-fused", gpu, "fused"), ("ort-cuda-fused-graph", graph, "fused"),
                               ("ort-cuda-loop", gpu, "loop")):
-            out[name] = (lambda s, m: lambda x_T, solver, spacing, steps: s.run_batch(
-                x_T, s.timesteps(steps, spacing), noise(x_T, solver, steps), 0.0, m, solver=solver, **cond))(s, mode)
+            out[name] = (lambda s, m: lambda x_T, noise, solver, spacing, steps: s.run_batch(
+                x_T, s.timesteps(steps, spacing), noise, 0.0, m, solver=solver, **cond))(s, mode)
     from runtime.apps.bench.openvino import OpenVINOSampler, openvino_unavailable_reason
 
     if openvino_unavailable_reason() is None:
         ov = OpenVINOSampler(bundle, threads=threads)
         for mode in ("fused", "loop"):
-            out[f"openvino-{mode}"] = (lambda m: lambda x_T, solver, spacing, steps: ov.run_batch(
-                x_T, ov.timesteps(steps, spacing), solver, m, cond=cond, noise=noise(x_T, solver, steps)))(mode)
+            out[f"openvino-{mode}"] = (lambda m: lambda x_T, noise, solver, spacing, steps: ov.run_batch(
+                x_T, ov.timesteps(steps, spacing), solver, m, cond=cond, noise=noise))(mode)
     return {k: v for k, v in out.items() if k in names}
 
 
@@ -175,15 +171,17 @@ def _run(bundle: Path, data: str, n: int, batch: int, threads: int, repeats: int
     runs += [(b, _label(s, "trailing"), COST_STEPS) for b in fns for s in SOLVERS]
     runs = list(dict.fromkeys(runs))
     config = {_label(sv, sp): (sv, sp) for sv, sp in CONFIGS}  # label -> (solver, spacing)
+    # each run's per-step noise (a solver that draws it), drawn here, outside the timed calls
+    noise = {(label, steps): step_noise(config[label][0], steps, x_T, 0) for _, label, steps in runs}
     times: dict[tuple[str, str, int], list[float]] = {r: [] for r in runs}
     for b, label, steps in runs:  # warm-up: session creation and first-run allocation are not counted
-        fns[b](x_T, *config[label], steps)
+        fns[b](x_T, noise[label, steps], *config[label], steps)
     for r in range(repeats):
         progress(f"timing: repeat {r + 1}/{repeats} over {len(runs)} runs")
         for key in runs:
             b, label, steps = key
             t0 = time.perf_counter()
-            fns[b](x_T, *config[label], steps)
+            fns[b](x_T, noise[label, steps], *config[label], steps)
             times[key].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     seconds = {b: {label: (med[(b, label, s)] if s is not None else None) for label, s in reach.items()} for b in fns}
