@@ -11,10 +11,8 @@ configurations so that the machine's noise falls on all of them. Nothing here as
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -32,15 +30,6 @@ CONCURRENCIES = (1, 4, 16, 64)
 # dynamic batching off (--max-batch 1)
 CONFIGS: dict[str, dict[str, Any]] = {"dynamic": {}, "dynamic-2x1": {"instances": 2, "threads": 1}, "off": {"max_batch": 1}}
 DYNAMIC = ("dynamic", "dynamic-2x1")
-
-
-def _stats(server: TritonServer) -> dict[str, Any]:
-    """Triton's statistics of the served model: its request and execution counts, and executions per batch size."""
-    name = server.options.model_name
-    with urllib.request.urlopen(f"{server.url}/v2/models/{name}/stats", timeout=10) as r:
-        s = json.load(r)["model_stats"][0]
-    return {"inferences": int(s["inference_count"]), "executions": int(s["execution_count"]),
-            "batches": {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in s.get("batch_stats", [])}}
 
 
 def _load(url: str, concurrency: int, total: int, rows: dict[str, Any], start: int) -> tuple[list[float], float]:
@@ -95,12 +84,14 @@ def run_serve_bench(bundle: str | Path, steps: int = 20, solver: str = "ddim", r
             options = replace(base, **config, http_port=http, grpc_port=grpc, metrics_port=metrics)
             with TritonServer(bundle, options) as server:
                 _load(server.url, 2, 4, rows, start=10**6)  # warm: connections, the first batch shapes
+                served = 4
                 for c in concurrencies:
                     total = max(requests, 4 * c)
                     progress(f"round {r + 1}/{rounds}: batching {name}, concurrency {c}, {total} requests")
-                    before = _stats(server)
+                    before = server.stats(served)
                     latencies, wall = _load(server.url, c, total, rows, start=0)
-                    after = _stats(server)
+                    served += total
+                    after = server.stats(served)
                     p = points.setdefault((name, c), {"images_per_s": [], "latencies": [], "batches": {}})
                     p["images_per_s"].append(total / wall)
                     p["latencies"] += latencies

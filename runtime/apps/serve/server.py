@@ -357,6 +357,25 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
+    def stats(self, images: int = 0, timeout_s: float = 10.0) -> dict[str, Any]:
+        """The served model's statistics: ``inferences`` (images), ``executions`` and ``batches`` (batch size ->
+        executions), once the batches account for at least ``images`` images.
+
+        Triton counts an execution after it has sent the responses, so a client can hold its last response before
+        the batch that made it is counted: a caller that knows how many images were served waits for them.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with urllib.request.urlopen(f"{self.url}/v2/models/{self.options.model_name}/stats", timeout=10) as r:
+                s = json.load(r)["model_stats"][0]
+            batches = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in s.get("batch_stats", [])}
+            counted = sum(b * n for b, n in batches.items())
+            if counted >= images:
+                return {"inferences": int(s["inference_count"]), "executions": int(s["execution_count"]), "batches": batches}
+            if time.monotonic() > deadline:
+                raise ServeError(f"Triton's statistics count {counted} of the {images} images served after {timeout_s:g} s")
+            time.sleep(0.01)
+
     def _log_error(self) -> str:
         """The server's first error line (its own log file), or where its lines went."""
         if self._own_log is None:
