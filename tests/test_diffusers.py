@@ -204,15 +204,17 @@ def test_each_eps_rule_is_the_ddim_scheduler_step_diffusers_computes(eta):
     assert float((theirs - theirs_model).abs().max()) > 0.1  # the clip engaged: the two rules differ here
 
 
-def test_dpm_solver_matches_diffusers_multistep_scheduler(folder):
-    """diffzoo's DPM-Solver++(2M) on diffusers' timestep grid computes DPMSolverMultistepScheduler's images
-    (which clip nothing: clip_range None, as a DPM-Solver scheduler config maps to)."""
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "unipc"])
+def test_the_multistep_solvers_match_diffusers_schedulers(folder, solver):
+    """diffzoo's DPM-Solver++(2M) and UniPC on diffusers' timestep grid compute DPMSolverMultistepScheduler's and
+    UniPCMultistepScheduler's images (its defaults: bh2, order 2, corrector on; they clip nothing: clip_range None,
+    as a DPM-Solver scheduler config maps to)."""
     import copy
 
     from zoo.solvers import solve
 
     p = load_pretrained(folder)
-    s = DPMSolverMultistepScheduler.from_config(DDIMScheduler.load_config(folder))
+    s = getattr(diffusers, zoo.solvers.get_solver(solver).diffusers).from_config(DDIMScheduler.load_config(folder))
     s.set_timesteps(8)
     x_T = torch.randn((2, 3, 8, 8), generator=torch.Generator().manual_seed(1))
     x = x_T.clone()
@@ -220,7 +222,7 @@ def test_dpm_solver_matches_diffusers_multistep_scheduler(folder):
         for t in s.timesteps:
             x = s.step(p.model.unet(x, t).sample, t, x).prev_sample
         ts = s.timesteps.numpy().astype(np.int64)
-        ours, ours64 = (solve("dpmpp_2m", lambda x, t, m=m: m(x, torch.full((len(x),), t)), x_T.to(dtype), ts,
+        ours, ours64 = (solve(solver, lambda x, t, m=m: m(x, torch.full((len(x),), t)), x_T.to(dtype), ts,
                               torch.tensor(p.schedule.alphas_cumprod).to(dtype), clip_range=None)
                         for m, dtype in ((p.model, torch.float32), (copy.deepcopy(p.model).double(), torch.float64)))
     bound = 10 * float((ours.double() - ours64).abs().max())  # the eager sampler's own float32 error, as for export

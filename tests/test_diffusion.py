@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.diffusion import EPS_RULES, ddim_step, ddim_timesteps, dpmpp_2m_step, make_training_sample
+from zoo.diffusion import EPS_RULES, ddim_step, ddim_timesteps, dpmpp_2m_step, make_training_sample, unipc_step
 from zoo.samplers import ddim_sample
 
 # --- schedules ------------------------------------------------------------------------------
@@ -325,6 +325,80 @@ def test_dpmpp_numpy_and_torch_agree_in_float32():
     np.testing.assert_allclose(x0_np, x0_t.numpy(), rtol=0, atol=1e-6)
 
 
+def _paper_unipc(x_t, eps, x_last, x0_last, x0_last2, a_t, a_prev, a_last, a_last2):
+    """UniPC written from Zhao et al. 2023 (Algorithms 2 and 3, data prediction, B(h) = e^h - 1) with a linear solve,
+    in float64: UniC of the given order, then UniP-2, at scalar alpha-bars with every neighbour present or named 0."""
+    lam = lambda a: 0.5 * np.log(a / (1 - a))  # noqa: E731
+    alpha, sigma = (lambda a: a**0.5), (lambda a: (1 - a) ** 0.5)
+    x0 = (x_t - sigma(a_t) * eps) / alpha(a_t)
+
+    def update(x, a_from, a_to, m0, pairs, rho):  # sum_k rho_k D_k over the (m_k - m0) / r_k of ``pairs``
+        h = lam(a_to) - lam(a_from)
+        res = sum(r * d for r, d in zip(rho, pairs))
+        return sigma(a_to) / sigma(a_from) * x - alpha(a_to) * np.expm1(-h) * (m0 + res)
+
+    def coefficients(h, rks):  # R rho = b (the paper's eq. for B(h) = e^h - 1)
+        hh, phi, fact, b = -h, np.expm1(-h) / -h - 1, 1, []
+        for i in range(1, len(rks) + 1):
+            b.append(phi * fact / np.expm1(hh))
+            fact *= i + 1
+            phi = phi / hh - 1 / fact
+        return np.linalg.solve(np.array([[r ** (i - 1) for r in rks] for i in range(1, len(rks) + 1)]), np.array(b))
+
+    x_c = x_t
+    if a_last > 0:  # UniC of the order the last predictor had
+        h = lam(a_t) - lam(a_last)
+        if a_last2 > 0:
+            r1 = (lam(a_last2) - lam(a_last)) / h
+            rho = coefficients(h, [r1, 1.0])
+            x_c = update(x_last, a_last, a_t, x0_last, [(x0_last2 - x0_last) / r1, x0 - x0_last], rho)
+        else:
+            x_c = update(x_last, a_last, a_t, x0_last, [x0 - x0_last], [0.5])
+    if a_last > 0 and a_prev < 1:  # UniP-2
+        h = lam(a_prev) - lam(a_t)
+        r1 = (lam(a_last) - lam(a_t)) / h
+        x_prev = update(x_c, a_t, a_prev, x0, [(x0_last - x0) / r1], [0.5])
+    else:
+        x_prev = x0 if a_prev == 1 else update(x_c, a_t, a_prev, x0, [], [])
+    return x_prev, x_c, x0
+
+
+@pytest.mark.parametrize("a_prev,a_last,a_last2", [(0.6, 0.1, 0.05), (0.6, 0.1, 0.0), (0.6, 0.0, 0.0), (1.0, 0.1, 0.05),
+                                                   (1.0, 0.0, 0.0)])
+def test_unipc_step_matches_the_paper_at_every_order(a_prev, a_last, a_last2):
+    """Each path: corrector of order 2, 1 or none (the first step), predictor of order 2 or the clean x0 (the last)."""
+    rng = np.random.default_rng(0)
+    x_t, eps, x_last, x0_last, x0_last2 = (rng.standard_normal((2, 1, 3, 3)) for _ in range(5))
+    want, want_c, want_x0 = _paper_unipc(x_t, eps, x_last, x0_last, x0_last2, 0.3, a_prev, a_last, a_last2)
+    got = unipc_step(x_t, eps, x_last, x0_last, x0_last2, 0.3, a_prev, a_last, a_last2, clip_range=None)
+    for g, w in zip(got, (want, want_c, want_x0, x0_last), strict=True):  # the state shifts: x0_last becomes x0_last2
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    got_t = unipc_step(*(torch.from_numpy(v) for v in (x_t, eps, x_last, x0_last, x0_last2)), 0.3, a_prev, a_last,
+                       a_last2, clip_range=None)
+    np.testing.assert_allclose(got_t[0].numpy(), want, rtol=1e-12, atol=1e-12)
+
+
+def test_unipc_per_sample_orders_and_float32_at_tiny_steps():
+    """A batch mixing a first, a second, a middle and a last step equals each alone; the coefficients keep float32's
+    precision where the step in log-SNR is tiny (1000 steps), where their closed form cancels to noise."""
+    rng = np.random.default_rng(2)
+    x_t, eps, x_last, x0_last, x0_last2 = (rng.standard_normal((4, 1, 3, 3)).astype(np.float32) for _ in range(5))
+    a = [np.array(v, np.float32) for v in ([0.3, 0.3, 0.3, 0.9], [0.6, 0.6, 0.6, 1.0], [0.0, 0.1, 0.1, 0.5],
+                                           [0.0, 0.0, 0.05, 0.2])]
+    both = unipc_step(x_t, eps, x_last, x0_last, x0_last2, *a)
+    for i in range(4):
+        alone = unipc_step(x_t[i:i + 1], eps[i:i + 1], x_last[i:i + 1], x0_last[i:i + 1], x0_last2[i:i + 1],
+                           *(float(v[i]) for v in a))
+        for g, w in zip(both, alone, strict=True):
+            np.testing.assert_allclose(g[i:i + 1], w, rtol=0, atol=1e-6)
+    ab = zoo.linear_schedule(1000).alphas_cumprod
+    tiny = [ab[500], ab[499], ab[501], ab[502]]  # adjacent timesteps: h ~ 1e-2 in log-SNR
+    args = (x_t, eps, x_last, x0_last, x0_last2)
+    want = unipc_step(*(v.astype(np.float64) for v in args), *tiny, clip_range=None)[1]
+    got = unipc_step(*args, *(np.float32(v) for v in tiny), clip_range=None)[1]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max(), np.abs(got - want).max()
+
+
 class _GaussianEps(torch.nn.Module):
     """The exact epsilon of data ~ N(0, s^2 I): eps(x, t) = sqrt(1 - a) x / (a s^2 + 1 - a).
 
@@ -342,19 +416,20 @@ class _GaussianEps(torch.nn.Module):
         return (1 - a) ** 0.5 * x / (a * self.s**2 + 1 - a)
 
 
-def test_dpmpp_is_second_order_and_beats_ddim():
+def test_the_multistep_solvers_are_second_order_and_beat_ddim():
     sched, s = zoo.linear_schedule(1000), 0.5
     model = _GaussianEps(sched, s)
     x_T = torch.randn(4, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     exact = x_T * s / (sched.alphas_cumprod[-1] * s**2 + 1 - sched.alphas_cumprod[-1]) ** 0.5
     err = {}
-    for solver in ("ddim", "dpmpp_2m"):
+    for solver in ("ddim", "dpmpp_2m", "unipc"):
         for n in (10, 20):
             out = zoo.sample(model, sched, x_T, num_steps=n, solver=solver, spacing="trailing", clip_range=None)
             err[solver, n] = float((out - exact).abs().max())
     assert err["dpmpp_2m", 10] < err["ddim", 10] and err["dpmpp_2m", 20] < err["ddim", 20] / 2.5, err
     assert err["dpmpp_2m", 10] / err["dpmpp_2m", 20] > 3, err  # ~4 for second order; DDIM halves
     assert err["ddim", 10] / err["ddim", 20] < 2.5, err
+    assert err["unipc", 10] / err["unipc", 20] > 3 and err["unipc", 20] < err["ddim", 20] / 2.5, err  # UniPC too
 
 
 def test_dpmpp_sample_contract(small_model):
@@ -376,6 +451,9 @@ def test_dpmpp_sample_contract(small_model):
 def test_step_pairs():
     t_prev, t_last = zoo.diffusion.step_pairs(np.array([900, 600, 300, 0]))
     assert t_prev.tolist() == [600, 300, 0, -1] and t_last.tolist() == [-1, 900, 600, 300]
+    t_prev, t_last, t_last2 = zoo.diffusion.step_pairs(np.array([900, 600, 300, 0]), earlier=2)
+    assert t_last.tolist() == [-1, 900, 600, 300] and t_last2.tolist() == [-1, -1, 900, 600]
+    assert [a.tolist() for a in zoo.diffusion.step_pairs(np.array([5]), earlier=2)] == [[-1], [-1], [-1]]
 
 
 @pytest.mark.parametrize("a_t,a_prev,match", [

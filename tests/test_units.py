@@ -113,7 +113,8 @@ def test_alpha_bars_is_the_one_step_rule_for_ints_arrays_and_tensors():
     table = np.linspace(0.99, 0.01, 10).astype(np.float32)
     assert alpha_bars(table, 5, 2, 8) == (table[5], table[2], table[8])
     assert alpha_bars(table, 0, NO_STEP, NO_STEP) == (table[0], 1.0, 0.0)  # after the last step: 1; before the first: 0
-    assert alpha_bars(table, 3, 1)[2] is None  # a solver without state asks for no t_last
+    assert alpha_bars(table, 3, 1) == (table[3], table[1])  # a solver that reads no earlier timestep gets none
+    assert alpha_bars(table, 3, 1, 6, NO_STEP) == (table[3], table[1], table[6], 0.0)  # UniPC's t_last, t_last2
     t, tp, tl = np.array([5, 0, 9]), np.array([2, NO_STEP, 4]), np.array([NO_STEP, 3, 9])
     want = (table[t], np.array([table[2], 1.0, table[4]], np.float32), np.array([0.0, table[3], table[9]], np.float32))
     for got in (alpha_bars(table, t, tp, tl),
@@ -161,7 +162,7 @@ def test_check_eta_refuses_eta_for_a_deterministic_solver():
         check_eta("dpmpp_2m", 0.3)
     with pytest.raises(ValueError, match=r"eta=1.0 is invalid with solver 'euler_ancestral', which sets its own noise"):
         check_eta("euler_ancestral", 1.0)
-    with pytest.raises(ValueError, match=r"unknown solver 'euler': expected one of \['ddim', 'dpmpp_2m', 'euler_ancestral'\]"):
+    with pytest.raises(ValueError, match=r"unknown solver 'euler': expected one of \['ddim', 'dpmpp_2m', 'euler_ancestral', 'unipc'\]"):
         check_eta("euler", 0.0)
 
 

@@ -14,7 +14,7 @@ import importlib
 from typing import Any
 
 from zoo import diffusion, images, schedules, solvers
-from zoo.diffusion import ddim_step, ddim_timesteps, dpmpp_2m_step, euler_ancestral_step, make_training_sample
+from zoo.diffusion import ddim_step, ddim_timesteps, dpmpp_2m_step, euler_ancestral_step, make_training_sample, unipc_step
 from zoo.images import save_grid, write_ppm
 from zoo.schedules import Schedule, cosine_schedule, linear_schedule, make_schedule
 from zoo.solvers import SOLVERS
@@ -45,6 +45,7 @@ __all__ = [
     "dpmpp_2m_step",
     "dpmpp_2m_sample",
     "euler_ancestral_step",
+    "unipc_step",
     "sample",
     "SOLVERS",
     "write_ppm",

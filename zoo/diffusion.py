@@ -1,8 +1,9 @@
-"""DDPM/DDIM/DPM-Solver++/Euler ancestral math as pure functions: the forward process, the timesteps, one solver step.
+"""DDPM/DDIM/DPM-Solver++/Euler ancestral/UniPC math as pure functions: the forward process, the timesteps, one solver step.
 
 Forward process from Ho et al. 2020 (DDPM, eq. 4); reverse update from Song et al. 2021
 (DDIM, eq. 12 and 16); the multistep solver DPM-Solver++(2M) from Lu et al. 2022 (Algorithm 2,
-data-prediction form, as diffusers' ``DPMSolverMultistepScheduler`` with ``solver_order=2``).
+data-prediction form, as diffusers' ``DPMSolverMultistepScheduler`` with ``solver_order=2``);
+its predictor-corrector UniPC from Zhao et al. 2023 (bh2, order 2, as ``UniPCMultistepScheduler``).
 No hidden state and no hidden randomness: every noise tensor and the solver's previous x0
 prediction are arguments, so a sampling run is reproducible and exportable to a graph.
 
@@ -17,12 +18,14 @@ Notation (one table for the whole module):
     sigma             sigma_t(eta), DDIM eq. 16
     noise             z ~ N(0, I), always supplied by the caller
     w                 the guidance scale of classifier-free guidance (``guide``)
-    x0_last           DPM-Solver++(2M): the x0 predicted at the previous step's timestep
+    x0_last           DPM-Solver++(2M), UniPC: the x0 predicted at the previous step's timestep
     alpha_bar_last    alpha-bar at that timestep (0 on the first step: there is none)
+    x0_last2          UniPC: the x0 of the step before that; alpha_bar_last2 its alpha-bar
+    x_last            UniPC: the corrected sample the previous step's predictor started from
     lambda            log(alpha_t / sigma_t) = 0.5 log(alpha_bar / (1 - alpha_bar)), the log-SNR
 
-``ddim_step``, ``dpmpp_2m_step``, ``euler_ancestral_step`` and ``make_training_sample`` are written once with arithmetic
-operators, ``.clip`` and the functions numpy and torch share by name (``log``, ``where``), so the
+``ddim_step``, ``dpmpp_2m_step``, ``euler_ancestral_step``, ``unipc_step`` and ``make_training_sample`` are written once
+with arithmetic operators, ``.clip`` and the functions numpy and torch share by name (``log``, ``expm1``, ``where``), so the
 same definition serves torch tensors (eager, traced for export) and numpy arrays (the torch-free
 runtime). The solver table and the eager reference samplers built on these steps are in
 ``zoo.solvers``. This module imports no torch.
@@ -31,6 +34,7 @@ runtime). The solver table and the eager reference samplers built on these steps
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import sys
 from typing import Any, Literal, Sequence, get_args
@@ -65,6 +69,7 @@ __all__ = [
     "ddim_step",
     "dpmpp_2m_step",
     "euler_ancestral_step",
+    "unipc_step",
     "predict_x0",
     "EPS_RULES",
     "EpsRule",
@@ -172,15 +177,17 @@ def check_grid(timesteps: Any, num_train_timesteps: int) -> np.ndarray:
 NO_STEP = -1
 
 
-def step_pairs(timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(t_prev, t_last)`` for each step of a descending timestep list, as int64 arrays.
+def step_pairs(timesteps: np.ndarray, earlier: int = 1) -> tuple[np.ndarray, ...]:
+    """``(t_prev, t_last, t_last2, ...)`` for each step of a descending timestep list, as int64 arrays.
 
     ``t_prev[i]`` is the timestep step i goes to (-1 after the last: alpha-bar 1, the clean image);
-    ``t_last[i]`` the one step i-1 started from (-1 on the first step: no earlier prediction).
+    ``t_last[i]`` the one step i-1 started from, ``t_last2[i]`` step i-2's, and so on for ``earlier``
+    lists (-1 where there is no such step: no earlier prediction).
     """
     ts = np.asarray(timesteps, dtype=np.int64)
     none = np.array([NO_STEP], dtype=np.int64)
-    return np.concatenate([ts[1:], none]), np.concatenate([none, ts[:-1]])
+    return (np.concatenate([ts[1:], none]),
+            *(np.concatenate([np.repeat(none, k), ts])[: len(ts)] for k in range(1, earlier + 1)))
 
 
 def _is_torch(x: Any) -> bool:
@@ -427,22 +434,53 @@ def dpmpp_2m_step(
     _check_alpha("alpha_bar_t", alpha_bar_t, 0.0, 1.0, "()")
     _check_alpha("alpha_bar_prev", alpha_bar_prev, 0.0, 1.0, "(]")
     _check_alpha("alpha_bar_last", alpha_bar_last, 0.0, 1.0, "[)")
-    xp = _xp(x_t)
     a_t, a_prev, a_last = _coef(alpha_bar_t, x_t), _coef(alpha_bar_prev, x_t), _coef(alpha_bar_last, x_t)
     x0, _ = predict_x0(x_t, eps, a_t, clip_range, eps_rule)
+    return _multistep_update(x_t, x0, x0_last, a_t, a_prev, a_last), x0
+
+
+def _log_snr(a: Any) -> Any:
+    """lambda = log(alpha / sigma) = 0.5 log(alpha_bar / (1 - alpha_bar))."""
+    xp = _xp(a)
+    return 0.5 * (xp.log(a) - xp.log(1 - a))
+
+
+def _multistep_update(x: Any, x0: Any, x0_last: Any, a_t: Any, a_prev: Any, a_last: Any) -> Any:
+    """The second-order multistep update from ``x`` at ``a_t`` to ``a_prev`` of the x0 predictions at ``a_t`` and
+    ``a_last``: DPM-Solver++(2M)'s step, and UniPC's predictor (UniP-2 with B(h) = e^h - 1 is the same update).
+
+    ``x_prev = (sigma_prev / sigma_t) x - alpha_prev (e^-h - 1) D``, ``D = x0 + (h / h_last) (x0 - x0_last) / 2``;
+    first order where there is no earlier prediction (``a_last = 0``) or no noise left (``a_prev = 1``).
+    """
+    xp = _xp(x)
     ratio = (1 - a_prev) ** 0.5 / (1 - a_t) ** 0.5  # sigma_prev / sigma_t
     # Second order only where both neighbours exist; elsewhere the logs are taken of stand-ins
     # (a_t itself) so that no inf or NaN is ever formed, then the correction is zeroed.
     second = (a_last > 0) & (a_prev < 1)
-    a_p = xp.where(second, a_prev, a_t * 0.5)
-    a_l = xp.where(second, a_last, a_t * 0.5)
-    lam_t = 0.5 * (xp.log(a_t) - xp.log(1 - a_t))
-    h = 0.5 * (xp.log(a_p) - xp.log(1 - a_p)) - lam_t
-    h_last = lam_t - 0.5 * (xp.log(a_l) - xp.log(1 - a_l))
+    lam_t = _log_snr(a_t)
+    h = _log_snr(xp.where(second, a_prev, a_t * 0.5)) - lam_t
+    h_last = lam_t - _log_snr(xp.where(second, a_last, a_t * 0.5))
     r = xp.where(second, h / h_last, 0 * h)
     d = x0 + 0.5 * r * (x0 - x0_last)
-    x_prev = ratio * x_t + (a_prev**0.5 - ratio * a_t**0.5) * d  # -alpha_prev (e^-h - 1) = alpha_prev - ratio alpha_t
-    return x_prev, x0
+    return ratio * x + (a_prev**0.5 - ratio * a_t**0.5) * d  # -alpha_prev (e^-h - 1) = alpha_prev - ratio alpha_t
+
+
+def _phi(z: Any, k: int) -> Any:
+    """phi_k(z) = (e^z - sum_{j<k} z^j / j!) / z^k, k = 2 or 3 (UniPC's B(h) coefficients), accurate for every z.
+
+    The closed form cancels catastrophically for small |z| (many steps: in float32 it is noise
+    below |z| ~ 0.05), so there it is the power series sum_j z^j / (j + k)! (12 terms: below 1e-12
+    for |z| < 1).
+    """
+    xp = _xp(z)
+    small = xp.abs(z) < 1
+    zc = xp.where(small, z * 0 + 1, z)  # a stand-in where the series is taken: no division by ~0
+    closed = (xp.expm1(zc) - zc) / zc**2 if k == 2 else (xp.expm1(zc) - zc - zc**2 / 2) / zc**3
+    series, term = z * 0, z * 0 + 1 / math.factorial(k)
+    for j in range(12):
+        series = series + term
+        term = term * z / (j + k + 1)
+    return xp.where(small, series, closed)
 
 
 def euler_ancestral_step(
@@ -473,3 +511,71 @@ def euler_ancestral_step(
             diffusers' scheduler is ``clip_range=None`` (or ``eps_rule="model"``, the network's eps).
     """
     return ddim_step(x_t, eps, alpha_bar_t, alpha_bar_prev, eta=1.0, noise=noise, clip_range=clip_range, eps_rule=eps_rule)
+
+
+def unipc_step(
+    x_t: Any,
+    eps: Any,
+    x_last: Any,
+    x0_last: Any,
+    x0_last2: Any,
+    alpha_bar_t: Any,
+    alpha_bar_prev: Any,
+    alpha_bar_last: Any,
+    alpha_bar_last2: Any,
+    clip_range: float | None = 1.0,
+    eps_rule: str = DEFAULT_EPS_RULE,
+) -> tuple[Any, Any, Any, Any]:
+    """One UniPC step (Zhao et al. 2023; diffusers' ``UniPCMultistepScheduler`` defaults: bh2, order 2, data
+    prediction, lower order on the first and last steps): correct x_t, then predict x_{t_prev}.
+
+    The network was evaluated at the predictor's ``x_t``; its x0 first corrects x_t (UniC: the
+    update from the step before, ``x_last`` at ``alpha_bar_last``, redone with this x0 as well;
+    second order where two earlier predictions exist), then the predictor (UniP-2 with
+    B(h) = e^h - 1, which is DPM-Solver++(2M)'s update) goes from the corrected x_t to
+    ``alpha_bar_prev`` without another network call. In lambda (``_log_snr``), with
+    ``h = lambda_t - lambda_last``, ``r = (lambda_last2 - lambda_last) / h`` and ``phi_k``:
+    ``x_c = (sigma_t / sigma_last) x_last - alpha_t (e^-h - 1) (x0_last + rho_1 (x0_last2 - x0_last) / r
+    + rho_2 (x0 - x0_last))``, ``rho`` solving ``[[1, 1], [r, 1]] rho = [b_1, b_2]``,
+    ``b_k = k! (-h) phi_{k+1}(-h) / (e^-h - 1)``; first order ``rho = (0, 1/2)``.
+
+    Args:
+        x_t, eps: the predicted sample and the network's eps there (B, C, H, W), torch or numpy.
+        x_last: the corrected sample of the step before (the one its predictor started from).
+        x0_last, x0_last2: the x0 predicted at the previous two steps' timesteps (any values where none).
+        alpha_bar_t, alpha_bar_prev, alpha_bar_last, alpha_bar_last2: scalars or per-sample (B,);
+            ``alpha_bar_prev = 1`` on the last step, ``alpha_bar_last = 0`` on the first and
+            ``alpha_bar_last2 = 0`` on the first two.
+        clip_range, eps_rule: as ``dpmpp_2m_step`` (written in x0 alone: the "clipped" rule).
+
+    Returns:
+        ``(x_prev, x_corrected, x0, x0_last)``: the next sample, and the next step's ``x_last``,
+        ``x0_last`` and ``x0_last2``.
+    """
+    _check_step_options(clip_range, eps_rule)
+    for name, v in (("x_t", x_t), ("eps", eps), ("x_last", x_last), ("x0_last", x0_last), ("x0_last2", x0_last2)):
+        _check_float(name, v)
+    _check_alpha("alpha_bar_t", alpha_bar_t, 0.0, 1.0, "()")
+    _check_alpha("alpha_bar_prev", alpha_bar_prev, 0.0, 1.0, "(]")
+    _check_alpha("alpha_bar_last", alpha_bar_last, 0.0, 1.0, "[)")
+    _check_alpha("alpha_bar_last2", alpha_bar_last2, 0.0, 1.0, "[)")
+    xp = _xp(x_t)
+    a_t, a_prev = _coef(alpha_bar_t, x_t), _coef(alpha_bar_prev, x_t)
+    a_last, a_last2 = _coef(alpha_bar_last, x_t), _coef(alpha_bar_last2, x_t)
+    x0, _ = predict_x0(x_t, eps, a_t, clip_range, eps_rule)
+
+    # UniC, where there is a step before (a_last > 0); the logs of stand-ins elsewhere, as in _multistep_update
+    corrected, second = a_last > 0, (a_last > 0) & (a_last2 > 0)
+    a_l = xp.where(corrected, a_last, a_t * 0.5)
+    a_l2 = xp.where(second, a_last2, a_l * 0.5)
+    h = _log_snr(a_t) - _log_snr(a_l)
+    r = (_log_snr(a_l2) - _log_snr(a_l)) / h
+    b_h = xp.expm1(-h)
+    b1, b2 = -h * _phi(-h, 2) / b_h, -2 * h * _phi(-h, 3) / b_h
+    rho1 = xp.where(second, (b1 - b2) / (1 - r), 0 * h)
+    rho2 = xp.where(second, b1 - rho1, 0 * h + 0.5)
+    ratio = (1 - a_t) ** 0.5 / (1 - a_l) ** 0.5  # sigma_t / sigma_last
+    d = x0_last + rho1 * (x0_last2 - x0_last) / r + rho2 * (x0 - x0_last)
+    x_c = xp.where(corrected, ratio * x_last + (a_t**0.5 - ratio * a_l**0.5) * d, x_t)
+
+    return _multistep_update(x_c, x0, x0_last, a_t, a_prev, a_last), x_c, x0, x0_last

@@ -1,6 +1,6 @@
 """The eager reference samplers: ``zoo.solvers.solve`` around a torch model, the ground truth of every exported path.
 
-DDIM (Song et al. 2021), DPM-Solver++(2M) (Lu et al. 2022) and Euler ancestral, as declared in ``zoo.solvers``;
+Every solver declared in ``zoo.solvers`` (DDIM, DPM-Solver++(2M), Euler ancestral, UniPC);
 the step math is ``zoo.diffusion``'s. Every noise tensor is an argument or drawn from a generator
 the caller passes, so a run is reproducible.
 """

@@ -1,4 +1,4 @@
-"""The solver table: DDIM, DPM-Solver++(2M) and Euler ancestral declared once, the step rule, and the one host-side solver loop.
+"""The solver table: DDIM, DPM-Solver++(2M), Euler ancestral and UniPC declared once, the step rule, and the one host-side solver loop.
 
 Each ``Solver`` names its step function (``zoo.diffusion``), the state it carries from one step to
 the next, the earlier timesteps it reads, when it draws noise and its graphs' names; ``alpha_bars`` is the one place the step rule is written (the
@@ -25,6 +25,7 @@ from zoo.diffusion import (
     dpmpp_2m_step,
     euler_ancestral_step,
     step_pairs,
+    unipc_step,
 )
 from zoo.validate import check_real
 
@@ -35,8 +36,9 @@ __all__ = ["Solver", "NoiseKind", "EARLIER", "SOLVERS", "solver_help", "SOLVER_T
 # are graph inputs), or always (ancestral samplers: the noise is an input, its amount is the solver's own).
 NoiseKind = Literal["never", "eta", "always"]
 
-# The names of the earlier timesteps a multistep solver reads, in order: ``t_last`` / ``alpha_bar_last`` in its graphs.
-EARLIER = ("last",)
+# The names of the earlier timesteps a multistep solver reads, in order: ``t_last`` / ``alpha_bar_last`` (the step
+# before) and ``t_last2`` / ``alpha_bar_last2`` (the one before that) in its graphs.
+EARLIER = ("last", "last2")
 
 
 @dataclass(frozen=True)
@@ -117,9 +119,12 @@ SOLVER_TABLE: dict[str, Solver] = {
         Solver("euler_ancestral", "Euler ancestral", euler_ancestral_step, "EulerAncestralDiscreteScheduler",
                ("euler_ancestral_step", "fused_step_euler_ancestral", "sampler_euler_ancestral"), noise="always",
                note="fresh noise on every step: DDIM at eta 1 in the Euler form"),
+        Solver("unipc", "UniPC", unipc_step, "UniPCMultistepScheduler", ("unipc_step", "fused_step_unipc", "sampler_unipc"),
+               state=(("x_last", "x_corrected"), ("x0_last", "x0"), ("x0_last2", "x0_last_out")), earlier=2,
+               note="deterministic, predictor-corrector (bh2, order 2): DPM-Solver++'s step, corrected"),
     )
 }
-SOLVERS = tuple(SOLVER_TABLE)  # ("ddim", "dpmpp_2m", "euler_ancestral")
+SOLVERS = tuple(SOLVER_TABLE)  # ("ddim", "dpmpp_2m", "euler_ancestral", "unipc")
 assert all(s.earlier <= len(EARLIER) for s in SOLVER_TABLE.values()), "name the extra earlier timesteps in EARLIER"
 
 
@@ -147,24 +152,23 @@ def check_eta(solver: str, eta: float) -> float:
     return eta
 
 
-def alpha_bars(table: Any, t: Any, t_prev: Any, t_last: Any = None) -> tuple[Any, Any, Any]:
-    """alpha-bar at ``t``, ``t_prev`` and ``t_last`` from a schedule's alpha-bar ``table``: the step rule.
+def alpha_bars(table: Any, t: Any, t_prev: Any, *t_earlier: Any) -> tuple[Any, ...]:
+    """alpha-bar at ``t``, ``t_prev`` and each earlier timestep (``t_last``, ...) from a schedule's alpha-bar ``table``:
+    the step rule.
 
     ``t_prev < 0`` (``zoo.diffusion.NO_STEP``) is the step after the last (alpha-bar 1: the clean
-    image), ``t_last < 0`` the step before the first (alpha-bar 0: no earlier prediction). Timesteps are Python/numpy integers
-    (one step of a host loop) or per-sample (B,) int64 arrays or tensors (inside a traced graph).
-    ``t_last=None`` (a solver without state) gives ``a_last=None``.
+    image), an earlier timestep ``< 0`` a step before the first (alpha-bar 0: no earlier prediction).
+    Timesteps are Python/numpy integers (one step of a host loop) or per-sample (B,) int64 arrays or
+    tensors (inside a traced graph). Returns ``(a_t, a_prev, *a_earlier)``.
     """
     if isinstance(t_prev, numbers.Integral):  # NO_STEP is negative, every real timestep >= 0
-        a_last = None if t_last is None else table[t_last] if t_last >= 0 else 0.0
-        return table[t], table[t_prev] if t_prev >= 0 else 1.0, a_last
+        return table[t], table[t_prev] if t_prev >= 0 else 1.0, *(table[e] if e >= 0 else 0.0 for e in t_earlier)
     xp = _xp(t_prev)
 
     def at(ts: Any) -> Any:
         return table[ts.clamp(min=0)] if _is_torch(ts) else table[np.maximum(ts, 0)]
 
-    a_t, a_prev = table[t], xp.where(t_prev < 0, 1.0, at(t_prev))
-    return a_t, a_prev, None if t_last is None else xp.where(t_last < 0, 0.0, at(t_last))
+    return table[t], xp.where(t_prev < 0, 1.0, at(t_prev)), *(xp.where(e < 0, 0.0, at(e)) for e in t_earlier)
 
 
 def solve(
@@ -196,7 +200,7 @@ def solve(
     """
     solver = get_solver(solver) if isinstance(solver, str) else solver
     update = update or solver.update
-    t_prevs, t_lasts = step_pairs(timesteps)
+    t_prevs, *t_earlier = step_pairs(timesteps, solver.earlier)
     state = tuple(_xp(x_T).zeros_like(x_T) for _ in solver.state)
     steps: Any = range(len(timesteps))
     if progress:
@@ -205,11 +209,12 @@ def solve(
         steps = tqdm(steps, desc=solver.name, unit="step")
     x = x_T
     for i in steps:
-        t, tp, tl = int(timesteps[i]), int(t_prevs[i]), int(t_lasts[i])
+        t = int(timesteps[i])
         eps = denoise(x, t)
-        a_t, a_prev, a_last = alpha_bars(alphas, t, tp, tl)
+        a_t, a_prev, *a_earlier = alpha_bars(alphas, t, int(t_prevs[i]), *(int(e[i]) for e in t_earlier))
         z = noise(i) if solver.stochastic(eta) and noise is not None else None
-        x, state = update(x, eps, state, a_t, a_prev, (a_last,), eta=eta, noise=z, clip_range=clip_range, eps_rule=eps_rule)
+        x, state = update(x, eps, state, a_t, a_prev, tuple(a_earlier), eta=eta, noise=z, clip_range=clip_range,
+                          eps_rule=eps_rule)
         if check:
             check_finite(x, f"{solver.name}_sample step {i} (t={t})")
         if callback is not None:
