@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from export.format.artifacts import ArtifactSpec
-from zoo.solvers import alpha_bars
+from zoo.diffusion import NO_STEP
+from zoo.solvers import EARLIER, alpha_bars
 
 __all__ = ["make_inputs"]
 
@@ -17,30 +18,31 @@ def make_inputs(
 ) -> dict[str, torch.Tensor]:
     """Random but valid inputs for ``spec`` at the given axis sizes (batch, height, width, steps).
 
-    Timesteps are spread over [0, T) with ``t_prev = -1`` (the last step) for the last sample and
-    ``t_last = -1`` (the first step) for the first; the alpha-bar inputs are the schedule's values
-    at those timesteps. With a batch of 3 or more, every solver path is exercised. A whole loop's
+    Each image is a step of its own random descending grid (``_grid_step``): the first image the
+    first step of a grid (no earlier timestep: ``t_last = -1``), the last image the last step of a
+    two-step grid (``t_prev = -1``, no ``t_last2``), the second (in a batch of 3 or more) a middle
+    step with every earlier timestep and a next one, the others anywhere; the alpha-bar inputs are
+    the schedule's values at those timesteps. With a batch of 3 or more, every solver path is
+    exercised (each order of each multistep solver's predictor and corrector). A whole loop's
     ``timesteps`` are a random descending grid, none of the spacings. For a class-conditional model
     (``num_classes``), labels and guidance values are mixed across the batch.
     """
     T = len(alphas_cumprod)
     ab = torch.from_numpy(np.array(alphas_cumprod, dtype=np.float64)).float()
     b = sizes["batch"]
-    t = torch.randint(0, T, (b,), generator=generator)
-    t_prev = t - torch.randint(1, max(2, T // 2), (b,), generator=generator)
-    t_prev[-1] = -1
-    t_prev = t_prev.clamp(min=-1)
-    t_last = t + torch.randint(1, max(2, T // 2), (b,), generator=generator)
-    t_last = torch.where(t_last > T - 1, -1, t_last)  # beyond the schedule: no earlier step, first order
-    t_last[0] = -1
-    a_t, a_prev, a_last = alpha_bars(ab, t, t_prev, t_last)
+    n = 2 + len(EARLIER)  # a grid with a step that has a next one and every earlier one
+    where = [(n, 0) if i == 0 else (2, 1) if i == b - 1 else (n, n - 2) if i == 1 else
+             (int(torch.randint(1, n + 1, (), generator=generator)), int(torch.randint(0, n, (), generator=generator)))
+             for i in range(b)]
+    t, t_prev, *earlier = torch.tensor(list(zip(*(_grid_step(T, length, pos, generator) for length, pos in where))))
+    a_t, a_prev, *a_earlier = alpha_bars(ab, t, t_prev, *earlier)
     values = {
         "t": t,
         "t_prev": t_prev,
         "alpha_bar_t": a_t,
         "alpha_bar_prev": a_prev,
-        "t_last": t_last,
-        "alpha_bar_last": a_last,
+        **{f"t_{w}": e for w, e in zip(EARLIER, earlier, strict=True)},
+        **{f"alpha_bar_{w}": a for w, a in zip(EARLIER, a_earlier, strict=True)},
         "eta": torch.tensor(eta, dtype=torch.float32),
     }
     if num_classes:  # mixed labels (the denoiser also sees the null class) and mixed guidance, 0 to 4
@@ -56,3 +58,12 @@ def make_inputs(
             shape = tuple(sizes[d] if isinstance(d, str) else d for d in io.dims)
             out[io.name] = torch.randn(shape, generator=generator)
     return out
+
+
+def _grid_step(T: int, length: int, pos: int, generator: torch.Generator) -> tuple[int, ...]:
+    """``(t, t_prev, t_last, t_last2)`` of step ``pos`` of a random descending grid of ``length`` timesteps in [0, T)
+    (each cut to what T allows); ``NO_STEP`` where the grid has no such step."""
+    length = min(length, T)
+    grid = torch.randperm(T, generator=generator)[:length].sort(descending=True).values.tolist() + [NO_STEP]
+    pos = min(pos, length - 1)
+    return grid[pos], grid[pos + 1], *(grid[pos - k] if pos >= k else NO_STEP for k in range(1, len(EARLIER) + 1))

@@ -5,7 +5,8 @@ exactly the verified fused-step graph and the number of steps is the length of t
 input, chosen at run time. Noise, when used, is an input (S, B, C, H, W): nothing is drawn inside.
 Works for every solver of the table (``zoo.solvers``) from its row: DDIM's step carries x alone,
 DPM-Solver++(2M)'s carries x and its previous x0 prediction (``x0_last``, zeros before the first
-step) and reads the previous timestep, Euler ancestral's takes noise on every step.
+step) and reads the previous timestep, UniPC's carries three tensors and reads two earlier timesteps,
+Euler ancestral's takes noise on every step.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import onnxruntime as ort
 
 from export.format.artifacts import carried
 from zoo.diffusion import step_pairs
-from zoo.solvers import alpha_bars
+from zoo.solvers import EARLIER, alpha_bars
 
 __all__ = ["step_list", "step_feeds", "fused_on_host", "by_name", "bind"]
 
@@ -33,10 +33,10 @@ def bind(io: ort.IOBinding, device_values: dict[str, ort.OrtValue], host_values:
         io.bind_cpu_input(name, np.ascontiguousarray(a))
 
 
-def step_list(timesteps: np.ndarray) -> list[tuple[int, int, int]]:
-    """(t, t_prev, t_last) of every step, as Python ints (see ``zoo.diffusion.step_pairs``)."""
-    t_prevs, t_lasts = step_pairs(timesteps)
-    return [(int(t), int(tp), int(tl)) for t, tp, tl in zip(timesteps, t_prevs, t_lasts)]
+def step_list(timesteps: np.ndarray) -> list[tuple[int, ...]]:
+    """(t, t_prev, t_last, t_last2) of every step (every earlier timestep of ``EARLIER``), as Python ints
+    (see ``zoo.diffusion.step_pairs``)."""
+    return [tuple(int(v) for v in step) for step in zip(timesteps, *step_pairs(timesteps, len(EARLIER)))]
 
 
 def step_feeds(i: int, steps: list[tuple[int, int, int]], b: int, names: list[str], alphas: np.ndarray,
@@ -45,15 +45,11 @@ def step_feeds(i: int, steps: list[tuple[int, int, int]], b: int, names: list[st
 
     ``cond``: a class-conditional bundle's ``labels`` and ``guidance`` (B,), the same on every step.
     """
-    t, tp, tl = steps[i]
-    a_t, a_prev, a_last = alpha_bars(alphas, t, tp, tl)
+    names_t = ("t", "t_prev", *(f"t_{w}" for w in EARLIER))
+    names_a = ("alpha_bar_t", "alpha_bar_prev", *(f"alpha_bar_{w}" for w in EARLIER))
     values = {
-        "t": lambda: np.full(b, t, np.int64),
-        "t_prev": lambda: np.full(b, tp, np.int64),
-        "t_last": lambda: np.full(b, tl, np.int64),
-        "alpha_bar_t": lambda: np.full(b, a_t, np.float32),
-        "alpha_bar_prev": lambda: np.full(b, a_prev, np.float32),
-        "alpha_bar_last": lambda: np.full(b, a_last, np.float32),
+        **{n: (lambda v=v: np.full(b, v, np.int64)) for n, v in zip(names_t, steps[i], strict=True)},
+        **{n: (lambda v=v: np.full(b, v, np.float32)) for n, v in zip(names_a, alpha_bars(alphas, *steps[i]), strict=True)},
         "noise": lambda: noise[i],
         "eta": lambda: np.array(eta, np.float32),
         **{k: (lambda v=v: v) for k, v in (cond or {}).items()},

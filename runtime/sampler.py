@@ -278,9 +278,9 @@ class Sampler:
         manifest's class names; none: the null class) and ``guidance`` (one w in 0..``MAX_GUIDANCE`` or one per
         image, default 1) steer each image (``runtime.requests.check_classes``).
 
-        ``solver`` is one of ``zoo.solvers.SOLVERS``: "ddim" (any eta), "dpmpp_2m" (DPM-Solver++(2M),
-        deterministic: eta = 0; about 3x fewer steps for the same quality, docs/BENCHMARKS.md) or
-        "euler_ancestral" (noise on every step, eta = 0: its amount is the solver's own).
+        ``solver`` is one of ``zoo.solvers.SOLVERS`` (``zoo.solvers.solver_help()`` says what each is):
+        "ddim" takes any eta; the others refuse eta > 0, being deterministic ("dpmpp_2m", "unipc") or
+        setting their own noise ("euler_ancestral").
 
         Returns:
             float32 array (n, C, H, W) in [-1, 1]. Image k depends only on (seed, k, solver,

@@ -361,7 +361,7 @@ def _step_errors(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarra
     with torch.inference_mode():
         for kind, step in reduced.items():
             rel, worst = 0.0, 0.0
-            for (t, tp, _), (x, state, abars, kw, want) in zip(step_list(ts), steps, strict=True):
+            for (t, tp, *_), (x, state, abars, kw, want) in zip(step_list(ts), steps, strict=True):
                 got, want = step(x, state, t, tp, abars, kw).numpy(), want.numpy()
                 rel = max(rel, relative_rms(got, want))
                 worst = max(worst, float(np.abs(got.astype(np.float64) - want).max()))

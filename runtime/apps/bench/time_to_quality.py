@@ -3,8 +3,8 @@
 What users wait for is an image of a given quality, not a step. So, for a trained bundle and the
 quality metric of ``zoo.training.metrics`` (Frechet distance of a data-specific classifier's features):
 
-1. quality at 5, 10, 15, 20 and 50 steps for every solver of the table (DDIM, DPM-Solver++(2M), Euler
-   ancestral), leading and trailing spacing, all from the same x_T (image k depends only on (seed, k));
+1. quality at 5, 10, 15, 20 and 50 steps for every solver of the table (``zoo.solvers``), leading and
+   trailing spacing, all from the same x_T (image k depends only on (seed, k));
 2. the stated quality: the Frechet distance DDIM (leading) reaches at 50 steps, plus the metric's
    run-to-run spread (the same configuration sampled from other seeds), so a configuration
    "reaches" it when it is within that spread;
