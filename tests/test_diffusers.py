@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -33,7 +34,7 @@ import zoo  # noqa: E402
 from runtime.apps.cli import main  # noqa: E402
 from export.bundle import VERIFY_STEPS  # noqa: E402
 from zoo.diffusion import ddim_step  # noqa: E402
-from zoo.diffusers_unet import DDPM_CIFAR10, load_pretrained, save_pretrained, scheduler_schedule  # noqa: E402
+from zoo.diffusers_unet import DDPM_CIFAR10, SCHEDULERS, load_pretrained, save_pretrained, scheduler_schedule  # noqa: E402
 
 SMALL_UNET = dict(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
                   down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
@@ -113,7 +114,7 @@ SCHEDULES = [
 ]
 
 
-@pytest.mark.parametrize("cls", [DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler])
+@pytest.mark.parametrize("cls", [getattr(diffusers, name) for name in SCHEDULERS])  # DDPM's and every solver's
 @pytest.mark.parametrize("kwargs,name", SCHEDULES)
 def test_scheduler_configs_map_onto_the_same_alpha_bars(cls, kwargs, name, tmp_path):
     scheduler = cls(**kwargs)
@@ -122,15 +123,32 @@ def test_scheduler_configs_map_onto_the_same_alpha_bars(cls, kwargs, name, tmp_p
     assert schedule.name == name and schedule.num_train_timesteps == scheduler.config.num_train_timesteps
     # diffusers computes in float32, diffzoo in float64: they agree to float32's rounding
     np.testing.assert_allclose(schedule.alphas_cumprod, scheduler.alphas_cumprod.double().numpy(), rtol=2e-6, atol=1e-7)
-    assert clip == (None if cls is DPMSolverMultistepScheduler else 1.0)
+    clipped = "clip_sample" in scheduler.config
+    assert clip == (1.0 if clipped else None)
     for kind in ("leading", "trailing", "linspace"):  # the spacing returned builds the scheduler's own grid, or None
         spaced = cls(**kwargs, timestep_spacing=kind)
         spaced.set_timesteps(20)
         got = scheduler_schedule({**spaced.config, "_class_name": cls.__name__})[2]  # as save_config writes it
         same = np.array_equal(spaced.timesteps.numpy(), zoo.ddim_timesteps(schedule.num_train_timesteps, 20, kind))
-        assert got == (kind if same else None) and (same or cls is DPMSolverMultistepScheduler), (kind, got)
-    assert scheduler_schedule({**scheduler.config, "clip_sample": False} if cls is not DPMSolverMultistepScheduler
-                              else dict(scheduler.config))[1] is None
+        assert got == (kind if same else None), (kind, got)
+        assert same or cls not in (DDPMScheduler, DDIMScheduler), kind  # DDIM's grids are diffzoo's
+    assert scheduler_schedule({**scheduler.config, "clip_sample": False} if clipped else dict(scheduler.config))[1] is None
+
+
+def test_unipc_configs_that_are_not_diffzoos_unipc_are_refused_by_name():
+    from diffusers import UniPCMultistepScheduler
+
+    config = {**UniPCMultistepScheduler().config, "_class_name": "UniPCMultistepScheduler"}
+    assert scheduler_schedule(config)[1:] == (None, None)  # no clip; its linspace grid is not diffzoo's
+    for key, value in (("solver_type", "bh1"), ("predict_x0", False), ("disable_corrector", [0]), ("lower_order_final", False),
+                       ("solver_order", 3), ("clip_sample", True)):
+        with pytest.raises(ValueError, match=re.escape(f"scheduler config: {key}={value!r} is not supported")):
+            scheduler_schedule({**config, key: value})
+    dpm = {k: v for k, v in config.items() if k not in ("predict_x0", "disable_corrector", "solver_p")}
+    with pytest.raises(ValueError, match=r"solver_type='bh2' is not supported: expected 'midpoint'"):  # DPM-Solver's own
+        scheduler_schedule({**dpm, "_class_name": "DPMSolverMultistepScheduler"})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['predict_x0'\]"):  # UniPC's keys are UniPC's alone
+        scheduler_schedule({**dpm, "_class_name": "DPMSolverMultistepScheduler", "solver_type": "midpoint", "predict_x0": True})
 
 
 @pytest.mark.parametrize("change,key", [
