@@ -200,21 +200,22 @@ def _run(bundle: Path, data: str, n: int, batch: int, threads: int, repeats: int
 
 def format_time_to_quality(res: dict[str, Any]) -> str:
     ref = res["reference"]
+    w = 2 + max(len(label) for label in res["quality"])  # every column as wide as the longest label it may hold
     lines = [
         f"time to quality: {res['bundle']} against {res['data']}, {res['samples']} samples per figure; timings: batch "
         f"{res['batch']}, {res['threads']} threads, median of {res['repeats']} round-robin repeats after a warm-up"
         + (f"; every class in turn at guidance {res['guidance']:g}" if res.get("guidance") is not None else ""),
         "",
         "Frechet distance (classifier features; lower is better) by solver steps, the same x_T for every cell",
-        f"{'solver':<20}" + "".join(f"{s:>8}" for s in STEPS),
+        f"{'solver':<{w}}" + "".join(f"{s:>8}" for s in STEPS),
     ]
     for label, rows in res["quality"].items():
-        lines.append(f"{label:<20}" + "".join(f"{rows[str(s)]['fd']:>8.2f}" for s in STEPS))
+        lines.append(f"{label:<{w}}" + "".join(f"{rows[str(s)]['fd']:>8.2f}" for s in STEPS))
     if res.get("guidance") is not None:
         lines += ["", "conditional accuracy (share of samples the classifier assigns to the class asked for)",
-                  f"{'solver':<20}" + "".join(f"{s:>8}" for s in STEPS)]
+                  f"{'solver':<{w}}" + "".join(f"{s:>8}" for s in STEPS)]
         for label, rows in res["quality"].items():
-            lines.append(f"{label:<20}" + "".join(f"{rows[str(s)]['conditional_accuracy']:>8.3f}" for s in STEPS))
+            lines.append(f"{label:<{w}}" + "".join(f"{rows[str(s)]['conditional_accuracy']:>8.3f}" for s in STEPS))
     floor = next(iter(next(iter(res["quality"].values())).values()))
     lines += [
         f"real held-out data (floor) {floor['floor']:.2f}, pure noise {floor['noise']:.2f}",
@@ -225,18 +226,19 @@ def format_time_to_quality(res: dict[str, Any]) -> str:
         "",
         "seconds for a batch to reach the target (in brackets: x less time than the reference run, DDIM leading "
         f"at {ref['config'][2]} steps)",
-        f"{'backend':<22}{'reference':>11}" + "".join(f"{label:>19}" for label in res["steps_to_target"]),
-        f"{'(steps)':<22}{ref['config'][2]:>11}" + "".join(f"{('-' if s is None else s):>19}" for s in res["steps_to_target"].values()),
+        f"{'backend':<22}{'reference':>11}" + "".join(f"{label:>{w}}" for label in res["steps_to_target"]),
+        f"{'(steps)':<22}{ref['config'][2]:>11}" + "".join(f"{('-' if s is None else s):>{w}}" for s in res["steps_to_target"].values()),
     ]
     for b, row in res["seconds_to_target"].items():
         base = res["reference_seconds"][b]
         cells = ["-" if sec is None else f"{sec:.3f} ({base / sec:.1f}x)" for sec in row.values()]
-        lines.append(f"{b:<22}{base:>11.3f}" + "".join(f"{c:>19}" for c in cells))
+        lines.append(f"{b:<22}{base:>11.3f}" + "".join(f"{c:>{w}}" for c in cells))
     solvers = list(next(iter(res["ms_per_step"].values()), {}))  # the solvers measured, in the table's order
+    sw = 2 + max(map(len, solvers), default=0)
     lines += ["", f"cost per step (ms, batch {res['batch']}, {COST_STEPS} trailing steps; each ratio: to the first)",
-              f"{'backend':<22}" + "".join(f"{s:>12}" for s in solvers) + "".join(f"{'ratio':>8}" for _ in solvers[1:])]
+              f"{'backend':<22}" + "".join(f"{s:>{sw}}" for s in solvers) + "".join(f"{'ratio':>8}" for _ in solvers[1:])]
     for b, r in res["ms_per_step"].items():
-        lines.append(f"{b:<22}" + "".join(f"{r[s]:>12.3f}" for s in solvers)
+        lines.append(f"{b:<22}" + "".join(f"{r[s]:>{sw}.3f}" for s in solvers)
                      + "".join(f"{r[s] / r[solvers[0]]:>8.3f}" for s in solvers[1:]))
     if res.get("skipped"):
         lines.append("not run here: " + ", ".join(res["skipped"]) + " (no GPU, or the openvino package is not installed)")
