@@ -160,6 +160,8 @@ def test_check_eta_refuses_eta_for_a_deterministic_solver():
     assert check_eta("ddim", np.float32(0.5)) == 0.5
     with pytest.raises(ValueError, match=r"eta=0.3 is invalid with solver 'dpmpp_2m', which is deterministic.*'ddim'"):
         check_eta("dpmpp_2m", 0.3)
+    with pytest.raises(ValueError, match=r"eta=0.3 is invalid with solver 'unipc', which is deterministic.*'ddim'"):
+        check_eta("unipc", 0.3)
     with pytest.raises(ValueError, match=r"eta=1.0 is invalid with solver 'euler_ancestral', which sets its own noise"):
         check_eta("euler_ancestral", 1.0)
     with pytest.raises(ValueError, match=r"unknown solver 'euler': expected one of \['ddim', 'dpmpp_2m', 'euler_ancestral', 'unipc'\]"):
