@@ -376,6 +376,8 @@ def test_unipc_step_matches_the_paper_at_every_order(a_prev, a_last, a_last2):
     got_t = unipc_step(*(torch.from_numpy(v) for v in (x_t, eps, x_last, x0_last, x0_last2)), 0.3, a_prev, a_last,
                        a_last2, clip_range=None)
     np.testing.assert_allclose(got_t[0].numpy(), want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"alpha_bar_last2=1.0 is invalid: expected finite values in \[0, 1\)"):
+        unipc_step(x_t, eps, x_last, x0_last, x0_last2, 0.3, a_prev, a_last, 1.0)
 
 
 def test_unipc_per_sample_orders_and_float32_at_tiny_steps():

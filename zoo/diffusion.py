@@ -233,6 +233,17 @@ def _check_alpha(name: str, a: Any, low: float, high: float, closed: str) -> Non
         raise ValueError(f"{name}={a!r} is invalid: expected finite values in {closed[0]}{low:g}, {high:g}{closed[1]}")
 
 
+def _check_step_inputs(arrays: dict[str, Any], alpha_bar_t: Any, alpha_bar_prev: Any, **earlier: Any) -> None:
+    """A step's checks, one rule for every solver: its arrays are floating point, alpha-bar_t in (0, 1), alpha-bar_prev
+    in (0, 1] (1: the last step) and each earlier alpha-bar in [0, 1) (0: no such step)."""
+    for name, v in arrays.items():
+        _check_float(name, v)
+    _check_alpha("alpha_bar_t", alpha_bar_t, 0.0, 1.0, "()")
+    _check_alpha("alpha_bar_prev", alpha_bar_prev, 0.0, 1.0, "(]")
+    for name, a in earlier.items():
+        _check_alpha(name, a, 0.0, 1.0, "[)")
+
+
 def guide(eps_cond: Any, eps_uncond: Any, guidance: Any) -> Any:
     """Classifier-free guidance (Ho & Salimans 2022, eq. 6): ``eps_uncond + w (eps_cond - eps_uncond)``.
 
@@ -379,10 +390,7 @@ def ddim_step(
         if eta > 0 and noise is None:
             raise ValueError(f"eta={eta!r} > 0 needs `noise` of shape {tuple(x_t.shape)}; none was given")
     _check_step_options(clip_range, eps_rule)
-    _check_float("x_t", x_t)
-    _check_float("eps", eps)
-    _check_alpha("alpha_bar_t", alpha_bar_t, 0.0, 1.0, "()")
-    _check_alpha("alpha_bar_prev", alpha_bar_prev, 0.0, 1.0, "(]")
+    _check_step_inputs({"x_t": x_t, "eps": eps}, alpha_bar_t, alpha_bar_prev)
     a_t = _coef(alpha_bar_t, x_t)
     a_prev = _coef(alpha_bar_prev, x_t)
     eta = _coef(eta, x_t)
@@ -429,11 +437,7 @@ def dpmpp_2m_step(
         ``(x_prev, x0)``: the next sample and this step's x0 prediction (the next step's ``x0_last``).
     """
     _check_step_options(clip_range, eps_rule)
-    for name, v in (("x_t", x_t), ("eps", eps), ("x0_last", x0_last)):
-        _check_float(name, v)
-    _check_alpha("alpha_bar_t", alpha_bar_t, 0.0, 1.0, "()")
-    _check_alpha("alpha_bar_prev", alpha_bar_prev, 0.0, 1.0, "(]")
-    _check_alpha("alpha_bar_last", alpha_bar_last, 0.0, 1.0, "[)")
+    _check_step_inputs({"x_t": x_t, "eps": eps, "x0_last": x0_last}, alpha_bar_t, alpha_bar_prev, alpha_bar_last=alpha_bar_last)
     a_t, a_prev, a_last = _coef(alpha_bar_t, x_t), _coef(alpha_bar_prev, x_t), _coef(alpha_bar_last, x_t)
     x0, _ = predict_x0(x_t, eps, a_t, clip_range, eps_rule)
     return _multistep_update(x_t, x0, x0_last, a_t, a_prev, a_last), x0
@@ -553,12 +557,8 @@ def unipc_step(
         ``x0_last`` and ``x0_last2``.
     """
     _check_step_options(clip_range, eps_rule)
-    for name, v in (("x_t", x_t), ("eps", eps), ("x_last", x_last), ("x0_last", x0_last), ("x0_last2", x0_last2)):
-        _check_float(name, v)
-    _check_alpha("alpha_bar_t", alpha_bar_t, 0.0, 1.0, "()")
-    _check_alpha("alpha_bar_prev", alpha_bar_prev, 0.0, 1.0, "(]")
-    _check_alpha("alpha_bar_last", alpha_bar_last, 0.0, 1.0, "[)")
-    _check_alpha("alpha_bar_last2", alpha_bar_last2, 0.0, 1.0, "[)")
+    _check_step_inputs({"x_t": x_t, "eps": eps, "x_last": x_last, "x0_last": x0_last, "x0_last2": x0_last2}, alpha_bar_t,
+                       alpha_bar_prev, alpha_bar_last=alpha_bar_last, alpha_bar_last2=alpha_bar_last2)
     xp = _xp(x_t)
     a_t, a_prev = _coef(alpha_bar_t, x_t), _coef(alpha_bar_prev, x_t)
     a_last, a_last2 = _coef(alpha_bar_last, x_t), _coef(alpha_bar_last2, x_t)
