@@ -39,7 +39,7 @@ def step_list(timesteps: np.ndarray) -> list[tuple[int, ...]]:
     return [tuple(int(v) for v in step) for step in zip(timesteps, *step_pairs(timesteps, len(EARLIER)))]
 
 
-def step_feeds(i: int, steps: list[tuple[int, int, int]], b: int, names: list[str], alphas: np.ndarray,
+def step_feeds(i: int, steps: list[tuple[int, ...]], b: int, names: list[str], alphas: np.ndarray,
                noise: np.ndarray | None, eta: float, cond: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The host inputs of step i that ``names`` (a step graph's inputs) asks for, for a batch of b images.
 
