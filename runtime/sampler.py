@@ -278,9 +278,8 @@ class Sampler:
         manifest's class names; none: the null class) and ``guidance`` (one w in 0..``MAX_GUIDANCE`` or one per
         image, default 1) steer each image (``runtime.requests.check_classes``).
 
-        ``solver`` is one of ``zoo.solvers.SOLVERS`` (``zoo.solvers.solver_help()`` says what each is):
-        "ddim" takes any eta; the others refuse eta > 0, being deterministic ("dpmpp_2m", "unipc") or
-        setting their own noise ("euler_ancestral").
+        ``solver`` is one of ``zoo.solvers.SOLVERS`` (``zoo.solvers.solver_help()`` says what each is);
+        eta > 0 only where its row takes eta (``zoo.solvers.check_eta`` says why not otherwise).
 
         Returns:
             float32 array (n, C, H, W) in [-1, 1]. Image k depends only on (seed, k, solver,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import runtime
-from conftest import COND_NAMES
+from conftest import COND_NAMES, SOLVER_RUNS
 from runtime.apps.serve.client import Client, ServerError
 from runtime.apps.serve.protocol import read_rows
 from runtime.apps.serve.server import ServeOptions, TritonServer, free_port, free_ports, triton_unavailable_reason
@@ -47,22 +47,22 @@ def cond_server(cond_bundle, tmp_path_factory):
 
 
 def test_served_images_are_sample_s_images_and_mixed_settings_are_grouped(server, bundles):
-    """One request mixing four settings (every solver): each group equals `Sampler.sample` bit for bit, and image =
-    to_uint8."""
+    """One request mixing a setting of every solver run (the table's, eta 0.6 where a solver takes eta), each with its
+    own step count: each group equals `Sampler.sample` bit for bit, and image = to_uint8."""
     sampler = runtime.load(bundles["residual"].path, "cpu")
-    groups = [dict(steps=10, solver="ddim", eta=0.0), dict(steps=6, solver="dpmpp_2m", eta=0.0),
-              dict(steps=8, solver="ddim", eta=1.0), dict(steps=5, solver="euler_ancestral", eta=0.0)]
-    rows = {"seed": 7, "index": np.arange(8), "steps": [g["steps"] for g in groups for _ in range(2)],
+    groups = [dict(steps=5 + k, solver=solver, eta=eta) for k, (solver, eta) in enumerate(SOLVER_RUNS)]
+    n = 2 * len(groups)
+    rows = {"seed": 7, "index": np.arange(n), "steps": [g["steps"] for g in groups for _ in range(2)],
             "solver": [g["solver"] for g in groups for _ in range(2)], "eta": [g["eta"] for g in groups for _ in range(2)]}
     with Client(server.url) as c:
         x = c.sample(rows, output="sample")
         img = c.sample(rows, output="image")
-    assert x.dtype == np.float32 and x.shape == (8, *sampler.shape)
+    assert x.dtype == np.float32 and x.shape == (n, *sampler.shape)
     for k, g in enumerate(groups):
         want = sampler.sample(2, num_steps=g["steps"], seed=7, eta=g["eta"], solver=g["solver"], start=2 * k)
         np.testing.assert_array_equal(x[2 * k:2 * k + 2], want)
     np.testing.assert_array_equal(img, to_uint8(x))
-    assert img.dtype == np.uint8 and img.shape == (8, 12, 12, 3)
+    assert img.dtype == np.uint8 and img.shape == (n, 12, 12, 3)
 
 
 def test_rows_of_concurrent_requests_run_in_one_session_call(bundles, tmp_path):
