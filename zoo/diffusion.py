@@ -58,6 +58,7 @@ __all__ = [
     "SCHEDULES",
     "SPACINGS",
     "Spacing",
+    "DEFAULT_SPACING",
     "ddim_timesteps",
     "check_grid",
     "make_training_sample",
@@ -84,6 +85,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Spacing = Literal["leading", "trailing", "linspace"]
+DEFAULT_SPACING: Spacing = "leading"  # diffusers' DDIMScheduler default: every sampler's and request's default
 EpsRule = Literal["clipped", "model"]
 
 # Which eps a step remixes the clipped x0 with, declared once: each rule with why one would choose it.
@@ -149,7 +151,7 @@ def _linspace(T: int, S: int) -> np.ndarray:
 SPACINGS = dict(zip(get_args(Spacing), (_leading, _trailing, _linspace), strict=True))  # the names written once, in the type
 
 
-def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: Spacing = "leading") -> np.ndarray:
+def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: Spacing = DEFAULT_SPACING) -> np.ndarray:
     """The descending int64 timesteps a DDIM sampler visits, shape (num_steps,)."""
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}: expected one of {sorted(SPACINGS)}")

@@ -13,6 +13,7 @@ import torch
 
 from zoo.diffusion import (
     DEFAULT_EPS_RULE,
+    DEFAULT_SPACING,
     Spacing,
     check_eps_rule,
     check_grid,
@@ -22,7 +23,7 @@ from zoo.diffusion import (
     guided_eps,
 )
 from zoo.schedules import Schedule
-from zoo.solvers import SOLVER_TABLE, Solver, check_eta, get_solver, solve
+from zoo.solvers import DEFAULT_SOLVER, SOLVER_TABLE, Solver, check_eta, get_solver, solve
 from zoo.validate import check_real
 
 __all__ = ["ddim_sample", "dpmpp_2m_sample", "sample"]
@@ -98,7 +99,7 @@ def ddim_sample(
     x_T: torch.Tensor,
     num_steps: int = 50,
     eta: float = 0.0,
-    spacing: Spacing = "leading",
+    spacing: Spacing = DEFAULT_SPACING,
     noise: torch.Tensor | torch.Generator | None = None,
     progress: bool = False,
     clip_range: float | None = 1.0,
@@ -143,7 +144,7 @@ def dpmpp_2m_sample(
     schedule: Schedule,
     x_T: torch.Tensor,
     num_steps: int = 20,
-    spacing: Spacing = "leading",
+    spacing: Spacing = DEFAULT_SPACING,
     progress: bool = False,
     clip_range: float | None = 1.0,
     callback: Any = None,
@@ -168,10 +169,10 @@ def sample(
     schedule: Schedule,
     x_T: torch.Tensor,
     num_steps: int = 50,
-    solver: str = "ddim",
+    solver: str = DEFAULT_SOLVER,
     *,
     eta: float = 0.0,
-    spacing: Spacing = "leading",
+    spacing: Spacing = DEFAULT_SPACING,
     noise: torch.Tensor | torch.Generator | None = None,
     progress: bool = False,
     clip_range: float | None = 1.0,

@@ -29,7 +29,7 @@ from zoo.diffusion import (
 )
 from zoo.validate import check_real
 
-__all__ = ["Solver", "NoiseKind", "EARLIER", "SOLVERS", "solver_help", "SOLVER_TABLE", "get_solver", "check_eta", "alpha_bars", "solve"]
+__all__ = ["Solver", "NoiseKind", "EARLIER", "SOLVERS", "DEFAULT_SOLVER", "solver_help", "SOLVER_TABLE", "get_solver", "check_eta", "alpha_bars", "solve"]
 
 
 # When a solver draws fresh noise every step: never (deterministic), when the caller's eta > 0 (DDIM: eta and the noise
@@ -125,6 +125,7 @@ SOLVER_TABLE: dict[str, Solver] = {
     )
 }
 SOLVERS = tuple(SOLVER_TABLE)  # ("ddim", "dpmpp_2m", "euler_ancestral", "unipc")
+DEFAULT_SOLVER = "ddim"  # every sampler's and request's default
 assert all(s.earlier <= len(EARLIER) for s in SOLVER_TABLE.values()), "name the extra earlier timesteps in EARLIER"
 
 
