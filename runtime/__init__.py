@@ -1,6 +1,6 @@
 """diffzoo runtime: sample from an exported bundle with onnxruntime (CUDA provider, CPU fallback).
 
-The deployment core (``runtime.sampler``, ``runtime.providers``, ``runtime.noise``, ``runtime.requests``)
+The deployment core (``runtime.sampler``, ``runtime.providers``, ``runtime.noise``, ``runtime.requests``: the request and its plan)
 imports numpy and onnxruntime only. The applications (CLI, parity, eval, demo, bench) live in
 ``runtime.apps``; ``runtime.parity`` (the eager torch comparison) loads from there on first use.
 """
@@ -15,11 +15,11 @@ from runtime.providers import (
     ProviderUnavailableError,
     cuda_unavailable_reason,
 )
-from runtime.requests import MODES, PRECISIONS, SampleRequest, check_settings
+from runtime.requests import MODES, PRECISIONS, Conditioning, Plan, SampleRequest, check_settings
 from runtime.sampler import Sampler, load
 
 __all__ = ["load", "Sampler", "MODES", "PRECISIONS", "CudaOptions", "ProviderUnavailableError", "cuda_unavailable_reason",
-           "parity", "ParityReport", "check_settings", "SampleRequest"]
+           "parity", "ParityReport", "check_settings", "SampleRequest", "Plan", "Conditioning"]
 
 _LAZY = {"parity": "runtime.apps.parity", "ParityReport": "runtime.apps.parity"}
 

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from export.format.artifacts import MODE_KINDS, carried, select
+from export.format.artifacts import select
 from export.format.manifest import (
     BundleError,
     check_identity,
@@ -30,7 +30,7 @@ from export.format.manifest import (
 from export.loop import build_sampler_graph, loop_is_bounded
 from runtime.feeds import bind, by_name, step_feeds, step_list
 from runtime.memory import activation_bytes_per_image, fit_batch
-from runtime.noise import MAX_SEED, image_noise
+from runtime.noise import image_noise
 from runtime.providers import (
     CudaOptions,
     ProviderUnavailableError,
@@ -40,22 +40,22 @@ from runtime.providers import (
 from runtime.requests import (
     MODES,
     PRECISIONS,
+    Conditioning,
     Mode,
+    Plan,
     SampleRequest,
-    check_classes,
     check_settings,
+    manifest_key,
 )
 from runtime.runs import ORT_ERRORS, GraphRun
-from zoo.diffusion import check_finite, check_grid, ddim_timesteps, guided_eps
+from zoo.diffusion import check_finite, guided_eps
 from zoo.schedules import make_schedule
-from zoo.solvers import get_solver
 from zoo.validate import check_int, first_line
 
-__all__ = ["MODES", "Mode", "PRECISIONS", "Sampler", "load", "check_settings", "DEFAULT_BATCH_SIZE"]
+__all__ = ["MODES", "Mode", "PRECISIONS", "Sampler", "load", "check_settings", "Plan", "SampleRequest"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = SampleRequest.batch_size
 # callback(i, t, eps or None, x_prev) after each step, for parity reports; eps is None where the
 # mode does not expose it (fused), and the loop mode reports only its final x_0.
 StepCallback = Callable[[int, int, "np.ndarray | None", np.ndarray], None]
@@ -118,6 +118,7 @@ class Sampler:
         self.optimize_cpu_loop = True  # see _cpu_loop_model; False runs the bundle's sampler.onnx as shipped
         self.precision = precision  # "int8" selects the bundle's int8 artifacts where it has them
         self._activations: dict[str, int] = {}  # artifact -> activation bytes per image (runtime.memory)
+        self._key = manifest_key(manifest)  # the plans this sampler runs were resolved against this manifest
 
     # --- sessions ---------------------------------------------------------------------------
     @property
@@ -188,13 +189,6 @@ class Sampler:
                                   f"{first}") from None
         return build_sampler_graph(body, entry["solver"], entry["stochastic"]).SerializeToString()
 
-    def artifact(self, kind: str, solver: str | None = None, stochastic: bool = False) -> str:
-        """The bundle artifact of ``kind`` this sampler runs for (solver, stochastic), in its precision."""
-        name = select(self.manifest["artifacts"], kind, solver, stochastic, self.precision)
-        if name is None:  # check_settings refuses such a request first, naming it
-            raise ValueError(f"bundle {str(self.path)!r} has no {kind} artifact for solver={solver!r}, stochastic={stochastic}")
-        return name
-
     def session(self, artifact: str, cuda_graph: bool = False) -> ort.InferenceSession:
         """The session of bundle artifact ``artifact``, built once from its verified bytes.
 
@@ -237,121 +231,120 @@ class Sampler:
         self._graphs.clear()
 
     # --- sampling ---------------------------------------------------------------------------
-    def check(self, num_steps: int, eta: float = 0.0, spacing: str = "leading", mode: Mode = "loop", solver: str = "ddim") -> None:
-        """Raise ``ValueError`` naming the bad value if ``sample`` would refuse these settings."""
-        check_settings(self.manifest, self.path, num_steps, eta, spacing, mode, solver, self.precision)
+    def plan(self, request: SampleRequest | None = None, /, **settings: Any) -> Plan:
+        """``request`` (or every default) with ``settings`` resolved against this bundle: the ``Plan`` that
+        ``sample`` and ``run_batch`` run, or one ``ValueError`` naming the bad value (``SampleRequest.resolve``).
 
-    def activation_bytes(self, solver: str, stochastic: bool) -> int:
-        """Activation bytes one image adds to a batch of ``solver``'s graphs (``runtime.memory``), once per artifact."""
-        name = select(self.manifest["artifacts"], "fused_step", solver, stochastic, self.precision) or self.artifact("denoiser")
+        A request at the default precision takes this sampler's (``runtime.load(precision=)``); one naming
+        another is refused.
+        """
+        if "precision" not in settings and (request is None or request.precision == SampleRequest.precision):
+            settings["precision"] = self.precision
+        request = SampleRequest.of(request, **settings)
+        if request.precision != self.precision:
+            raise ValueError(f"the request asks for precision {request.precision!r}, but this sampler runs "
+                             f"{self.precision!r}: runtime.load(..., precision={request.precision!r})")
+        return request.resolve(self.manifest, self.path)
+
+    def own(self, plan: Plan) -> Plan:
+        """``plan`` if it was resolved against this bundle's manifest; ``ValueError`` otherwise."""
+        if plan.bundle_key != self._key or plan.request.precision != self.precision:
+            raise ValueError(f"the plan was resolved against the bundle {plan.bundle!r} ({plan.request.precision}), not "
+                             f"this sampler's {str(self.path)!r} ({self.precision}): resolve it with Sampler.plan")
+        return plan
+
+    def activation_bytes(self, plan: Plan) -> int:
+        """Activation bytes one image adds to a batch of the plan's graphs (``runtime.memory``), once per artifact."""
+        name = (select(self.manifest["artifacts"], "fused_step", plan.solver.name, plan.stochastic, self.precision)
+                or plan.denoiser or plan.artifact)
         if name not in self._activations:
             c, h, w = self.shape
             self._activations[name] = activation_bytes_per_image(self._onnx_bytes(name), h, w)
         return self._activations[name]
 
-    def fit_batch(self, n: int, batch: int, num_steps: int, solver: str, stochastic: bool) -> int:
-        """The batch size up to ``batch`` that fits here beside n results (``runtime.memory.fit_batch``)."""
-        return fit_batch(self.shape, n, batch, num_steps, stochastic, self.activation_bytes(solver, stochastic),
+    def fit_batch(self, plan: Plan, n: int, batch: int) -> int:
+        """The batch size up to ``batch`` that fits here beside n results of ``plan`` (``runtime.memory.fit_batch``)."""
+        return fit_batch(self.shape, n, batch, len(plan.timesteps), plan.stochastic, self.activation_bytes(plan),
                          f"{n} images of {self.shape}", "sample fewer images per call (--n, --shard)")
 
-    def timesteps(self, num_steps: int, spacing: str = "leading") -> np.ndarray:
-        return ddim_timesteps(self.schedule.num_train_timesteps, num_steps, spacing)
+    def sample(self, request: SampleRequest | Plan | int | None = None, /, *, progress: bool = False,
+               **settings: Any) -> np.ndarray:
+        """Sample the images of a request: a ``SampleRequest``, a ``Plan`` of this bundle, or keywords of
+        ``SampleRequest`` (``sample(16, num_steps=20, solver="dpmpp_2m")``: the first number is ``n``).
 
-    def sample(
-        self,
-        n: int,
-        num_steps: int = 50,
-        seed: int = 0,
-        eta: float = 0.0,
-        spacing: str = "leading",
-        mode: Mode = "loop",
-        batch_size: int | None = None,
-        start: int = 0,
-        progress: bool = False,
-        solver: str = "ddim",
-        labels: Any = None,
-        guidance: Any = None,
-    ) -> np.ndarray:
-        """Sample images ``start .. start+n-1`` of the stream ``seed``.
-
-        For a class-conditional bundle, ``labels`` (one class or one per image, indices or the
-        manifest's class names; none: the null class) and ``guidance`` (one w in 0..``MAX_GUIDANCE`` or one per
-        image, default 1) steer each image (``runtime.requests.check_classes``).
-
+        Images ``start .. start+n-1`` of the stream ``seed``. For a class-conditional bundle, ``labels``
+        (one class or one per image, indices or the manifest's class names; none: the null class) and
+        ``guidance`` (one w in 0..``MAX_GUIDANCE`` or one per image, default 1) steer each image.
         ``solver`` is one of ``zoo.solvers.SOLVERS`` (``zoo.solvers.solver_help()`` says what each is);
-        eta > 0 only where its row takes eta (``zoo.solvers.check_eta`` says why not otherwise).
+        eta > 0 only where its row takes eta. Every default is ``SampleRequest``'s.
 
         Returns:
             float32 array (n, C, H, W) in [-1, 1]. Image k depends only on (seed, k, solver,
-            num_steps, eta, spacing, its label and guidance), never on the batch size, the mode or which
+            timesteps, eta, its label and guidance), never on the batch size, the mode or which
             shard computed it.
 
         Raises:
+            ValueError: a setting this bundle refuses, named (``SampleRequest.resolve``).
             NonFiniteSampleError: a batch came out with NaN or inf (never returned silently).
         """
-        n, seed, start = check_int("n", n, 1), check_int("seed", seed, 0, MAX_SEED), check_int("start", start, 0, MAX_SEED)
-        batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
-        self.check(num_steps, eta, spacing, mode, solver)
-        labels, guidance = check_classes(self.manifest, n, labels, guidance)
-        num_steps, eta = int(num_steps), float(eta)
-        ts = self.timesteps(num_steps, spacing)
-        asked = min(n, batch_size or DEFAULT_BATCH_SIZE)
-        stochastic = get_solver(solver).stochastic(eta)
-        bs = self.fit_batch(n, asked, len(ts), solver, stochastic)
+        if isinstance(request, Plan):
+            if settings:
+                raise TypeError(f"a plan is resolved already: pass its settings ({sorted(settings)}) to Sampler.plan")
+            plan = self.own(request)
+        elif isinstance(request, (int, np.integer)) and not isinstance(request, bool):
+            plan = self.plan(n=request, **settings)
+        else:
+            plan = self.plan(request, **settings)
+        r = plan.request
+        asked = min(r.n, r.batch_size)
+        bs = self.fit_batch(plan, r.n, asked)
         if bs < asked:
             log.warning("batches of %d images do not fit in the memory available here: sampling in batches of %d "
                         "(the images are the same: image k depends only on the seed and k)", asked, bs)
-        starts = range(start, start + n, bs)
+        starts = range(r.start, r.start + r.n, bs)
         if progress and len(starts) > 1:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc=f"sample ({solver}, {mode}, {self.device}, {self.precision})", unit="batch")
+            starts = tqdm(starts, desc=f"sample ({r.solver}, {r.mode}, {self.device}, {self.precision})", unit="batch")
         out = []
         for b0 in starts:
-            idx = range(b0, min(b0 + bs, start + n))
-            x_T, noise = image_noise(seed, idx, self.shape, len(ts), stochastic=stochastic)
-            part = slice(idx.start - start, idx.stop - start)
-            x = self.run_batch(x_T, ts, noise, eta, mode, solver=solver, labels=None if labels is None else labels[part],
-                               guidance=None if guidance is None else guidance[part])
-            check_finite(x, f"images {idx.start}..{idx.stop - 1} ({solver}, {mode} mode, {num_steps} steps)")
+            idx = range(b0, min(b0 + bs, r.start + r.n))
+            x_T, noise = image_noise(r.seed, idx, self.shape, len(plan.timesteps), stochastic=plan.stochastic)
+            part = plan.conditioning.rows(slice(idx.start - r.start, idx.stop - r.start))
+            x = self.run_batch(plan, x_T, noise, conditioning=part)
+            check_finite(x, f"images {idx.start}..{idx.stop - 1} ({r.solver}, {r.mode} mode, {r.num_steps} steps)")
             out.append(x)
         return np.concatenate(out)
 
-    def run_batch(
-        self, x_T: np.ndarray, timesteps: np.ndarray, noise: np.ndarray | None, eta: float, mode: Mode,
-        callback: StepCallback | None = None, solver: str = "ddim", labels: np.ndarray | None = None,
-        guidance: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """One batch through ``mode``: x_T (B, C, H, W) float32, noise (S, B, C, H, W) float32 when eta > 0.
+    def run_batch(self, plan: Plan, x_T: np.ndarray, noise: np.ndarray | None = None, *,
+                  conditioning: Conditioning | None = None, callback: StepCallback | None = None) -> np.ndarray:
+        """One batch of ``plan`` (``Sampler.plan``): x_T (B, C, H, W) float32, noise (S, B, C, H, W) float32 when the
+        plan's solver draws noise (``plan.stochastic``).
 
-        ``timesteps``: S distinct, descending integers in 0..T-1 (``Sampler.timesteps`` gives them).
-        A class-conditional bundle takes ``labels`` (B,) and ``guidance`` (B,) (``check_classes``).
+        ``conditioning``: the batch's rows (``plan.conditioning.rows(...)``); default the plan's own, which must then
+        be for B images. The plan was checked when it was made: only the arrays are checked here.
         """
-        self.check(len(timesteps), eta, "leading", mode, solver)  # raises, naming the bad value
-        stochastic = get_solver(solver).stochastic(eta)
-        x_T, timesteps, noise = self._check_batch(x_T, timesteps, noise, stochastic)
-        cond = {}
-        labels, guidance = check_classes(self.manifest, len(x_T), labels, guidance)
-        if self.manifest.get("classes"):  # the graphs take labels and guidance; none asked: the null class
-            null = self.manifest["classes"]["null"]
-            cond = {"labels": np.full(len(x_T), null, np.int64) if labels is None else labels,
-                    "guidance": np.ones(len(x_T), np.float32) if guidance is None else guidance}
-        artifact = self.artifact(MODE_KINDS[mode], solver, stochastic)
-        run = GraphRun(artifact, self.path)
-        if mode == "loop":
-            sess = self.session(artifact)
-            feed = {"x_T": x_T, "timesteps": timesteps, **cond}
-            noise_feed = {"noise": noise, "eta": np.array(eta, np.float32)}
-            feed.update({n: noise_feed[n] for n in get_solver(solver).noise_inputs(stochastic)})
+        plan = self.own(plan)
+        x_T, noise = self._check_batch(x_T, noise, plan)
+        cond = plan.conditioning if conditioning is None else conditioning
+        if cond.n != len(x_T):
+            raise ValueError(f"the conditioning is for {cond.n} images, the batch has {len(x_T)}: pass "
+                             "conditioning=plan.conditioning.rows(...) for the batch's images")
+        run = GraphRun(plan.artifact, self.path)
+        if plan.mode == "loop":
+            sess = self.session(plan.artifact)
+            feed = {"x_T": x_T, "timesteps": plan.timesteps, **cond.feeds}
+            noise_feed = {"noise": noise, "eta": np.array(plan.eta, np.float32)}
+            feed.update({n: noise_feed[n] for n in plan.solver.noise_inputs(plan.stochastic)})
             (x0,) = run.interruptibly(partial(run, sess.run, ["x_0"], by_name(sess, feed)))
             if callback is not None:
-                callback(len(timesteps) - 1, int(timesteps[-1]), None, x0)
-            return self._checked_output(x0, x_T, artifact)
-        if mode == "fused" and self.device == "cuda" and self.cuda.cuda_graph:
-            work = partial(self._run_fused_cuda_graph, run, solver, x_T, timesteps, noise, eta, callback, cond)
+                callback(len(plan.timesteps) - 1, int(plan.timesteps[-1]), None, x0)
+            return self._checked_output(x0, x_T, plan.artifact)
+        if plan.mode == "fused" and self.device == "cuda" and self.cuda.cuda_graph:
+            work = partial(self._run_fused_cuda_graph, run, plan, x_T, noise, callback, cond.feeds)
         else:
-            work = partial(self._run_per_step, run, solver, x_T, timesteps, noise, eta, mode, callback, cond)
-        return self._checked_output(run.interruptibly(work), x_T, artifact)
+            work = partial(self._run_per_step, run, plan, x_T, noise, callback, cond.feeds)
+        return self._checked_output(run.interruptibly(work), x_T, plan.artifact)
 
     def _checked_output(self, x: np.ndarray, x_T: np.ndarray, artifact: str) -> np.ndarray:
         """A graph's result must have x_T's shape and dtype, as its manifest entry declares."""
@@ -360,21 +353,20 @@ class Sampler:
                               f"{x_T.shape}: not the graph its manifest declares")
         return x
 
-    def _check_batch(self, x_T, timesteps, noise, stochastic: bool):
+    def _check_batch(self, x_T, noise, plan: Plan):
         """``run_batch``'s arrays as the graphs take them, or one ``ValueError``/``TypeError`` naming the bad one."""
-        x_T, ts = np.asarray(x_T), np.asarray(timesteps)
+        x_T = np.asarray(x_T)
         if x_T.ndim != 4 or tuple(x_T.shape[1:2]) != self.shape[:1] or x_T.dtype != np.float32:
             raise TypeError(f"x_T has shape {x_T.shape} and dtype {x_T.dtype}: expected float32 (B, {self.shape[0]}, H, W)")
-        ts = check_grid(ts, self.schedule.num_train_timesteps)
-        if stochastic:
+        if plan.stochastic:
             noise = np.asarray(noise) if noise is not None else None
-            want = (len(ts), *x_T.shape)
+            want = (len(plan.timesteps), *x_T.shape)
             if noise is None or noise.shape != want or noise.dtype != np.float32:
                 got = "none" if noise is None else f"{noise.dtype} {noise.shape}"
                 raise TypeError(f"noise is {got}: a stochastic run needs float32 noise of shape (S, B, C, H, W) = {want}")
-        return np.ascontiguousarray(x_T), ts, noise
+        return np.ascontiguousarray(x_T), noise
 
-    def _run_per_step(self, run: GraphRun, solver, x_T, timesteps, noise, eta, mode, callback, cond) -> np.ndarray:
+    def _run_per_step(self, run: GraphRun, plan: Plan, x_T, noise, callback, cond) -> np.ndarray:
         """``fused``: the fused step per timestep; ``step``: the denoiser, then the solver step.
 
         The carried values (x, and DPM-Solver++'s x0 prediction) stay on the device between steps; their shapes are
@@ -385,22 +377,22 @@ class Sampler:
         sess = self.session(run.artifact)
         io = sess.io_binding()
         inputs = [i.name for i in sess.get_inputs()]
-        pairs = carried(solver)  # (input, output) of x and the solver's state: x_t -> x_prev[, x0_last -> x0]
+        pairs = plan.state  # (input, output) of x and the solver's state: x_t -> x_prev[, x0_last -> x0]
         first = {"x_t": x_T, **{i: np.zeros_like(x_T) for i, _ in pairs[1:]}}  # the state starts at zeros
         state = {i: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(first[i]), dev, dev_id) for i, _ in pairs}
-        if mode == "step":
-            den = self.session(self.artifact("denoiser"))
+        if plan.mode == "step":
+            den = self.session(plan.denoiser)
             io_den = den.io_binding()
-        steps = step_list(timesteps)
-        for i, t in enumerate(timesteps):
-            host = step_feeds(i, steps, b, inputs, self.alphas_cumprod, noise, eta, cond)
+        steps = step_list(plan.timesteps)
+        for i, t in enumerate(plan.timesteps):
+            host = step_feeds(i, steps, b, inputs, self.alphas_cumprod, noise, plan.eta, cond)
             eps_host = None
-            if mode == "step" and cond:  # the guided prediction on the host: the denoiser on the 2B batch, then guide
+            if plan.mode == "step" and cond:  # the guided prediction on the host: the denoiser on the 2B batch, then guide
                 eps_host = guided_eps(lambda xx, tt, ll: run(den.run, ["eps"], {"x": xx, "t": tt, "labels": ll})[0],
                                       state["x_t"].numpy(), np.full(b, t, np.int64), cond["labels"],
                                       self.manifest["classes"]["null"], cond["guidance"])
                 bind(io, state, {**host, "eps": eps_host})
-            elif mode == "step":
+            elif plan.mode == "step":
                 bind(io_den, {"x": state["x_t"]}, {"t": np.full(b, t, np.int64)})
                 io_den.bind_output("eps", dev, dev_id)
                 run(den.run_with_iobinding, io_den)
@@ -419,7 +411,7 @@ class Sampler:
                 callback(i, int(t), eps_host, state["x_t"].numpy())
         return state["x_t"].numpy()
 
-    def _run_fused_cuda_graph(self, run: GraphRun, solver, x_T, timesteps, noise, eta, callback, cond) -> np.ndarray:
+    def _run_fused_cuda_graph(self, run: GraphRun, plan: Plan, x_T, noise, callback, cond) -> np.ndarray:
         """The fused step replayed as CUDA graphs: fixed device buffers, two graphs ping-ponging the state.
 
         onnxruntime captures a graph on its first run per ``gpu_graph_id`` and replays it after, on the
@@ -431,10 +423,10 @@ class Sampler:
         sess = self.session(artifact, cuda_graph=True)
         b = x_T.shape[0]
         inputs = [i.name for i in sess.get_inputs()]
-        pairs = carried(solver)
-        steps = step_list(timesteps)
+        pairs = plan.state
+        steps = step_list(plan.timesteps)
         first = {"x_t": x_T, **{i: np.zeros_like(x_T) for i, _ in pairs[1:]}}  # the state starts at zeros
-        host0 = step_feeds(0, steps, b, inputs, self.alphas_cumprod, noise, eta, cond)
+        host0 = step_feeds(0, steps, b, inputs, self.alphas_cumprod, noise, plan.eta, cond)
         key = (artifact, b)
         if key not in self._graphs:
             self._graphs[key] = self._capture_buffers(sess, pairs, first, host0, 2 * len(self._graphs))
@@ -443,16 +435,16 @@ class Sampler:
             bufs[i][0].update_inplace(np.ascontiguousarray(first[i]))
         for name, v in host0.items():
             shared[name].update_inplace(np.ascontiguousarray(v))
-        for i, t in enumerate(timesteps):
+        for i, t in enumerate(plan.timesteps):
             if i:
-                for name, v in step_feeds(i, steps, b, inputs, self.alphas_cumprod, noise, eta, cond).items():
+                for name, v in step_feeds(i, steps, b, inputs, self.alphas_cumprod, noise, plan.eta, cond).items():
                     if name not in ("eta", *cond):  # constants of the run, written above
                         shared[name].update_inplace(np.ascontiguousarray(v))
             io, ro = runs[i % 2]
             run(sess.run_with_iobinding, io, options=ro)
             if callback is not None:
                 callback(i, int(t), None, bufs["x_t"][(i + 1) % 2].numpy())
-        return bufs["x_t"][len(timesteps) % 2].numpy()
+        return bufs["x_t"][len(plan.timesteps) % 2].numpy()
 
     def _capture_buffers(self, sess, pairs, first: dict[str, np.ndarray], host0: dict[str, np.ndarray], base_id: int):
         """One batch size's device buffers and its two bound runs (graph ids base_id + 1, + 2)."""

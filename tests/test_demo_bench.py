@@ -207,8 +207,9 @@ def test_openvino_runs_the_bundles_graphs_like_onnxruntime(bundles):
     ov, ort_sampler = OpenVINOSampler(path, threads=1), runtime.load(path, provider="cpu")
     x_T = np.random.default_rng(0).standard_normal((2, 3, 12, 12), dtype=np.float32)
     for solver in ("ddim", "dpmpp_2m"):
-        ts = ort_sampler.timesteps(6, "trailing")
-        want = ort_sampler.run_batch(x_T, ts, None, 0.0, "loop", solver=solver)
-        bound = runtime.parity(path, provider="cpu", num_steps=6, spacing="trailing", modes=["loop"], solver=solver).modes[0].atol
+        request = runtime.SampleRequest(n=2, num_steps=6, spacing="trailing", solver=solver)
+        want = ort_sampler.run_batch(ort_sampler.plan(request), x_T)
+        bound = runtime.parity(path, provider="cpu", request=request, modes=["loop"]).modes[0].atol
         for mode in ("fused", "loop"):
-            np.testing.assert_allclose(ov.run_batch(x_T, ts, solver, mode), want, rtol=0, atol=bound, err_msg=f"{solver} {mode}")
+            got = ov.run_batch(ov.plan(request, mode=mode), x_T)
+            np.testing.assert_allclose(got, want, rtol=0, atol=bound, err_msg=f"{solver} {mode}")

@@ -187,7 +187,7 @@ def test_the_bundle_samples_the_images_diffusers_ddim_loop_samples(diffusers_bun
     p = load_pretrained(folder)
     bound = 10 * _fp64_drift(p.model, p.schedule, x_T, 10, p.clip_range, p.eps_rule) + 1e-5
     for mode in ("loop", "fused", "step"):
-        ours = _to_unit(sampler.run_batch(x_T.numpy(), sampler.timesteps(10), None, 0.0, mode))
+        ours = _to_unit(sampler.run_batch(sampler.plan(n=4, num_steps=10, mode=mode), x_T.numpy()))
         assert np.abs(ours - theirs).max() <= bound, (mode, np.abs(ours - theirs).max(), bound)
 
 

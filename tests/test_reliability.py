@@ -194,15 +194,17 @@ def test_runtime_arguments_of_the_wrong_type_are_one_clear_error(bundles):
         runtime.load(path, provider="cpu", threads=2.5)
     s = runtime.load(path, provider="cpu")
     x = np.zeros((2, 3, 12, 12), np.float32)
-    ts = s.timesteps(3)
+    plan = s.plan(n=2, num_steps=3)
     with pytest.raises(TypeError, match=r"x_T has shape \(2, 3, 12, 12\) and dtype float64: expected float32"):
-        s.run_batch(x.astype(np.float64), ts, None, 0.0, "loop")
+        s.run_batch(plan, x.astype(np.float64))
     for bad in (np.array([1200, 600, 0]), np.array([0, 500, 900]), np.array([5, 5, 0])):
         with pytest.raises(ValueError, match="expected distinct, descending integers in 0..999"):
-            s.run_batch(x, bad, None, 0.0, "fused")
+            s.plan(n=2, timesteps=bad, mode="fused")
     with pytest.raises(TypeError, match=r"a stochastic run needs float32 noise of shape \(S, B, C, H, W\) = \(3, 2, 3, 12, 12\)"):
-        s.run_batch(x, ts, None, 0.5, "fused")
-    assert s.run_batch(x, ts, None, 0.0, "loop").shape == x.shape
+        s.run_batch(s.plan(n=2, num_steps=3, eta=0.5, mode="fused"), x)
+    with pytest.raises(ValueError, match="the conditioning is for 3 images, the batch has 2"):
+        s.run_batch(s.plan(n=3, num_steps=3), x)
+    assert s.run_batch(plan, x).shape == x.shape
 
 
 # --- 10. failures after the work is done, and partial files left ----------------------------------------
@@ -829,7 +831,7 @@ def test_a_batch_too_large_for_the_cgroup_is_split_not_killed(bundles, tmp_path,
     import sys
 
     sampler = runtime.load(bundles["unet"].path, "cpu")
-    per_image = sampler.activation_bytes("ddim", False)
+    per_image = sampler.activation_bytes(sampler.plan(solver="ddim"))
     n = int(600e6 // per_image) + 64  # activations alone past the cgroup's limit of 600 MB at one batch
     cmd = [sys.executable, "-m", "runtime.apps.cli", "sample", str(bundles["unet"].path), "--provider", "cpu", "--n", str(n),
            "--batch-size", str(n), "--steps", "1", "--out", str(tmp_path / "x.npy")]

@@ -28,7 +28,7 @@ def test_all_modes_match_eager(bundle, solver, eta):
         assert m.final_max <= m.atol and m.atol >= 10 * report.reference_error
     step = report.modes[2]
     assert len(step.steps) == 12 and all(s.eps_max is not None for s in step.steps)
-    assert [s.t for s in step.steps] == runtime.load(bundle.path, "cpu").timesteps(12).tolist()
+    assert [s.t for s in step.steps] == runtime.load(bundle.path, "cpu").plan(num_steps=12).timesteps.tolist()
 
 
 @pytest.mark.parametrize("solver,eta", SOLVER_RUNS)
@@ -313,7 +313,7 @@ def test_sampler_refuses_non_finite_output(bundles, monkeypatch):
     from zoo.diffusion import NonFiniteSampleError
 
     s = runtime.load(bundles["conv"].path, provider="cpu")
-    monkeypatch.setattr(s, "run_batch", lambda x_T, *a, **k: np.full_like(x_T, np.nan))
+    monkeypatch.setattr(s, "run_batch", lambda plan, x_T, *a, **k: np.full_like(x_T, np.nan))
     with pytest.raises(NonFiniteSampleError, match=r"images 0\.\.2 \(ddim, loop mode, 4 steps\): 1296 non-finite"):
         s.sample(3, num_steps=4)
 

@@ -401,7 +401,8 @@ def test_read_rows_checks_every_row_before_any_runs(bundles):
     with pytest.raises(ValueError, match=r"row 1: num_steps=0"):
         read_rows(manifest, "b", inputs.get)
     rows = read_rows(manifest, "b", {**inputs, "steps": np.array([[10], [12]])}.get)
-    assert [s.steps for s in rows.settings] == [10, 12] and rows.labels is None
+    assert [s.steps for s in rows.settings] == [10, 12] and rows.conditioning.labels is None
+    assert [len(rows.plans[s].timesteps) for s in rows.settings] == [10, 12]
     with pytest.raises(ValueError, match="labels and guidance need a class-conditional bundle"):
         read_rows(manifest, "b", {**inputs, "steps": None, "label": np.array([[1], [1]])}.get)
 

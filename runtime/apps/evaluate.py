@@ -18,7 +18,7 @@ import numpy as np
 
 from zoo.solvers import SOLVERS
 
-__all__ = ["evaluate", "requested_labels", "every_class", "class_feeds", "format_curve", "data_source_of", "bundle_for"]
+__all__ = ["evaluate", "EVAL_N", "requested_labels", "every_class", "class_feeds", "format_curve", "data_source_of", "bundle_for"]
 
 log = logging.getLogger(__name__)
 
@@ -47,39 +47,40 @@ def bundle_for(target: Path, tmp: Path, progress: bool, solvers: tuple[str, ...]
     return tmp / "bundle"
 
 
+EVAL_N = 360  # images measured by default: the digits' held-out size
+
+
 def evaluate(
     target: str | os.PathLike,
     data: str | None = None,
-    n: int = 360,
-    num_steps: int = 50,
-    spacing: str = "leading",
-    eta: float = 0.0,
-    seed: int = 0,
-    mode: str = "loop",
+    n: int = EVAL_N,
+    *,
     provider: str = "auto",
     progress: bool = False,
-    solver: str = "ddim",
     labels: Any = None,
     guidance: Any = None,
+    **settings: Any,
 ) -> tuple[dict[str, Any] | None, np.ndarray | None]:
-    """Sample ``n`` images from a bundle or run directory with ``solver`` and measure them against ``data``.
+    """Sample ``n`` images from a bundle or run directory and measure them against ``data``.
 
-    A class-conditional bundle takes ``labels`` as ``Sampler.sample`` does, or ``"all"`` (every
-    class in turn: image k asks for class k mod K; the default when ``guidance`` is given); without
-    labels it samples the null class. ``guidance``: one w, or several: the trade-off curve, the same
-    ``n`` images (seeds and labels) sampled at each w and measured with the conditional accuracy.
+    ``settings`` are ``SampleRequest``'s (``num_steps``, ``solver``, ``eta``, ``spacing``, ``seed``, ``mode``,
+    ``timesteps``), its defaults the request's. A class-conditional bundle takes ``labels`` as
+    ``Sampler.sample`` does, or ``"all"`` (every class in turn: image k asks for class k mod K; the
+    default when ``guidance`` is given); without labels it samples the null class. ``guidance``: one
+    w, or several: the trade-off curve, the same ``n`` images (seeds and labels) sampled at each w and
+    measured with the conditional accuracy.
 
     Returns ``(report dict, samples)`` on rank 0 (with a curve: ``report["curve"]``, one report per
     w, and the samples of every w stacked, (len(w), n, C, H, W)) and ``(None, None)`` on other ranks.
     """
     import runtime
     from export.format.manifest import load_manifest
-    from runtime.requests import check_choices, check_classes
+    from runtime.requests import Conditioning, SampleRequest
     from zoo.diffusion import MAX_GUIDANCE, check_guidance
     from zoo.training.distributed import init_distributed
     from zoo.training.metrics import quality_report
 
-    check_choices(solver=solver, eta=eta, spacing=spacing, mode=mode)  # before a run is exported; the bundle's own after
+    request = SampleRequest.of(n=n, **settings).check()  # before a run is exported; the bundle's own checks after
     try:  # the w of each report: every one in check_guidance's range
         ws = None if guidance is None else check_guidance(guidance, np.size(guidance), True)
     except ValueError:
@@ -92,12 +93,12 @@ def evaluate(
     if n < world:
         raise ValueError(f"n={n} images cannot be split over {world} processes")
     with tempfile.TemporaryDirectory(prefix="diffzoo-eval-") as tmp:
-        bundle = bundle_for(target, Path(tmp), progress, solvers=(solver,)) if rank == 0 else None
+        bundle = bundle_for(target, Path(tmp), progress, solvers=(request.solver,)) if rank == 0 else None
         if world > 1:
             bundle = _broadcast_bundle(bundle, target, Path(tmp), rank)
         manifest = load_manifest(bundle)
         labels = requested_labels(manifest, n, "all" if labels is None and ws is not None else labels)
-        labels, _ = check_classes(manifest, n, labels, None if ws is None else ws[0])  # none: the null class
+        labels = Conditioning.of(manifest, n, labels, None if ws is None else ws[0]).labels  # none: the null class
         data = data or data_source_of(manifest)
         if data is None:
             raise ValueError(f"{str(target)!r} does not record its training data: pass --data (e.g. digits)")
@@ -106,9 +107,8 @@ def evaluate(
         start, stop = rank * n // world, (rank + 1) * n // world
         xs = []
         for w in ([None] if ws is None else ws.tolist()):
-            x = sampler.sample(stop - start, num_steps=num_steps, seed=seed, eta=eta, spacing=spacing, mode=mode,
-                               start=start, progress=progress and rank == 0, solver=solver,
-                               labels=None if labels is None else labels[start:stop], guidance=w)
+            plan = sampler.plan(request, labels=labels, guidance=w).part(start, stop)
+            x = sampler.sample(plan, progress=progress and rank == 0)
             if world > 1:
                 import torch.distributed as dist
 
@@ -118,9 +118,10 @@ def evaluate(
             xs.append(x)
         if rank != 0:
             return None, None
-        info = {"target": str(target), "data": data, "samples": n, "solver": solver, "steps": num_steps, "spacing": spacing, "eta": eta,
-                "seed": seed, "mode": mode, "provider": sampler.providers[0], "processes": world,
-                "labels": _describe(labels, manifest)}
+        r = plan.request
+        info = {"target": str(target), "data": data, "samples": n, "solver": r.solver, "steps": r.num_steps,
+                "spacing": r.spacing, "eta": r.eta, "seed": r.seed, "mode": r.mode, "provider": sampler.providers[0],
+                "processes": world, "labels": _describe(labels, manifest)}
         reports = [quality_report(x, data, seed=0, labels=labels) for x in xs]
         if ws is None or len(ws) == 1:
             return {**info, "guidance": None if ws is None else float(ws[0]), "quality": reports[0].to_dict(),

@@ -16,9 +16,8 @@ import numpy as np
 from export.verify import check_atol, derived_atol
 from runtime.noise import image_noise
 from runtime.providers import CudaOptions
-from runtime.requests import check_classes
+from runtime.requests import PARITY_BATCH, SampleRequest
 from runtime.sampler import MODES, load
-from zoo.solvers import get_solver
 
 __all__ = ["parity", "ParityReport", "ModeParity", "StepDiff"]
 
@@ -120,24 +119,20 @@ def _eager(model, schedule, x_T: np.ndarray, noise: np.ndarray | None, device: s
 def parity(
     bundle_dir: str | os.PathLike,
     provider: str = "auto",
-    num_steps: int = 50,
-    batch: int = 4,
-    seed: int = 0,
+    *,
+    request: SampleRequest | None = None,
+    batch: int | None = None,
     modes: Iterable[str] = MODES,
-    eta: float = 0.0,
-    spacing: str = "leading",
     strict: bool = False,
     atol: float | None = None,
-    solver: str = "ddim",
-    labels: Any = None,
-    guidance: Any = None,
+    **settings: Any,
 ) -> ParityReport:
     """Run the eager sampler (``zoo.sample``) and the onnxruntime sampler side by side; see ``ParityReport``.
 
-    ``solver`` is any of ``zoo.solvers.SOLVERS`` (eta only with "ddim"; a solver that draws noise gets the
-    same per-image noise on both sides). A class-conditional bundle
-    takes ``labels`` and ``guidance`` as ``Sampler.sample`` does (one for all or one per image; none:
-    the null class), and both sides sample them.
+    The request is ``request`` or ``SampleRequest``'s keywords (``num_steps``, ``solver``, ``eta``, ``spacing``,
+    ``seed``, ``timesteps``, ``labels``, ``guidance``), its ``n`` the ``batch`` compared (default
+    ``PARITY_BATCH``), run in each of ``modes``. Both sides take the plan's timesteps, noise (a solver
+    that draws noise gets the same per-image noise on both sides) and conditioning (none: the null class).
 
     Each mode's final image must lie within ``atol`` of eager float32: by default the bound is
     derived from eager float32's own error against eager float64 on the same inputs
@@ -146,22 +141,22 @@ def parity(
     import torch
 
     from zoo.resources import activation_bytes, check_fits
-    from zoo.validate import check_int, check_real
     from zoo.weights import load_weights
 
     modes = list(modes)
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise ValueError(f"unknown mode(s) {bad or modes!r}: expected a subset of {list(MODES)}")
-    batch = check_int("batch", batch, 1)
-    eta = check_real("eta", eta, 0.0, 1.0, hint="0 = DDIM, 1 = DDPM-like")
+    if "mode" in settings:
+        raise TypeError("parity runs every mode of modes=: pass modes=[...], not mode=")
+    n = {} if batch is None and request is not None else {"n": PARITY_BATCH if batch is None else batch}
+    request = SampleRequest.of(request, **n, **settings).check()
     atol = check_atol(atol)
     # TF32 alone moves fp32 results by ~1e-3: off on both sides for a parity run.
     sampler = load(bundle_dir, provider=provider, strict=strict, cuda=CudaOptions(tf32=False))
-    for mode in modes:
-        sampler.check(num_steps, eta, spacing, mode, solver)
-    labels, guidance = check_classes(sampler.manifest, batch, labels, guidance)  # none: both sides sample the null class
-    ts = sampler.timesteps(num_steps, spacing)
+    plans = {mode: sampler.plan(request, mode=mode) for mode in modes}
+    plan = plans[modes[0]]  # the timesteps, noise and conditioning of every mode's
+    ts, cond, batch = plan.timesteps, plan.conditioning, request.n
     c, h, w = sampler.shape
     hidden = sampler.manifest["model"]["config"].get("hidden", c)
     check_fits(4 * batch * c * h * w * (2 * len(ts) + 6) + activation_bytes(batch, c, hidden, h, w),
@@ -169,18 +164,20 @@ def parity(
     # load() has verified every hash already; read the weights without hashing the bundle again.
     model, schedule, _ = load_weights(sampler.path / sampler.manifest["weights"])
 
-    x_T, noise = image_noise(seed, range(batch), sampler.shape, len(ts), stochastic=get_solver(solver).stochastic(eta))
+    x_T, noise = image_noise(request.seed, range(request.start, request.start + batch), sampler.shape, len(ts),
+                             stochastic=plan.stochastic)
     device = "cuda" if sampler.device == "cuda" and torch.cuda.is_available() else "cpu"
     tf32_note = "TF32 off (onnxruntime use_tf32=0, torch allow_tf32=False)" if sampler.device == "cuda" else "fp32 on CPU (no TF32)"
-    cond = {"labels": labels, "guidance": guidance}
     baked = {k: sampler.manifest[k] for k in ("clip_range", "eps_rule")}  # the step settings the bundle's graphs compute
     x0, x0_64, eager_eps, eager_x = _eager(model, schedule, x_T, noise, device,
-                                           dict(num_steps=num_steps, solver=solver, eta=eta, spacing=spacing, **cond, **baked))
+                                           dict(timesteps=ts.copy(), solver=plan.solver.name, eta=plan.eta,
+                                                labels=cond.labels, guidance=cond.guidance, **baked))
     bound, ref_err = derived_atol({"x_0": x0}, {"x_0": x0_64})
     bound = bound if atol is None else float(atol)
 
-    report = ParityReport(str(bundle_dir), sampler.providers, device, tf32_note, ref_err, num_steps, batch, seed, eta, solver,
-                          None if labels is None else labels.tolist(), None if guidance is None else guidance.tolist())
+    listed = lambda a: None if a is None else a.tolist()  # noqa: E731
+    report = ParityReport(str(bundle_dir), sampler.providers, device, tf32_note, ref_err, len(ts), batch, request.seed, plan.eta,
+                          plan.solver.name, listed(cond.labels), listed(cond.guidance))
     for mode in modes:
         steps: list[StepDiff] = []
 
@@ -188,7 +185,7 @@ def parity(
             e = _diff(eps, eager_eps[i]) if eps is not None else (None, None)
             steps.append(StepDiff(i, t, *e, *_diff(x, eager_x[i])))
 
-        out = sampler.run_batch(x_T, ts, noise, eta, mode, callback=record, solver=solver, **cond)
+        out = sampler.run_batch(plans[mode], x_T, noise, callback=record)
         fmax, fmean = _diff(out, x0)
         report.modes.append(ModeParity(mode, steps, fmax, fmean, bound, bool(np.isfinite(fmax) and fmax <= bound)))
     return report

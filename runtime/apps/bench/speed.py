@@ -27,6 +27,7 @@ from export.format.artifacts import select
 from export.format.manifest import check_identity, load_manifest, read_verified
 from export.verify import relative_rms
 from runtime.feeds import fused_on_host, step_list
+from runtime.requests import SampleRequest
 from zoo.solvers import get_solver, solve
 
 __all__ = ["BenchConfig", "run_bench", "conv_flops", "matmul_gflops", "format_results", "key_ratios"]
@@ -47,13 +48,13 @@ class BenchConfig:
     hidden: int = 64
     size: int = 32
     batch: int = 16
-    steps: int = 50
+    steps: int = SampleRequest.num_steps
     threads: int = 2
     repeats: int = 3
     backends: tuple[str, ...] = CPU_BACKENDS + CUDA_BACKENDS
     seed: int = 0
     checkpoint: str | None = None  # a weights .safetensors: a trained model instead of a random init (model/hidden ignored)
-    solver: str = "ddim"  # or "dpmpp_2m": every backend runs that solver
+    solver: str = SampleRequest.solver  # every backend runs this solver (zoo.solvers.SOLVERS)
     classes: int = 0  # > 0: the random init is class-conditional with that many classes (a checkpoint knows its own)
     guidance: float = 1.0  # a class-conditional model: every backend samples every class in turn at this w
 
@@ -157,18 +158,19 @@ def _backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray):
                              noise=None if noise is None else noise.__getitem__)
     manifest = load_manifest(bundle)  # hashed once; the backends read their graphs' verified bytes with it
     cond = class_feeds(manifest, len(x_T), cfg.guidance)  # {} for an unconditional model
+    request = SampleRequest(n=len(x_T), num_steps=cfg.steps, solver=cfg.solver, seed=cfg.seed, **cond)  # every runtime backend's
     out = {**_torch_backends(cfg, bundle, manifest, model, schedule, x_T, noise, loop, cond),
-           **_ort_backends(cfg, bundle, manifest, x_T, ts, noise, loop, cond)}
+           **_ort_backends(cfg, bundle, manifest, x_T, request, noise, loop, cond)}
     if any(b in cfg.backends for b in OPENVINO_BACKENDS):
         from runtime.apps.bench.openvino import OpenVINOSampler
 
         ov = OpenVINOSampler(bundle, threads=cfg.threads)
         for mode in ("fused", "loop"):
-            out[f"openvino-{mode}"] = (lambda m: lambda: ov.run_batch(x_T, ts, cfg.solver, m, cond=cond, noise=noise))(mode)
+            out[f"openvino-{mode}"] = _run(ov, ov.plan(request, mode=mode), x_T, noise)
     import torch
 
     if torch.cuda.is_available() and runtime.cuda_unavailable_reason() is None:
-        out.update(_cuda_backends(cfg, bundle, model, schedule, x_T, ts, noise, cond))
+        out.update(_cuda_backends(cfg, bundle, model, schedule, x_T, ts, request, noise, cond))
     return {k: v for k, v in out.items() if k in cfg.backends}
 
 
@@ -237,7 +239,7 @@ def _torch_backends(cfg: BenchConfig, bundle: Path, manifest: dict, model, sched
     return out
 
 
-def _ort_backends(cfg: BenchConfig, bundle: Path, manifest: dict, x_T: np.ndarray, ts: np.ndarray, noise, loop,
+def _ort_backends(cfg: BenchConfig, bundle: Path, manifest: dict, x_T: np.ndarray, request: SampleRequest, noise, loop,
                   cond: dict[str, np.ndarray]) -> dict[str, Callable]:
     """onnxruntime on the CPU: the denoiser under a numpy solver, every runtime mode, the shipped loop, int8."""
     import onnxruntime as ort
@@ -262,18 +264,23 @@ def _ort_backends(cfg: BenchConfig, bundle: Path, manifest: dict, x_T: np.ndarra
     out = {"ort-numpy-step": lambda: loop(numpy_eps, x_T)}
     cpu = runtime.load(bundle, provider="cpu", threads=cfg.threads)
     for mode in ("step", "fused", "loop"):
-        out[f"ort-{mode}"] = (lambda m: lambda: cpu.run_batch(x_T, ts, noise, 0.0, m, solver=cfg.solver, **cond))(mode)
+        out[f"ort-{mode}"] = _run(cpu, cpu.plan(request, mode=mode), x_T, noise)
     shipped = runtime.load(bundle, provider="cpu", threads=cfg.threads)
     shipped.optimize_cpu_loop = False  # the bundle's sampler.onnx as exported: no NCHWc inside the Loop body
-    out["ort-loop-shipped"] = lambda: shipped.run_batch(x_T, ts, noise, 0.0, "loop", solver=cfg.solver, **cond)
+    out["ort-loop-shipped"] = _run(shipped, shipped.plan(request, mode="loop"), x_T, noise)
     if any(b in cfg.backends for b in INT8_BACKENDS):
         int8 = runtime.load(bundle, provider="cpu", threads=cfg.threads, precision="int8")
         for mode in ("step", "fused", "loop"):
-            out[f"ort-int8-{mode}"] = (lambda m: lambda: int8.run_batch(x_T, ts, noise, 0.0, m, solver=cfg.solver))(mode)
+            out[f"ort-int8-{mode}"] = _run(int8, int8.plan(request, mode=mode, precision="int8"), x_T, noise)
     return out
 
 
-def _cuda_backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray, ts, noise,
+def _run(sampler, plan, x_T: np.ndarray, noise) -> Callable[[], np.ndarray]:
+    """A runtime backend: one batch of a plan resolved before timing."""
+    return lambda: sampler.run_batch(plan, x_T, noise)
+
+
+def _cuda_backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray, ts, request: SampleRequest, noise,
                    cond: dict[str, np.ndarray]) -> dict[str, Callable]:
     """Eager torch on CUDA and onnxruntime's CUDA provider: fused with and without IO binding, CUDA graph, loop."""
     import copy
@@ -288,8 +295,7 @@ def _cuda_backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndar
     x_dev = torch.from_numpy(x_T).to("cuda")
     gpu = runtime.load(bundle, provider="cuda")
     graph = runtime.load(bundle, provider="cuda", cuda=runtime.CudaOptions(cuda_graph=True))
-    stochastic = get_solver(solver).stochastic(0.0)
-    fused = gpu.session(gpu.artifact("fused_step", solver, stochastic))
+    fused = gpu.session(gpu.plan(request, mode="fused").artifact)
     inputs = [i.name for i in fused.get_inputs()]
     noise_dev = {} if noise is None else {"noise": torch.from_numpy(noise).to("cuda")}
 
@@ -301,9 +307,9 @@ def _cuda_backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndar
         "eager-cuda": lambda: zoo.sample(dev_model, schedule, x_dev, num_steps=cfg.steps, solver=solver, **cond,
                                          **noise_dev).cpu().numpy(),
         "ort-cuda-fused-host": host_fused,
-        "ort-cuda-fused": lambda: gpu.run_batch(x_T, ts, noise, 0.0, "fused", solver=solver, **cond),
-        "ort-cuda-fused-graph": lambda: graph.run_batch(x_T, ts, noise, 0.0, "fused", solver=solver, **cond),
-        "ort-cuda-loop": lambda: gpu.run_batch(x_T, ts, noise, 0.0, "loop", solver=solver, **cond),
+        "ort-cuda-fused": _run(gpu, gpu.plan(request, mode="fused"), x_T, noise),
+        "ort-cuda-fused-graph": _run(graph, graph.plan(request, mode="fused"), x_T, noise),
+        "ort-cuda-loop": _run(gpu, gpu.plan(request, mode="loop"), x_T, noise),
     }
 
 
@@ -339,7 +345,7 @@ def _step_errors(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarra
     reduced: dict[str, Callable[..., torch.Tensor]] = {}
     if any(n in INT8_BACKENDS for n in names):  # the solvers with int8 graphs (the CLI refuses the others up front)
         int8_sampler = runtime.load(bundle, provider="cpu", threads=cfg.threads, precision="int8")
-        fused = int8_sampler.session(int8_sampler.artifact("fused_step", cfg.solver, solver.stochastic(0.0)))
+        fused = int8_sampler.session(int8_sampler.plan(n=len(x_T), num_steps=cfg.steps, solver=cfg.solver, mode="fused").artifact)
         int8_inputs = [i.name for i in fused.get_inputs()]
 
         def int8(x, state, t, tp, abars, kw):

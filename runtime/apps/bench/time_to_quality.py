@@ -77,10 +77,19 @@ def _backends(bundle: Path, threads: int, names: tuple[str, ...], cond: dict[str
         return zoo.sample(model, schedule, torch.from_numpy(x_T), num_steps=steps, solver=solver, spacing=spacing,
                           **cond, **torch_noise(noise)).numpy()
 
+    def planned(sampler, mode: str) -> Callable[..., np.ndarray]:  # each run's plan resolved once, on its untimed warm-up
+        plans: dict[tuple, Any] = {}
+
+        def run(x_T, noise, solver, spacing, steps):
+            if (solver, spacing, steps) not in plans:
+                plans[solver, spacing, steps] = sampler.plan(n=len(x_T), num_steps=steps, solver=solver, spacing=spacing,
+                                                             mode=mode, **cond)
+            return sampler.run_batch(plans[solver, spacing, steps], x_T, noise)
+        return run
+
     out["eager"] = eager
     for mode in ("step", "fused", "loop"):
-        out[f"ort-{mode}"] = (lambda m: lambda x_T, noise, solver, spacing, steps: cpu.run_batch(
-            x_T, cpu.timesteps(steps, spacing), noise, 0.0, m, solver=solver, **cond))(mode)
+        out[f"ort-{mode}"] = planned(cpu, mode)
     if torch.cuda.is_available() and runtime.cuda_unavailable_reason() is None and any("cuda" in n for n in names):
         import copy
 
@@ -96,15 +105,13 @@ def _backends(bundle: Path, threads: int, names: tuple[str, ...], cond: dict[str
         out["eager-cuda"] = eager_cuda
         for name, s, mode in (("ort-cuda-fused", gpu, "fused"), ("ort-cuda-fused-graph", graph, "fused"),
                               ("ort-cuda-loop", gpu, "loop")):
-            out[name] = (lambda s, m: lambda x_T, noise, solver, spacing, steps: s.run_batch(
-                x_T, s.timesteps(steps, spacing), noise, 0.0, m, solver=solver, **cond))(s, mode)
+            out[name] = planned(s, mode)
     from runtime.apps.bench.openvino import OpenVINOSampler, openvino_unavailable_reason
 
     if openvino_unavailable_reason() is None:
         ov = OpenVINOSampler(bundle, threads=threads)
         for mode in ("fused", "loop"):
-            out[f"openvino-{mode}"] = (lambda m: lambda x_T, noise, solver, spacing, steps: ov.run_batch(
-                x_T, ov.timesteps(steps, spacing), solver, m, cond=cond, noise=noise))(mode)
+            out[f"openvino-{mode}"] = planned(ov, mode)
     return {k: v for k, v in out.items() if k in names}
 
 

@@ -137,20 +137,29 @@ def write_json(path: str, obj, what: str = "results") -> None:
     print(f"{what} written to {path}")
 
 
-def check_request(bundle: str, steps: int, modes, eta: float = 0.0, spacing: str = "leading", solver: str = "ddim",
-                  precision: str = "fp32") -> dict:
-    """Check a sampling request against the bundle's manifest before a provider is chosen or anything runs.
+# The CLI's names of the request's settings (request_args and the commands' own flags) -> SampleRequest's fields
+_REQUEST_FLAGS = {"steps": "num_steps", "solver": "solver", "spacing": "spacing", "eta": "eta", "seed": "seed", "mode": "mode",
+                  "precision": "precision", "batch_size": "batch_size"}
 
-    Returns the manifest, read unverified for the request's checks only; ``runtime.load`` verifies it
-    and every hash after.
-    """
+
+def request_fields(args: argparse.Namespace) -> dict:
+    """The command's request flags (those it has and were given) as ``SampleRequest``'s fields."""
+    return {field: getattr(args, flag) for flag, field in _REQUEST_FLAGS.items() if getattr(args, flag, None) is not None}
+
+
+def request_of(args: argparse.Namespace, **settings):
+    """The command's ``runtime.SampleRequest``: its flags and ``settings``."""
+    from runtime.requests import SampleRequest
+
+    return SampleRequest.of(**{**request_fields(args), **settings})
+
+
+def read_manifest(bundle: str) -> dict:
+    """The bundle's manifest, read unverified for the request's checks before a provider is chosen or anything runs
+    (``runtime.load`` verifies it and every hash after, and refuses a plan resolved against another manifest)."""
     from export.format.manifest import load_manifest
-    from runtime.requests import check_settings
 
-    manifest = load_manifest(bundle, verify=False)
-    for mode in modes:
-        check_settings(manifest, bundle, steps, eta, spacing, mode, solver, precision)
-    return manifest
+    return load_manifest(bundle, verify=False)
 
 
 def class_args(p: argparse.ArgumentParser, all_help: str, guidance_help: str | None = None) -> None:
@@ -179,17 +188,13 @@ def parse_guidance(guidance: str | None) -> list[float] | None:
                          "comma-separated") from None
 
 
-def conditioning(manifest: dict, n: int, classes: str | None, guidance: str | None):
-    """--class and --guidance as the (n,) arrays ``Sampler.sample`` takes, checked against the bundle's manifest.
-
-    ``--class all``: ``n`` images of every class in turn (the caller samples n x K images).
-    """
-    from runtime.requests import check_classes
-
+def class_request(manifest: dict, n: int, classes: str | None) -> tuple[int, list | None]:
+    """--class as (images, labels) for ``SampleRequest``: ``all`` is ``n`` images of every class in turn (n x K images,
+    class by class), other classes are checked when the request is resolved."""
     labels = parse_classes(classes)
-    if labels == "all":
-        if not manifest.get("classes"):
-            raise ValueError("--class all needs a class-conditional bundle; this one is unconditional")
-        k = manifest["classes"]["count"]
-        return check_classes(manifest, n * k, [c for c in range(k) for _ in range(n)], parse_guidance(guidance))
-    return check_classes(manifest, n, labels, parse_guidance(guidance))
+    if labels != "all":
+        return n, labels
+    if not manifest.get("classes"):
+        raise ValueError("--class all needs a class-conditional bundle; this one is unconditional")
+    k = manifest["classes"]["count"]
+    return n * k, [c for c in range(k) for _ in range(n)]

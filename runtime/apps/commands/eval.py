@@ -12,11 +12,13 @@ from runtime.apps.commands.common import (
     parse_guidance,
     positive_int,
     request_args,
+    request_fields,
     write_json,
 )
 
 
 def register(sub) -> None:
+    from runtime.apps.evaluate import EVAL_N
     from runtime.providers import PROVIDERS
     from runtime.requests import MODES, SampleRequest
     from zoo.diffusion import MAX_GUIDANCE
@@ -25,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("target", help="bundle directory, or training run directory (exported to a temporary bundle first)")
     p.add_argument("--data", default=None, help="data spec to measure against (default: the one the bundle records)")
     # not --n: under torchrun, argparse would take "--n" for an abbreviation of torchrun's own --nnodes
-    p.add_argument("--samples", type=positive_int, default=360, help="number of samples (default 360, the digits' held-out size)")
+    p.add_argument("--samples", type=positive_int, default=EVAL_N, help=f"number of samples (default {EVAL_N}, the digits' held-out size)")
     request_args(p)
     p.add_argument("--mode", choices=MODES, default=SampleRequest.mode, help=f"runtime mode (default {SampleRequest.mode})")
     p.add_argument("--provider", choices=PROVIDERS, default="auto", help="auto (default): CUDA if it loads, else CPU")
@@ -44,9 +46,8 @@ def run(args: argparse.Namespace) -> int:
         check_out(args.json, suffixes=None)
     if args.grid:
         check_out(args.grid)
-    res, x = evaluate(args.target, data=args.data, n=args.samples, num_steps=args.steps, spacing=args.spacing, eta=args.eta,
-                      seed=args.seed, mode=args.mode, provider=args.provider, progress=True, solver=args.solver,
-                      labels=parse_classes(args.classes), guidance=parse_guidance(args.guidance))
+    res, x = evaluate(args.target, data=args.data, n=args.samples, provider=args.provider, progress=True,
+                      labels=parse_classes(args.classes), guidance=parse_guidance(args.guidance), **request_fields(args))
     if res is None:  # not rank 0 under torchrun
         return 0
     print(f"quality of {res['target']}: {res['samples']} samples, {res['solver']} {res['steps']} steps ({res['spacing']}), eta {res['eta']}, "

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if source and source["spacing"] is None:
         print(f"the scheduler config's timestep grid ({source['scheduler_class']}, timestep_spacing "
               f"{source['timestep_spacing']!r}) is not one of diffzoo's spacings: diffzoo sample uses --spacing "
-              "leading|trailing|linspace; Sampler.run_batch takes any grid")
+              "leading|trailing|linspace; Sampler.sample(timesteps=...) takes any grid")
     elif source and source["spacing"] != "leading":
         print(f"the scheduler config samples with timestep_spacing {source['spacing']!r}: pass --spacing "
               f"{source['spacing']} to diffzoo sample")

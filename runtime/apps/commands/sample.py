@@ -7,11 +7,13 @@ import time
 
 from runtime.apps.commands.common import (
     check_out,
-    check_request,
     class_args,
-    conditioning,
+    class_request,
+    parse_guidance,
     positive_int,
+    read_manifest,
     request_args,
+    request_of,
     write_images,
 )
 
@@ -53,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
     from runtime.requests import check_cuda_graph
 
     out = check_out(args.out)
-    manifest = check_request(args.bundle, args.steps, [args.mode], args.eta, args.spacing, args.solver, args.precision)
-    labels, guidance = conditioning(manifest, args.n, args.classes, args.guidance)
-    total = args.n if labels is None else len(labels)  # --class all: n of every class
+    manifest = read_manifest(args.bundle)
+    total, labels = class_request(manifest, args.n, args.classes)  # --class all: n of every class
+    plan = request_of(args, n=total, labels=labels, guidance=parse_guidance(args.guidance)).resolve(manifest, args.bundle)
     if args.classes == "all" and (out.suffix.lower() != ".png" or args.shard != (0, 1)):
         raise ValueError("--class all writes one .png grid with a row per class: use a .png --out and no --shard")
     i, n_shards = args.shard
@@ -68,10 +70,7 @@ def run(args: argparse.Namespace) -> int:
     check_out(out, channels=sampler.shape[0])
     check_cuda_graph(args.cuda_graph, args.mode, sampler.providers[0])
     t0 = time.perf_counter()
-    x = sampler.sample(stop - start, num_steps=args.steps, seed=args.seed, eta=args.eta, spacing=args.spacing,
-                       mode=args.mode, batch_size=args.batch_size, start=start, progress=True, solver=args.solver,
-                       labels=None if labels is None else labels[start:stop],
-                       guidance=None if guidance is None else guidance[start:stop])
+    x = sampler.sample(plan.part(start, stop), progress=True)
     dt = time.perf_counter() - t0
     write_images(out, x, sampler.manifest["classes"]["names"] if args.classes == "all" else None)
     shard = f" (shard {i}/{n_shards}: images {start}..{stop - 1})" if n_shards > 1 else ""

@@ -21,8 +21,9 @@ from runtime.apps.serve.protocol import OUTPUTS, Rows, Settings, check_memory, r
 from runtime.apps.serve.server import SETTINGS_NAME, register_instance
 from runtime.noise import row_noise
 from runtime.providers import CudaOptions
+from runtime.requests import Conditioning, Plan, SampleRequest
 from runtime.sampler import load
-from zoo.solvers import SOLVERS, get_solver
+from zoo.solvers import SOLVERS
 from zoo.validate import first_line
 
 
@@ -43,7 +44,7 @@ class TritonPythonModel:
         self.log = pb_utils.Logger
         self.log.log_info(f"diffzoo: {args['model_instance_name']} loads {self.path} ({self.mode} mode, "
                           f"{self.sampler.providers[0]})")
-        self.good_settings: set[Settings] = set()  # checked once per instance, not per request
+        self.plans: dict[Settings, Plan] = {}  # resolved once per instance, not per request
         self._warm_up()
         register_instance(settings["instances_dir"])  # warm: the server watches this process from now on
 
@@ -51,13 +52,12 @@ class TritonPythonModel:
         """Build and run every session this instance can be asked for, so that ready means ready."""
         for solver in SOLVERS:
             for eta in (0.0, 1.0):
+                s = Settings(2, solver, eta, SampleRequest.spacing, False)
                 try:
-                    self.sampler.check(2, eta, "leading", self.mode, solver)
+                    plan = self.sampler.plan(s.request(self.mode, self.sampler.precision))
                 except ValueError:
                     continue  # not in this bundle (or a deterministic solver with eta > 0)
-                rows = Rows(np.zeros(1, np.int64), np.zeros(1, np.int64), [Settings(2, solver, eta, "leading", False)],
-                            None, None)
-                self._run(rows.settings[0], [(rows, 0)])
+                self._run(plan, [(Rows(np.zeros(1, np.int64), np.zeros(1, np.int64), [s], {s: plan}, plan.conditioning), 0)])
 
     def execute(self, requests: list) -> list:
         try:
@@ -76,7 +76,7 @@ class TritonPythonModel:
         for i, request in enumerate(requests):
             try:
                 rows = read_rows(self.sampler.manifest, self.path, lambda name, r=request: _input(r, name),
-                                 self.mode, self.sampler.precision, self.good_settings)
+                                 self.mode, self.sampler.precision, self.plans)
                 check_memory(self.sampler.shape, rows)
             except ValueError as e:
                 responses[i] = _error(str(e), pb_utils.TritonError.INVALID_ARG)
@@ -90,7 +90,7 @@ class TritonPythonModel:
             if not live:
                 continue
             try:
-                x = self._run(settings, [(parsed[i], j) for i, j in live])
+                x = self._run(self.plans[settings], [(parsed[i], j) for i, j in live])
             except Exception as e:  # noqa: BLE001  a failed run fails its own requests, never the server
                 self.log.log_error(f"diffzoo: a batch of {len(live)} rows ({settings}) failed: {first_line(e, 500)}")
                 for i in {i for i, _ in live}:
@@ -110,23 +110,17 @@ class TritonPythonModel:
                 responses[i] = self._response(requests[i], x)
         return responses
 
-    def _run(self, settings: Settings, members: list[tuple[Rows, int]]) -> np.ndarray:
-        """Rows that share ``settings`` (each its own seed, index, label and w) in one session call, or in as few as
-        fit in the memory this instance can still get (``Sampler.fit_batch``): a large request is split, not killed."""
-        ts = self.sampler.timesteps(settings.steps, settings.spacing)
-        stochastic = get_solver(settings.solver).stochastic(settings.eta)
-        size = self.sampler.fit_batch(len(members), len(members), len(ts), settings.solver, stochastic)
+    def _run(self, plan: Plan, members: list[tuple[Rows, int]]) -> np.ndarray:
+        """Rows of one plan (each its own seed, index, label and w) in one session call, or in as few as fit in the
+        memory this instance can still get (``Sampler.fit_batch``): a large request is split, not killed."""
+        size = self.sampler.fit_batch(plan, len(members), len(members))
         out = []
         for k in range(0, len(members), size):
             part = members[k:k + size]
-            x_T, noise = row_noise([(int(r.seed[j]), int(r.index[j])) for r, j in part], self.sampler.shape, len(ts),
-                                   stochastic)
-            labels = guidance = None
-            if settings.conditional:
-                labels = np.array([r.labels[j] for r, j in part], np.int64)
-                guidance = np.array([r.guidance[j] for r, j in part], np.float32)
-            out.append(self.sampler.run_batch(x_T, ts, noise, settings.eta, self.mode, solver=settings.solver,
-                                              labels=labels, guidance=guidance))  # non-finite rows: failed in _execute
+            x_T, noise = row_noise([(int(r.seed[j]), int(r.index[j])) for r, j in part], self.sampler.shape,
+                                   len(plan.timesteps), plan.stochastic)
+            cond = Conditioning.join([r.conditioning.rows([j]) for r, j in part])
+            out.append(self.sampler.run_batch(plan, x_T, noise, conditioning=cond))  # non-finite rows: failed in _execute
         return np.concatenate(out)
 
     def _response(self, request, x: np.ndarray):

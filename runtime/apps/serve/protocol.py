@@ -14,10 +14,9 @@ from typing import Any, Callable
 import numpy as np
 
 from runtime.memory import sample_bytes
-from runtime.requests import SampleRequest, check_classes, check_settings
+from runtime.requests import Conditioning, Plan, SampleRequest
 from zoo.images import to_uint8
 from zoo.resources import check_fits
-from zoo.solvers import get_solver
 from zoo.validate import check_int
 
 __all__ = ["Input", "INPUTS", "REQUIRED", "Output", "OUTPUTS", "NUMPY_TYPES", "Settings", "Rows", "inputs_of", "read_rows",
@@ -84,19 +83,25 @@ class Settings:
     spacing: str
     conditional: bool  # rows with labels, or rows of the null class
 
+    def request(self, mode: str, precision: str) -> SampleRequest:
+        """The settings as the request of one image (``resolve`` it against the bundle: the rows' plan)."""
+        return SampleRequest(n=1, num_steps=self.steps, solver=self.solver, eta=self.eta, spacing=self.spacing, mode=mode,
+                             precision=precision)
+
+
 
 _PER_ROW = tuple(f.name for f in fields(Settings) if f.name != "conditional")  # inputs of the same names
 
 
 @dataclass
 class Rows:
-    """One request's rows, checked: per-row seeds, indices and settings, labels and guidance or None."""
+    """One request's rows, checked: per-row seeds, indices and settings, the plan of each settings, the conditioning."""
 
     seed: np.ndarray  # (B,) int64
     index: np.ndarray  # (B,) int64
     settings: list[Settings]  # one per row
-    labels: np.ndarray | None  # (B,) int64
-    guidance: np.ndarray | None  # (B,) float32
+    plans: dict[Settings, Plan]  # the resolved plan of each settings of the rows
+    conditioning: Conditioning  # (B,) rows
 
 
 def _column(name: str, datatype: str, value: Any, b: int) -> list:
@@ -114,13 +119,13 @@ def _column(name: str, datatype: str, value: Any, b: int) -> list:
     return arr.tolist()
 
 
-def read_rows(manifest: dict[str, Any], path: str, get: Callable[[str], Any], mode: str = "loop",
-              precision: str = "fp32", checked: set[Settings] | None = None) -> Rows:
+def read_rows(manifest: dict[str, Any], path: str, get: Callable[[str], Any], mode: str = SampleRequest.mode,
+              precision: str = SampleRequest.precision, plans: dict[Settings, Plan] | None = None) -> Rows:
     """One request's inputs (``get(name)`` -> array or None) as checked ``Rows``, or one ``ValueError``.
 
-    Every value is checked as ``diffzoo sample`` checks it (``runtime.requests``); the message names
-    the input, the row and the value, and what is accepted. ``checked``: settings already found
-    good for this bundle and mode (a server's instance keeps them), added to as rows pass.
+    Every value is checked as ``diffzoo sample`` checks it (``SampleRequest.resolve``); the message names
+    the input, the row and the value, and what is accepted. ``plans``: the settings already resolved
+    for this bundle, mode and precision (a server's instance keeps them), added to as rows pass.
     """
     seed = get("seed")
     if seed is None:
@@ -141,26 +146,26 @@ def read_rows(manifest: dict[str, Any], path: str, get: Callable[[str], Any], mo
         for r, v in enumerate(cols[name]):
             _row(r, lambda: check_int(name, v, 0))
     settings = []
-    checked = set() if checked is None else checked
+    plans = {} if plans is None else plans
     defaults = {i.name: i.default for i in INPUTS}
     for r in range(b):
         s = Settings(**{k: cols[k][r] if k in cols else defaults[k] for k in _PER_ROW}, conditional="label" in cols)
-        if s not in checked:
-            _row(r, lambda: check_settings(manifest, path, s.steps, s.eta, s.spacing, mode, s.solver, precision))
-            checked.add(s)
+        if s not in plans:
+            plans[s] = _row(r, lambda: s.request(mode, precision).resolve(manifest, path))
         settings.append(s)
-    labels, guidance = check_classes(manifest, b, cols.get("label"), cols.get("guidance"))
-    return Rows(np.asarray(cols["seed"], np.int64), np.asarray(cols["index"], np.int64), settings, labels, guidance)
+    conditioning = Conditioning.of(manifest, b, cols.get("label"), cols.get("guidance"))
+    return Rows(np.asarray(cols["seed"], np.int64), np.asarray(cols["index"], np.int64), settings,
+                {s: plans[s] for s in settings}, conditioning)
 
 
-def _row(r: int, check: Callable[[], Any]) -> None:
+def _row(r: int, check: Callable[[], Any]) -> Any:
     try:
-        check()
+        return check()
     except (ValueError, TypeError) as e:
         raise ValueError(f"row {r}: {e}") from None
 
 
 def check_memory(shape: tuple[int, int, int], rows: Rows) -> None:
     """Refuse a request whose rows' noise and results cannot fit in the memory available here."""
-    need = sum(sample_bytes(shape, 1, 1, s.steps, get_solver(s.solver).stochastic(s.eta)) for s in rows.settings)
+    need = sum(sample_bytes(shape, 1, 1, s.steps, rows.plans[s].stochastic) for s in rows.settings)
     check_fits(need, f"{len(rows.settings)} images of {shape}", "send fewer images per request")

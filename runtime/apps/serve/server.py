@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from runtime.apps.serve.protocol import OUTPUTS, inputs_of
-from runtime.requests import check_choices, check_cuda_graph
+from runtime.requests import SampleRequest, check_cuda_graph
 from zoo.validate import check_int
 
 __all__ = ["ServeOptions", "ServeError", "TritonServer", "triton_unavailable_reason", "model_config", "free_port", "free_ports",
@@ -67,7 +67,7 @@ class ServeOptions:
     max_queue: int = 256  # requests waiting beyond this are refused at once (HTTP 503); the dynamic batcher's
     instances: int = 1  # model instances (processes) in the server
     provider: str = "auto"  # runtime.providers.PROVIDERS
-    mode: str = "loop"  # runtime.requests.MODES
+    mode: str = SampleRequest.mode  # runtime.requests.MODES
     cuda_graph: bool = False  # fused mode on CUDA: the step replayed as a CUDA graph
     threads: int | None = None  # onnxruntime intra-op threads per instance (default: onnxruntime's)
     exit_timeout_s: int = 30  # on SIGINT/SIGTERM, in-flight requests get this long to finish
@@ -91,7 +91,7 @@ class ServeOptions:
         check_int("--instances", self.instances, 1, 256)
         if not 0 <= self.max_queue_delay_ms <= 60_000:
             raise ValueError(f"--max-queue-delay-ms {self.max_queue_delay_ms!r} is invalid: expected 0..60000")
-        check_choices(mode=self.mode)
+        SampleRequest(mode=self.mode).check()
         check_cuda_graph(self.cuda_graph, self.mode, "cpu" if self.provider == "cpu" else None)
         if self.threads is not None:
             check_int("--threads", self.threads, 1)
