@@ -68,7 +68,7 @@ def load(
     strict: bool = False,
     cuda: CudaOptions | None = None,
     threads: int | None = None,
-    precision: str = "fp32",
+    precision: str = SampleRequest.precision,
 ) -> Sampler:
     """Verify a bundle's hashes, pick the execution provider and return its sampler.
 
@@ -101,7 +101,7 @@ class Sampler:
     """Samples images from a verified bundle; build it with ``runtime.load``."""
 
     def __init__(
-        self, path: Path, manifest: dict, device: str, cuda: CudaOptions, threads: int | None, strict: bool, precision: str = "fp32"
+        self, path: Path, manifest: dict, device: str, cuda: CudaOptions, threads: int | None, strict: bool, precision: str = SampleRequest.precision
     ):
         self.path = path
         self.manifest = manifest

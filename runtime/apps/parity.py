@@ -53,7 +53,7 @@ class ParityReport:
     batch: int
     seed: int
     eta: float
-    solver: str = "ddim"
+    solver: str = SampleRequest.solver
     labels: list[int] | None = None  # a class-conditional bundle's label per image (None: the null class)
     guidance: list[float] | None = None  # and guidance w per image
     modes: list[ModeParity] = field(default_factory=list)

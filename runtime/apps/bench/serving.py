@@ -21,6 +21,7 @@ import numpy as np
 
 from runtime.apps.serve.client import Client
 from runtime.apps.serve.server import ServeOptions, TritonServer, free_ports
+from runtime.requests import SampleRequest
 
 __all__ = ["CONCURRENCIES", "run_serve_bench", "format_serve_bench", "serve_ratios"]
 
@@ -64,7 +65,7 @@ def _load(url: str, concurrency: int, total: int, rows: dict[str, Any], start: i
     return latencies, wall
 
 
-def run_serve_bench(bundle: str | Path, steps: int = 20, solver: str = "ddim", requests: int = 64, rounds: int = 2,
+def run_serve_bench(bundle: str | Path, steps: int = 20, solver: str = SampleRequest.solver, requests: int = 64, rounds: int = 2,
                     concurrencies: tuple[int, ...] = CONCURRENCIES, threads: int | None = None,
                     progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Every concurrency against dynamic batching on and off, and offline sampling at the formed batch sizes.

@@ -89,7 +89,6 @@ class Settings:
                              precision=precision)
 
 
-
 _PER_ROW = tuple(f.name for f in fields(Settings) if f.name != "conditional")  # inputs of the same names
 
 
