@@ -15,11 +15,11 @@ from runtime.providers import (
     ProviderUnavailableError,
     cuda_unavailable_reason,
 )
-from runtime.requests import MODES, PRECISIONS, Conditioning, Plan, SampleRequest, check_settings
+from runtime.requests import MODES, PRECISIONS, Conditioning, Plan, SampleRequest
 from runtime.sampler import Sampler, load
 
 __all__ = ["load", "Sampler", "MODES", "PRECISIONS", "CudaOptions", "ProviderUnavailableError", "cuda_unavailable_reason",
-           "parity", "ParityReport", "check_settings", "SampleRequest", "Plan", "Conditioning"]
+           "parity", "ParityReport", "SampleRequest", "Plan", "Conditioning"]
 
 _LAZY = {"parity": "runtime.apps.parity", "ParityReport": "runtime.apps.parity"}
 

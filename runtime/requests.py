@@ -27,7 +27,7 @@ from zoo.files import check_replaceable
 from zoo.solvers import DEFAULT_SOLVER, Solver, check_eta, get_solver
 from zoo.validate import check_int
 
-__all__ = ["Mode", "MODES", "PRECISIONS", "SampleRequest", "Plan", "Conditioning", "check_settings", "manifest_key",
+__all__ = ["Mode", "MODES", "PRECISIONS", "SampleRequest", "Plan", "Conditioning", "manifest_key",
            "check_output", "check_cuda_graph", "IMAGE_SUFFIXES", "PARITY_BATCH"]
 
 MODES: tuple[str, ...] = get_args(Mode)  # ("loop", "fused", "step")
@@ -146,11 +146,10 @@ class Conditioning:
 
     def rows(self, index: slice | Sequence[int] | np.ndarray) -> Conditioning:
         """The conditioning of some of the images (a slice or indices), checked already."""
-        pick = (lambda a: None if a is None else a[index]) if isinstance(index, slice) else \
-            (lambda a: None if a is None else a[np.asarray(index, np.int64)])
-        feeds = {k: pick(v) for k, v in self.feeds.items()}
-        n = len(range(self.n)[index]) if isinstance(index, slice) else len(index)
-        return Conditioning(n, pick(self.labels), pick(self.guidance), feeds)
+        rows = index if isinstance(index, slice) else np.asarray(index, np.int64)
+        n = len(range(self.n)[rows]) if isinstance(rows, slice) else len(rows)
+        pick = lambda a: None if a is None else a[rows]  # noqa: E731
+        return Conditioning(n, pick(self.labels), pick(self.guidance), {k: pick(v) for k, v in self.feeds.items()})
 
     @staticmethod
     def join(parts: Sequence[Conditioning]) -> Conditioning:
@@ -210,13 +209,6 @@ class Plan:
 def manifest_key(manifest: dict[str, Any]) -> str:
     """What ties a plan to the bundle it was resolved against: a digest of the manifest's content."""
     return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def check_settings(manifest: dict[str, Any], path: str | os.PathLike, request: SampleRequest | None = None, /,
-                   **settings: Any) -> Plan:
-    """``SampleRequest.of(request, **settings).resolve(manifest, path)``: the plan, or one ``ValueError`` naming the
-    bad value, before any provider is chosen or session made."""
-    return SampleRequest.of(request, **settings).resolve(manifest, path)
 
 
 def check_cuda_graph(cuda_graph: bool, mode: str, provider: str | None = None) -> None:

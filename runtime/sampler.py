@@ -44,7 +44,6 @@ from runtime.requests import (
     Mode,
     Plan,
     SampleRequest,
-    check_settings,
     manifest_key,
 )
 from runtime.runs import ORT_ERRORS, GraphRun
@@ -52,7 +51,7 @@ from zoo.diffusion import check_finite, guided_eps
 from zoo.schedules import make_schedule
 from zoo.validate import check_int, first_line
 
-__all__ = ["MODES", "Mode", "PRECISIONS", "Sampler", "load", "check_settings", "Plan", "SampleRequest"]
+__all__ = ["MODES", "Mode", "PRECISIONS", "Sampler", "load", "Plan", "SampleRequest"]
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,12 @@ from the exported graphs and the execution provider. Imports torch (it is the re
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable
 
 import numpy as np
 
+from export.format.manifest import load_manifest
 from export.verify import check_atol, derived_atol
 from runtime.noise import image_noise
 from runtime.providers import CudaOptions
@@ -150,13 +151,17 @@ def parity(
     if "mode" in settings:
         raise TypeError("parity runs every mode of modes=: pass modes=[...], not mode=")
     n = {} if batch is None and request is not None else {"n": PARITY_BATCH if batch is None else batch}
-    request = SampleRequest.of(request, **n, **settings).check()
+    request = SampleRequest.of(request, **n, **settings)
     atol = check_atol(atol)
+    # every mode's plan resolved before a provider is chosen; load() verifies the manifest they were resolved against
+    unverified = load_manifest(bundle_dir, verify=False)
+    plans = {mode: replace(request, mode=mode).resolve(unverified, bundle_dir) for mode in modes}
     # TF32 alone moves fp32 results by ~1e-3: off on both sides for a parity run.
     sampler = load(bundle_dir, provider=provider, strict=strict, cuda=CudaOptions(tf32=False))
-    plans = {mode: sampler.plan(request, mode=mode) for mode in modes}
+    plans = {mode: sampler.own(p) for mode, p in plans.items()}
     plan = plans[modes[0]]  # the timesteps, noise and conditioning of every mode's
-    ts, cond, batch = plan.timesteps, plan.conditioning, request.n
+    r = plan.request  # checked
+    ts, cond, batch = plan.timesteps, plan.conditioning, r.n
     c, h, w = sampler.shape
     hidden = sampler.manifest["model"]["config"].get("hidden", c)
     check_fits(4 * batch * c * h * w * (2 * len(ts) + 6) + activation_bytes(batch, c, hidden, h, w),
@@ -164,7 +169,7 @@ def parity(
     # load() has verified every hash already; read the weights without hashing the bundle again.
     model, schedule, _ = load_weights(sampler.path / sampler.manifest["weights"])
 
-    x_T, noise = image_noise(request.seed, range(request.start, request.start + batch), sampler.shape, len(ts),
+    x_T, noise = image_noise(r.seed, range(r.start, r.start + batch), sampler.shape, len(ts),
                              stochastic=plan.stochastic)
     device = "cuda" if sampler.device == "cuda" and torch.cuda.is_available() else "cpu"
     tf32_note = "TF32 off (onnxruntime use_tf32=0, torch allow_tf32=False)" if sampler.device == "cuda" else "fp32 on CPU (no TF32)"
@@ -176,7 +181,7 @@ def parity(
     bound = bound if atol is None else float(atol)
 
     listed = lambda a: None if a is None else a.tolist()  # noqa: E731
-    report = ParityReport(str(bundle_dir), sampler.providers, device, tf32_note, ref_err, len(ts), batch, request.seed, plan.eta,
+    report = ParityReport(str(bundle_dir), sampler.providers, device, tf32_note, ref_err, len(ts), batch, r.seed, plan.eta,
                           plan.solver.name, listed(cond.labels), listed(cond.guidance))
     for mode in modes:
         steps: list[StepDiff] = []

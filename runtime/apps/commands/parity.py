@@ -48,8 +48,6 @@ def run(args: argparse.Namespace) -> int:
                          f"{manifest['classes']['count']} classes (or leave --batch out)")
     request = request_of(args, n=batch, labels=requested_labels(manifest, batch, parse_classes(args.classes)),
                          guidance=parse_guidance(args.guidance))
-    for mode in [m for m in modes if m in runtime.MODES]:  # before any session is made (parity names a bad mode)
-        runtime.SampleRequest.of(request, mode=mode).resolve(manifest, args.bundle)
     report = runtime.parity(args.bundle, provider=args.provider, request=request, modes=modes, strict=args.provider == "cuda")
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_table())
     return 0 if report.passed else 1
