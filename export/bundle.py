@@ -54,6 +54,7 @@ from export.verify import (
     raise_on_failures,
 )
 from export.wrappers import reference, wrapper
+from zoo.conditioning import Conditions
 from zoo.diffusion import DEFAULT_EPS_RULE, check_eps_rule
 from zoo.files import check_output_dir, clean_leftovers, output_lock, staged_dir
 from zoo.resources import activation_bytes, check_fits
@@ -296,7 +297,7 @@ def export_bundle(model: torch.nn.Module, out_dir: str | os.PathLike, options: E
     out = _check_args(model, out_dir, o, schedule, example_shape)
     o = dataclasses.replace(o, schedule=schedule, example_shape=tuple(int(v) for v in example_shape), opset=int(o.opset))
     model = copy.deepcopy(model).float().cpu().eval()
-    specs = [s for s in artifact_specs(model.config.channels, o.int8, conditional=bool(getattr(model.config, "num_classes", 0))).values()
+    specs = [s for s in artifact_specs(model.config.channels, o.int8, getattr(model, "conditioning", None)).values()
              if set(s.formats) & set(o.formats) and s.solver in (None, *o.solvers)]
     out.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(out):  # a second export into the same directory is refused, not raced
@@ -329,6 +330,10 @@ class _Export:
     @property
     def num_classes(self) -> int:
         return getattr(self.model.config, "num_classes", 0)
+
+    @property
+    def conditions(self) -> Conditions | None:
+        return getattr(self.model, "conditioning", None)
 
     @property
     def example_sizes(self) -> dict[str, int]:
@@ -368,7 +373,7 @@ def _export_artifact(ex: _Export, spec: ArtifactSpec) -> tuple[dict[str, str], l
     ref_err, source, atol, rtol = None, None, None, None
     for steps in attempts:
         sizes = base if steps is None else {**base, "steps": steps}
-        inputs = make_inputs(spec, sizes, ex.schedule.alphas_cumprod, ex.g, num_classes=ex.num_classes)
+        inputs = make_inputs(spec, sizes, ex.schedule.alphas_cumprod, ex.g, conditions=ex.conditions)
         expected = reference_outputs(spec, ex.model, ex.schedule, inputs, ex.o.clip_range, torch.float32, ex.o.eps_rule)
         if spec.precision == "int8":  # an approximation by design: bounded relative to the output (export.verify)
             rtol = INT8_LOOP_RTOL if is_loop else INT8_STEP_RTOL
@@ -404,7 +409,7 @@ def _module(ex: _Export, spec: ArtifactSpec) -> torch.nn.Module:
 
 
 def _write_torchscript(ex: _Export, spec: ArtifactSpec, path: Path, inputs) -> dict[str, np.ndarray]:
-    example = make_inputs(spec, ex.example_sizes, ex.schedule.alphas_cumprod, ex.g, num_classes=ex.num_classes)
+    example = make_inputs(spec, ex.example_sizes, ex.schedule.alphas_cumprod, ex.g, conditions=ex.conditions)
     save_traced(_module(ex, spec), tuple(example[i.name] for i in spec.inputs), path)
     return _run_module(spec, load_traced(path), inputs)
 
@@ -413,14 +418,14 @@ def _write_onnx(ex: _Export, spec: ArtifactSpec, path: Path, inputs) -> dict[str
     import onnxruntime as ort
 
     if spec.kind == "sampler":  # the Loop around the already verified step graph
-        proto = build_sampler_graph(ex.protos[spec.body], spec.solver, spec.stochastic)
+        proto = build_sampler_graph(ex.protos[spec.body], spec)
     elif spec.precision == "int8":
         if ex.calibration is None:
             ex.calibration = calibration_states(ex.model, ex.schedule, ex.example_shape, ex.o.seed, ex.o.clip_range,
                                                 ex.o.eps_rule)
         proto = quantize_int8(ex.protos[spec.base], _calibration_feeds(spec, ex.calibration))
     else:
-        example = make_inputs(spec, ex.example_sizes, ex.schedule.alphas_cumprod, ex.g, num_classes=ex.num_classes)
+        example = make_inputs(spec, ex.example_sizes, ex.schedule.alphas_cumprod, ex.g, conditions=ex.conditions)
         proto = export_onnx(_module(ex, spec), spec, example, ex.o.opset)
     ex.protos[spec.name] = proto
     check_onnx(proto)
@@ -430,7 +435,8 @@ def _write_onnx(ex: _Export, spec: ArtifactSpec, path: Path, inputs) -> dict[str
 
 def _stamped(proto: onnx.ModelProto, spec: ArtifactSpec, ex: _Export) -> onnx.ModelProto:
     """A copy of ``proto`` carrying its identity in its own bytes (checked against the manifest at every session)."""
-    settings = {"clip_range": ex.o.clip_range, "eps_rule": ex.o.eps_rule, "schedule": ex.schedule.to_dict()}
+    settings = {"clip_range": ex.o.clip_range, "eps_rule": ex.o.eps_rule, "schedule": ex.schedule.to_dict(),
+                "conditioning": ex.conditions and ex.conditions.to_dict()}
     identity = graph_identity(spec.name, artifact_entry(spec, {}), settings)
     stamped = onnx.ModelProto()
     stamped.CopyFrom(proto)
@@ -448,6 +454,7 @@ def _manifest(ex: _Export, specs: list[ArtifactSpec], files, checks: list[Check]
                  **({"source": ex.o.data_source} if ex.o.data_source is not None else {})},
         "clip_range": ex.o.clip_range,
         "eps_rule": ex.o.eps_rule,
+        "conditioning": ex.conditions and ex.conditions.to_dict(),
         "weights": WEIGHTS_NAME,
         "artifacts": {s.name: artifact_entry(s, files[s.name]) for s in specs},
         "export": {

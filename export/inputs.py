@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from export.format.artifacts import ArtifactSpec
+from zoo.conditioning import GUIDANCE_INPUT, Conditions
 from zoo.diffusion import NO_STEP
 from zoo.solvers import EARLIER, alpha_bars
 
@@ -14,7 +15,7 @@ __all__ = ["make_inputs"]
 
 def make_inputs(
     spec: ArtifactSpec, sizes: dict[str, int], alphas_cumprod: np.ndarray, generator: torch.Generator, eta: float = 0.7,
-    num_classes: int = 0,
+    conditions: Conditions | None = None,
 ) -> dict[str, torch.Tensor]:
     """Random but valid inputs for ``spec`` at the given axis sizes (batch, height, width, steps).
 
@@ -24,8 +25,10 @@ def make_inputs(
     step with every earlier timestep and a next one, the others anywhere; the alpha-bar inputs are
     the schedule's values at those timesteps. With a batch of 3 or more, every solver path is
     exercised (each order of each multistep solver's predictor and corrector). A whole loop's
-    ``timesteps`` are a random descending grid, none of the spacings. For a class-conditional model
-    (``num_classes``), labels and guidance values are mixed across the batch.
+    ``timesteps`` are a random descending grid, none of the spacings. For a conditioned model
+    (``conditions``), its inputs' values and the guidance are mixed across the batch: class labels of
+    every class (the denoiser, which runs one branch per call, also sees the null class), tensors
+    and their negatives drawn from a normal distribution, guidance w from 0 to 4.
     """
     T = len(alphas_cumprod)
     ab = torch.from_numpy(np.array(alphas_cumprod, dtype=np.float64)).float()
@@ -45,9 +48,11 @@ def make_inputs(
         **{f"alpha_bar_{w}": a for w, a in zip(EARLIER, a_earlier, strict=True)},
         "eta": torch.tensor(eta, dtype=torch.float32),
     }
-    if num_classes:  # mixed labels (the denoiser also sees the null class) and mixed guidance, 0 to 4
-        values["labels"] = torch.randint(0, num_classes + (spec.kind == "denoiser"), (b,), generator=generator)
-        values["guidance"] = torch.rand(b, generator=generator) * 4
+    for c in conditions.inputs if conditions else ():
+        if c.kind == "class":
+            values[c.name] = torch.randint(0, c.null + (spec.kind == "denoiser"), (b,), generator=generator)
+    if conditions:
+        values[GUIDANCE_INPUT] = torch.rand(b, generator=generator) * 4
     if "steps" in sizes:  # a grid no spacing makes: a loop that visits any grid but the one it is fed fails its check
         values["timesteps"] = torch.randperm(T, generator=generator)[: sizes["steps"]].sort(descending=True).values
     out = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
+from export.format.artifacts import ArtifactSpec
 from zoo.diffusion import NO_STEP
 from zoo.solvers import EARLIER, Solver, get_solver
 
@@ -26,41 +27,42 @@ def _rename(name: str) -> str:
     return _PREFIX + name if name else name  # "" marks an omitted optional input
 
 
-def build_sampler_graph(fused: onnx.ModelProto, solver: str, stochastic: bool) -> onnx.ModelProto:
-    """Wrap ``solver``'s fused step into a sampler mapping ``(x_T, timesteps, *conditioning[, noise, eta]) -> x_0``.
+def build_sampler_graph(fused: onnx.ModelProto, spec: ArtifactSpec) -> onnx.ModelProto:
+    """Wrap the fused step of ``spec`` (a whole-loop artifact of the table) into ``(x_T, timesteps, *conditioning[,
+    noise, eta]) -> x_0``.
 
-    The fused step's inputs are the artifact table's (``export.format.artifacts``): x and the
-    solver's state (carried by the Loop, the state from zeros), ``t``, ``t_prev`` and the earlier
-    timesteps the solver reads (sliced from ``timesteps``, the descending int64 list of the run, (S,)),
-    any conditioning (the same on every step, taken from the outer scope as it is), and its noise
-    inputs (``noise`` (S, B, C, H, W) gathered per step; ``eta`` as it is).
+    The fused step's inputs are the artifact table's (``export.format.artifacts``), each found by
+    its name: x and the solver's state (carried by the Loop, the state from zeros), ``t``, ``t_prev``
+    and the earlier timesteps the solver reads (sliced from ``timesteps``, the descending int64 list
+    of the run, (S,)), the conditioning the table declares (``spec.conditioning``: the same on every
+    step, taken from the outer scope as it is), and its noise inputs (``noise`` (S, B, C, H, W)
+    gathered per step; ``eta`` as it is).
     """
-    row = get_solver(solver)
-    if stochastic not in row.variants:
-        raise ValueError(f"solver {solver!r} has no {'stochastic' if stochastic else 'deterministic'} fused step "
-                         f"(its noise: {row.noise!r})")
-    names = _check_fused(fused, row, stochastic)
+    if spec.kind != "sampler":
+        raise ValueError(f"{spec.name!r} is a {spec.kind} artifact, not a whole-loop graph")
+    row = get_solver(spec.solver)
+    names = _check_fused(fused, row, spec.stochastic, list(spec.conditioning))
     body, dims = _loop_body(fused.graph, names)
     return _sampler(fused, body, dims, row, names)
 
 
-def _check_fused(fused: onnx.ModelProto, row: Solver, stochastic: bool) -> dict[str, list[str]]:
-    """Refuse anything but a flat fused step graph of ``row``; its inputs by role (carried, timesteps, passed, noise)."""
+def _check_fused(fused: onnx.ModelProto, row: Solver, stochastic: bool, conditioning: list[str]) -> dict[str, list[str]]:
+    """Refuse anything but a flat fused step graph of ``row`` with the table's inputs; its inputs by role (carried,
+    timesteps, passed, noise)."""
     g = fused.graph
     got, outs = [i.name for i in g.input], [o.name for o in g.output]
     carried = ["x_t", *(i for i, _ in row.state)]
     times = list(row.timestep_inputs)
     noise = list(row.noise_inputs(stochastic))
-    passed = got[len(carried) + len(times): len(got) - len(noise)]  # the conditioning: the model's, any names
-    expected, expected_out = carried + times + passed + noise, ["x_prev", *(o for _, o in row.state)]
-    if got != expected or outs != expected_out or set(passed) & {*carried, *times, "noise", "eta"}:
+    expected, expected_out = carried + times + conditioning + noise, ["x_prev", *(o for _, o in row.state)]
+    if got != expected or outs != expected_out:
         raise ValueError(f"not a fused step graph of {row.name!r}: inputs {got}, outputs {outs}; expected "
-                         f"{carried + times} + its conditioning + {noise} -> {expected_out}")
+                         f"{expected} -> {expected_out}")
     if fused.functions:
         raise ValueError("the fused step must be inlined (no local functions)")
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for node in g.node for a in node.attribute):
         raise ValueError("the fused step must not hold subgraphs")
-    return {"carried": carried, "times": times, "passed": passed + [n for n in noise if n != "noise"],
+    return {"carried": carried, "times": times, "passed": conditioning + [n for n in noise if n != "noise"],
             "noise": [n for n in noise if n == "noise"], "outputs": expected_out}
 
 

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from export.format.artifacts import ArtifactSpec
-from zoo.diffusion import DEFAULT_EPS_RULE, guided_eps
+from zoo.conditioning import guided_eps
+from zoo.diffusion import DEFAULT_EPS_RULE
 from zoo.schedules import Schedule
 from zoo.solvers import Solver, alpha_bars, get_solver, solve
 
@@ -54,8 +55,8 @@ class FusedSolverStep(_SolverModule):
 
     The schedule's alpha-bar table is a constant of the graph, looked up by timestep with the step
     rule of ``zoo.solvers.alpha_bars`` (``t_prev < 0``: the last step; ``t_last < 0``: the first).
-    A class-conditional model makes the guided prediction (``zoo.diffusion.guided_eps``: one call
-    on the 2B batch of the labels and the null class) in place of eps.
+    A conditioned model makes the guided prediction (``zoo.conditioning.guided_eps``: one call on
+    the 2B batch of its conditioning and the unconditional branch) in place of eps.
     """
 
     def __init__(self, spec: ArtifactSpec, model: nn.Module, alphas_cumprod: np.ndarray, clip_range: float | None = 1.0,
@@ -66,10 +67,14 @@ class FusedSolverStep(_SolverModule):
 
     def forward(self, *inputs: torch.Tensor):
         feed = dict(zip(self.names, inputs, strict=True))
-        x, t = feed["x_t"], feed["t"]
-        null = getattr(self.model, "null_class", None)
-        eps = self.model(x, t) if null is None else guided_eps(self.model, x, t, feed["labels"], null, feed["guidance"])
+        eps = _eps(self.model, feed, feed["x_t"], feed["t"])
         return self.outputs(feed, eps, _alphas_at(self.solver, self.alphas_cumprod, feed))
+
+
+def _eps(model: nn.Module, feed: dict, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The network's eps at (x, t): guided (one call on the 2B batch) for a model that declares its conditioning."""
+    conditions = getattr(model, "conditioning", None)
+    return model(x, t) if conditions is None else guided_eps(model, x, t, conditions, feed)
 
 
 def _alphas_at(solver: Solver, table: torch.Tensor, feed: dict) -> tuple:
@@ -133,24 +138,18 @@ def reference(spec: ArtifactSpec, model: nn.Module, schedule: Schedule, clip_ran
     solver = get_solver(spec.solver)
     rule = {"clip_range": clip_range, "eps_rule": eps_rule}
     table = _alpha_table(schedule.alphas_cumprod).to(dtype)
-    guided = getattr(model, "null_class", None) is not None
-
-    def eps_of(feed: dict, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if guided:
-            return guided_eps(model, x, t, feed["labels"], model.null_class, feed["guidance"])
-        return model(x, t)
 
     def step(feed: dict) -> tuple:
         return _update(solver, feed, feed["eps"], tuple(feed[n] for n in solver.alpha_inputs), rule)
 
     def fused_step(feed: dict) -> tuple:
-        return _update(solver, feed, eps_of(feed, feed["x_t"], feed["t"]), _alphas_at(solver, table, feed), rule)
+        return _update(solver, feed, _eps(model, feed, feed["x_t"], feed["t"]), _alphas_at(solver, table, feed), rule)
 
     def sampler(feed: dict) -> tuple:
         x_T, noise = feed["x_T"], feed.get("noise")
 
         def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
-            return eps_of(feed, x, torch.full((x.shape[0],), t, dtype=torch.int64))
+            return _eps(model, feed, x, torch.full((x.shape[0],), t, dtype=torch.int64))
 
         eta = float(feed["eta"]) if "eta" in feed else 0.0
         return (solve(solver, denoise, x_T, feed["timesteps"].numpy(), table, eta=eta, check=False,

@@ -21,8 +21,10 @@ from typing import Any, Iterable, Sequence, get_args
 import numpy as np
 
 from export.format.artifacts import MODE_KINDS, Mode, carried, select
+from export.format.manifest import conditions_of
 from runtime.noise import MAX_SEED
-from zoo.diffusion import DEFAULT_SPACING, SPACINGS, check_grid, check_guidance, check_labels, ddim_timesteps
+from zoo.conditioning import GUIDANCE_INPUT, Conditions, check_guidance, check_labels
+from zoo.diffusion import DEFAULT_SPACING, SPACINGS, check_grid, ddim_timesteps
 from zoo.files import check_replaceable
 from zoo.solvers import DEFAULT_SOLVER, Solver, check_eta, get_solver
 from zoo.validate import check_int
@@ -118,38 +120,49 @@ _FIELDS = frozenset(f.name for f in fields(SampleRequest))
 class Conditioning:
     """What each image of a request is conditioned on, checked against its bundle: the graphs' inputs, a row per image.
 
+    ``conditions`` is the bundle's declaration (``zoo.conditioning``; None: an unconditional bundle);
     ``labels`` and ``guidance`` are what was asked (none: the null class, which is also what the eager
-    sampler takes); ``feeds`` are the graphs' conditioning inputs with the null class filled in
-    ({} for an unconditional bundle). Made by ``Conditioning.of``, which checks them.
+    sampler takes); ``feeds`` are the guided graphs' conditioning inputs by the declaration's names,
+    the null class filled in ({} for an unconditional bundle). Made by ``Conditioning.of``, which
+    checks them.
     """
 
     n: int
+    conditions: Conditions | None = None
     labels: np.ndarray | None = None  # (n,) int64
     guidance: np.ndarray | None = None  # (n,) float32, with labels
-    feeds: dict[str, np.ndarray] = field(default_factory=dict)  # graph input -> (n,) array
+    feeds: dict[str, np.ndarray] = field(default_factory=dict)  # graph input -> (n, *dims) array
 
     @classmethod
     def of(cls, manifest: dict[str, Any], n: int, labels: Any = None, guidance: Any = None) -> Conditioning:
         """n images' labels and guidance checked against the bundle with ``manifest``: one class or one per image, as
         indices or the manifest's class names; ``guidance`` one w in 0..``MAX_GUIDANCE`` or one per image (default
         1), only with labels. An unconditional bundle refuses both. ``ValueError`` naming the bad value."""
-        classes = manifest.get("classes")
-        if not classes:
+        conditions = conditions_of(manifest)
+        if conditions is None:
             if labels is not None or guidance is not None:
                 raise ValueError("labels and guidance need a class-conditional bundle; this one is unconditional "
                                  "(exported from a model without num_classes)")
             return cls(n)
         w = check_guidance(guidance, n, labels is not None)
-        y = None if labels is None else check_labels(labels, n, classes["count"], classes["names"])
-        return cls(n, y, w, {"labels": np.full(n, classes["null"], np.int64) if y is None else y,
-                             "guidance": np.ones(n, np.float32) if w is None else w})
+        feeds = {GUIDANCE_INPUT: np.ones(n, np.float32) if w is None else w}
+        y = None
+        for c in conditions.inputs:
+            if c.kind != "class":  # the latent-model issue brings the text encoder that makes embeddings from prompts
+                raise ValueError(f"the bundle is conditioned on {c.name!r} ({c.kind}), which this runtime cannot make "
+                                 "from a request yet: it samples class-conditional and unconditional bundles")
+            classes = manifest["classes"]
+            y = None if labels is None else check_labels(labels, n, classes["count"], classes["names"])
+            feeds[c.name] = np.full(n, c.null, np.int64) if y is None else y
+        return cls(n, conditions, y, w, feeds)
 
     def rows(self, index: slice | Sequence[int] | np.ndarray) -> Conditioning:
         """The conditioning of some of the images (a slice or indices), checked already."""
         rows = index if isinstance(index, slice) else np.asarray(index, np.int64)
         n = len(range(self.n)[rows]) if isinstance(rows, slice) else len(rows)
         pick = lambda a: None if a is None else a[rows]  # noqa: E731
-        return Conditioning(n, pick(self.labels), pick(self.guidance), {k: pick(v) for k, v in self.feeds.items()})
+        return Conditioning(n, self.conditions, pick(self.labels), pick(self.guidance),
+                            {k: pick(v) for k, v in self.feeds.items()})
 
     @staticmethod
     def join(parts: Sequence[Conditioning]) -> Conditioning:
@@ -158,8 +171,8 @@ class Conditioning:
             return None if any(a is None for a in arrays) else np.concatenate(arrays)
 
         keys = parts[0].feeds.keys()
-        return Conditioning(sum(p.n for p in parts), cat([p.labels for p in parts]), cat([p.guidance for p in parts]),
-                            {k: np.concatenate([p.feeds[k] for p in parts]) for k in keys})
+        return Conditioning(sum(p.n for p in parts), parts[0].conditions, cat([p.labels for p in parts]),
+                            cat([p.guidance for p in parts]), {k: np.concatenate([p.feeds[k] for p in parts]) for k in keys})
 
 
 @dataclass(frozen=True, eq=False)

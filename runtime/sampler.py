@@ -26,6 +26,7 @@ from export.format.manifest import (
     check_identity,
     load_manifest,
     read_verified,
+    table_spec,
 )
 from export.loop import build_sampler_graph, loop_is_bounded
 from runtime.feeds import bind, by_name, step_feeds, step_list
@@ -47,7 +48,8 @@ from runtime.requests import (
     manifest_key,
 )
 from runtime.runs import ORT_ERRORS, GraphRun
-from zoo.diffusion import check_finite, guided_eps
+from zoo.conditioning import guided_eps
+from zoo.diffusion import check_finite
 from zoo.schedules import make_schedule
 from zoo.validate import check_int, first_line
 
@@ -186,7 +188,11 @@ class Sampler:
                 raise BundleError(f"the {entry['body']!r} graph of the bundle {str(self.path)!r} cannot be loaded by "
                                   f"onnxruntime, or its CPU-optimised copy not written to {so.optimized_model_filepath!r}: "
                                   f"{first}") from None
-        return build_sampler_graph(body, entry["solver"], entry["stochastic"]).SerializeToString()
+        spec = table_spec(self.manifest, artifact)
+        if spec is None or spec.body != entry["body"]:
+            raise BundleError(f"{artifact!r} of the bundle {str(self.path)!r} is not a whole-loop graph of the artifact "
+                              "table: its loop cannot be rebuilt here")
+        return build_sampler_graph(body, spec).SerializeToString()
 
     def session(self, artifact: str, cuda_graph: bool = False) -> ort.InferenceSession:
         """The session of bundle artifact ``artifact``, built once from its verified bytes.
@@ -342,7 +348,7 @@ class Sampler:
         if plan.mode == "fused" and self.device == "cuda" and self.cuda.cuda_graph:
             work = partial(self._run_fused_cuda_graph, run, plan, x_T, noise, callback, cond.feeds)
         else:
-            work = partial(self._run_per_step, run, plan, x_T, noise, callback, cond.feeds)
+            work = partial(self._run_per_step, run, plan, x_T, noise, callback, cond)
         return self._checked_output(run.interruptibly(work), x_T, plan.artifact)
 
     def _checked_output(self, x: np.ndarray, x_T: np.ndarray, artifact: str) -> np.ndarray:
@@ -365,7 +371,7 @@ class Sampler:
                 raise TypeError(f"noise is {got}: a stochastic run needs float32 noise of shape (S, B, C, H, W) = {want}")
         return np.ascontiguousarray(x_T), noise
 
-    def _run_per_step(self, run: GraphRun, plan: Plan, x_T, noise, callback, cond) -> np.ndarray:
+    def _run_per_step(self, run: GraphRun, plan: Plan, x_T, noise, callback, cond: Conditioning) -> np.ndarray:
         """``fused``: the fused step per timestep; ``step``: the denoiser, then the solver step.
 
         The carried values (x, and DPM-Solver++'s x0 prediction) stay on the device between steps; their shapes are
@@ -384,12 +390,11 @@ class Sampler:
             io_den = den.io_binding()
         steps = step_list(plan.timesteps)
         for i, t in enumerate(plan.timesteps):
-            host = step_feeds(i, steps, b, inputs, self.alphas_cumprod, noise, plan.eta, cond)
+            host = step_feeds(i, steps, b, inputs, self.alphas_cumprod, noise, plan.eta, cond.feeds)
             eps_host = None
-            if plan.mode == "step" and cond:  # the guided prediction on the host: the denoiser on the 2B batch, then guide
-                eps_host = guided_eps(lambda xx, tt, ll: run(den.run, ["eps"], {"x": xx, "t": tt, "labels": ll})[0],
-                                      state["x_t"].numpy(), np.full(b, t, np.int64), cond["labels"],
-                                      self.manifest["classes"]["null"], cond["guidance"])
+            if plan.mode == "step" and cond.conditions:  # guided on the host: the denoiser on the 2B batch, then guide
+                eps_host = guided_eps(lambda xx, tt, **c: run(den.run, ["eps"], {"x": xx, "t": tt, **c})[0],
+                                      state["x_t"].numpy(), np.full(b, t, np.int64), cond.conditions, cond.feeds)
                 bind(io, state, {**host, "eps": eps_host})
             elif plan.mode == "step":
                 bind(io_den, {"x": state["x_t"]}, {"t": np.full(b, t, np.int64)})

@@ -37,7 +37,7 @@ import logging
 import math
 import numbers
 import sys
-from typing import Any, Literal, Sequence, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -63,10 +63,6 @@ __all__ = [
     "check_grid",
     "make_training_sample",
     "guide",
-    "guided_eps",
-    "check_guidance",
-    "MAX_GUIDANCE",
-    "check_labels",
     "ddim_step",
     "dpmpp_2m_step",
     "euler_ancestral_step",
@@ -254,71 +250,6 @@ def guide(eps_cond: Any, eps_uncond: Any, guidance: Any) -> Any:
     """
     w = _coef(guidance, eps_cond)
     return eps_uncond + w * (eps_cond - eps_uncond)
-
-
-# The largest guidance w accepted: far above what any model is sampled at (Stable Diffusion's 7.5, Imagen's up to
-# ~30; the digits collapse past 5), and far below where w (eps_cond - eps_uncond) overflows float32 (w ~ 1e38).
-MAX_GUIDANCE = 100.0
-
-
-def check_guidance(guidance: Any, n: int, has_labels: bool) -> np.ndarray | None:
-    """Guidance w for n images as a (n,) float32 array (default 1), or None without labels; ``ValueError`` naming it.
-
-    The one guidance check of the eager samplers and the runtime: one w in 0..``MAX_GUIDANCE`` or one
-    per image, and only with labels (guidance steers towards a class).
-    """
-    if not has_labels:
-        if guidance is not None:
-            raise ValueError("guidance needs labels: the class of each image (or one for all)")
-        return None
-    try:
-        w = np.atleast_1d(np.asarray(1.0 if guidance is None else guidance, dtype=np.float64))
-    except (TypeError, ValueError):
-        raise ValueError(f"guidance {guidance!r} is invalid: expected numbers"[:200]) from None
-    if w.ndim != 1 or len(w) not in (1, n):
-        raise ValueError(f"guidance {w.tolist()[:8]} is invalid: expected one number or {n} (one per image)")
-    bad = np.flatnonzero(~(np.isfinite(w) & (w >= 0) & (w <= MAX_GUIDANCE)))
-    if len(bad):
-        where = f" (image {bad[0]})" if len(w) > 1 else ""
-        raise ValueError(f"guidance {w[bad[0]]!r}{where} is invalid: expected 0..{MAX_GUIDANCE:g} (0: unconditional, "
-                         "1: conditional, above 1: pushed towards the class)")
-    return np.broadcast_to(w.astype(np.float32), (n,)).copy()
-
-
-def check_labels(labels: Any, n: int, count: int, names: Sequence[str] = ()) -> np.ndarray:
-    """Labels for n images as a (n,) int64 array: one class or one per image; ``ValueError`` naming the bad value.
-
-    The one label check of the eager samplers and the runtime: each label a class index 0..count-1,
-    or one of ``names`` (a bundle's class names); the null class is not a label one asks for.
-    """
-    if hasattr(labels, "tolist"):  # a torch tensor or numpy array, without importing torch
-        labels = labels.tolist()
-    raw = labels if isinstance(labels, (list, tuple)) else [labels]
-    if any(isinstance(v, (list, tuple)) for v in raw) or len(raw) not in (1, n):
-        raise ValueError(f"labels must be one class or {n} (one per image); got {labels!r}"[:200])
-    names = list(names)
-    out = []
-    for v in raw:
-        if isinstance(v, str) and v in names:
-            out.append(names.index(v))
-        elif isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v < count:
-            out.append(int(v))
-        else:
-            accepted = f"a class index 0..{count - 1}" + (f" or one of the names {names}" if names else "")
-            raise ValueError(f"label {v!r} is invalid: expected {accepted}")
-    return np.broadcast_to(np.asarray(out, np.int64), (n,)).copy()
-
-
-def guided_eps(predict: Any, x: Any, t: Any, labels: Any, null_class: int, guidance: Any) -> Any:
-    """The guided noise prediction from one network call on a 2B batch: (x, labels) and (x, the null class).
-
-    ``predict(x, t, labels) -> eps`` is the network (a torch module, or an exported graph run on
-    numpy arrays); ``t`` and ``labels`` are (B,) int64; the two halves are combined by ``guide``.
-    """
-    xp = _xp(x)
-    b = x.shape[0]
-    eps = predict(xp.concatenate([x, x]), xp.concatenate([t, t]), xp.concatenate([labels, xp.full_like(labels, null_class)]))
-    return guide(eps[:b], eps[b:], guidance)  # (B, C, H, W)
 
 
 def make_training_sample(x0: Any, eps: Any, alpha_bar_t: Any) -> tuple[Any, Any]:

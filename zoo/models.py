@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.conditioning import Conditions, class_labels
 from zoo.configs import ConvConfig, DenoiserConfig, ResidualConfig, UNetConfig
 
 __all__ = [
@@ -99,9 +100,9 @@ class _Denoiser(nn.Module):
         return f"name={self.name!r}"
 
     @property
-    def null_class(self) -> int | None:
-        """The label of the unconditional branch (K), or None for an unconditional model."""
-        return getattr(self.config, "num_classes", 0) or None
+    def conditioning(self) -> Conditions | None:
+        """What the model is conditioned on (``zoo.conditioning``): class labels for num_classes K > 0, else None."""
+        return class_labels(getattr(self.config, "num_classes", 0))
 
 
 class ConvDenoiser(_Denoiser):

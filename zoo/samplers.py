@@ -17,11 +17,9 @@ from zoo.diffusion import (
     Spacing,
     check_eps_rule,
     check_grid,
-    check_guidance,
-    check_labels,
     ddim_timesteps,
-    guided_eps,
 )
+from zoo.conditioning import GUIDANCE_INPUT, check_guidance, check_labels, guided_eps
 from zoo.schedules import Schedule
 from zoo.solvers import DEFAULT_SOLVER, SOLVER_TABLE, Solver, check_eta, get_solver, solve
 from zoo.validate import check_real
@@ -29,23 +27,25 @@ from zoo.validate import check_real
 __all__ = ["ddim_sample", "dpmpp_2m_sample", "sample"]
 
 
-def _conditioning(model: Any, x_T: Any, labels: Any, guidance: Any) -> tuple[Any, Any]:
-    """``labels`` and ``guidance`` as (B,) tensors on x_T's device, checked against the model; (None, None) to go without.
+def _conditioning(model: Any, x_T: Any, labels: Any, guidance: Any) -> dict[str, Any] | None:
+    """The guided network's feed (``zoo.conditioning.guided_eps``): the labels and guidance as (B,) tensors on x_T's
+    device, checked against the model's declared conditioning; None to go without (the network alone).
 
     A class-conditional model samples its null class (unconditionally) when no labels are given.
     """
-    null = getattr(model, "null_class", None)
-    if null is None:
+    conditions = getattr(model, "conditioning", None)
+    classes = conditions and conditions.of_kind("class")
+    if not classes:
         if labels is not None or guidance is not None:
             raise ValueError("labels and guidance need a class-conditional model (unet with num_classes=K); this one is "
                              "unconditional")
-        return None, None
+        return None
     b = x_T.shape[0]
     w = check_guidance(guidance, b, labels is not None)
     if labels is None:
-        return None, None
-    labels = torch.from_numpy(check_labels(labels, b, null)).to(x_T.device)
-    return labels, torch.from_numpy(w).to(dtype=x_T.dtype, device=x_T.device)
+        return None
+    return {classes.name: torch.from_numpy(check_labels(labels, b, classes.null)).to(x_T.device),
+            GUIDANCE_INPUT: torch.from_numpy(w).to(dtype=x_T.dtype, device=x_T.device)}
 
 
 def _eager(solver: Solver, model: Any, schedule: Schedule, x_T: Any, num_steps: int, spacing: str, eta: float,
@@ -80,13 +80,13 @@ def _eager(solver: Solver, model: Any, schedule: Schedule, x_T: Any, num_steps: 
             return noise[i]
         return torch.randn(x_T.shape, generator=noise, dtype=x_T.dtype, device=x_T.device)
 
-    labels, w = _conditioning(model, x_T, labels, guidance)
+    feed = _conditioning(model, x_T, labels, guidance)
 
     def denoise(x: Any, t: int) -> Any:
         tt = torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device)
-        if labels is None:
+        if feed is None:
             return model(x, tt)
-        return guided_eps(model, x, tt, labels, model.null_class, w)  # one call on the 2B batch
+        return guided_eps(model, x, tt, model.conditioning, feed)  # one call on the 2B batch
 
     with torch.inference_mode():
         return solve(solver, denoise, x_T, timesteps, alphas, eta=eta, noise=draw, clip_range=clip_range, eps_rule=eps_rule,

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from zoo.conditioning import Conditions
 from zoo.solvers import SOLVER_TABLE, Solver
 
 __all__ = ["IOSpec", "ArtifactSpec", "KINDS", "carried", "Mode", "MODE_KINDS", "FORMATS", "has_int8", "artifact_specs", "ARTIFACT_NAMES",
@@ -47,6 +48,7 @@ class ArtifactSpec:
     solver: str | None = None  # a key of zoo.solvers.SOLVER_TABLE; None for the denoiser
     body: str | None = None  # a sampler's fused step, the graph its Loop is built around
     fp32: str | None = None  # a reduced-precision variant's fp32 artifact
+    conditioning: tuple[str, ...] = ()  # its conditioning inputs (zoo.conditioning), the same on every step of a loop
 
     @property
     def base(self) -> str:
@@ -92,26 +94,34 @@ def _solver_specs(solver: Solver, img: tuple, cond: tuple[IOSpec, ...]) -> list[
                 what = f"the whole {solver.label} loop{how} (ONNX Loop; noise per step)" if stochastic else (
                     f"the whole {solver.label} loop (ONNX Loop)")
             specs.append(ArtifactSpec(solver.artifact(kind, stochastic), inputs, outputs, formats, stochastic, what, kind=kind,
-                                      solver=solver.name, body=solver.artifact("fused_step", stochastic) if kind == "sampler" else None))
+                                      solver=solver.name, body=solver.artifact("fused_step", stochastic) if kind == "sampler" else None,
+                                      conditioning=() if kind == "step" else tuple(c.name for c in cond)))
     return specs
 
 
-def artifact_specs(channels: int, int8: bool = False, conditional: bool = False) -> dict[str, ArtifactSpec]:
+def artifact_specs(channels: int, int8: bool = False, conditions: Conditions | None = None) -> dict[str, ArtifactSpec]:
     """The bundle's artifacts by name, generated from the solver table; with ``int8``, also the int8 variants (ONNX only).
 
-    ``conditional``: a class-conditional model's artifacts. The denoiser takes ``labels`` (B,) int64;
-    the fused steps and the whole-loop graphs take ``labels`` and ``guidance`` (B,) float32 and make
-    the guided prediction inside (``zoo.diffusion.guided_eps``: one network call on a 2B batch).
+    ``conditions``: a conditioned model's declaration (``zoo.conditioning``). The denoiser takes its
+    inputs (one branch per call: class labels, the null class for the unconditional one); the fused
+    steps and the whole-loop graphs take them, each one's negative input where it has one, and the
+    guidance w (B,) float32, and make the guided prediction inside (``zoo.conditioning.guided_eps``:
+    one network call on a 2B batch).
     """
     img = ("batch", channels, "height", "width")
     f32, i64, batch = "float32", "int64", ("batch",)
-    labels = (IOSpec("labels", i64, batch),) if conditional else ()
-    cond = labels + ((IOSpec("guidance", f32, batch),) if conditional else ())
+
+    def cond_inputs(guided: bool) -> tuple[IOSpec, ...]:
+        return tuple(IOSpec(name, dtype, ("batch", *dims)) for name, dtype, dims in
+                     (conditions.graph_inputs(guided) if conditions else ()))
+
+    described = "; " + ", ".join(i.name for i in conditions.inputs) + " (one branch per call)" if conditions else ""
     specs = [
-        ArtifactSpec("denoiser", (IOSpec("x", f32, img), IOSpec("t", i64, batch)) + labels, (IOSpec("eps", f32, img),),
-                     FORMATS, False, "the epsilon predictor, time channel inside" + (
-                         "; labels (the null class for the unconditional branch)" if conditional else "")),
+        ArtifactSpec("denoiser", (IOSpec("x", f32, img), IOSpec("t", i64, batch)) + cond_inputs(False),
+                     (IOSpec("eps", f32, img),), FORMATS, False, "the epsilon predictor, time channel inside" + described,
+                     conditioning=tuple(i.name for i in cond_inputs(False))),
     ]
+    cond = cond_inputs(True)
     for solver in SOLVER_TABLE.values():
         specs += _solver_specs(solver, img, cond)
     if int8:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from export.format.artifacts import ArtifactSpec, artifact_specs
+from zoo.conditioning import Conditions, class_labels
 from zoo.diffusion import EPS_RULES
 from zoo.files import write_synced
 from zoo.weights_header import read_weights_metadata
@@ -39,6 +40,8 @@ __all__ = [
     "IDENTITY_KEY",
     "graph_identity",
     "check_identity",
+    "conditions_of",
+    "table_spec",
 ]
 
 FORMAT_VERSION = 1
@@ -233,11 +236,40 @@ def _compat(manifest: dict[str, Any]) -> None:
     rule = manifest.setdefault("eps_rule", LEGACY_EPS_RULE)
     if not isinstance(rule, str) or rule not in EPS_RULES:
         raise BundleError(f"the manifest's eps_rule = {rule!r} is invalid: expected one of {sorted(EPS_RULES)}")
+    manifest.setdefault("conditioning", _legacy_conditioning(manifest))
+    conditions = conditions_of(manifest)
+    classes = conditions and conditions.of_kind("class")
+    if (classes.null if classes else None) != (manifest.get("classes") or {}).get("null"):
+        raise BundleError(f"the manifest's conditioning = {manifest['conditioning']!r} is invalid: its class input must "
+                          f"have the null class of the bundle's classes ({manifest.get('classes')!r})"[:400])
     table = artifact_specs(manifest["data"]["shape"][0], int8=True)
     for name, entry in manifest["artifacts"].items():
         spec = table.get(name)
         if spec is not None and "kind" not in entry:
             entry.update(kind=spec.kind, solver=spec.solver, **({"body": spec.body} if spec.body else {}))
+
+
+def _legacy_conditioning(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """What a bundle exported before conditioning was declared is conditioned on: its classes' labels, or nothing."""
+    classes = manifest.get("classes")
+    return class_labels(classes["null"]).to_dict() if classes else None
+
+
+def conditions_of(manifest: dict[str, Any]) -> Conditions | None:
+    """The bundle's conditioning declaration (``zoo.conditioning``), or None for an unconditional bundle; a declaration
+    that is not one is a ``BundleError``."""
+    d = manifest.get("conditioning")
+    if d is None:
+        return None
+    try:
+        return Conditions.from_dict(d)
+    except ValueError as e:
+        raise BundleError(f"the manifest's {e}") from None
+
+
+def table_spec(manifest: dict[str, Any], name: str) -> ArtifactSpec | None:
+    """The artifact table's spec of the manifest's artifact ``name`` (its bundle's channels and conditioning), or None."""
+    return artifact_specs(manifest["data"]["shape"][0], int8=True, conditions=conditions_of(manifest)).get(name)
 
 
 def artifact_entry(spec: ArtifactSpec, files: dict[str, str]) -> dict[str, Any]:
@@ -302,7 +334,7 @@ def graph_identity(name: str, entry: dict[str, Any], manifest: dict[str, Any]) -
     """
     keys = ("kind", "solver", "precision", "stochastic", "body")
     return {"artifact": name, **{k: entry.get(k) for k in keys}, "clip_range": manifest["clip_range"],
-            "eps_rule": manifest["eps_rule"], "schedule": manifest["schedule"]}
+            "eps_rule": manifest["eps_rule"], "schedule": manifest["schedule"], "conditioning": manifest.get("conditioning")}
 
 
 def check_identity(data: bytes, name: str, manifest: dict[str, Any], path: str | os.PathLike) -> None:
@@ -325,15 +357,16 @@ def check_identity(data: bytes, name: str, manifest: dict[str, Any], path: str |
             stamped = json.loads(meta[IDENTITY_KEY])
         except ValueError:
             stamped = None
-        if isinstance(stamped, dict):  # stamped before the eps rule was: the rule those graphs compute
+        if isinstance(stamped, dict):  # stamped before the eps rule or the conditioning was: what those graphs compute
             stamped.setdefault("eps_rule", LEGACY_EPS_RULE)
+            stamped.setdefault("conditioning", _legacy_conditioning(manifest))
         expected = graph_identity(name, entry, manifest)
         if stamped != expected:
             diff = sorted(k for k in expected if not isinstance(stamped, dict) or stamped.get(k) != expected[k])
             raise BundleError(f"the graph in {entry['files'].get('onnx')!r} of the bundle {str(path)!r} is not the manifest's "
                               f"{name!r}: its own bytes differ on {diff} (the manifest was edited after export); refused")
         return
-    spec = artifact_specs(manifest["data"]["shape"][0], int8=True).get(name)
+    spec = table_spec(manifest, name)
     legacy_ok = spec is not None and entry["files"].get("onnx") == f"{name}.onnx" and all(
         entry.get(k) == getattr(spec, k) for k in ("kind", "solver", "precision", "stochastic", "body"))
     if not legacy_ok:

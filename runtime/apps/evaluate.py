@@ -18,7 +18,7 @@ import numpy as np
 
 from zoo.solvers import SOLVERS
 
-__all__ = ["evaluate", "EVAL_N", "requested_labels", "every_class", "class_feeds", "format_curve", "data_source_of", "bundle_for"]
+__all__ = ["evaluate", "EVAL_N", "requested_labels", "every_class", "class_settings", "format_curve", "data_source_of", "bundle_for"]
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def evaluate(
     import runtime
     from export.format.manifest import load_manifest
     from runtime.requests import Conditioning, SampleRequest
-    from zoo.diffusion import MAX_GUIDANCE, check_guidance
+    from zoo.conditioning import MAX_GUIDANCE, check_guidance
     from zoo.training.distributed import init_distributed
     from zoo.training.metrics import quality_report
 
@@ -142,10 +142,10 @@ def every_class(manifest: dict[str, Any], n: int) -> np.ndarray:
     return np.arange(n, dtype=np.int64) % manifest["classes"]["count"]
 
 
-def class_feeds(manifest: dict[str, Any], n: int, guidance: float) -> dict[str, np.ndarray]:
-    """A bench's conditioning for n images: every class in turn at ``guidance`` ({} for an unconditional bundle).
+def class_settings(manifest: dict[str, Any], n: int, guidance: float) -> dict[str, np.ndarray]:
+    """A bench's request settings for n images: every class in turn at ``guidance`` ({} for an unconditional bundle).
 
-    The keys are the graphs' inputs and ``Sampler.run_batch``'s arguments alike.
+    The keys are ``SampleRequest``'s and the eager samplers' arguments alike (``labels``, ``guidance``).
     """
     if not manifest.get("classes"):
         return {}

@@ -309,7 +309,7 @@ class _TrainLoop:
         if cfg.conditional:  # drawn after everything else of the step: unconditional runs draw exactly as before
             labels = torch.from_numpy(data.batch_labels(idx.tolist()))
             drop = torch.rand(cfg.batch, generator=g) < cfg.cond_drop  # classifier-free guidance's null-class training
-            labels = torch.where(drop, self.model.null_class, labels)
+            labels = torch.where(drop, self.model.config.num_classes, labels)  # the null class
             loss = F.mse_loss(self.net(x_t, t[mine].to(device), labels[mine].to(device)), target)
         else:
             loss = F.mse_loss(self.net(x_t, t[mine].to(device)), target)
@@ -353,7 +353,7 @@ class _TrainLoop:
         steps = min(self.cfg.sample_steps, self.schedule.num_train_timesteps)  # a model with T < 20 samples T steps
         labels = None  # a conditional run's grid: the classes in turn, guidance 1 (conditional prediction)
         if self.cfg.conditional:
-            labels = torch.arange(len(self.x_fixed)) % self.model.null_class
+            labels = torch.arange(len(self.x_fixed)) % self.model.config.num_classes
         x = ddim_sample(self.ema.module, self.schedule, self.x_fixed.to(self.device), num_steps=steps, labels=labels)
         save_grid(self.out / "samples" / f"step_{done:07d}.png", x)
 

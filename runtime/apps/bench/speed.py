@@ -27,7 +27,7 @@ from export.format.artifacts import select
 from export.format.manifest import check_identity, load_manifest, read_verified
 from export.verify import relative_rms
 from runtime.feeds import fused_on_host, step_list
-from runtime.requests import SampleRequest
+from runtime.requests import Conditioning, SampleRequest
 from zoo.solvers import get_solver, solve
 
 __all__ = ["BenchConfig", "run_bench", "conv_flops", "matmul_gflops", "format_results", "key_ratios"]
@@ -148,7 +148,7 @@ def _backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray):
     """name -> zero-argument callable that samples the whole batch and returns x_0 (numpy)."""
     import runtime
     import zoo
-    from runtime.apps.evaluate import class_feeds
+    from runtime.apps.evaluate import class_settings
 
     ts = zoo.ddim_timesteps(schedule.num_train_timesteps, cfg.steps)
     alphas = schedule.alphas_cumprod.astype(np.float32)
@@ -157,10 +157,11 @@ def _backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray):
     loop = functools.partial(solve, cfg.solver, timesteps=ts, alphas=alphas, check=False,
                              noise=None if noise is None else noise.__getitem__)
     manifest = load_manifest(bundle)  # hashed once; the backends read their graphs' verified bytes with it
-    cond = class_feeds(manifest, len(x_T), cfg.guidance)  # {} for an unconditional model
+    cond = class_settings(manifest, len(x_T), cfg.guidance)  # {} for an unconditional model
     request = SampleRequest(n=len(x_T), num_steps=cfg.steps, solver=cfg.solver, seed=cfg.seed, **cond)  # every runtime backend's
-    out = {**_torch_backends(cfg, bundle, manifest, model, schedule, x_T, noise, loop, cond),
-           **_ort_backends(cfg, bundle, manifest, x_T, request, noise, loop, cond)}
+    graph_cond = Conditioning.of(manifest, len(x_T), **cond)  # what the graphs are fed for it, by the bundle's declaration
+    out = {**_torch_backends(cfg, bundle, manifest, model, schedule, x_T, noise, loop, cond, graph_cond),
+           **_ort_backends(cfg, bundle, manifest, x_T, request, noise, loop, graph_cond)}
     if any(b in cfg.backends for b in OPENVINO_BACKENDS):
         from runtime.apps.bench.openvino import OpenVINOSampler
 
@@ -170,7 +171,7 @@ def _backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray):
     import torch
 
     if torch.cuda.is_available() and runtime.cuda_unavailable_reason() is None:
-        out.update(_cuda_backends(cfg, bundle, model, schedule, x_T, ts, request, noise, cond))
+        out.update(_cuda_backends(cfg, bundle, model, schedule, x_T, ts, request, noise, cond, graph_cond))
     return {k: v for k, v in out.items() if k in cfg.backends}
 
 
@@ -187,12 +188,12 @@ def _unguided_backends(cfg: BenchConfig, tmp: Path, model, schedule, x_T: np.nda
 
 
 def _torch_backends(cfg: BenchConfig, bundle: Path, manifest: dict, model, schedule, x_T: np.ndarray, noise, loop,
-                    cond: dict[str, np.ndarray]) -> dict[str, Callable]:
+                    cond: dict[str, np.ndarray], graph_cond: Conditioning) -> dict[str, Callable]:
     """Eager torch (fp32, bf16 autocast, torch.compile) and the bundle's TorchScript denoiser and step."""
     import torch
 
     import zoo
-    from zoo.diffusion import guided_eps
+    from zoo.conditioning import guided_eps
 
     xt = torch.from_numpy(x_T)
     run = {"num_steps": cfg.steps, "solver": cfg.solver, **cond, **({} if noise is None else {"noise": torch.from_numpy(noise)})}
@@ -224,12 +225,11 @@ def _torch_backends(cfg: BenchConfig, bundle: Path, manifest: dict, model, sched
             out = step(*(feed[n] for n in step_inputs))
             return (out[0], tuple(out[1:])) if solver.state else (out, ())
 
+        feeds = {k: torch.from_numpy(v) for k, v in graph_cond.feeds.items()}
+
         def denoise(x, t):
             tt = torch.full((len(x),), t)
-            if not cond:
-                return den(x, tt)
-            labels, w = (torch.from_numpy(cond[k]) for k in ("labels", "guidance"))
-            return guided_eps(den, x, tt, labels, manifest["classes"]["null"], w)
+            return den(x, tt) if graph_cond.conditions is None else guided_eps(den, x, tt, graph_cond.conditions, feeds)
 
         def torchscript():
             with torch.inference_mode():
@@ -240,12 +240,12 @@ def _torch_backends(cfg: BenchConfig, bundle: Path, manifest: dict, model, sched
 
 
 def _ort_backends(cfg: BenchConfig, bundle: Path, manifest: dict, x_T: np.ndarray, request: SampleRequest, noise, loop,
-                  cond: dict[str, np.ndarray]) -> dict[str, Callable]:
+                  cond: Conditioning) -> dict[str, Callable]:
     """onnxruntime on the CPU: the denoiser under a numpy solver, every runtime mode, the shipped loop, int8."""
     import onnxruntime as ort
 
     import runtime
-    from zoo.diffusion import guided_eps
+    from zoo.conditioning import guided_eps
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = cfg.threads
@@ -254,12 +254,12 @@ def _ort_backends(cfg: BenchConfig, bundle: Path, manifest: dict, x_T: np.ndarra
     check_identity(denoiser, name, manifest, bundle)
     plain = ort.InferenceSession(denoiser, so, providers=["CPUExecutionProvider"])
 
-    def predict(x, t, labels=None):
-        return plain.run(None, {"x": x, "t": t, **({} if labels is None else {"labels": labels})})[0]
+    def predict(x, t, **conditioning):
+        return plain.run(None, {"x": x, "t": t, **conditioning})[0]
 
     def numpy_eps(x, t):
         tt = np.full(len(x), t, np.int64)
-        return guided_eps(predict, x, tt, cond["labels"], manifest["classes"]["null"], cond["guidance"]) if cond else predict(x, tt)
+        return predict(x, tt) if cond.conditions is None else guided_eps(predict, x, tt, cond.conditions, cond.feeds)
 
     out = {"ort-numpy-step": lambda: loop(numpy_eps, x_T)}
     cpu = runtime.load(bundle, provider="cpu", threads=cfg.threads)
@@ -281,7 +281,7 @@ def _run(sampler, plan, x_T: np.ndarray, noise) -> Callable[[], np.ndarray]:
 
 
 def _cuda_backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndarray, ts, request: SampleRequest, noise,
-                   cond: dict[str, np.ndarray]) -> dict[str, Callable]:
+                   cond: dict[str, np.ndarray], graph_cond: Conditioning) -> dict[str, Callable]:
     """Eager torch on CUDA and onnxruntime's CUDA provider: fused with and without IO binding, CUDA graph, loop."""
     import copy
 
@@ -301,7 +301,7 @@ def _cuda_backends(cfg: BenchConfig, bundle: Path, model, schedule, x_T: np.ndar
 
     def host_fused():  # no IO binding: x goes to the GPU and back every step
         return fused_on_host(lambda feed, outputs: fused.run(outputs, feed), solver, inputs, x_T, ts, gpu.alphas_cumprod,
-                             noise=noise, cond=cond)
+                             noise=noise, cond=graph_cond.feeds)
 
     return {
         "eager-cuda": lambda: zoo.sample(dev_model, schedule, x_dev, num_steps=cfg.steps, solver=solver, **cond,
@@ -431,7 +431,7 @@ def _run_bench(cfg: BenchConfig, progress: Callable[[str], None]) -> dict[str, A
     else:
         model = zoo.build(cfg.model, hidden=cfg.hidden, **({"num_classes": cfg.classes} if cfg.classes else {})).eval()
         schedule = zoo.linear_schedule(model.config.num_train_timesteps)
-    conditional = getattr(model, "null_class", None) is not None
+    conditional = getattr(model, "conditioning", None) is not None
     c = model.config.channels
     gflops_mm = matmul_gflops(cfg.threads)
     flops_step = conv_flops(model, cfg.size, cfg.size)

@@ -12,7 +12,7 @@ quality metric of ``zoo.training.metrics`` (Frechet distance of a data-specific 
    batch at that step count, timed side by side in one run (round-robin repeats);
 4. the cost of one step of each solver in each backend (the graphs' overhead per step).
 
-A class-conditional bundle samples every class in turn at the given guidance (``class_feeds``), in
+A class-conditional bundle samples every class in turn at the given guidance (``class_settings``), in
 the figures and in every backend, and its quality rows add the conditional accuracy.
 
 Benchmarks measure; nothing here asserts a timing.
@@ -45,10 +45,10 @@ def _label(solver: str, spacing: str) -> str:
 
 def _quality(sampler, data: str, n: int, solver: str, spacing: str, steps: int, seed: int, classifier,
              guidance: float) -> dict[str, float]:
-    from runtime.apps.evaluate import class_feeds
+    from runtime.apps.evaluate import class_settings
     from zoo.training.metrics import quality_report
 
-    cond = class_feeds(sampler.manifest, n, guidance)
+    cond = class_settings(sampler.manifest, n, guidance)
     x = sampler.sample(n, num_steps=steps, seed=seed, spacing=spacing, solver=solver, mode="loop", **cond)
     rep = quality_report(x, data, classifier=classifier, labels=cond.get("labels"))
     d = rep.to_dict()
@@ -146,8 +146,8 @@ def _run(bundle: Path, data: str, n: int, batch: int, threads: int, repeats: int
 
     import runtime
     from export.format.manifest import load_manifest
-    from runtime.apps.evaluate import class_feeds
-    from zoo.diffusion import check_guidance
+    from runtime.apps.evaluate import class_settings
+    from zoo.conditioning import check_guidance
     from zoo.training.metrics import reference_classifier
 
     manifest = load_manifest(bundle)
@@ -169,7 +169,7 @@ def _run(bundle: Path, data: str, n: int, batch: int, threads: int, repeats: int
     target = ref + spread
     reach = {label: next((s for s in STEPS if q[s]["fd"] <= target), None) for label, q in quality.items()}
 
-    cond = class_feeds(manifest, batch, guidance)
+    cond = class_settings(manifest, batch, guidance)
     fns = _backends(bundle, threads, backends, cond)
     x_T = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
     ref_label = _label(ref_solver, ref_spacing)

@@ -61,7 +61,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zoo.diffusion import check_guidance
+    from zoo.conditioning import check_guidance
 
     if sum((args.quality, args.allocator, args.serve, args.diffusers is not None)) > 1:
         raise ValueError("--quality, --allocator, --serve and --diffusers are separate benchmarks: choose one")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from runtime.requests import IMAGE_SUFFIXES
-from zoo.diffusion import MAX_GUIDANCE
+from zoo.conditioning import MAX_GUIDANCE
 
 
 class Terminated(BaseException):
@@ -180,7 +180,7 @@ def parse_classes(classes: str | None) -> str | list[int | str] | None:
 
 
 def parse_guidance(guidance: str | None) -> list[float] | None:
-    """--guidance: one number or several, comma-separated (the ranges are checked by ``zoo.diffusion.check_guidance``)."""
+    """--guidance: one number or several, comma-separated (the ranges are checked by ``zoo.conditioning.check_guidance``)."""
     try:
         return None if guidance is None else [float(v) for v in guidance.split(",")]
     except ValueError:

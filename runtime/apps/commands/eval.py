@@ -21,7 +21,7 @@ def register(sub) -> None:
     from runtime.apps.evaluate import EVAL_N
     from runtime.providers import PROVIDERS
     from runtime.requests import MODES, SampleRequest
-    from zoo.diffusion import MAX_GUIDANCE
+    from zoo.conditioning import MAX_GUIDANCE
 
     p = sub.add_parser("eval", help="sample a bundle or training run and measure quality against real data")
     p.add_argument("target", help="bundle directory, or training run directory (exported to a temporary bundle first)")

@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--class all writes one .png grid with a row per class: use a .png --out")
     with Client(args.url, args.model_name, timeout_s=args.timeout) as client:
         names = client.class_names  # the served bundle's; the client never sends its null class
-        manifest = {"classes": {"count": len(names), "names": names, "null": len(names)}} if names else {}
+        manifest = {"conditioning": client.conditioning,  # what Conditioning.of reads of a bundle, as served
+                    **({"classes": {"count": len(names), "names": names, "null": len(names)}} if names else {})}
         total, labels = class_request(manifest, args.n, args.classes)
         cond = Conditioning.of(manifest, total, labels, parse_guidance(args.guidance))  # names to indices, checked
         rows = {"seed": r.seed, "index": np.arange(r.start, r.start + total), "steps": r.num_steps, "solver": r.solver,

@@ -87,6 +87,11 @@ class Client:
         """The served bundle's class names (empty: an unconditional bundle)."""
         return json.loads(self.config.get("parameters", {}).get("classes", {}).get("string_value", "[]"))
 
+    @property
+    def conditioning(self) -> dict[str, Any] | None:
+        """The served bundle's conditioning declaration as its manifest records it (None: an unconditional bundle)."""
+        return json.loads(self.config.get("parameters", {}).get("conditioning", {}).get("string_value", "null"))
+
     def sample(self, rows: dict[str, Any], output: str = "image") -> np.ndarray:
         """Send rows (input name -> one value per row, or one value for every row; ``seed`` and ``index``
         required) and return the ``output`` of each row: "image" (B, H, W, C) uint8 or "sample" (B, C, H, W)

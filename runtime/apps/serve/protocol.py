@@ -13,8 +13,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from export.format.manifest import conditions_of
 from runtime.memory import sample_bytes
 from runtime.requests import Conditioning, Plan, SampleRequest
+from zoo.conditioning import GUIDANCE_INPUT
 from zoo.images import to_uint8
 from zoo.resources import check_fits
 from zoo.validate import check_int
@@ -33,11 +35,13 @@ class Input:
     name: str
     datatype: str  # KServe v2: INT64, FP32, BYTES
     default: Any = None  # a missing optional input takes SampleRequest's default
-    conditional: bool = False  # only a class-conditional bundle's model has it (absent: the null class, w 1)
+    # What it conditions: a kind of zoo.conditioning.KINDS (only a bundle that declares an input of that kind has it),
+    # or the guidance of any conditioned bundle; absent: the null class, w 1.
+    conditioning: str | None = None
 
     @property
     def required(self) -> bool:
-        return self.default is None and not self.conditional
+        return self.default is None and self.conditioning is None
 
 
 INPUTS: tuple[Input, ...] = (
@@ -47,8 +51,8 @@ INPUTS: tuple[Input, ...] = (
     Input("solver", "BYTES", SampleRequest.solver),
     Input("eta", "FP32", SampleRequest.eta),
     Input("spacing", "BYTES", SampleRequest.spacing),
-    Input("label", "INT64", conditional=True),  # the class index
-    Input("guidance", "FP32", conditional=True),  # classifier-free guidance w in 0..MAX_GUIDANCE, with label
+    Input("label", "INT64", conditioning="class"),  # the class index
+    Input("guidance", "FP32", conditioning=GUIDANCE_INPUT),  # classifier-free guidance w in 0..MAX_GUIDANCE, with label
 )
 REQUIRED = tuple(i.name for i in INPUTS if i.required)
 
@@ -69,8 +73,11 @@ OUTPUTS: dict[str, Output] = {
 
 
 def inputs_of(manifest: dict[str, Any]) -> tuple[Input, ...]:
-    """The inputs a bundle's model takes: label and guidance only for a class-conditional one."""
-    return tuple(i for i in INPUTS if not i.conditional or manifest.get("classes"))
+    """The inputs a bundle's model takes: those of the kinds its conditioning declares and guidance (label and
+    guidance for a class-conditional one), and none of them for an unconditional one."""
+    conditions = conditions_of(manifest)
+    kinds = {c.kind for c in conditions.inputs} | {GUIDANCE_INPUT} if conditions else set()
+    return tuple(i for i in INPUTS if i.conditioning is None or i.conditioning in kinds)
 
 
 @dataclass(frozen=True)

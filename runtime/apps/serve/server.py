@@ -179,7 +179,8 @@ def _pbtxt_string(value: str) -> str:
 
 
 def model_config(manifest: dict[str, Any], options: ServeOptions, provider: str) -> str:
-    """The model's ``config.pbtxt``: its inputs and outputs from ``protocol``, the batcher, instances, the class names.
+    """The model's ``config.pbtxt``: its inputs and outputs from ``protocol``, the batcher, instances, the class names
+    and the conditioning declaration (``zoo.conditioning``).
 
     What every client may read (``GET /v2/models/NAME/config``): nothing of the server's machine (the bundle's path,
     the work directory) is in it; the instances read those from their private ``SETTINGS_NAME``.
@@ -190,7 +191,8 @@ def model_config(manifest: dict[str, Any], options: ServeOptions, provider: str)
         for i in inputs_of(manifest))
     outputs = ",\n".join(f'  {{ name: "{name}" data_type: {_TYPES[o.datatype]} dims: {o.dims(chw)} }}' for name, o in OUTPUTS.items())
     params = {"mode": options.mode,
-              "classes": json.dumps((manifest.get("classes") or {}).get("names") or [], ensure_ascii=False)}
+              "classes": json.dumps((manifest.get("classes") or {}).get("names") or [], ensure_ascii=False),
+              "conditioning": json.dumps(manifest["conditioning"])}
     parameters = ",\n".join(f'  {{ key: "{k}" value: {{ string_value: {_pbtxt_string(v)} }} }}' for k, v in params.items())
     kind = "KIND_GPU" if provider == "cuda" else "KIND_CPU"
     # --max-batch 1: no dynamic batcher at all (Triton's default scheduler, one request per execution). Its
