@@ -100,7 +100,7 @@ def test_a_folder_is_the_registered_entry_and_predicts_what_diffusers_predicts(f
     config = dataclasses.asdict(p.model.config)  # what a manifest and a checkpoint store
     assert json.loads(json.dumps(config)) == config
     rebuilt = zoo.build("diffusers_unet", **config)
-    assert rebuilt.config == p.model.config and rebuilt.null_class is None
+    assert rebuilt.config == p.model.config and rebuilt.conditioning is None
     assert zoo.parameter_count("diffusers_unet", **config) == sum(q.numel() for q in unet.parameters())
     with pytest.raises(ValueError, match=r"timesteps 0..1000 are out of range"):
         p.model(x, torch.tensor([0, 1, 1000]))
@@ -308,7 +308,7 @@ def test_a_class_conditional_unet_takes_guided_generations_inputs(tmp_path):
     assert main(["train", "--model", "diffusers_unet", "--model-config", str(config), "--data", "digits", "--conditional",
                  "--size", "8", "--steps", "4", "--batch", "8", "--out", str(run)]) == 0
     model, _, _ = zoo.weights.load_weights(run / "last" / "ema.safetensors")
-    assert model.config.num_classes == 10 and model.unet.config.num_class_embeds == 11 and model.null_class == 10
+    assert model.config.num_classes == 10 and model.unet.config.num_class_embeds == 11 and model.conditioning.inputs[0].null == 10
     assert main(["export", "--checkpoint", str(run), "--out", str(bundle), "--formats", "onnx", "--solvers", "dpmpp_2m"]) == 0
     m = export.load_manifest(bundle)
     assert m["classes"]["count"] == 10 and all(c["passed"] for c in m["verification"])

@@ -275,18 +275,24 @@ def test_loop_builder_refuses_a_graph_that_is_not_a_fused_step(bundles):
     import onnx
 
     from export.loop import build_sampler_graph
+    from zoo.conditioning import class_labels
 
+    table = artifact_specs(3)
     denoiser = onnx.load(str(bundles["conv"].path / "denoiser.onnx"))
     with pytest.raises(ValueError, match=r"not a fused step graph of 'ddim': inputs \['x', 't'\]"):
-        build_sampler_graph(denoiser, "ddim", stochastic=False)
+        build_sampler_graph(denoiser, table["sampler"])
     fused = onnx.load(str(bundles["conv"].path / "fused_step_dpmpp.onnx"))
-    with pytest.raises(ValueError, match="solver 'dpmpp_2m' has no stochastic fused step"):
-        build_sampler_graph(fused, "dpmpp_2m", stochastic=True)
+    with pytest.raises(ValueError, match="'fused_step_dpmpp' is a fused_step artifact, not a whole-loop graph"):
+        build_sampler_graph(fused, table["fused_step_dpmpp"])
     with pytest.raises(ValueError, match=r"not a fused step graph of 'ddim': inputs \['x_t', 'x0_last'"):
-        build_sampler_graph(fused, "ddim", stochastic=False)  # another solver's step
+        build_sampler_graph(fused, table["sampler"])  # another solver's step
     euler = onnx.load(str(bundles["conv"].path / "fused_step_euler_ancestral.onnx"))
-    with pytest.raises(ValueError, match=r"expected \['x_t', 't', 't_prev'\] \+ its conditioning \+ \['noise', 'eta'\]"):
-        build_sampler_graph(euler, "ddim", stochastic=True)  # its noise comes without eta
+    with pytest.raises(ValueError, match=r"expected \['x_t', 't', 't_prev', 'noise', 'eta'\]"):
+        build_sampler_graph(euler, table["sampler_eta"])  # its noise comes without eta
+    # a conditioned table's loop wants the step's conditioning inputs by name: the unconditional step is refused
+    guided = artifact_specs(3, conditions=class_labels(4))
+    with pytest.raises(ValueError, match=r"expected \['x_t', 't', 't_prev', 'labels', 'guidance'\]"):
+        build_sampler_graph(onnx.load(str(bundles["conv"].path / "fused_step.onnx")), guided["sampler"])
 
 
 # --- concurrent writers, crashes and what --force may replace -----------------------------------

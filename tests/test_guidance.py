@@ -8,7 +8,8 @@ import torch
 
 import zoo
 from conftest import COND_NAMES, SOLVER_RUNS
-from zoo.diffusion import guide, guided_eps
+from zoo.conditioning import class_labels, guided_eps
+from zoo.diffusion import guide
 
 
 def _cond(seed=0, k=3):
@@ -20,12 +21,12 @@ def test_num_classes_zero_is_exactly_todays_unet():
     torch.manual_seed(0)
     plain = zoo.build("unet", hidden=8, channels=1)
     cond = _cond()
-    assert plain.config.num_classes == 0 and plain.null_class is None and not hasattr(plain, "class_emb")
+    assert plain.config.num_classes == 0 and plain.conditioning is None and not hasattr(plain, "class_emb")
     sd_plain, sd_cond = plain.state_dict(), cond.state_dict()
     assert set(sd_cond) - set(sd_plain) == {"class_emb.weight"}  # the embedding is the only addition, made last
     for k, v in sd_plain.items():
         torch.testing.assert_close(sd_cond[k], v, rtol=0, atol=0)  # so every shared weight is drawn as before
-    assert cond.null_class == 3 and cond.class_emb.weight.shape == (4, 32)
+    assert cond.conditioning == class_labels(3) and cond.class_emb.weight.shape == (4, 32)
 
 
 @pytest.mark.parametrize("name", ["conv", "residual"])
@@ -51,22 +52,23 @@ def test_guided_eps_is_one_call_on_a_2b_batch_for_torch_and_numpy():
     t, labels = torch.tensor([10, 500, 999]), torch.tensor([0, 1, 2])
     calls = []
 
-    def counting(xx, tt, ll):
+    def counting(xx, tt, labels):
         calls.append(len(xx))
-        return model(xx, tt, ll)
+        return model(xx, tt, labels)
 
     with torch.inference_mode():
-        eps = guided_eps(counting, x, t, labels, 3, torch.tensor([0.0, 1.0, 3.0]))
+        eps = guided_eps(counting, x, t, model.conditioning, {"labels": labels, "guidance": torch.tensor([0.0, 1.0, 3.0])})
         assert calls == [6]
         # w = 0: the null class (to float rounding: a 2B batch is another computation than a B batch)
         torch.testing.assert_close(eps[0], model(x, t, torch.full((3,), 3))[0], rtol=0, atol=1e-6)
         torch.testing.assert_close(eps[1], model(x, t, labels)[1], rtol=0, atol=1e-6)  # w = 1: the class asked for
 
-        def numpy_model(xx, tt, ll):
-            return model(torch.from_numpy(xx), torch.from_numpy(tt), torch.from_numpy(ll)).numpy()
+        def numpy_model(xx, tt, labels):
+            return model(torch.from_numpy(xx), torch.from_numpy(tt), torch.from_numpy(labels)).numpy()
 
-        np.testing.assert_allclose(guided_eps(numpy_model, x.numpy(), t.numpy(), labels.numpy(), 3,
-                                              np.array([0.0, 1.0, 3.0], np.float32)), eps.numpy(), rtol=0, atol=1e-6)
+        feed = {"labels": labels.numpy(), "guidance": np.array([0.0, 1.0, 3.0], np.float32)}
+        np.testing.assert_allclose(guided_eps(numpy_model, x.numpy(), t.numpy(), model.conditioning, feed), eps.numpy(),
+                                   rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("solver,eta", SOLVER_RUNS)
@@ -129,7 +131,7 @@ def test_conditional_training_keeps_classes_and_resumes_exactly(tmp_path):
     meta = read_weights_metadata(whole.checkpoint)
     assert meta["data"]["classes"] == {"names": [str(d) for d in range(10)], "null": 10}
     model, _, _ = load_weights(whole.checkpoint)
-    assert model.config.num_classes == 10 and model.null_class == 10
+    assert model.config.num_classes == 10 and model.conditioning == class_labels(10)
 
 
 def test_conditional_training_needs_labels(tmp_path):
@@ -364,7 +366,7 @@ class _PointMasses(torch.nn.Module):
     Conditional: x0 is the class's point; the null class: the posterior over the three points given x_t.
     """
 
-    null_class = 3
+    conditioning = class_labels(3)
 
     def __init__(self, schedule):
         super().__init__()
@@ -377,7 +379,7 @@ class _PointMasses(torch.nn.Module):
         flat = x.flatten(1)
         c = self.centers.to(x.dtype)
         dist = ((flat[:, None] - a.sqrt()[:, None] * c) ** 2).sum(-1) / (2 * (1 - a))  # (B, 3)
-        x0 = torch.where((labels == self.null_class)[:, None], torch.softmax(-dist, 1) @ c, c[labels.clamp(max=2)])
+        x0 = torch.where((labels == 3)[:, None], torch.softmax(-dist, 1) @ c, c[labels.clamp(max=2)])
         return ((flat - a.sqrt() * x0) / (1 - a).sqrt()).reshape(x.shape)
 
 

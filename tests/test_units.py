@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from export.format.artifacts import artifact_specs
 from export.loop import build_sampler_graph
 from zoo.files import atomic_write, default_mode, staged_dir, write_synced
 from zoo.training.train import TrainConfig, lr_at
@@ -89,7 +90,7 @@ def _step_graph(multistep: bool) -> onnx.ModelProto:
 @pytest.mark.parametrize("multistep,expected", [(False, 5 + 2 - 1), (True, -1 + 9 + 5)])
 def test_loop_builder_feeds_each_step_its_timesteps(multistep, expected):
     """timesteps [9, 5, 2]: t_prev = [5, 2, -1] and t_last = [-1, 9, 5], so x_0 = x_T + their sum."""
-    model = build_sampler_graph(_step_graph(multistep), "dpmpp_2m" if multistep else "ddim", stochastic=False)
+    model = build_sampler_graph(_step_graph(multistep), artifact_specs(1)["sampler_dpmpp" if multistep else "sampler"])
     onnx.checker.check_model(model, full_check=True)
     loop = next(n for n in model.graph.node if n.op_type == "Loop")
     assert {"step/w", "step/axes"} <= {i.name for i in model.graph.initializer}  # the weights live once, outside
