@@ -10,13 +10,9 @@ from PIL import Image
 import torch
 
 import zoo
-from runtime.apps.bench.speed import (
-    BenchConfig,
-    conv_flops,
-    format_results,
-    key_ratios,
-    run_bench,
-)
+from runtime.apps.bench.harness import conv_flops
+from runtime.apps.bench.report import format_results, key_ratios
+from runtime.apps.bench.speed import BenchConfig, run_bench
 from runtime.apps.cli import main
 from runtime.apps.commands.demo import FAST, MARKER, format_summary, run_demo
 from zoo.solvers import SOLVERS

@@ -1,6 +1,6 @@
 """``diffzoo bench --diffusers``: a diffusers UNet2DModel folder, diffusers' own sampling loops against diffzoo's bundle.
 
-One run, same weights and x_T, round-robin repeats (``speed._time_backends``): diffusers' eager loop
+One run, same weights and x_T, round-robin repeats (``harness.time_backends``): diffusers' eager loop
 (``DDIMScheduler.step`` / ``DPMSolverMultistepScheduler.step`` around the ``UNet2DModel``, as
 ``DDIMPipeline`` runs it), the same loop around ``torch.compile`` of the UNet, and the bundle's
 ``loop``, ``fused`` and ``step`` modes on the CPU provider, each on diffusers' own timestep grid.
@@ -25,7 +25,7 @@ import numpy as np
 
 from export.format.artifacts import select
 from export.format.manifest import load_manifest
-from runtime.apps.bench.speed import _time_backends, conv_flops, machine, matmul_gflops
+from runtime.apps.bench.harness import conv_flops, machine, matmul_gflops, peak_rss_mb, time_backends
 from runtime.requests import MODES
 from zoo.solvers import SOLVER_TABLE, SOLVERS
 
@@ -141,7 +141,6 @@ def run_peer_bench(cfg: PeerConfig, progress: Callable[[str], None] = lambda s: 
     from diffusers import UNet2DModel
 
     import runtime
-    from runtime.apps.bench.speed import _peak_rss_mb
     from zoo.diffusers_unet import load_pretrained
 
     threads_before = torch.get_num_threads()
@@ -169,7 +168,7 @@ def run_peer_bench(cfg: PeerConfig, progress: Callable[[str], None] = lambda s: 
                 for solver, steps in cfg.steps:
                     progress(f"batch {batch}, {solver} {steps} steps")
                     backends, warm_ups = _backends(unet, scheduler_config, sampler, solver, steps, x_T, compiled)
-                    outputs, warm, rss, times = _time_backends(backends, cfg.repeats, progress, warm_ups=warm_ups)
+                    outputs, warm, rss, times = time_backends(backends, cfg.repeats, progress, warm_ups=warm_ups)
                     ref = np.asarray(outputs["diffusers"], np.float64)
                     base = statistics.median(times["diffusers"])
                     res["runs"].append({"batch": batch, "solver": solver, "steps": steps, "backends": {
@@ -182,7 +181,7 @@ def run_peer_bench(cfg: PeerConfig, progress: Callable[[str], None] = lambda s: 
                                "peak_rss_mb": rss[name]}
                         for name, t in times.items()}})
             res["matmul_gflops_after"] = matmul_gflops(cfg.threads)  # a gap from the first: the load changed
-            res["peak_rss_mb"] = _peak_rss_mb()
+            res["peak_rss_mb"] = peak_rss_mb()
             return res
     finally:
         torch.set_num_threads(threads_before)

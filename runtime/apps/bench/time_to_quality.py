@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.apps.bench.speed import step_noise
+from runtime.apps.bench.harness import step_noise
 from zoo.solvers import SOLVERS
 
 __all__ = ["CONFIGS", "STEPS", "run_time_to_quality", "format_time_to_quality"]

@@ -178,46 +178,34 @@ def _choose_backends(args: argparse.Namespace) -> tuple[tuple[str, ...], dict[st
     """The backends to run and those skipped here, with the reason (explicitly named ones are never skipped)."""
     from export.format.artifacts import artifact_specs
     from runtime.apps.bench.openvino import openvino_unavailable_reason
-    from runtime.apps.bench.speed import (
-        CPU_BACKENDS,
-        CUDA_BACKENDS,
-        INT8_BACKENDS,
-        OPENVINO_BACKENDS,
-        has_bf16,
-    )
+    from runtime.apps.bench.backends import BACKENDS, TABLE
+    from runtime.apps.bench.harness import has_bf16
 
-    known = CPU_BACKENDS + CUDA_BACKENDS
+    known = tuple(TABLE)
     named = tuple(b.strip() for b in args.backends.split(",") if b.strip()) if args.backends else None
     bad = [b for b in named or () if b not in known]
     if bad:
         raise ValueError(f"unknown backend(s) {bad}: expected a subset of {list(known)}")
-    unavailable: dict[str, str] = {}
-    if (reason := openvino_unavailable_reason()) is not None:
-        unavailable.update({b: reason for b in OPENVINO_BACKENDS})
     int8_solvers = sorted({s.solver for s in artifact_specs(1, int8=True).values() if s.precision == "int8" and s.solver})
-    if args.solver not in int8_solvers:
-        unavailable.update({b: f"no int8 graphs of {args.solver} (int8 variants exist for {', '.join(int8_solvers)} only)"
-                            for b in INT8_BACKENDS})
+    missing = {"openvino": openvino_unavailable_reason(),  # what each backend's row needs (backends.Backend.needs)
+               "int8": None if args.solver in int8_solvers else (f"no int8 graphs of {args.solver} (int8 variants exist "
+                                                                 f"for {', '.join(int8_solvers)} only)")}
+    unavailable = {b.name: missing[b.needs] for b in BACKENDS if missing.get(b.needs)}
     if named:
         if clash := [b for b in named if b in unavailable]:
             raise ValueError(f"backend {clash[0]!r} cannot run here: {unavailable[clash[0]]}")
         backends = named
     else:
-        backends = tuple(b for b in known if b not in unavailable and (b != "eager-bf16" or has_bf16()))
+        # bf16 without the arithmetic is emulated by autocast: run only when named
+        backends = tuple(b for b in known if b not in unavailable and (TABLE[b].needs != "bf16" or has_bf16()))
     if "eager" not in backends:
         backends = ("eager",) + backends  # every ratio is to eager torch
     return backends, {b: r for b, r in unavailable.items() if named is None}
 
 
 def _backends(args: argparse.Namespace) -> dict:
-    from runtime.apps.bench.speed import (
-        BenchConfig,
-        format_results,
-        format_sweeps,
-        key_ratios,
-        run_bench,
-        run_sweeps,
-    )
+    from runtime.apps.bench.report import format_results, format_sweeps, key_ratios
+    from runtime.apps.bench.speed import BenchConfig, run_bench, run_sweeps
 
     backends, skipped = _choose_backends(args)
     size, checkpoint = args.size, None
