@@ -204,3 +204,26 @@ def replace_graph(bundle, tmp_path: Path, name: str, edit) -> Path:
     manifest["files"][name] = {"sha256": sha256_file(path / name), "size": (path / name).stat().st_size}
     (path / "manifest.json").write_text(json.dumps(manifest))
     return path
+
+
+def as_older_bundle(path: Path, key: str) -> None:
+    """The bundle at ``path``, in place, as exported before ``key`` was recorded: ``key`` dropped from its manifest and
+    from every graph's stamped identity, the hashes redone."""
+    import json
+
+    import onnx
+
+    from export.format.manifest import IDENTITY_KEY, sha256_file
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest[key]
+    for name in (p.name for p in path.glob("*.onnx")):
+        g = onnx.load(str(path / name))
+        for prop in g.metadata_props:
+            if prop.key == IDENTITY_KEY:
+                identity = json.loads(prop.value)
+                del identity[key]
+                prop.value = json.dumps(identity, sort_keys=True)
+        onnx.save(g, str(path / name))
+        manifest["files"][name] = {"sha256": sha256_file(path / name), "size": (path / name).stat().st_size}
+    (path / "manifest.json").write_text(json.dumps(manifest))
