@@ -106,6 +106,8 @@ def test_a_model_that_declares_another_conditioning_exports_every_graph_and_its_
     assert np.abs(other - got)[0].max() > 1e-3  # w = 0: the negative branch alone
     assert np.abs(other - got)[1].max() > 1e-4  # w = 1.5 still reads it
 
+    with pytest.raises(ValueError, match=r"conditioned on \['emb \(tensor\)'\]: sample it with zoo.solvers.solve"):
+        zoo.sample(model, zoo.linear_schedule(100), x_T, 2)  # the eager samplers make class labels only
     # the runtime samples class labels from requests; it says so instead of feeding zeros
     with pytest.raises(ValueError, match=r"conditioned on 'emb' \(tensor\), which this runtime cannot make"):
         runtime.load(b.path, "cpu").sample(1, num_steps=2)

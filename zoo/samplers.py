@@ -35,6 +35,10 @@ def _conditioning(model: Any, x_T: Any, labels: Any, guidance: Any) -> dict[str,
     """
     conditions = getattr(model, "conditioning", None)
     classes = conditions and conditions.of_kind("class")
+    if conditions is not None and conditions.inputs != (classes,):
+        raise ValueError(f"the eager samplers condition on class labels; this model is conditioned on "
+                         f"{[f'{i.name} ({i.kind})' for i in conditions.inputs]}: sample it with zoo.solvers.solve and "
+                         "zoo.conditioning.guided_eps")
     if not classes:
         if labels is not None or guidance is not None:
             raise ValueError("labels and guidance need a class-conditional model (unet with num_classes=K); this one is "
