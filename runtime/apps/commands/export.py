@@ -123,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
 def _print_checks(bundle, shape) -> None:
     m = bundle.manifest
     print(f"exported {m['model']['name']} {m['model']['config']} ({m['schedule']['name']} schedule, data {shape})")
-    print(f"{'artifact':<20}{'format':<13}{'seconds':>8}  {'max |diff|':>11}  {'bound':>22}  {'fp32 ref err':>12}  verified at")
+    w = max(len("artifact"), *(len(c["artifact"]) for c in bundle.checks)) + 2  # the longest name, then two spaces
+    print(f"{'artifact':<{w}}{'format':<13}{'seconds':>8}  {'max |diff|':>11}  {'bound':>22}  {'fp32 ref err':>12}  verified at")
     for c in bundle.checks:
         sizes = "x".join(str(c["shape"][k]) for k in ("batch", "height", "width"))
         steps = f", {c['shape']['steps']} steps" if "steps" in c["shape"] else ""
@@ -132,7 +133,7 @@ def _print_checks(bundle, shape) -> None:
         else:
             bound = f"rel {c['rel_rms_diff']:.1%} <= {c['rtol']:.0%}"
         ref = f"{c['reference_error']:.1e}" if c.get("reference_error") is not None else "-"
-        print(f"{c['artifact']:<20}{c['format']:<13}{bundle.seconds[c['artifact']]:>8.2f}  "
+        print(f"{c['artifact']:<{w}}{c['format']:<13}{bundle.seconds[c['artifact']]:>8.2f}  "
               f"{c['max_abs_diff']:>11.2e}  {bound:>22}  {ref:>12}  B x H x W = {sizes}{steps}")
         if c.get("note"):
-            print(f"{'':<20}note: {c['note']}")
+            print(f"{'':<{w}}note: {c['note']}")
