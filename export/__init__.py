@@ -19,6 +19,7 @@ from export.format.manifest import (
 
 __all__ = [
     "export_bundle",
+    "swap_weights",
     "ExportOptions",
     "Bundle",
     "load_manifest",
@@ -35,6 +36,7 @@ __all__ = [
 
 _LAZY = {
     "export_bundle": "export.bundle",
+    "swap_weights": "export.bundle",
     "ExportOptions": "export.bundle",
     "Bundle": "export.bundle",
     "load_model": "export.bundle",

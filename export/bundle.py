@@ -23,13 +23,16 @@ import onnx
 import torch
 
 from export.format.artifacts import FORMATS, ArtifactSpec, artifact_specs
+from export.format.graphs import Weights, externalize
 from export.format.manifest import (
     IDENTITY_KEY,
+    MANIFEST_NAME,
     WEIGHTS_NAME,
     artifact_entry,
     graph_identity,
     load_manifest,
     not_a_bundle,
+    read_verified,
     write_manifest,
 )
 from export.inputs import make_inputs
@@ -63,7 +66,7 @@ from zoo.solvers import SOLVERS, get_solver
 from zoo.validate import check_int
 from zoo.weights import save_weights
 
-__all__ = ["Bundle", "ExportOptions", "export_bundle", "load_model", "reference_outputs", "WEIGHTS_NAME", "VERIFY_STEPS",
+__all__ = ["Bundle", "ExportOptions", "export_bundle", "swap_weights", "load_model", "reference_outputs", "WEIGHTS_NAME", "VERIFY_STEPS",
            "verify_steps"]
 
 log = logging.getLogger(__name__)
@@ -308,6 +311,75 @@ def export_bundle(model: torch.nn.Module, out_dir: str | os.PathLike, options: E
     return Bundle(path=out, manifest=manifest)
 
 
+def swap_weights(bundle_dir: str | os.PathLike, model: torch.nn.Module, schedule: Schedule | None = None,
+                 progress: bool = False, source: str | None = None) -> Bundle:
+    """Put ``model``'s weights into the bundle at ``bundle_dir``: every graph kept, verified again, swapped in atomically.
+
+    ``model`` must be the bundle's architecture (its registry name and config; a fine-tune, another
+    EMA, a diffusers folder of the same config); its weights are written in the layout of the
+    bundle's weights file, so every ONNX graph's references stay valid, each graph is stamped with
+    the new weights' hash, the TorchScript denoiser is traced again, and every artifact is checked
+    against eager torch with the new weights exactly as ``export_bundle`` checks it (bounds derived
+    again). Only then does the new bundle replace the old one; a failure leaves it untouched.
+
+    Raises:
+        ValueError: another architecture or schedule (naming what differs), a bundle with int8
+            variants (calibrated on the old weights) or whose graphs hold their weights themselves.
+        ExportVerificationError: an artifact disagrees with eager torch under the new weights.
+    """
+    from export.format.graphs import external_tensors, read_graph
+    from export.format.manifest import table_spec
+
+    root = Path(bundle_dir)
+    manifest = load_manifest(root)
+    _check_swappable(root, manifest, model, schedule)
+    model = copy.deepcopy(model).float().cpu().eval()
+    specs = [table_spec(manifest, name) for name in manifest["artifacts"]]
+    for spec in specs:
+        if spec.kind != "step" and "onnx" in manifest["artifacts"][spec.name]["files"] \
+                and not external_tensors(onnx.load_model_from_string(read_graph(root, manifest, spec.name))):
+            raise ValueError(f"the bundle {str(root)!r} was exported before its graphs referred to one weights file "
+                             f"({spec.name!r} holds its weights itself): export the new weights instead")
+    formats = {fmt for entry in manifest["artifacts"].values() for fmt in entry["files"]}
+    classes = manifest.get("classes")
+    o = ExportOptions(schedule=Schedule.from_dict(manifest["schedule"]), example_shape=tuple(manifest["data"]["shape"]),
+                      opset=manifest["export"]["opset"], formats=tuple(f for f in FORMATS if f in formats),
+                      clip_range=manifest["clip_range"], eps_rule=manifest["eps_rule"], progress=progress,
+                      extra={**manifest.get("extra", {}), "weights_swapped": {
+                          "from_sha256": manifest["files"][manifest["weights"]]["sha256"], "source": source,
+                          "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}},
+                      data_source=manifest["data"].get("source"), class_names=tuple(classes["names"]) if classes else None)
+    with output_lock(root):
+        clean_leftovers(root)
+        with staged_dir(root) as tmp:
+            for name in manifest["files"]:  # the verified bytes, never re-read from the path afterwards
+                if name not in (manifest["weights"], MANIFEST_NAME):
+                    (tmp / name).write_bytes(read_verified(root, manifest, name))
+            new = write_manifest(tmp, _export_into(tmp, model, o, specs, swap_into=Weights.of_bundle(root, manifest)))
+    return Bundle(path=root, manifest=new)
+
+
+def _check_swappable(root: Path, manifest: dict[str, Any], model, schedule: Schedule | None) -> None:
+    if not (isinstance(getattr(model, "name", None), str) and dataclasses.is_dataclass(getattr(model, "config", None))):
+        raise TypeError(f"swap_weights needs a zoo model (built by zoo.build); got {type(model).__name__}")
+    have, want = manifest["model"], {"name": model.name, "config": json.loads(json.dumps(dataclasses.asdict(model.config)))}
+    if have != want:
+        if have["name"] != want["name"]:
+            diff = {"name": (have["name"], want["name"])}
+        else:
+            diff = {k: (have["config"].get(k), want["config"].get(k)) for k in sorted(set(have["config"]) | set(want["config"]))
+                    if have["config"].get(k) != want["config"].get(k)}
+        shown = ", ".join(f"{k} {b!r} here, {a!r} in the bundle" for k, (a, b) in diff.items())
+        raise ValueError(f"the bundle {str(root)!r} holds another architecture than this {want['name']!r} model "
+                         f"({shown})"[:600] + ": weights go only into a bundle of the same architecture; export this model instead")
+    if schedule is not None and schedule.to_dict() != manifest["schedule"]:
+        raise ValueError(f"the weights come with the schedule {schedule.to_dict()!r}, and the bundle's graphs bake "
+                         f"{manifest['schedule']!r}: export this model instead")
+    if any(entry.get("precision") == "int8" for entry in manifest["artifacts"].values()):
+        raise ValueError(f"the bundle {str(root)!r} has int8 variants, calibrated on its weights: export the new weights "
+                         "instead (int8=True calibrates them again)")
+
+
 @dataclass
 class _Export:
     """What every artifact of one export shares: the model, the options, the seeded input stream, the graphs so far."""
@@ -316,8 +388,10 @@ class _Export:
     model: torch.nn.Module
     o: ExportOptions  # schedule and example_shape filled in
     g: torch.Generator
+    weights: Weights  # the staged weights file every graph refers to (export.format.graphs)
     protos: dict[str, onnx.ModelProto] = dataclasses.field(default_factory=dict)  # artifact -> its verified graph
     calibration: Any = None  # int8 calibration states, made on first use
+    swap: bool = False  # the staged ONNX graphs are a bundle's, kept as they are with new weights (swap_weights)
 
     @property
     def schedule(self) -> Schedule:
@@ -341,14 +415,21 @@ class _Export:
         return {"batch": 2, "height": h, "width": w, "steps": min(2, self.schedule.num_train_timesteps)}
 
 
-def _export_into(tmp: Path, model: torch.nn.Module, o: ExportOptions, specs: list[ArtifactSpec]) -> dict:
-    """Weights and every artifact written and verified into ``tmp``; returns the manifest without its file table."""
-    ex = _Export(tmp, model, o, torch.Generator().manual_seed(o.seed))
+def _export_into(tmp: Path, model: torch.nn.Module, o: ExportOptions, specs: list[ArtifactSpec],
+                 swap_into: Weights | None = None) -> dict:
+    """Weights and every artifact written and verified into ``tmp``; returns the manifest without its file table.
+
+    ``swap_into``: the weights of the bundle whose ONNX graphs ``tmp`` already holds; they are kept
+    (restamped) instead of exported, and the new weights file must have the same layout."""
     seconds: dict[str, float] = {}
     files: dict[str, dict[str, str]] = {}
     checks: list[Check] = []
     t0 = time.perf_counter()
     save_weights(tmp / WEIGHTS_NAME, model, o.schedule, data={"shape": list(o.example_shape), "range": [-1.0, 1.0]})
+    ex = _Export(tmp, model, o, torch.Generator().manual_seed(o.seed), Weights.of_file(tmp / WEIGHTS_NAME),
+                 swap=swap_into is not None)
+    if swap_into is not None and ex.weights.stored != swap_into.stored:  # the same config has the same layout: a guard
+        raise ValueError("the new weights do not have the layout of the bundle's weights file: export this model instead")
     seconds["weights"] = time.perf_counter() - t0
     bar = specs
     if o.progress:
@@ -415,28 +496,32 @@ def _write_torchscript(ex: _Export, spec: ArtifactSpec, path: Path, inputs) -> d
 
 
 def _write_onnx(ex: _Export, spec: ArtifactSpec, path: Path, inputs) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-
-    if spec.kind == "sampler":  # the Loop around the already verified step graph
+    if ex.swap:  # the bundle's verified graph, staged: the same structure, now referring to the new weights
+        proto = onnx.load(str(path), load_external_data=False)
+        del proto.metadata_props[:]
+    elif spec.kind == "sampler":  # the Loop around the already verified step graph
         proto = build_sampler_graph(ex.protos[spec.body], spec)
     elif spec.precision == "int8":
         if ex.calibration is None:
             ex.calibration = calibration_states(ex.model, ex.schedule, ex.example_shape, ex.o.seed, ex.o.clip_range,
                                                 ex.o.eps_rule)
-        proto = quantize_int8(ex.protos[spec.base], _calibration_feeds(spec, ex.calibration))
+        proto = quantize_int8(ex.weights.inline(ex.protos[spec.base]), _calibration_feeds(spec, ex.calibration))
     else:
         example = make_inputs(spec, ex.example_sizes, ex.schedule.alphas_cumprod, ex.g, conditions=ex.conditions)
         proto = export_onnx(_module(ex, spec), spec, example, ex.o.opset)
+    if not ex.swap:
+        proto = externalize(proto, ex.weights)  # its weights: references into the weights file
     ex.protos[spec.name] = proto
-    check_onnx(proto)
     onnx.save(_stamped(proto, spec, ex), str(path))
-    return _run_onnx(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), inputs)
+    check_onnx(path)  # by path: the checker finds the weights file beside the graph
+    return _run_onnx(ex.weights.session(path.read_bytes()), inputs)  # as the runtime runs it: its weights from memory
 
 
 def _stamped(proto: onnx.ModelProto, spec: ArtifactSpec, ex: _Export) -> onnx.ModelProto:
     """A copy of ``proto`` carrying its identity in its own bytes (checked against the manifest at every session)."""
     settings = {"clip_range": ex.o.clip_range, "eps_rule": ex.o.eps_rule, "schedule": ex.schedule.to_dict(),
-                "conditioning": ex.conditions and ex.conditions.to_dict()}
+                "conditioning": ex.conditions and ex.conditions.to_dict(), "weights": WEIGHTS_NAME,
+                "files": {WEIGHTS_NAME: {"sha256": ex.weights.sha256}}}
     identity = graph_identity(spec.name, artifact_entry(spec, {}), settings)
     stamped = onnx.ModelProto()
     stamped.CopyFrom(proto)

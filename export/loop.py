@@ -1,7 +1,8 @@
 """A whole sampler as one ONNX graph: an ONNX ``Loop`` whose body is a fused step graph.
 
 Built by graph surgery on the exported fused step (not by scripting a Python loop), so the body is
-exactly the verified fused-step graph and the number of steps is the length of the ``timesteps``
+exactly the verified fused-step graph (less the nodes that depend on its weights alone, which run once
+before the Loop) and the number of steps is the length of the ``timesteps``
 input, chosen at run time. Noise, when used, is an input (S, B, C, H, W): nothing is drawn inside.
 Works for every solver of the table (``zoo.solvers``) from its row: DDIM's step carries x alone,
 DPM-Solver++(2M)'s carries x and its previous x0 prediction (``x0_last``, zeros before the first
@@ -42,8 +43,22 @@ def build_sampler_graph(fused: onnx.ModelProto, spec: ArtifactSpec) -> onnx.Mode
         raise ValueError(f"{spec.name!r} is a {spec.kind} artifact, not a whole-loop graph")
     row = get_solver(spec.solver)
     names = _check_fused(fused, row, spec.stochastic, list(spec.conditioning))
-    body, dims = _loop_body(fused.graph, names)
-    return _sampler(fused, body, dims, row, names)
+    invariant = _loop_invariant(fused.graph)
+    hoisted = {id(n) for n in invariant}
+    body, dims = _loop_body([n for n in fused.graph.node if id(n) not in hoisted], fused.graph, names)
+    return _sampler(fused, body, dims, row, names, invariant)
+
+
+def _loop_invariant(g: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The step's nodes computed from its initializers alone (a stored weight's ``Transpose``, ``export.format.graphs``),
+    in order: they run once, in the outer graph, instead of on every step."""
+    known = {init.name for init in g.initializer}
+    invariant = []
+    for node in g.node:
+        if all(n in known for n in node.input if n):
+            invariant.append(node)
+            known.update(node.output)
+    return invariant
 
 
 def _check_fused(fused: onnx.ModelProto, row: Solver, stochastic: bool, conditioning: list[str]) -> dict[str, list[str]]:
@@ -66,7 +81,16 @@ def _check_fused(fused: onnx.ModelProto, row: Solver, stochastic: bool, conditio
             "noise": [n for n in noise if n == "noise"], "outputs": expected_out}
 
 
-def _loop_body(g: onnx.GraphProto, names: dict[str, list[str]]) -> tuple[onnx.GraphProto, list]:
+def _renamed(node: onnx.NodeProto) -> onnx.NodeProto:
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    new.name = _rename(node.name)
+    new.input[:] = [_rename(n) for n in node.input]
+    new.output[:] = [_rename(n) for n in node.output]
+    return new
+
+
+def _loop_body(nodes: list[onnx.NodeProto], g: onnx.GraphProto, names: dict[str, list[str]]) -> tuple[onnx.GraphProto, list]:
     """The Loop body: (iter, cond, x, *state) -> (cond, x_prev, *state'), the step's nodes renamed into it, reading
     the list of each timestep input (``_times``), ``noise`` and the passed inputs from the outer scope."""
     body_nodes = [
@@ -81,13 +105,7 @@ def _loop_body(g: onnx.GraphProto, names: dict[str, list[str]]) -> tuple[onnx.Gr
                        helper.make_node("Expand", [f"body/{name}_scalar", "body/batch"], [f"step/{name}"])]
     body_nodes += [helper.make_node("Gather", ["noise", "iter"], ["step/noise"], axis=0) for _ in names["noise"]]
     body_nodes += [helper.make_node("Identity", [name], [f"step/{name}"]) for name in names["passed"]]
-    for node in g.node:
-        new = onnx.NodeProto()
-        new.CopyFrom(node)
-        new.name = _rename(node.name)
-        new.input[:] = [_rename(n) for n in node.input]
-        new.output[:] = [_rename(n) for n in node.output]
-        body_nodes.append(new)
+    body_nodes += [_renamed(node) for node in nodes]
     x_in = next(i for i in g.input if i.name == "x_t")
     dims = [d.dim_param or d.dim_value for d in x_in.type.tensor_type.shape.dim]  # [batch, C, height, width]
     body = helper.make_graph(
@@ -108,7 +126,7 @@ def _times(name: str) -> str:
 
 
 def _sampler(fused: onnx.ModelProto, body: onnx.GraphProto, dims: list, row: Solver,
-             names: dict[str, list[str]]) -> onnx.ModelProto:
+             names: dict[str, list[str]], invariant: list[onnx.NodeProto]) -> onnx.ModelProto:
     """The outer graph: trip count and the shifted timestep lists, then the Loop; the weights live here, once."""
     g = fused.graph
     weights = []
@@ -127,7 +145,7 @@ def _sampler(fused: onnx.ModelProto, body: onnx.GraphProto, dims: list, row: Sol
         consts.append(helper.make_tensor("zero", TensorProto.INT64, [1], [0]))
     if row.state:
         consts.append(helper.make_tensor("zero_f", TensorProto.FLOAT, [], [0.0]))
-    nodes = [
+    nodes = [_renamed(node) for node in invariant] + [
         helper.make_node("Shape", ["timesteps"], ["num_steps_1"]),
         helper.make_node("Squeeze", ["num_steps_1"], ["num_steps"]),
         # timesteps_prev = [t_1, ..., t_{S-1}, -1]: where each step goes (none after the last)

@@ -10,6 +10,7 @@ import contextlib
 import inspect
 import io
 import logging
+import os
 import warnings
 
 import onnx
@@ -53,12 +54,13 @@ def export_onnx(module: torch.nn.Module, spec: ArtifactSpec, example: dict[str, 
                 args,
                 dynamo=True,
                 opset_version=opset,
-                input_names=[i.name for i in spec.inputs],
-                output_names=[o.name for o in spec.outputs],
                 dynamic_shapes=shapes,
-                optimize=True,
+                optimize=False,  # _optimize: the exporter's optimisation, every parameter kept as it is
                 verbose=False,
             )
+            _optimize(program.model)
+            _name(program.model.graph.inputs, [i.name for i in spec.inputs])  # after optimising, as the exporter does
+            _name(program.model.graph.outputs, [o.name for o in spec.outputs])
     finally:
         torch_onnx_log.setLevel(level)
     model = program.model_proto
@@ -69,6 +71,47 @@ def export_onnx(module: torch.nn.Module, spec: ArtifactSpec, example: dict[str, 
     return model
 
 
-def check_onnx(model: onnx.ModelProto) -> None:
-    """``onnx.checker`` with ``full_check=True`` (also runs strict shape inference)."""
-    onnx.checker.check_model(model, full_check=True)
+def _optimize(model) -> None:
+    """The exporter's own optimisation (``ONNXProgram.optimize``: constant folding, rewrites, fusions), in place, with
+    every parameter and buffer left a named initializer of its own.
+
+    They are graph inputs while it runs, which no pass folds, rewrites or merges: a reshaped
+    GroupNorm scale or a linear layer's transposed weight stays a node reading the parameter
+    (onnxruntime folds it when a session is built), and two parameters equal at initialisation stay
+    two. So every graph refers to the weights by name (``export.format.graphs.externalize``), and a
+    graph's structure never depends on the values of the weights it was exported with.
+    """
+    from onnxscript import optimizer
+    from onnxscript.rewriter import onnx_fusions
+
+    graph = model.graph
+    params = [v for v in graph.initializers.values() if v not in graph.inputs]
+    graph.inputs.extend(params)
+    quiet = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)  # "skipped deduplication of ... as it is a graph input", once per parameter
+    try:
+        optimizer.optimize_ir(model)
+        onnx_fusions.fuse(model)
+    finally:
+        for q, lv in zip(quiet, levels):
+            q.setLevel(lv)
+        for v in params:
+            graph.inputs.remove(v)
+    for v in params:
+        if not v.uses() and not v.is_graph_output():  # a lifted constant the optimisation made unused
+            graph.initializers.pop(v.name)
+
+
+def _name(values, names: list[str]) -> None:
+    if len(values) != len(names):
+        raise ValueError(f"the exported graph has {len(values)} inputs or outputs, the artifact table {len(names)}: {names}")
+    for value, name in zip(values, names):
+        value.name = name
+
+
+def check_onnx(model: onnx.ModelProto | str | os.PathLike) -> None:
+    """``onnx.checker`` with ``full_check=True`` (also runs strict shape inference); a graph whose weights are external
+    data is checked by its path, beside them."""
+    onnx.checker.check_model(model if isinstance(model, onnx.ModelProto) else str(model), full_check=True)

@@ -16,7 +16,8 @@ from typing import Any
 import onnx
 import onnxruntime as ort
 
-from export.format.manifest import BundleError, check_identity, read_verified, table_spec
+from export.format.graphs import Weights, read_graph
+from export.format.manifest import BundleError, table_spec
 from export.loop import build_sampler_graph, loop_is_bounded
 from runtime.providers import CudaOptions, ProviderUnavailableError, session_providers
 from runtime.runs import ORT_ERRORS
@@ -40,6 +41,7 @@ class Sessions:
         self.strict = strict
         self.optimize_cpu_loop = True  # see _cpu_loop_model; False runs the bundle's sampler.onnx as shipped
         self._sessions: dict[tuple[str, bool], ort.InferenceSession] = {}
+        self._weights: Weights | None = None
         # (artifact, batch size) -> the CUDA-graph path's device buffers and bound runs (runtime.modes), dropped with
         # the sessions they were captured on
         self.cuda_graphs: dict[tuple[str, int], tuple] = {}
@@ -58,17 +60,17 @@ class Sessions:
     def ort_device(self) -> tuple[str, int]:
         return ("cuda", self.cuda.device_id) if self.device == "cuda" else ("cpu", 0)
 
-    def onnx_bytes(self, artifact: str) -> bytes:
-        """The artifact's ONNX graph as the verified bytes: what is checked is exactly what runs.
+    @property
+    def weights(self) -> Weights:
+        """The bundle's weights file, read and verified on first use, shared by every session of this process."""
+        if self._weights is None:
+            self._weights = Weights.of_bundle(self.path, self.manifest)
+        return self._weights
 
-        Hashed, and the graph's own stamped identity checked against the manifest's entry.
-        """
-        files = self.manifest["artifacts"].get(artifact, {}).get("files", {})
-        if "onnx" not in files:
-            raise ValueError(f"bundle {str(self.path)!r} has no ONNX file for {artifact!r}: re-export it with formats including 'onnx'")
-        data = read_verified(self.path, self.manifest, files["onnx"])
-        check_identity(data, artifact, self.manifest, self.path)
-        return data
+    def onnx_bytes(self, artifact: str) -> bytes:
+        """The artifact's ONNX graph as the verified bytes (``export.format.graphs.read_graph``): what is checked is
+        exactly what runs."""
+        return read_graph(self.path, self.manifest, artifact)
 
     def _options(self) -> ort.SessionOptions:
         so = ort.SessionOptions()
@@ -103,7 +105,7 @@ class Sessions:
                 raise OSError(f"cannot write the CPU-optimised loop body to the temporary file "
                               f"{so.optimized_model_filepath!r}: {e.strerror or e}") from None
             try:
-                ort.InferenceSession(fused, sess_options=so, providers=["CPUExecutionProvider"])
+                self.weights.session(fused, so)  # its external initializers from the verified weights
                 body = onnx.load(so.optimized_model_filepath)
             except ORT_ERRORS as e:
                 first = first_line(e, 300)
@@ -139,11 +141,10 @@ class Sessions:
         else:
             model = self.onnx_bytes(artifact)
             if loop and not loop_is_bounded(onnx.load_model_from_string(model)):
-                raise BundleError(f"the {artifact!r} graph of the bundle {str(self.path)!r} does not bound its Loop by the "
-                                  "timesteps it is given: not a graph diffzoo exported; refused")
-        try:
-            return ort.InferenceSession(model, sess_options=self._options(),
-                                        providers=session_providers(self.device, self.cuda, cuda_graph))
+                raise BundleError(f"the {artifact!r} graph of the bundle {str(self.path)!r} does not bound its Loop by "
+                                  "the timesteps it is given: not a graph diffzoo exported; refused")
+        try:  # its external initializers from the verified weights, read once per process
+            return self.weights.session(model, self._options(), session_providers(self.device, self.cuda, cuda_graph))
         except ORT_ERRORS as e:  # a graph that passed its hash but not onnxruntime: an unknown op, a bad model
             first = first_line(e, 300)
             raise BundleError(f"the {artifact!r} graph of the bundle {str(self.path)!r} cannot be loaded by onnxruntime: "

@@ -194,7 +194,7 @@ def replace_graph(bundle, tmp_path: Path, name: str, edit) -> Path:
     src = Path(getattr(bundle, "path", bundle))
     path = tmp_path / "forged"
     shutil.copytree(src, path)
-    original = onnx.load(str(src / name))
+    original = onnx.load(str(src / name), load_external_data=False)
     identity = next(p.value for p in original.metadata_props if p.key == IDENTITY_KEY)
     model = edit(original)
     if not any(p.key == IDENTITY_KEY for p in model.metadata_props):
@@ -218,7 +218,7 @@ def as_older_bundle(path: Path, key: str) -> None:
     manifest = json.loads((path / "manifest.json").read_text())
     del manifest[key]
     for name in (p.name for p in path.glob("*.onnx")):
-        g = onnx.load(str(path / name))
+        g = onnx.load(str(path / name), load_external_data=False)
         for prop in g.metadata_props:
             if prop.key == IDENTITY_KEY:
                 identity = json.loads(prop.value)

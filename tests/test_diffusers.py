@@ -89,6 +89,30 @@ def diffusers_bundle(folder, tmp_path_factory):
     return out
 
 
+def test_a_parameter_the_network_reads_transposed_is_stored_once_and_the_loop_transposes_it_once(diffusers_bundle):
+    """A linear layer's weight (the network reads its transpose) stays a parameter referred to by name; the nodes that
+    transpose or reshape parameters depend on the weights alone, and the whole-loop graph runs them once, before its
+    Loop."""
+    import onnx
+
+    from export.format.graphs import Weights, external_tensors
+
+    graphs = {p.name: onnx.load(str(p), load_external_data=False) for p in diffusers_bundle.glob("*.onnx")}
+    weights = Weights.of_file(diffusers_bundle / "weights.safetensors")
+    fused = graphs["fused_step.onnx"].graph
+    names = {t.name for t in external_tensors(graphs["fused_step.onnx"])}
+    assert len(names) == len([k for k in weights.stored if not k.endswith("num_batches_tracked")])
+    reshaped = [n for n in fused.node if n.op_type in ("Transpose", "Reshape") and n.input[0] in names]
+    assert "Transpose" in {n.op_type for n in reshaped}
+    sampler = graphs["sampler.onnx"].graph
+    outer = {n.output[0] for n in sampler.node if n.op_type in ("Transpose", "Reshape")}
+    assert {f"step/{n.output[0]}" for n in reshaped} <= outer
+    body = next(n for n in sampler.node if n.op_type == "Loop").attribute[0].g
+    invariant = {t.name for t in sampler.initializer} | {o for n in sampler.node for o in n.output}
+    # no node of the Loop's body depends on the weights alone (it would run again on every step)
+    assert not [n.name for n in body.node if n.input and all(i in invariant for i in n.input if i)]
+
+
 def test_a_folder_is_the_registered_entry_and_predicts_what_diffusers_predicts(folder):
     p = load_pretrained(folder)
     unet = UNet2DModel.from_pretrained(folder).eval()

@@ -11,12 +11,27 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-__all__ = ["HEADER_KEY", "MAX_HEADER_BYTES", "read_weights_metadata", "check_metadata"]
+__all__ = ["HEADER_KEY", "MAX_HEADER_BYTES", "read_header", "read_weights_metadata", "check_metadata"]
 
 HEADER_KEY = "diffzoo"
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on the JSON header
+
+
+def read_header(f: BinaryIO, name: str) -> tuple[dict[str, Any], int]:
+    """The JSON header of the safetensors file open as ``f`` and where its tensor data starts (tensor offsets count from
+    there); ``ValueError`` naming ``name`` for anything that is not one."""
+    try:
+        n = int.from_bytes(f.read(8), "little")
+        if not 2 <= n <= MAX_HEADER_BYTES:
+            raise ValueError(f"a header of {n} bytes")
+        header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("its header is not a JSON object")
+    except (OSError, ValueError, RecursionError) as e:
+        raise ValueError(f"{name!r} is not a safetensors weights file: {e}") from None
+    return header, 8 + n
 
 
 def read_weights_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -26,13 +41,10 @@ def read_weights_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
     try:
         with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 2 <= n <= MAX_HEADER_BYTES:
-                raise ValueError(f"a header of {n} bytes")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, RecursionError) as e:
+            header, _ = read_header(f, str(path))
+    except OSError as e:
         raise ValueError(f"{str(path)!r} is not a safetensors weights file: {e}") from None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    meta = header.get("__metadata__")
     raw = meta.get(HEADER_KEY) if isinstance(meta, dict) else None
     if not isinstance(raw, str):
         raise ValueError(f"{str(path)!r} has no diffzoo metadata: it was not written by diffzoo's save_weights")

@@ -40,6 +40,7 @@ __all__ = [
     "IDENTITY_KEY",
     "graph_identity",
     "check_identity",
+    "weights_sha256",
     "conditions_of",
     "table_spec",
 ]
@@ -249,6 +250,19 @@ def _compat(manifest: dict[str, Any]) -> None:
             entry.update(kind=spec.kind, solver=spec.solver, **({"body": spec.body} if spec.body else {}))
 
 
+def _compat_identity(stamped: dict[str, Any], manifest: dict[str, Any], external: bool) -> None:
+    """A graph identity stamped before the eps rule, the conditioning or the weights were: what those graphs are.
+
+    Their step graphs remix the network's own eps (``LEGACY_EPS_RULE``), their conditioning is the
+    classes' labels, and they hold their weights themselves, so they go with any weights file; a graph
+    that refers to external data was stamped with its weights' hash, and without one it is refused.
+    """
+    stamped.setdefault("eps_rule", LEGACY_EPS_RULE)
+    stamped.setdefault("conditioning", _legacy_conditioning(manifest))
+    if not external:
+        stamped.setdefault("weights", weights_sha256(manifest))
+
+
 def _legacy_conditioning(manifest: dict[str, Any]) -> dict[str, Any] | None:
     """What a bundle exported before conditioning was declared is conditioned on: its classes' labels, or nothing."""
     classes = manifest.get("classes")
@@ -334,7 +348,14 @@ def graph_identity(name: str, entry: dict[str, Any], manifest: dict[str, Any]) -
     """
     keys = ("kind", "solver", "precision", "stochastic", "body")
     return {"artifact": name, **{k: entry.get(k) for k in keys}, "clip_range": manifest["clip_range"],
-            "eps_rule": manifest["eps_rule"], "schedule": manifest["schedule"], "conditioning": manifest.get("conditioning")}
+            "eps_rule": manifest["eps_rule"], "schedule": manifest["schedule"], "conditioning": manifest.get("conditioning"),
+            "weights": weights_sha256(manifest)}
+
+
+def weights_sha256(manifest: dict[str, Any]) -> str:
+    """The sha256 of the bundle's weights file: part of every graph's identity, since its graphs read their tensors
+    from it (``export.format.graphs``)."""
+    return manifest["files"][manifest["weights"]]["sha256"]
 
 
 def check_identity(data: bytes, name: str, manifest: dict[str, Any], path: str | os.PathLike) -> None:
@@ -349,25 +370,31 @@ def check_identity(data: bytes, name: str, manifest: dict[str, Any], path: str |
 
     entry = manifest["artifacts"][name]
     try:
-        meta = {p.key: p.value for p in onnx.load_model_from_string(data).metadata_props}
+        proto = onnx.load_model_from_string(data)
     except Exception as e:  # noqa: BLE001  protobuf's DecodeError and friends: not an ONNX graph at all
         raise BundleError(f"{name!r} of the bundle {str(path)!r} is not a readable ONNX graph ({type(e).__name__})") from None
+    meta = {p.key: p.value for p in proto.metadata_props}
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
     if IDENTITY_KEY in meta:
         try:
             stamped = json.loads(meta[IDENTITY_KEY])
         except ValueError:
             stamped = None
-        if isinstance(stamped, dict):  # stamped before the eps rule or the conditioning was: what those graphs compute
-            stamped.setdefault("eps_rule", LEGACY_EPS_RULE)
-            stamped.setdefault("conditioning", _legacy_conditioning(manifest))
+        if isinstance(stamped, dict):
+            _compat_identity(stamped, manifest, external)
         expected = graph_identity(name, entry, manifest)
         if stamped != expected:
             diff = sorted(k for k in expected if not isinstance(stamped, dict) or stamped.get(k) != expected[k])
+            if diff == ["weights"]:
+                raise BundleError(f"the graph in {entry['files'].get('onnx')!r} of the bundle {str(path)!r} was exported "
+                                  f"with other weights (sha256 {str(stamped.get('weights'))[:12]}...) than its weights file "
+                                  f"(sha256 {expected['weights'][:12]}...): a graph runs only with "
+                                  "the weights it was verified with; refused")
             raise BundleError(f"the graph in {entry['files'].get('onnx')!r} of the bundle {str(path)!r} is not the manifest's "
                               f"{name!r}: its own bytes differ on {diff} (the manifest was edited after export); refused")
         return
     spec = table_spec(manifest, name)
-    legacy_ok = spec is not None and entry["files"].get("onnx") == f"{name}.onnx" and all(
+    legacy_ok = not external and spec is not None and entry["files"].get("onnx") == f"{name}.onnx" and all(
         entry.get(k) == getattr(spec, k) for k in ("kind", "solver", "precision", "stochastic", "body"))
     if not legacy_ok:
         raise BundleError(f"{name!r} of the bundle {str(path)!r} carries no identity (exported before diffzoo stamped one) "

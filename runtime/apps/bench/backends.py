@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from export.format.artifacts import select
-from export.format.manifest import check_identity, load_manifest, read_verified
+from export.format.graphs import Weights, read_graph
+from export.format.manifest import load_manifest, read_verified
 from export.verify import relative_rms
 from runtime.apps.bench.harness import step_noise
 from runtime.feeds import fused_on_host, step_list
@@ -175,10 +176,8 @@ def _ort_backends(cfg: BenchConfig, bundle: Path, manifest: dict, x_T: np.ndarra
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = cfg.threads
-    name = select(manifest["artifacts"], "denoiser")
-    denoiser = read_verified(bundle, manifest, manifest["artifacts"][name]["files"]["onnx"])
-    check_identity(denoiser, name, manifest, bundle)
-    plain = ort.InferenceSession(denoiser, so, providers=["CPUExecutionProvider"])
+    denoiser = read_graph(bundle, manifest, select(manifest["artifacts"], "denoiser"))
+    plain = Weights.of_bundle(bundle, manifest).session(denoiser, so)
 
     def predict(x, t, **conditioning):
         return plain.run(None, {"x": x, "t": t, **conditioning})[0]

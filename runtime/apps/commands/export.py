@@ -43,6 +43,10 @@ def register(sub) -> None:
     p.add_argument("--class-names", default=None,
                    help="a class-conditional model's class names, comma-separated in index order (default: the run's, "
                         "e.g. the data's own; IDX files have none, so 0, 1, ...): what `sample --class NAME` accepts")
+    p.add_argument("--swap-weights", action="store_true",
+                   help="put the weights of --checkpoint or --diffusers into the existing bundle at --out instead: the "
+                        "same architecture, every graph kept and verified again with the new weights, then swapped in "
+                        "atomically")
     p.set_defaults(func=run, model=None)
 
 
@@ -84,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     solvers = [s.strip() for s in args.solvers.split(",") if s.strip()]
     from zoo.weights import class_names
 
+    if args.swap_weights:
+        return _swap(args)
     model, schedule, shape, meta, options = load_or_build(args)
     if args.eps_rule is not None:
         options["eps_rule"] = args.eps_rule
@@ -117,6 +123,34 @@ def run(args: argparse.Namespace) -> int:
         print(f"the scheduler config samples with timestep_spacing {source['spacing']!r}: pass --spacing "
               f"{source['spacing']} to diffzoo sample")
     print(f"bundle written to {bundle.path} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _swap(args: argparse.Namespace) -> int:
+    """``--swap-weights``: new weights into an existing bundle (``export.swap_weights``)."""
+    import export
+
+    if args.checkpoint is None and args.diffusers is None:
+        raise ValueError("--swap-weights needs the weights to put in: --checkpoint PATH or --diffusers DIR")
+    settings = (("--to-diffusers", args.to_diffusers), ("--int8", args.int8), ("--force", args.force),
+                ("--atol", args.atol is not None), ("--eps-rule", args.eps_rule is not None),
+                ("--opset", args.opset is not None), ("--class-names", args.class_names is not None))
+    if given := [flag for flag, on in settings if on]:
+        raise ValueError(f"--swap-weights keeps the bundle's graphs and settings: {', '.join(given)} cannot be given with it")
+    t0 = time.perf_counter()
+    model, schedule, shape, _, options = load_or_build(args)
+    manifest = export.load_manifest(args.out)
+    for key in ("clip_range", "eps_rule"):  # baked into the bundle's graphs: a folder that says otherwise is another export
+        if key in options and options[key] != manifest[key]:
+            raise ValueError(f"{args.diffusers!r} samples with {key} {options[key]!r}, and the bundle's graphs bake "
+                             f"{manifest[key]!r}: export it instead")
+    try:
+        bundle = export.swap_weights(args.out, model, schedule, progress=True, source=args.checkpoint or args.diffusers)
+    except export.ExportVerificationError as e:
+        print(f"diffzoo export: error: {e} (the bundle was left as it was)", file=sys.stderr)
+        return 1
+    _print_checks(bundle, shape)
+    print(f"weights of {args.checkpoint or args.diffusers} swapped into {bundle.path} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
