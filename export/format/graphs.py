@@ -135,16 +135,16 @@ class Weights:
         import onnxruntime as ort
 
         options = options or ort.SessionOptions()
-        self.add_to(options, onnx.load_model_from_string(model))
+        self._add_to(options, onnx.load_model_from_string(model))
         session = ort.InferenceSession(model, sess_options=options, providers=list(providers))
         session.diffzoo_weights = self  # the OrtValues' buffers live as long as the session
         return session
 
-    def add_to(self, options, graph: onnx.ModelProto) -> None:
+    def _add_to(self, options, graph: onnx.ModelProto) -> None:
         """Hand every external initializer of ``graph`` to onnxruntime ``options`` as a view of these bytes.
 
-        The OrtValues are made once per tensor and kept here: keep this object alive as long as any
-        session built with them (onnxruntime uses them in place on the CPU); ``session`` does.
+        The OrtValues are made once per tensor and kept here, alive as long as any session built with
+        them, which holds this object (``session``): onnxruntime uses them in place on the CPU.
         """
         import onnxruntime as ort
 
