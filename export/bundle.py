@@ -37,6 +37,7 @@ from export.format.manifest import (
 )
 from export.inputs import make_inputs
 from export.loop import build_sampler_graph
+from export.network import Placeholder, splice
 from export.onnx_export import (
     DEFAULT_OPSET,
     EXPORTER,
@@ -410,6 +411,10 @@ class _Export:
         return getattr(self.model, "conditioning", None)
 
     @property
+    def denoiser(self) -> ArtifactSpec:
+        return artifact_specs(self.model.config.channels, False, self.conditions)["denoiser"]
+
+    @property
     def example_sizes(self) -> dict[str, int]:
         _, h, w = self.example_shape
         return {"batch": 2, "height": h, "width": w, "steps": min(2, self.schedule.num_train_timesteps)}
@@ -486,7 +491,12 @@ def _export_artifact(ex: _Export, spec: ArtifactSpec) -> tuple[dict[str, str], l
 
 
 def _module(ex: _Export, spec: ArtifactSpec) -> torch.nn.Module:
-    return wrapper(spec, ex.model, ex.schedule, ex.o.clip_range, ex.o.eps_rule)
+    """The module traced for ``spec``: a fused step's network is a placeholder, replaced by the denoiser's graph
+    (``export.network``), so the network is traced once per export."""
+    model = ex.model
+    if spec.kind == "fused_step":
+        model = Placeholder(model, ex.denoiser.conditioning)
+    return wrapper(spec, model, ex.schedule, ex.o.clip_range, ex.o.eps_rule)
 
 
 def _write_torchscript(ex: _Export, spec: ArtifactSpec, path: Path, inputs) -> dict[str, np.ndarray]:
@@ -509,6 +519,8 @@ def _write_onnx(ex: _Export, spec: ArtifactSpec, path: Path, inputs) -> dict[str
     else:
         example = make_inputs(spec, ex.example_sizes, ex.schedule.alphas_cumprod, ex.g, conditions=ex.conditions)
         proto = export_onnx(_module(ex, spec), spec, example, ex.o.opset)
+        if spec.kind == "fused_step":
+            proto = splice(proto, ex.protos[ex.denoiser.name])
     if not ex.swap:
         proto = externalize(proto, ex.weights)  # its weights: references into the weights file
     ex.protos[spec.name] = proto

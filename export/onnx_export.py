@@ -17,6 +17,7 @@ import onnx
 import torch
 
 from export.format.artifacts import ArtifactSpec
+from export.network import TRANSLATIONS
 
 __all__ = ["DEFAULT_OPSET", "SUPPORTED_OPSETS", "EXPORTER", "export_onnx", "check_onnx"]
 
@@ -55,6 +56,7 @@ def export_onnx(module: torch.nn.Module, spec: ArtifactSpec, example: dict[str, 
                 dynamo=True,
                 opset_version=opset,
                 dynamic_shapes=shapes,
+                custom_translation_table=TRANSLATIONS,  # export.network's placeholder: one node where the network goes
                 optimize=False,  # _optimize: the exporter's optimisation, every parameter kept as it is
                 verbose=False,
             )

@@ -227,3 +227,19 @@ def test_the_cli_swaps_a_checkpoints_weights_in_and_refuses_what_does_not_apply(
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and (message or "needs the weights to put in") in err
+
+
+def test_the_network_is_traced_once_and_every_fused_step_runs_the_denoisers_own_graph(cond_bundle):
+    """The fused steps hold the denoiser graph's nodes, spliced in where the network goes (the guided batch, 2B, in a
+    graph whose batch is B): no placeholder is left, and a fused step computes what the denoiser plus the step compute."""
+    graphs = _graphs(cond_bundle.path)
+    denoiser = [n.op_type for n in graphs["denoiser.onnx"].graph.node]
+    fused = [name for name in graphs if name.startswith("fused_step")]
+    assert fused and not any(n.domain == "diffzoo" for g in graphs.values() for n in g.graph.node)
+    for name in fused:
+        assert [n.op_type for n in graphs[name].graph.node if n.name.startswith("network/")] == denoiser, name
+    sampler = runtime.load(cond_bundle.path, provider="cpu", threads=1)
+    rows = dict(labels=np.array([0, 3, 9]), guidance=np.array([1.0, 3.0, 0.0], np.float32))
+    for solver in zoo.solvers.SOLVERS:
+        step, fused = (sampler.sample(3, seed=5, num_steps=3, solver=solver, mode=m, **rows) for m in ("step", "fused"))
+        np.testing.assert_array_equal(fused, step, err_msg=solver)
