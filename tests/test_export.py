@@ -41,6 +41,10 @@ def test_bundle_is_complete_and_hashed(bundle, model_name):
     for c in m["verification"]:  # every bound derived from eager float32's own error, and recorded
         assert c["atol_source"] == "derived" and c["max_abs_diff"] <= c["atol"]
         assert c["atol"] >= FP32_FACTOR * c["reference_error"]
+    shapes = {c["artifact"]: c["shape"] for c in m["verification"]}
+    for name, a in m["artifacts"].items():  # a whole loop at a smaller H x W than its body, both other than the example's
+        area = shapes[name]["height"] * shapes[name]["width"]
+        assert area != 12 * 12 and (a["kind"] != "sampler" or area < shapes[a["body"]]["height"] * shapes[a["body"]]["width"])
     assert m["model"]["name"] == model_name and m["model"]["config"]["hidden"] == 8
     assert m["data"]["shape"] == [3, 12, 12] and m["export"]["opset"] == 20
     assert m["artifacts"]["sampler"]["dynamic_axes"] == ["batch", "height", "steps", "width"]
