@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
@@ -26,6 +27,9 @@ from zoo.validate import first_line
 __all__ = ["Sessions"]
 
 log = logging.getLogger(__name__)
+
+_OPTIMISED_DATA = "fused.data"  # where onnxruntime writes the initializers of its CPU-optimised fused step
+_INLINE_BELOW = 1024  # bytes: smaller ones stay in that graph (shape constants, which shape inference reads there)
 
 
 class Sessions:
@@ -82,13 +86,17 @@ class Sessions:
             so.intra_op_num_threads = self.threads
         return so
 
-    def _cpu_loop_model(self, artifact: str) -> bytes:
-        """The whole-loop graph rebuilt around a CPU-optimised fused step.
+    def _cpu_loop_model(self, artifact: str) -> tuple[bytes, dict[str, np.ndarray]]:
+        """The whole-loop graph rebuilt around a CPU-optimised fused step, and the tensors onnxruntime derived for it.
 
         onnxruntime's CPU layout optimisation (NCHWc blocked convolutions) is applied to a
         top-level graph but not inside a ``Loop`` body, which makes the bundle's ``sampler.onnx``
         ~1.3x slower per step than the fused step on the CPU provider. So the (hash-verified)
         fused step is optimised here, for this machine, and becomes the body of the same Loop.
+        onnxruntime writes the optimised copy's initializers to a file beside it: those that are
+        weights are pointed back into the verified weights, what it derived from them (reordered
+        filters, folded transposes) is handed to the session from memory (``Weights.adopt``), so the
+        rebuilt graph holds structure only, whatever the model's size.
         """
         import tempfile
 
@@ -98,6 +106,9 @@ class Sessions:
         with tempfile.TemporaryDirectory() as tmp:
             so = self._options()
             so.optimized_model_filepath = str(Path(tmp) / "fused.onnx")
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name", _OPTIMISED_DATA)
+            so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                        str(_INLINE_BELOW))
             so.log_severity_level = 3  # its "hardware specific" warning is the point: built here, used here
             try:  # the optimised copy is about the graph's size: a full disk or a file-size limit shows here, named
                 Path(so.optimized_model_filepath).write_bytes(fused)
@@ -106,8 +117,9 @@ class Sessions:
                               f"{so.optimized_model_filepath!r}: {e.strerror or e}") from None
             try:
                 self.weights.session(fused, so)  # its external initializers from the verified weights
-                body = onnx.load(so.optimized_model_filepath)
-            except ORT_ERRORS as e:
+                body = onnx.load(so.optimized_model_filepath, load_external_data=False)
+                data = (Path(tmp) / _OPTIMISED_DATA).read_bytes()
+            except (*ORT_ERRORS, OSError) as e:
                 first = first_line(e, 300)
                 raise BundleError(f"the {entry['body']!r} graph of the bundle {str(self.path)!r} cannot be loaded by "
                                   f"onnxruntime, or its CPU-optimised copy not written to {so.optimized_model_filepath!r}: "
@@ -116,7 +128,9 @@ class Sessions:
         if spec is None or spec.body != entry["body"]:
             raise BundleError(f"{artifact!r} of the bundle {str(self.path)!r} is not a whole-loop graph of the artifact "
                               "table: its loop cannot be rebuilt here")
-        return build_sampler_graph(body, spec).SerializeToString()
+        loop = build_sampler_graph(body, spec)
+        derived = self.weights.adopt(loop, _OPTIMISED_DATA, data)
+        return loop.SerializeToString(), derived
 
     def session(self, artifact: str, cuda_graph: bool = False) -> ort.InferenceSession:
         """The session of bundle artifact ``artifact``, built once from its verified bytes.
@@ -136,15 +150,17 @@ class Sessions:
 
     def _new_session(self, artifact: str, cuda_graph: bool) -> ort.InferenceSession:
         loop = self.manifest["artifacts"][artifact]["kind"] == "sampler"
+        derived = {}
         if self.device == "cpu" and loop and self.optimize_cpu_loop:
-            model: bytes = self._cpu_loop_model(artifact)  # its Loop is built here, bounded by the timesteps
+            model, derived = self._cpu_loop_model(artifact)  # its Loop is built here, bounded by the timesteps
         else:
             model = self.onnx_bytes(artifact)
             if loop and not loop_is_bounded(onnx.load_model_from_string(model)):
                 raise BundleError(f"the {artifact!r} graph of the bundle {str(self.path)!r} does not bound its Loop by "
                                   "the timesteps it is given: not a graph diffzoo exported; refused")
         try:  # its external initializers from the verified weights, read once per process
-            return self.weights.session(model, self._options(), session_providers(self.device, self.cuda, cuda_graph))
+            return self.weights.session(model, self._options(), session_providers(self.device, self.cuda, cuda_graph),
+                                        derived)
         except ORT_ERRORS as e:  # a graph that passed its hash but not onnxruntime: an unknown op, a bad model
             first = first_line(e, 300)
             raise BundleError(f"the {artifact!r} graph of the bundle {str(self.path)!r} cannot be loaded by onnxruntime: "

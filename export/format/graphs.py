@@ -129,34 +129,82 @@ class Weights:
                               f"bytes) for {count} x {dtype.name}: not a tensor of the file; refused")
         return self._buffer[offset:offset + length].view(dtype).reshape(tuple(tensor.dims))
 
-    def session(self, model: bytes, options=None, providers=("CPUExecutionProvider",)):
+    def session(self, model: bytes, options=None, providers=("CPUExecutionProvider",),
+                derived: dict[str, np.ndarray] | None = None):
         """An onnxruntime session of the graph ``model`` (verified bytes) with its external initializers from these
-        weights; the session holds on to them, since onnxruntime uses them in place."""
+        weights, and those named in ``derived`` (``adopt``) from there; the session holds on to them, which
+        onnxruntime may use in place (1.31 copies them into each session: docs/ARCHITECTURE.md)."""
         import onnxruntime as ort
 
         options = options or ort.SessionOptions()
-        self._add_to(options, onnx.load_model_from_string(model))
+        session_values = self._add_to(options, onnx.load_model_from_string(model), derived or {})
         session = ort.InferenceSession(model, sess_options=options, providers=list(providers))
-        session.diffzoo_weights = self  # the OrtValues' buffers live as long as the session
+        session.diffzoo_weights = self, session_values  # the OrtValues' buffers live as long as the session
         return session
 
-    def _add_to(self, options, graph: onnx.ModelProto) -> None:
-        """Hand every external initializer of ``graph`` to onnxruntime ``options`` as a view of these bytes.
+    def _add_to(self, options, graph: onnx.ModelProto, derived: dict[str, np.ndarray]) -> list:
+        """Hand every external initializer of ``graph`` to onnxruntime ``options``: a view of these bytes, or the
+        array ``derived`` holds under its name; returns the OrtValues made for ``derived``.
 
-        The OrtValues are made once per tensor and kept here, alive as long as any session built with
-        them, which holds this object (``session``): onnxruntime uses them in place on the CPU.
+        The OrtValues of these weights are made once per tensor and kept here, alive as long as any
+        session built with them, which holds this object (``session``).
         """
         import onnxruntime as ort
 
-        names, values = [], []
+        names, values, own = [], [], []
         for tensor in external_tensors(graph):
-            key = (tensor.data_type, tuple(tensor.dims), tuple((e.key, e.value) for e in tensor.external_data))
-            if key not in self._values:
-                self._values[key] = ort.OrtValue.ortvalue_from_numpy(self.view(tensor))
+            if tensor.name in derived:
+                own.append(ort.OrtValue.ortvalue_from_numpy(derived[tensor.name]))
+                value = own[-1]
+            else:
+                key = (tensor.data_type, tuple(tensor.dims), tuple((e.key, e.value) for e in tensor.external_data))
+                if key not in self._values:
+                    self._values[key] = ort.OrtValue.ortvalue_from_numpy(self.view(tensor))
+                value = self._values[key]
             names.append(tensor.name)
-            values.append(self._values[key])
+            values.append(value)
         if names:
             options.add_external_initializers(names, values)
+        return own
+
+    def bind(self, tensor: TensorProto, values: np.ndarray) -> bool:
+        """Point ``tensor``, whose values are ``values``, into this file if it holds one of its tensors: its name is
+        the stored key's, under a prefix (``model.unet.conv_in.weight`` holds ``unet.conv_in.weight``), and its
+        bytes are that tensor's. The binding follows the parameter, never a coincidence of values."""
+        key = max((k for k in self.stored if tensor.name == k or tensor.name.endswith(("." + k, "/" + k))),
+                  key=len, default=None)
+        if key is None or values.dtype != self.stored[key].dtype or values.nbytes != self.stored[key].length:
+            return False
+        if memoryview(np.ascontiguousarray(values)).cast("B") != memoryview(self.data)[
+                self.stored[key].offset:self.stored[key].offset + self.stored[key].length]:
+            return False
+        _refer(tensor, self.stored[key], self.name)
+        return True
+
+    def adopt(self, graph: onnx.ModelProto, location: str, data: bytes) -> dict[str, np.ndarray]:
+        """Take in ``graph``, whose initializers onnxruntime wrote to the file ``location`` (its bytes: ``data``) when
+        it saved its optimised copy of a graph of these weights (``runtime.sessions``' CPU loop): each one that
+        is a tensor of these weights is pointed back into them (``bind``); the others, what onnxruntime
+        derived (a folded transpose, a reordered filter, a constant), are returned by name, copied out of
+        ``data``, for ``session(derived=)``. Either way no graph holds them, so one past 2 GB is written too.
+        """
+        derived = {}
+        for tensor in external_tensors(graph):
+            ref = {e.key: e.value for e in tensor.external_data}
+            try:
+                offset, length = int(ref.get("offset", 0)), int(ref["length"])
+                dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+            except (KeyError, ValueError, TypeError):
+                offset, length, dtype = -1, 0, np.dtype(np.uint8)
+            count = int(np.prod(tensor.dims, dtype=np.int64))
+            if ref.get("location") != location or not (0 <= offset and offset + length <= len(data)
+                                                        and length == count * dtype.itemsize):
+                raise BundleError(f"onnxruntime's optimised graph refers to {dict(ref)!r} for {tensor.name!r}, not to "
+                                  f"bytes of the file {location!r} it wrote ({len(data)} bytes)")
+            values = np.frombuffer(data, dtype, count, offset).reshape(tuple(tensor.dims))
+            if not self.bind(tensor, values):
+                derived[tensor.name] = values.copy()  # not a view: the file's copy of the weights is let go
+        return derived
 
     def inline(self, graph: onnx.ModelProto) -> onnx.ModelProto:
         """A copy of ``graph`` holding its external initializers' values itself (for tools that take one protobuf)."""
@@ -202,11 +250,9 @@ def externalize(graph: onnx.ModelProto, weights: Weights) -> onnx.ModelProto:
     """A copy of ``graph`` whose initializers that hold a tensor of ``weights`` refer to it, and without the
     exporter's per-node debugging metadata (stack traces with the exporting machine's paths).
 
-    An initializer holds stored tensor ``key`` when its name is ``key`` under the wrapper's prefix
-    (``model.unet.conv_in.weight`` holds ``unet.conv_in.weight``) and its bytes are that tensor's:
-    the exporter keeps every parameter as its own named initializer (``export.onnx_export``), so the
-    binding follows the parameter, never a coincidence of values. Everything else (the schedule's
-    table, shape constants) stays in the graph.
+    An initializer holds a stored tensor by ``Weights.bind``'s rule (its name under a prefix, its bytes):
+    the exporter keeps every parameter as its own named initializer (``export.onnx_export``).
+    Everything else (the schedule's table, shape constants) stays in the graph.
     """
     out = onnx.ModelProto()
     out.CopyFrom(graph)
@@ -214,15 +260,8 @@ def externalize(graph: onnx.ModelProto, weights: Weights) -> onnx.ModelProto:
         for node in sub.node:
             del node.metadata_props[:]
     for tensor in out.graph.initializer:
-        if tensor.data_location == TensorProto.EXTERNAL:
-            continue
-        key = max((k for k in weights.stored if tensor.name == k or tensor.name.endswith(("." + k, "/" + k))),
-                  key=len, default=None)
-        if key is None:
-            continue
-        values = np.ascontiguousarray(numpy_helper.to_array(tensor))
-        if values.dtype == weights.stored[key].dtype and values.tobytes() == weights.raw(key):
-            _refer(tensor, weights.stored[key], weights.name)
+        if tensor.data_location != TensorProto.EXTERNAL:
+            weights.bind(tensor, numpy_helper.to_array(tensor))
     return out
 
 
