@@ -401,11 +401,13 @@ class TritonServer:
             return "the server is not running"
         if self.process.poll() is not None:
             return f"the Triton server exited on its own (status {self.process.returncode})"
+        removed = f"its work directory {str(self._work)!r} was removed (a tmp cleaner?): set TMPDIR to a directory none cleans"
         if self._work is None or not (self._work / "instances").is_dir():
-            return f"its work directory {str(self._work)!r} was removed (a tmp cleaner?): set TMPDIR to a directory none cleans"
+            return removed
         for mark in (self._work / "instances").iterdir():  # one per instance, written once it is warm
-            if not _alive(mark):
-                return f"model instance process {mark.name} died (killed, or out of memory)"
+            if not _alive(mark):  # or the directory went while it was read: then that is the problem
+                dead = f"model instance process {mark.name} died (killed, or out of memory)"
+                return dead if (self._work / "instances").is_dir() else removed
         return None
 
     def watch(self, interval_s: float = 0.25) -> str:
