@@ -469,3 +469,23 @@ def test_the_eager_sampler_and_the_loop_graph_visit_the_grid_they_are_given(bund
     for bad in ([5, 9], [3, 3], [1000], []):
         with pytest.raises(ValueError, match=r"timesteps=.* are invalid: expected distinct, descending integers in 0\.\.999"):
             zoo.sample(model, schedule, x_T, timesteps=bad)
+
+
+def test_a_float64_reference_runs_the_model_in_float64_and_leaves_it_exactly_as_it_was():
+    """The float64 yardstick casts the model in place (no float64 copy beside it) and restores every tensor."""
+    import copy
+
+    torch.manual_seed(0)
+    model = zoo.build("unet", hidden=8, num_classes=3, channels=1).eval()
+    model.register_buffer("kept", torch.arange(3, dtype=torch.float64))  # a tensor of another dtype keeps its own
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    schedule = zoo.linear_schedule(1000)
+    spec = artifact_specs(1, conditions=model.conditioning)["fused_step"]
+    inputs = make_inputs(spec, {"batch": 2, "height": 8, "width": 8}, schedule.alphas_cumprod, torch.Generator().manual_seed(1),
+                         conditions=model.conditioning)
+    got = reference_outputs(spec, model, schedule, inputs, dtype=torch.float64)
+    want = reference_outputs(spec, copy.deepcopy(model).double(), schedule,
+                             {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()}, dtype=torch.float64)
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+    after = model.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
