@@ -111,23 +111,7 @@ class Weights:
         Raises ``BundleError`` naming the tensor for a reference to another file, outside this one, or of
         a length its dtype and dims do not have.
         """
-        ref = {e.key: e.value for e in tensor.external_data}
-        where = f"the graph's tensor {tensor.name!r}"
-        if ref.get("location") != self.name:
-            raise BundleError(f"{where} refers to {ref.get('location')!r}; a bundle's graphs refer to its weights file "
-                              f"{self.name!r} only")
-        try:
-            offset, length = int(ref.get("offset", 0)), int(ref["length"])
-            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
-        except (KeyError, ValueError, TypeError):
-            raise BundleError(f"{where} has an external reference without a valid offset, length and dtype: "
-                              f"{dict(ref)!r}") from None
-        count = int(np.prod(tensor.dims, dtype=np.int64))
-        if not (0 <= offset and offset + length <= len(self.data) and length == count * dtype.itemsize
-                and offset % dtype.itemsize == 0):
-            raise BundleError(f"{where} refers to bytes {offset}..{offset + length} of {self.name!r} ({len(self.data)} "
-                              f"bytes) for {count} x {dtype.name}: not a tensor of the file; refused")
-        return self._buffer[offset:offset + length].view(dtype).reshape(tuple(tensor.dims))
+        return _values_in(tensor, self._buffer, self.name, "a bundle's graphs refer to its weights file")
 
     def session(self, model: bytes, options=None, providers=("CPUExecutionProvider",),
                 derived: dict[str, np.ndarray] | None = None):
@@ -189,19 +173,9 @@ class Weights:
         ``data``, for ``session(derived=)``. Either way no graph holds them, so one past 2 GB is written too.
         """
         derived = {}
+        buffer = np.frombuffer(data, np.uint8)
         for tensor in external_tensors(graph):
-            ref = {e.key: e.value for e in tensor.external_data}
-            try:
-                offset, length = int(ref.get("offset", 0)), int(ref["length"])
-                dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
-            except (KeyError, ValueError, TypeError):
-                offset, length, dtype = -1, 0, np.dtype(np.uint8)
-            count = int(np.prod(tensor.dims, dtype=np.int64))
-            if ref.get("location") != location or not (0 <= offset and offset + length <= len(data)
-                                                        and length == count * dtype.itemsize):
-                raise BundleError(f"onnxruntime's optimised graph refers to {dict(ref)!r} for {tensor.name!r}, not to "
-                                  f"bytes of the file {location!r} it wrote ({len(data)} bytes)")
-            values = np.frombuffer(data, dtype, count, offset).reshape(tuple(tensor.dims))
+            values = _values_in(tensor, buffer, location, "onnxruntime's optimised graph refers to the file it wrote")
             if not self.bind(tensor, values):
                 derived[tensor.name] = values.copy()  # not a view: the file's copy of the weights is let go
         return derived
@@ -234,6 +208,30 @@ def external_tensors(graph: onnx.ModelProto) -> list[TensorProto]:
         if i and any(t.data_location == TensorProto.EXTERNAL for t in sub.initializer):
             raise BundleError(f"the subgraph {sub.name!r} refers to external data: not a graph diffzoo exported; refused")
     return [t for t in graph.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+
+
+def _values_in(tensor: TensorProto, buffer: np.ndarray, location: str, only: str) -> np.ndarray:
+    """The values of external ``tensor``, a read-only view of ``buffer``, the bytes of the file ``location``.
+
+    Raises ``BundleError`` naming the tensor for a reference to another file (``only`` says which
+    ones are expected), outside this one, or of a length its dtype and dims do not have.
+    """
+    ref = {e.key: e.value for e in tensor.external_data}
+    where = f"the graph's tensor {tensor.name!r}"
+    if ref.get("location") != location:
+        raise BundleError(f"{where} refers to {ref.get('location')!r}; {only} {location!r} only")
+    try:
+        offset, length = int(ref.get("offset", 0)), int(ref["length"])
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    except (KeyError, ValueError, TypeError):
+        raise BundleError(f"{where} has an external reference without a valid offset, length and dtype: "
+                          f"{dict(ref)!r}") from None
+    count = int(np.prod(tensor.dims, dtype=np.int64))
+    if not (0 <= offset and offset + length <= len(buffer) and length == count * dtype.itemsize
+            and offset % dtype.itemsize == 0):
+        raise BundleError(f"{where} refers to bytes {offset}..{offset + length} of {location!r} ({len(buffer)} "
+                          f"bytes) for {count} x {dtype.name}: not a tensor of the file; refused")
+    return buffer[offset:offset + length].view(dtype).reshape(tuple(tensor.dims))
 
 
 def _refer(tensor: TensorProto, stored: _Stored, location: str) -> None:
