@@ -545,7 +545,7 @@ def _write_onnx(ex: _Export, spec: ArtifactSpec, path: Path, inputs) -> dict[str
         proto = quantize_int8(ex.weights.inline(ex.protos[spec.base]), _calibration_feeds(spec, ex.calibration))
     else:
         example = make_inputs(spec, ex.example_sizes, ex.schedule.alphas_cumprod, ex.g, conditions=ex.conditions)
-        proto = export_onnx(_module(ex, spec), spec, example, ex.o.opset)
+        proto = export_onnx(_module(ex, spec), spec, example, ex.o.opset, ex.weights)
         if spec.kind == "fused_step":
             proto = splice(proto, ex.protos[ex.denoiser.name])
     if not ex.swap:

@@ -17,6 +17,7 @@ import onnx
 import torch
 
 from export.format.artifacts import ArtifactSpec
+from export.format.graphs import Weights
 from export.network import TRANSLATIONS
 
 __all__ = ["DEFAULT_OPSET", "SUPPORTED_OPSETS", "EXPORTER", "export_onnx", "check_onnx"]
@@ -29,8 +30,15 @@ SUPPORTED_OPSETS = tuple(range(18, 24))
 EXPORTER = "torch.onnx.export(dynamo=True)"
 
 
-def export_onnx(module: torch.nn.Module, spec: ArtifactSpec, example: dict[str, torch.Tensor], opset: int) -> onnx.ModelProto:
-    """Export ``module`` with the inputs/outputs of ``spec``; every str dim of the spec stays dynamic."""
+def export_onnx(module: torch.nn.Module, spec: ArtifactSpec, example: dict[str, torch.Tensor], opset: int,
+                weights: Weights | None = None) -> onnx.ModelProto:
+    """Export ``module`` with the inputs/outputs of ``spec``; every str dim of the spec stays dynamic.
+
+    With ``weights``, each initializer that holds one of its tensors refers to it before the graph
+    becomes a protobuf (``export.format.graphs.externalize``'s rule, ``Weights.holding``): the
+    graph is never built with its weights inside, which for a model past 2 GB could not be
+    serialized at all, and would hold a copy of them in memory while the export runs.
+    """
     dims: dict[str, torch.export.Dim] = {}
     dynamic_shapes = []
     for io_spec in spec.inputs:
@@ -65,6 +73,8 @@ def export_onnx(module: torch.nn.Module, spec: ArtifactSpec, example: dict[str, 
             _name(program.model.graph.outputs, [o.name for o in spec.outputs])
     finally:
         torch_onnx_log.setLevel(level)
+    if weights is not None:
+        _refer_to(program.model.graph, weights)
     model = program.model_proto
     if model.functions:  # inline local functions so graph surgery (the Loop) sees plain nodes
         from onnx import inliner
@@ -104,6 +114,20 @@ def _optimize(model) -> None:
     for v in params:
         if not v.uses() and not v.is_graph_output():  # a lifted constant the optimisation made unused
             graph.initializers.pop(v.name)
+
+
+def _refer_to(graph, weights: Weights) -> None:
+    """Each initializer of the exporter's (onnx_ir) ``graph`` that holds a tensor of ``weights``, as a reference to it."""
+    import onnx_ir as ir
+
+    for value in graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None or isinstance(tensor, ir.ExternalTensor):
+            continue
+        stored = weights.holding(value.name, tensor.numpy())
+        if stored is not None:
+            value.const_value = ir.ExternalTensor(weights.name, stored.offset, stored.length, tensor.dtype,
+                                                  shape=tensor.shape, name=value.name)
 
 
 def _name(values, names: list[str]) -> None:

@@ -151,19 +151,24 @@ class Weights:
             options.add_external_initializers(names, values)
         return own
 
-    def bind(self, tensor: TensorProto, values: np.ndarray) -> bool:
-        """Point ``tensor``, whose values are ``values``, into this file if it holds one of its tensors: its name is
-        the stored key's, under a prefix (``model.unet.conv_in.weight`` holds ``unet.conv_in.weight``), and its
-        bytes are that tensor's. The binding follows the parameter, never a coincidence of values."""
-        key = max((k for k in self.stored if tensor.name == k or tensor.name.endswith(("." + k, "/" + k))),
-                  key=len, default=None)
+    def holding(self, name: str, values: np.ndarray) -> _Stored | None:
+        """The stored tensor a graph's tensor ``name`` with ``values`` is, if any: its name is the stored key's, under
+        a prefix (``model.unet.conv_in.weight`` holds ``unet.conv_in.weight``), and its bytes are that tensor's.
+        The binding follows the parameter, never a coincidence of values."""
+        key = max((k for k in self.stored if name == k or name.endswith(("." + k, "/" + k))), key=len, default=None)
         if key is None or values.dtype != self.stored[key].dtype or values.nbytes != self.stored[key].length:
-            return False
-        if memoryview(np.ascontiguousarray(values)).cast("B") != memoryview(self.data)[
-                self.stored[key].offset:self.stored[key].offset + self.stored[key].length]:
-            return False
-        _refer(tensor, self.stored[key], self.name)
-        return True
+            return None
+        stored = self.stored[key]
+        same = memoryview(np.ascontiguousarray(values)).cast("B") == memoryview(self.data)[
+            stored.offset:stored.offset + stored.length]
+        return stored if same else None
+
+    def bind(self, tensor: TensorProto, values: np.ndarray) -> bool:
+        """Point ``tensor``, whose values are ``values``, into this file if it holds one of its tensors (``holding``)."""
+        stored = self.holding(tensor.name, values)
+        if stored is not None:
+            _refer(tensor, stored, self.name)
+        return stored is not None
 
     def adopt(self, graph: onnx.ModelProto, location: str, data: bytes) -> dict[str, np.ndarray]:
         """Take in ``graph``, whose initializers onnxruntime wrote to the file ``location`` (its bytes: ``data``) when
