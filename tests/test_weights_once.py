@@ -249,7 +249,7 @@ def test_the_network_is_traced_once_and_every_fused_step_runs_the_denoisers_own_
 def test_a_model_past_2_gb_exports_verifies_and_samples_in_every_mode(tmp_path):
     """A diffusers UNet2DModel with 2.09 GiB of fp32 weights (random init: a 19,000-wide time embedding and 10,000
     classes hold most of them, so it runs in minutes on 2 cores): no graph could hold them in one protobuf, and none
-    does, the CPU loop's rebuilt graph included. About 11 GB of memory at its peak (export)."""
+    does, the CPU loop's rebuilt graph included. About 12 GB of memory at its peak."""
     import export
 
     unet = dict(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64),
