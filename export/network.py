@@ -2,8 +2,8 @@
 is spliced into its place.
 
 Tracing a network with dynamic shapes costs the torch.export-based exporter milliseconds per op in
-symbolic shape reasoning (17 s for the 35.7 M DDPM CIFAR-10 UNet here), and every fused step holds
-the network. So ``FusedSolverStep`` is traced with ``Placeholder`` as its model: one custom op,
+symbolic shape reasoning (18 s of the 35.7 M DDPM CIFAR-10 UNet's 26 s denoiser export here), and
+every fused step holds the network. So ``FusedSolverStep`` is traced with ``Placeholder`` as its model: one custom op,
 ``diffzoo::network``, written to ONNX as one node of the ``diffzoo`` domain (``TRANSLATIONS``, the
 exporter's ``custom_translation_table``); ``splice`` replaces that node by the nodes of the already
 exported denoiser graph, wired by position (the artifact table's order: x, t, conditioning). The
@@ -36,13 +36,14 @@ def _(x: torch.Tensor, t: torch.Tensor, conditioning: list[torch.Tensor]) -> tor
 
 
 class Placeholder(nn.Module):
-    """Stands for ``model`` while a fused step is traced: ``forward(x, t, **conditioning)`` as the model's (the
-    conditioning by the denoiser artifact's input names), one ``diffzoo::network`` op in the trace."""
+    """Stands for ``model`` while a fused step is traced: ``forward(x, t, **conditioning)`` as the model's, one
+    ``diffzoo::network`` op in the trace taking the conditioning in the order of ``names`` (the denoiser artifact's
+    conditioning inputs)."""
 
-    def __init__(self, model: nn.Module, conditioning: tuple[str, ...]) -> None:
+    def __init__(self, model: nn.Module, names: tuple[str, ...]) -> None:
         super().__init__()
-        self.conditioning = getattr(model, "conditioning", None)  # what guided_eps reads
-        self.names = conditioning
+        self.conditioning = getattr(model, "conditioning", None)  # the model's declaration, which guided_eps reads
+        self.names = names
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, **conditioning: torch.Tensor) -> torch.Tensor:
         return _network(x, t, [conditioning[n] for n in self.names])
